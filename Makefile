@@ -1,0 +1,46 @@
+# selfplay — two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: demo test lint bench install install-dev clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.torch: | $(PY)
+	scripts/install-torch.sh $(PY) $(TORCH_VERSION)
+	touch $@
+
+$(VENV)/.base: pyproject.toml $(VENV)/.torch
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.dev: pyproject.toml $(VENV)/.base
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.base  ## create .venv and install selfplay (CPU torch where there is no GPU)
+
+install-dev: $(VENV)/.dev  ## install with the dev extra (pytest, hypothesis, ruff)
+
+demo: install  ## run the embedded CPU demo end to end
+	$(VENV)/bin/selfplay demo
+
+test: install-dev  ## lint, then run the whole test suite
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+lint: install-dev  ## ruff, undefined names included
+	$(VENV)/bin/ruff check .
+
+bench: install-dev  ## message-bus benchmark (prints ratios against raw pyzmq and memcpy)
+	$(PY) bench/bus.py
+
+clean:  ## remove the environment
+	rm -rf $(VENV)

@@ -1,0 +1,108 @@
+"""The `selfplay` command line.
+
+    selfplay keys init runs/keys --agent solver-0:solver --agent trainer-0:trainer
+    selfplay --help
+
+Each sub-command's --help explains it. Commands whose issue has not landed yet say so and exit 2,
+rather than pretending to work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from launch.logs import configure_logging
+from protocol.constants import PROTOCOL_VERSION
+
+# Commands planned in DESIGN.md whose implementation lands with a later issue: name -> (help, issue).
+_PENDING = {
+    "up": ("start the hub and every agent of a topology file, supervised", 4),
+    "attach": ("start one more agent (solver, judge, ...) against a running hub", 4),
+    "status": ("show agents, queues, policy version, throughput and rewards", 4),
+    "stop": ("stop a running topology cleanly", 4),
+    "report": ("write PNG plots of a run", 4),
+    "train": ("train offline on a dataset file (SFT, DPO, SimPO, SPIN, GSIL, CUT, ...)", 3),
+    "demo": ("run the embedded CPU world end to end", 5),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="selfplay",
+        description="Online self-improvement of language models: creator, solver, judge and trainer "
+                    "processes exchanging typed messages over ZeroMQ.",
+        epilog="Run `selfplay COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"selfplay (protocol {PROTOCOL_VERSION})")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="least severe log events shown on stderr (default: info)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    keys = commands.add_parser(
+        "keys", help="create, list and revoke CURVE keys for the hub and agents",
+        description="CURVE keys authenticate every tcp connection: the hub accepts only agents whose public "
+                    "key is in DIR/allowed, and each key is bound to one role.")
+    key_commands = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    init = key_commands.add_parser(
+        "init", help="create the hub keypair and agent keypairs (existing keys are kept)",
+        description="Write DIR/hub.key (public, give to agents), DIR/hub.key_secret (0600), "
+                    "DIR/allowed/NAME.key (the hub's allow-list) and DIR/agents/NAME.key_secret (0600, copy to "
+                    "the agent's machine). Running it again adds agents without replacing existing keys.")
+    init.add_argument("dir", help="key directory (created 0700)")
+    init.add_argument("--agent", action="append", default=[], metavar="NAME:ROLE",
+                      help="an agent to create a key for; ROLE is creator, solver, judge, trainer or observer "
+                           "(repeatable)")
+    listing = key_commands.add_parser("list", help="list the agents the hub allows, with their roles")
+    listing.add_argument("dir", help="key directory")
+    rev = key_commands.add_parser("revoke", help="remove an agent from the allow-list (takes effect at once)")
+    rev.add_argument("dir", help="key directory")
+    rev.add_argument("name", help="agent name")
+
+    for name, (text, issue) in _PENDING.items():
+        commands.add_parser(name, help=f"{text} (not yet built)",
+                            description=f"{text}. Not yet built: it lands with issue {issue}.")
+    return parser
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from protocol import keys
+
+    if args.keys_command == "init":
+        agents = [keys.parse_agent_spec(spec) for spec in args.agent]
+        written = keys.init_keys(args.dir, agents)
+        for path in written:
+            print(path)
+        print(f"{len(written)} files written in {args.dir}", file=sys.stderr)
+    elif args.keys_command == "list":
+        for key in keys.AllowList(args.dir).agents():
+            print(f"{key.name}\t{key.role}\t{key.public.decode()}")
+    elif args.keys_command == "revoke":
+        if not keys.revoke(args.dir, args.name):
+            print(f"selfplay: no agent {args.name!r} in {args.dir}/allowed", file=sys.stderr)
+            return 1
+        print(f"revoked {args.name}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "keys":
+            return _keys(args)
+    except (ValueError, OSError) as e:
+        print(f"selfplay {args.command}: {e}", file=sys.stderr)
+        return 2
+    text, issue = _PENDING[args.command]
+    print(f"selfplay {args.command}: not yet built (lands with issue {issue}: {text})", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

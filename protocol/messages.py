@@ -1,0 +1,317 @@
+"""Every message that crosses a process boundary, as pydantic v2 models in one discriminated union.
+
+A message is a model with a `kind: Literal[...]` tag. `MESSAGE_ADAPTER` (one module-level TypeAdapter)
+validates any of them from plain data; `protocol.codec` puts them on the wire. Nothing here is pickled,
+and no model holds a tensor: tensors travel as raw frames beside the message (see codec).
+
+Who sends what:
+    agent -> hub    Ready, Heartbeat, Renew, Result, TaskFailed, Submit, PolicyFetch, PolicyUpdate (trainer),
+                    StatusQuery, Disconnect
+    hub -> agent    Welcome, Heartbeat, Assign, Ack, PolicyAnnounce, PolicyUpdate, StatusReply, Error,
+                    Disconnect
+
+    >>> from protocol.messages import Heartbeat, MESSAGE_ADAPTER
+    >>> MESSAGE_ADAPTER.validate_python({"kind": "heartbeat"})
+    Heartbeat(kind='heartbeat')
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter
+
+from protocol.constants import PROTOCOL_VERSION
+
+Role = Literal["hub", "creator", "solver", "judge", "trainer", "observer"]
+AGENT_ROLES: tuple[Role, ...] = ("creator", "solver", "judge", "trainer", "observer")
+TaskKind = Literal["generate", "judge", "train", "create"]
+ErrorCode = Literal[
+    "bad_signature", "version_mismatch", "too_few_frames", "too_many_frames", "oversized",
+    "bad_msgpack", "too_deep", "unknown_kind", "invalid_message", "bad_tensor",
+    "forbidden", "not_ready", "unknown_task", "stale_attempt", "internal",
+]
+
+
+class Wire(BaseModel):
+    """Base of every wire model: unknown fields are errors, instances are immutable values."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Domain values carried inside messages
+# ---------------------------------------------------------------------------------------------------
+
+class ChatTurn(Wire):
+    role: Literal["system", "user", "assistant"] = Field(description="Speaker, as in chat templates.")
+    content: str = Field(description="The turn's text.")
+
+
+class Prompt(Wire):
+    prompt_id: str = Field(description="Stable id in the ledger; samples and verdicts refer to it.")
+    text: str = Field(description="The instruction as plain text (used when `messages` is empty).")
+    messages: list[ChatTurn] = Field(default_factory=list,
+                                     description="Conversational form, rendered with the model's chat template.")
+    demonstration: str | None = Field(None, description="A reference answer y_real (GSIL/SPIN/SFT).")
+    answer: str | None = Field(None, description="Ground truth a programmatic verifier checks against.")
+    source: Literal["seed", "evolved", "eval"] = Field(
+        "seed", description="Seed set, evolved by the creator (eva), or held-out evaluation (never trained on).")
+    parent_id: str | None = Field(None, description="Prompt this one was evolved from (lineage).")
+    mutation: str | None = Field(None, description="eva mutation that produced it, e.g. 'deepen'.")
+    difficulty: int | None = Field(None, description="Task-world difficulty level, for per-level reports.")
+
+
+class SamplingParams(Wire):
+    n: int = Field(6, ge=1, description="Responses per prompt (eva: 6).")
+    temperature: float = Field(0.7, ge=0.0, description="Softmax temperature; 0 means greedy.")
+    top_p: float = Field(0.9, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(256, ge=1, description="Generation length cap.")
+    seed: int | None = Field(None, description="Sampling seed for reproducible runs.")
+
+
+class Sample(Wire):
+    sample_id: str = Field(description="Unique id; judges and the trainer refer to it.")
+    prompt_id: str = Field(description="The prompt it answers.")
+    text: str = Field(description="The decoded response.")
+    token_ids: list[int] = Field(default_factory=list, description="Response token ids, as generated.")
+    logprobs: list[float] = Field(default_factory=list,
+                                  description="Sampling log-prob of each response token (off-policy checks).")
+    policy_version: int = Field(ge=0, description="Policy version that generated it; staleness is checked on it.")
+    finish_reason: Literal["stop", "length"] = Field("stop", description="Why generation ended.")
+
+
+class Verdict(Wire):
+    sample_id: str = Field(description="The sample judged.")
+    score: float = Field(description="Scalar reward (verifier grade, reward-model score or LLM-judge score).")
+    judgment: str | None = Field(None, description="Written critique or praise (CUT trains on it).")
+
+
+class JudgedGroup(Wire):
+    prompt: Prompt = Field(description="The prompt all samples answer.")
+    samples: list[Sample] = Field(description="The n responses.")
+    verdicts: list[Verdict] = Field(description="One verdict per sample, same order.")
+
+
+class TensorMeta(Wire):
+    name: str = Field(description="State-dict key, e.g. a LoRA matrix's parameter name.")
+    dtype: str = Field(description="torch dtype name without the prefix, e.g. 'bfloat16'.")
+    shape: list[int] = Field(description="Tensor shape; the frame holds prod(shape) * itemsize bytes.")
+
+
+class AgentInfo(Wire):
+    name: str = Field(description="Agent name (unique per run).")
+    role: Role = Field(description="Its role.")
+    capacity: int = Field(description="Tasks it may hold at once (credit).")
+    in_flight: int = Field(description="Tasks it holds now.")
+    last_seen_s: float = Field(description="Seconds since its last message.")
+    policy_version: int | None = Field(None, description="Policy version it runs (solvers).")
+
+
+class QueueStats(Wire):
+    queued: int = Field(0, description="Waiting for an agent.")
+    leased: int = Field(0, description="Held by an agent under a lease.")
+    done: int = Field(0, description="Finished.")
+    dead: int = Field(0, description="Given up after the maximum number of attempts.")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Task payloads (inside Assign / Submit) and their results (inside Result)
+# ---------------------------------------------------------------------------------------------------
+
+class GenerateTask(Wire):
+    kind: Literal["generate_task"] = "generate_task"
+    prompts: list[Prompt] = Field(description="Prompts to answer.")
+    sampling: SamplingParams = Field(default_factory=SamplingParams, description="How to sample.")
+    purpose: Literal["train", "evolve", "eval"] = Field(
+        "train", description="What the answers are for; 'evolve' prompts are eva meta-prompts.")
+    min_policy_version: int = Field(0, ge=0, description="Solver must hold at least this version.")
+
+
+class JudgeTask(Wire):
+    kind: Literal["judge_task"] = "judge_task"
+    groups: list[JudgedGroup] = Field(description="Groups to judge; incoming verdict lists are empty.")
+    want_judgment: bool = Field(False, description="Also write a critique per sample (for CUT).")
+
+
+class TrainTask(Wire):
+    kind: Literal["train_task"] = "train_task"
+    groups: list[JudgedGroup] = Field(description="Judged groups to build this algorithm's examples from.")
+    round: int = Field(0, ge=0, description="Creator round the groups belong to.")
+
+
+class CreateTask(Wire):
+    kind: Literal["create_task"] = "create_task"
+    groups: list[JudgedGroup] = Field(description="Judged groups the creator estimates informativeness on.")
+    round: int = Field(0, ge=0, description="Round these groups close.")
+
+
+class GenerateResult(Wire):
+    kind: Literal["generate_result"] = "generate_result"
+    samples: list[Sample] = Field(description="n samples per prompt, grouped by prompt in task order.")
+
+
+class JudgeResult(Wire):
+    kind: Literal["judge_result"] = "judge_result"
+    verdicts: list[Verdict] = Field(description="One verdict per judged sample.")
+
+
+class TrainingReport(Wire):
+    kind: Literal["training_report"] = "training_report"
+    policy_version: int = Field(ge=0, description="Version produced by this training step(s).")
+    step: int = Field(ge=0, description="Optimizer steps taken so far.")
+    examples: int = Field(ge=0, description="Training examples consumed by this report.")
+    tokens_per_s: float = Field(0.0, description="Training throughput.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Loss terms, rewards, margins, KL proxy.")
+
+
+class CreateResult(Wire):
+    kind: Literal["create_result"] = "create_result"
+    prompts: list[Prompt] = Field(description="New (evolved) prompts for the next round.")
+    round: int = Field(0, ge=0, description="Round they open.")
+
+
+TaskPayload = Annotated[Union[GenerateTask, JudgeTask, TrainTask, CreateTask], Field(discriminator="kind")]
+ResultPayload = Annotated[Union[GenerateResult, JudgeResult, TrainingReport, CreateResult],
+                          Field(discriminator="kind")]
+TASK_KIND_OF: dict[str, TaskKind] = {
+    "generate_task": "generate", "judge_task": "judge", "train_task": "train", "create_task": "create"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Messages (the union)
+# ---------------------------------------------------------------------------------------------------
+
+class Ready(Wire):
+    kind: Literal["ready"] = "ready"
+    role: Role = Field(description="Claimed role; the hub checks it against the role bound to the CURVE key.")
+    name: str = Field(min_length=1, max_length=128, description="Agent name, unique per run (logs, ledger).")
+    capacity: int = Field(1, ge=1, le=1024, description="Tasks it may hold at once (credit-based flow control).")
+    protocol_version: str = Field(PROTOCOL_VERSION, description="Sender's full protocol version.")
+    task_kinds: list[TaskKind] = Field(default_factory=list, description="Queues it leases from.")
+    policy_version: int | None = Field(None, description="Policy version it already holds, if any.")
+
+
+class Welcome(Wire):
+    kind: Literal["welcome"] = "welcome"
+    hub_id: str = Field(description="Hub incarnation; changes on restart so agents replay their outboxes.")
+    protocol_version: str = Field(PROTOCOL_VERSION, description="Hub's protocol version.")
+    heartbeat_interval_s: float = Field(description="Interval the agent must heartbeat at.")
+    policy_version: int = Field(0, ge=0, description="Newest policy version; a solver fetches it if behind.")
+
+
+class Heartbeat(Wire):
+    kind: Literal["heartbeat"] = "heartbeat"
+
+
+class Disconnect(Wire):
+    kind: Literal["disconnect"] = "disconnect"
+    reason: str = Field("", description="Why (shutdown, protocol error), for the other side's log.")
+
+
+class Error(Wire):
+    kind: Literal["error"] = "error"
+    code: ErrorCode = Field(description="Machine-readable cause.")
+    detail: str = Field("", max_length=4096, description="Human-readable cause.")
+
+
+class Assign(Wire):
+    kind: Literal["assign"] = "assign"
+    task_id: str = Field(description="Task id in the ledger (also carried in the header).")
+    attempt: int = Field(ge=1, description="Attempt number; results of older attempts are ignored.")
+    lease_s: float = Field(gt=0, description="Lease length; renew before it runs out.")
+    deadline_unix_s: float = Field(description="Hub's wall-clock deadline of this lease, for logs.")
+    task: TaskPayload = Field(description="The work.")
+
+
+class Renew(Wire):
+    kind: Literal["renew"] = "renew"
+    task_id: str = Field(description="Task whose lease to extend.")
+    attempt: int = Field(ge=1, description="Attempt it holds; a stale attempt is refused.")
+
+
+class Result(Wire):
+    kind: Literal["result"] = "result"
+    task_id: str = Field(description="Task it finishes.")
+    attempt: int = Field(ge=1, description="Attempt it finishes; (task_id, attempt) makes results idempotent.")
+    result: ResultPayload = Field(description="The output.")
+
+
+class TaskFailed(Wire):
+    kind: Literal["task_failed"] = "task_failed"
+    task_id: str = Field(description="Task the agent gives up on.")
+    attempt: int = Field(ge=1, description="Attempt it gives up on.")
+    reason: str = Field(description="Why; kept in the ledger when the task goes DEAD.")
+    retryable: bool = Field(True, description="False: no other agent can do better (bad input); go DEAD now.")
+
+
+class Submit(Wire):
+    kind: Literal["submit"] = "submit"
+    tasks: list[TaskPayload] = Field(min_length=1, description="Tasks to queue (the creator's requests).")
+
+
+class Ack(Wire):
+    kind: Literal["ack"] = "ack"
+    task_id: str | None = Field(None, description="Task acknowledged (results, renewals).")
+    attempt: int | None = Field(None, description="Attempt acknowledged.")
+    status: Literal["accepted", "duplicate", "stale", "renewed", "queued"] = Field(
+        description="accepted: persisted; duplicate/stale: already had it or superseded, drop it from the outbox.")
+    task_ids: list[str] = Field(default_factory=list, description="Ids given to submitted tasks.")
+    deadline_unix_s: float | None = Field(None, description="New lease deadline after a renewal.")
+
+
+class PolicyAnnounce(Wire):
+    kind: Literal["policy_announce"] = "policy_announce"
+    version: int = Field(ge=1, description="New policy version, fetched over the data socket.")
+    num_bytes: int = Field(ge=0, description="Size of its tensors, for the solver's memory planning.")
+
+
+class PolicyFetch(Wire):
+    kind: Literal["policy_fetch"] = "policy_fetch"
+    version: int = Field(ge=0, description="Version wanted; 0 means the newest.")
+
+
+class PolicyUpdate(Wire):
+    kind: Literal["policy_update"] = "policy_update"
+    version: int = Field(ge=1, description="Version these tensors are.")
+    parent_version: int = Field(ge=0, description="Version it was trained from.")
+    base_model: str = Field(description="Base model path or id the adapter applies to.")
+    adapter_config: dict[str, JsonValue] = Field(default_factory=dict,
+                                                 description="peft adapter config (rank, alpha, targets).")
+
+
+class StatusQuery(Wire):
+    kind: Literal["status_query"] = "status_query"
+
+
+class StatusReply(Wire):
+    kind: Literal["status_reply"] = "status_reply"
+    hub_id: str = Field(description="Hub incarnation.")
+    policy_version: int = Field(description="Newest policy version.")
+    agents: list[AgentInfo] = Field(default_factory=list, description="Live agents.")
+    queues: dict[str, QueueStats] = Field(default_factory=dict, description="Per task kind.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Latest throughput, reward and eval figures.")
+
+
+Message = Annotated[
+    Union[Ready, Welcome, Heartbeat, Disconnect, Error, Assign, Renew, Result, TaskFailed, Submit, Ack,
+          PolicyAnnounce, PolicyFetch, PolicyUpdate, StatusQuery, StatusReply],
+    Field(discriminator="kind"),
+]
+MESSAGE_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
+MESSAGE_TYPES: dict[str, type[Wire]] = {
+    cls.model_fields["kind"].default: cls for cls in get_args(get_args(Message)[0])}
+
+_AGENTS = frozenset(AGENT_ROLES)
+_WORKERS = frozenset({"creator", "solver", "judge", "trainer"})
+# Which role may send which kind. The hub enforces it against the role bound to the sender's key, so a
+# stolen solver key cannot publish weights or submit tasks.
+ALLOWED_SENDERS: dict[str, frozenset[str]] = {
+    "ready": _AGENTS, "heartbeat": _AGENTS | {"hub"}, "disconnect": _AGENTS | {"hub"},
+    "error": _AGENTS | {"hub"}, "renew": _WORKERS, "result": _WORKERS, "task_failed": _WORKERS,
+    "submit": frozenset({"creator"}), "policy_fetch": _AGENTS,
+    "policy_update": frozenset({"trainer", "hub"}), "status_query": _AGENTS,
+    "welcome": frozenset({"hub"}), "assign": frozenset({"hub"}), "ack": frozenset({"hub"}),
+    "policy_announce": frozenset({"hub"}), "status_reply": frozenset({"hub"}),
+}
+assert ALLOWED_SENDERS.keys() == MESSAGE_TYPES.keys(), "every kind needs a sender rule"
