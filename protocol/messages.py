@@ -302,6 +302,10 @@ MESSAGE_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
 MESSAGE_TYPES: dict[str, type[Wire]] = {
     cls.model_fields["kind"].default: cls for cls in get_args(get_args(Message)[0])}
 
+# Kinds with a free-form JSON field: the codec bounds their nesting depth. Every other field has a fixed
+# schema, which validation rejects at the first level that does not fit, however deep the input goes.
+FREEFORM_KINDS = frozenset({"policy_update"})
+
 _AGENTS = frozenset(AGENT_ROLES)
 _WORKERS = frozenset({"creator", "solver", "judge", "trainer"})
 # Which role may send which kind. The hub enforces it against the role bound to the sender's key, so a

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from protocol.codec import ProtocolError, decode, encode
 from protocol.constants import DEFAULT_LIMITS, SIGNATURE, SIGNATURE_PREFIX, Limits
-from protocol.messages import Error, Heartbeat, PolicyUpdate, Renew
+from protocol.messages import Error, Heartbeat, PolicyUpdate, Ready, Renew
 from tests.protocol.examples import EXAMPLES
 
 UPDATE = PolicyUpdate(version=1, parent_version=0, base_model="tiny")
@@ -83,7 +83,8 @@ def _code(frames, limits=DEFAULT_LIMITS):
 
 
 def _frames(message=None, **kw):
-    return [bytes(f) for f in encode(message or Heartbeat(), sender="t", **kw)]
+    """Encoded frames as bytes, with a fixed msg_id so hypothesis sees the same lengths every run."""
+    return [bytes(f) for f in encode(message or Heartbeat(), sender="t", msg_id="m1", **kw)]
 
 
 def test_wrong_protocol_version():
@@ -116,7 +117,7 @@ def test_oversized_parts(limits):
 def test_unknown_kind():
     frames = _frames()
     header = msgpack.unpackb(frames[1])
-    header["kind"] = "teleport"
+    header[0] = "teleport"  # header = [kind, msg_id, sender, task_id, attempt, reply_to, tensors]
     frames[1] = msgpack.packb(header)
     assert _code(frames) == "unknown_kind"
 
@@ -128,29 +129,41 @@ def test_invalid_body_and_header():
     frames = _frames()
     frames[2] = msgpack.packb([1, 2, 3])
     assert _code(frames) == "invalid_message"
+    for bad_header in (["heartbeat"], {"kind": "heartbeat"}, ["heartbeat", 1, "s", None, None, None, []],
+                       ["heartbeat", "id", "s", None, 0, None, []], ["heartbeat", "id", "s", None, None, None, {}]):
+        frames = _frames()
+        frames[1] = msgpack.packb(bad_header)
+        assert _code(frames) == "invalid_message", bad_header
     frames = _frames()
-    frames[1] = msgpack.packb({"kind": "heartbeat"})  # no msg_id, no sender
-    assert _code(frames) == "invalid_message"
-    frames = _frames()
-    frames[1] = msgpack.packb({1: 2})  # non-string keys
+    frames[2] = msgpack.packb({1: 2})  # non-string keys
     assert _code(frames) == "bad_msgpack"
 
 
 @pytest.mark.parametrize("depth", [40, 5_000])
-def test_deep_nesting(depth):
-    nested: object = 0
-    for _ in range(depth):
-        nested = [nested]
+def test_deep_nesting_in_free_form_json(depth):
     frames = _frames(UPDATE)
-    body = msgpack.unpackb(frames[2])
-    body["adapter_config"] = {"deep": nested}
-    frames[2] = msgpack.packb(body) if depth < 500 else _pack_deep(depth)
+    if depth < 500:
+        nested: object = 0
+        for _ in range(depth):
+            nested = [nested]
+        body = msgpack.unpackb(frames[2])
+        body["adapter_config"] = {"deep": nested}
+        frames[2] = msgpack.packb(body)
+    else:  # msgpack-python refuses to *pack* this deep; write the bytes by hand (fixarray of one)
+        frames[2] = b"\x81\xaeadapter_config" + b"\x91" * depth + b"\x00"
     assert _code(frames) == "too_deep"
 
 
-def _pack_deep(depth):
-    """msgpack-python refuses to *pack* very deep objects; build the bytes by hand (fixarray of one)."""
-    return b"\x81\xaeadapter_config" + b"\x91" * depth + b"\x00"
+@pytest.mark.parametrize("depth", [40, 5_000])
+def test_deep_nesting_in_fixed_fields_and_header(depth):
+    """Fixed schemas reject deep input at the first level that does not fit: still a typed error."""
+    deep = b"\x91" * depth + b"\x00"
+    frames = _frames(Ready(role="solver", name="s"))
+    frames[2] = b"\x81\xaatask_kinds" + deep
+    assert _code(frames) in {"invalid_message", "too_deep"}
+    frames = _frames()
+    frames[1] = b"\x97" + deep + b"\xc0" * 6  # a 7-field header array whose first field nests
+    assert _code(frames) in {"invalid_message", "too_deep"}
 
 
 def test_tensor_frames_that_do_not_match_the_header():
@@ -160,10 +173,11 @@ def test_tensor_frames_that_do_not_match_the_header():
     short = [*frames[:3], frames[3][:-1]]
     assert _code(short) == "bad_tensor"
     header = msgpack.unpackb(frames[1])
-    for bad in ({"name": "w", "dtype": "complex64", "shape": [4]}, {"name": "w", "dtype": "float32", "shape": [-4]}):
-        header["tensors"] = [bad]
+    for bad in ({"name": "w", "dtype": "complex64", "shape": [4]}, {"name": "w", "dtype": "float32", "shape": [-4]},
+                {"name": "w", "dtype": "float32"}, ["w", "float32", [4]]):
+        header[-1] = [bad]
         assert _code([frames[0], msgpack.packb(header), *frames[2:]]) == "bad_tensor"
-    header["tensors"] = [{"name": "w", "dtype": "float32", "shape": [2]}] * 2
+    header[-1] = [{"name": "w", "dtype": "float32", "shape": [2]}] * 2
     assert _code([frames[0], msgpack.packb(header), frames[2], b"\0" * 8, b"\0" * 8]) == "bad_tensor"
 
 

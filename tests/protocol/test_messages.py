@@ -1,9 +1,11 @@
 """The message models: every kind round-trips through the codec, every field documents itself."""
 
+from typing import get_args
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, JsonValue, ValidationError
 
 from protocol import messages as m
 from protocol.codec import decode, encode
@@ -83,3 +85,20 @@ def test_payload_values_round_trip(text, demo, score, judgment, logprobs, tokens
                           verdicts=[m.Verdict(sample_id="s1", score=score, judgment=judgment)])
     message = m.Assign(task_id="t", attempt=1, lease_s=1.0, deadline_unix_s=0.0, task=m.TrainTask(groups=[group]))
     assert decode(encode(message, sender="x")).message == message
+
+
+def _has_free_form(annotation, seen=None) -> bool:
+    seen = seen if seen is not None else set()
+    if annotation is JsonValue:
+        return True
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if annotation in seen:
+            return False
+        seen.add(annotation)
+        return any(_has_free_form(f.annotation, seen) for f in annotation.model_fields.values())
+    return any(_has_free_form(arg, seen) for arg in get_args(annotation))
+
+
+def test_free_form_kinds_are_exactly_those_with_json_fields():
+    """The codec bounds nesting only for FREEFORM_KINDS; a new JsonValue field must be added there."""
+    assert {k for k, cls in m.MESSAGE_TYPES.items() if _has_free_form(cls)} == m.FREEFORM_KINDS
