@@ -23,7 +23,6 @@ _PENDING = {
     "status": ("show agents, queues, policy version, throughput and rewards", 4),
     "stop": ("stop a running topology cleanly", 4),
     "report": ("write PNG plots of a run", 4),
-    "train": ("train offline on a dataset file (SFT, DPO, SimPO, SPIN, GSIL, CUT, ...)", 3),
     "demo": ("run the embedded CPU world end to end", 5),
 }
 
@@ -60,10 +59,68 @@ def build_parser() -> argparse.ArgumentParser:
     rev.add_argument("dir", help="key directory")
     rev.add_argument("name", help="agent name")
 
+    _add_train(commands)
     for name, (text, issue) in _PENDING.items():
         commands.add_parser(name, help=f"{text} (not yet built)",
                             description=f"{text}. Not yet built: it lands with issue {issue}.")
     return parser
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    train = commands.add_parser(
+        "train", help="train offline on a dataset file (SFT, DPO, IPO, SimPO, SPIN, GSIL, CUT, contrastive SFT)",
+        description="Train a LoRA adapter (or all weights) on a dataset file in a TRL format: prompt/completion "
+                    "or messages (sft, spin, gsil), prompt/chosen/rejected (dpo, ipo, simpo, contrastive-sft), "
+                    "prompt/completion/judgment/label (cut). Writes OUT/adapter (PeftModel.from_pretrained) or "
+                    "OUT/model, OUT/metrics.jsonl, OUT/tensorboard and OUT/checkpoints. Every option of the "
+                    "config (see trainer/config.py) can be set in --config or with --set.",
+        epilog="example: selfplay train --algo dpo --data pairs.jsonl --model ./my-model --out runs/dpo "
+               "--set dpo.beta=0.05 --max-steps 200")
+    train.add_argument("--algo", required=True, help="sft, dpo, ipo, simpo, spin, gsil, cut or contrastive-sft")
+    train.add_argument("--data", required=True, help="dataset file: JSON lines or a JSON list")
+    train.add_argument("--model", required=True, help="base model: a local directory or a hub id")
+    train.add_argument("--out", required=True, help="output directory")
+    train.add_argument("--config", help="TOML or JSON file with any config fields (flags override it)")
+    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT")
+    train.add_argument("--finetune", choices=["lora", "full"], help="LoRA adapter (default) or all weights")
+    train.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    train.add_argument("--epochs", type=int, help="passes over the data (default 1)")
+    train.add_argument("--batch-size", type=int, help="examples per micro-batch (default 8)")
+    train.add_argument("--lr", type=float, help="peak learning rate (default 1e-4)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="any config field, dotted for sections: --set gsil.variant=brier (repeatable)")
+
+
+def _parse_set(items: list[str]) -> dict:
+    import json
+
+    values = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            values[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key] = raw  # a bare string
+    return values
+
+
+def _train(args: argparse.Namespace) -> int:
+    from trainer.config import load_config
+    from trainer.data import DataError
+    from trainer.recipe import run
+
+    flags = {"algo": args.algo, "data": args.data, "model": args.model, "out": args.out, "finetune": args.finetune,
+             "max_steps": args.max_steps, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
+    config = load_config(args.config, **flags, **_parse_set(args.set))
+    try:
+        metrics = run(config, resume=args.resume)
+    except DataError as e:
+        print(f"selfplay train: {e}", file=sys.stderr)
+        return 2
+    print(f"trained {config.algo}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    return 0
 
 
 def _keys(args: argparse.Namespace) -> int:
@@ -96,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "keys":
             return _keys(args)
+        if args.command == "train":
+            return _train(args)
     except (ValueError, OSError) as e:
         print(f"selfplay {args.command}: {e}", file=sys.stderr)
         return 2

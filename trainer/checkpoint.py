@@ -1,0 +1,94 @@
+"""Checkpoints that resume exactly: trainable weights, optimizer, scheduler, RNG and the data cursor.
+
+    OUT/checkpoints/step-000040/
+        trainable.safetensors   the parameters being trained (LoRA matrices, or every weight)
+        trainer_state.pt        optimizer, scheduler, RNG states, cursor (step, epoch, batch)
+        state.json              the cursor and config, for people
+        adapter/ or model/      the same weights in the usual format (PeftModel.from_pretrained / Auto*)
+
+A checkpoint is written to a temporary directory and renamed into place, so a crash mid-write never
+leaves a half checkpoint that resume would pick up. The newest `keep` checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+@dataclass
+class Cursor:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # epoch of the next batch
+    batch: int = 0  # position of the next batch within that epoch's plan
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(root: Path, model: nn.Module, tokenizer: Any, optimizer: torch.optim.Optimizer,
+                    scheduler: Any, cursor: Cursor, config: dict[str, Any], keep: int) -> Path:
+    final = root / f"step-{cursor.step:06d}"
+    tmp = root / f".tmp-step-{cursor.step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(trainable_state(model), tmp / "trainable.safetensors")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+                "cursor": asdict(cursor)}, tmp / "trainer_state.pt")
+    (tmp / "state.json").write_text(json.dumps({"cursor": asdict(cursor), "config": config}, indent=2))
+    export_weights(model, tokenizer, tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in sorted(root.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def export_weights(model: nn.Module, tokenizer: Any, directory: Path) -> Path:
+    """adapter/ (peft, loads with PeftModel.from_pretrained) or model/ (full), with the tokenizer."""
+    target = directory / ("adapter" if hasattr(model, "peft_config") else "model")
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    found = sorted(p for p in root.glob("step-*") if (p / "trainer_state.pt").exists())
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> Cursor:
+    weights = load_file(path / "trainable.safetensors")
+    expected = set(trainable_state(model))
+    if set(weights) != expected:
+        raise ValueError(f"{path}: its trainable parameters do not match this model and config "
+                         f"(finetune mode or LoRA settings changed?)")
+    model.load_state_dict(weights, strict=False)
+    state = torch.load(path / "trainer_state.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return Cursor(**state["cursor"])

@@ -1,0 +1,309 @@
+"""The training recipe: one readable loop for every method (torchtune-style setup / train / save / cleanup).
+
+    selfplay train --algo dpo --data pairs.jsonl --model ./tiny --out runs/dpo
+
+    recipe = Recipe(load_config(algo="dpo", data="pairs.jsonl", model="./tiny", out="runs/dpo"))
+    recipe.setup(); recipe.train(); recipe.cleanup()
+
+Per optimizer step: for each micro-batch, forward (both sides of a pair in one pass) -> the method's
+loss -> backward; then clip, step, schedule, log, and every `save_every` steps a checkpoint that
+resumes exactly. Methods differ only in their step function, chosen from `STEPS`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from trainer import losses
+from trainer.checkpoint import Cursor, export_weights, latest_checkpoint, load_checkpoint, save_checkpoint
+from trainer.config import TrainConfig
+from trainer.data import (
+    Batch,
+    Renderer,
+    build_examples,
+    check_rows,
+    collate,
+    plan_batches,
+    read_rows,
+    split_messages,
+)
+from trainer.generate import sample_responses
+from trainer.logps import SeqLogps, reference_logps, sequence_logps
+
+log = structlog.get_logger("trainer.recipe")
+
+NEEDS_REFERENCE = {"dpo", "ipo", "spin", "gsil"}
+
+
+class Recipe:
+    def __init__(self, config: TrainConfig, resume: bool = False) -> None:
+        self.config, self.resume = config, resume
+        self.out = Path(config.out)
+        self.reference_cache: dict[tuple[int, str], float] = {}
+        self._plans: dict[int, list[list[int]]] = {}
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        cfg = self.config
+        random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        self.device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
+                                   else "cpu" if cfg.device == "auto" else cfg.device)
+        self.autocast_bf16 = cfg.precision == "bf16" or (
+            cfg.precision == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported())
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(cfg.model).to(self.device)
+        self.frozen_reference = None
+        if cfg.finetune == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                              target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+            self.model = get_peft_model(self.model, lora)
+        elif cfg.algo in NEEDS_REFERENCE:
+            self.frozen_reference = AutoModelForCausalLM.from_pretrained(cfg.model).to(self.device).eval()
+            self.frozen_reference.requires_grad_(False)
+        self.model.train()
+
+        rows = read_rows(cfg.data)
+        check_rows(rows, cfg.algo, source=cfg.data)
+        renderer = Renderer(self.tokenizer, cfg.max_length, cfg.max_prompt_length)
+        generated = self._generated_answers(rows, renderer) if cfg.algo in {"spin", "gsil"} else None
+        self.examples = build_examples(rows, cfg, renderer, generated)
+        batches_per_epoch = math.ceil(len(self.examples) / cfg.batch_size)
+        self.total_steps = cfg.max_steps or cfg.epochs * math.ceil(batches_per_epoch / cfg.grad_accum)
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.cursor = Cursor()
+        checkpoint = latest_checkpoint(self.out / "checkpoints") if self.resume else None
+        if checkpoint is not None:
+            self.cursor = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler)
+            log.info("resumed", checkpoint=str(checkpoint), step=self.cursor.step)
+        elif self.resume:
+            log.warning("no checkpoint to resume from; starting fresh", out=str(self.out))
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.metrics_file = open(self.out / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        self.tb = self._tensorboard()
+        log.info("setup", config=cfg.model_dump(), examples=len(self.examples), steps=self.total_steps,
+                 trainable=sum(p.numel() for p in params), device=str(self.device), bf16=self.autocast_bf16)
+
+    def _lr_factor(self, step: int) -> float:
+        warmup = int(self.config.warmup_ratio * self.total_steps)
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, self.total_steps - warmup)
+        return {"cosine": 0.5 * (1 + math.cos(math.pi * progress)), "linear": 1 - progress,
+                "constant": 1.0}[self.config.scheduler]
+
+    def _generated_answers(self, rows: list[dict], renderer: Renderer) -> dict[int, str] | None:
+        """GSIL/SPIN's y_gen: from the data, else sampled once from the starting policy and saved, so a
+        resumed run trains on the same answers."""
+        if all("generated" in row for row in rows):
+            return None
+        path = self.out / "generated.jsonl"
+        if path.exists():
+            saved = [json.loads(line) for line in path.read_text().splitlines() if line]
+            if len(saved) == len(rows):
+                return {r["index"]: r["generated"] for r in saved}
+        prompts = [split_messages(row)[0] for row in rows]
+        gen = self.config.generation
+        log.info("sampling y_gen from the starting policy", prompts=len(prompts))
+        texts = sample_responses(self.model, self.tokenizer, [renderer.prompt_text(p) for p in prompts],
+                                 max_new_tokens=gen.max_new_tokens, temperature=gen.temperature, top_p=gen.top_p,
+                                 batch_size=gen.batch_size, seed=self.config.seed,
+                                 add_special_tokens=isinstance(prompts[0], str))
+        self.out.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps({"index": i, "generated": t}) + "\n" for i, t in enumerate(texts)))
+        return dict(enumerate(texts))
+
+    def _tensorboard(self) -> Any:
+        if not self.config.tensorboard:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
+            return None
+        return SummaryWriter(str(self.out / "tensorboard"))
+
+    # ------------------------------------------------------------------ data
+    def next_batch(self) -> Batch:
+        """The batch at the cursor; the cursor moves on (into the next epoch when one ends)."""
+        plan = self._plan(self.cursor.epoch)
+        if self.cursor.batch >= len(plan):
+            self.cursor.epoch, self.cursor.batch = self.cursor.epoch + 1, 0
+            plan = self._plan(self.cursor.epoch)
+        positions = plan[self.cursor.batch]
+        self.cursor.batch += 1
+        return collate([self.examples[i] for i in positions], self.tokenizer.pad_token_id).to(self.device)
+
+    def _plan(self, epoch: int) -> list[list[int]]:
+        if epoch not in self._plans:
+            self._plans = {epoch: plan_batches(self.examples, self.config.batch_size, self.config.seed, epoch)}
+        return self._plans[epoch]
+
+    # ------------------------------------------------------------------ log-probs
+    def policy_logps(self, batch: Batch) -> SeqLogps:
+        return sequence_logps(self.model, batch.input_ids, batch.attention_mask, batch.score_mask)
+
+    def reference_logps(self, batch: Batch, roles: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """Reference sequence log-probs per role, computed once per example and cached."""
+        keys = [(i, role) for role in roles for i in (batch.indices[b] for b in batch.rows[role])]
+        if any(k not in self.reference_cache for k in keys):
+            ref = reference_logps(self.model, batch.input_ids, batch.attention_mask, batch.score_mask,
+                                  self.frozen_reference)
+            for role in roles:
+                for b, value in zip(batch.rows[role], ref.logps[batch.slices[role]].tolist(), strict=True):
+                    self.reference_cache[(batch.indices[b], role)] = value
+        return {role: torch.tensor([self.reference_cache[(batch.indices[b], role)] for b in batch.rows[role]],
+                                   device=self.device) for role in roles}
+
+    # ------------------------------------------------------------------ train
+    def train(self, stop_after: int | None = None) -> dict[str, float]:
+        """Run optimizer steps until the schedule ends (or until step `stop_after`, as a crash would)."""
+        cfg, step_fn = self.config, STEPS[self.config.algo]
+        end = min(self.total_steps, stop_after or self.total_steps)
+        bar = tqdm(total=self.total_steps, initial=self.cursor.step, desc=f"{cfg.algo}", dynamic_ncols=True)
+        last: dict[str, float] = {}
+        while self.cursor.step < end:
+            started, tokens = time.perf_counter(), 0
+            sums: dict[str, float] = defaultdict(float)
+            for _ in range(cfg.grad_accum):
+                batch = self.next_batch()
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
+                    out = step_fn(self, batch)
+                (out.loss / cfg.grad_accum).backward()
+                tokens += int(batch.attention_mask.sum())
+                sums["loss"] += out.loss.item() / cfg.grad_accum
+                for name, value in out.metrics.items():
+                    sums[name] += float(value) / cfg.grad_accum
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], cfg.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.cursor.step += 1
+            last = {**sums, "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0],
+                    "tokens_per_s": tokens / (time.perf_counter() - started), "epoch": self.cursor.epoch}
+            if self.cursor.step % cfg.log_every == 0 or self.cursor.step == self.total_steps:
+                self._log(last)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k in _SHOWN}, refresh=False)
+            bar.update(1)
+            if self.cursor.step % cfg.save_every == 0:
+                self.save_checkpoint()
+        bar.close()
+        return last
+
+    def _log(self, metrics: dict[str, float]) -> None:
+        self.metrics_file.write(json.dumps({"step": self.cursor.step, **metrics}) + "\n")
+        self.metrics_file.flush()
+        if self.tb is not None:
+            for name, value in metrics.items():
+                self.tb.add_scalar(name, value, self.cursor.step)
+
+    # ------------------------------------------------------------------ save / cleanup
+    def save_checkpoint(self) -> Path:
+        path = save_checkpoint(self.out / "checkpoints", self.model, self.tokenizer, self.optimizer, self.scheduler,
+                               self.cursor, self.config.model_dump(), self.config.keep_checkpoints)
+        log.info("checkpoint", path=str(path), step=self.cursor.step)
+        return path
+
+    def save_final(self) -> Path:
+        path = export_weights(self.model, self.tokenizer, self.out)
+        log.info("saved", path=str(path))
+        return path
+
+    def cleanup(self) -> None:
+        self.metrics_file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+_SHOWN = {"loss", "nll", "margin", "accuracy", "r_real", "r_generated", "real_term", "generated_term", "l1", "l2",
+          "flagged_fraction", "r_chosen", "r_rejected"}
+
+
+# ---------------------------------------------------------------------- one step function per data shape
+def sft_step(recipe: Recipe, batch: Batch) -> losses.LossOutput:
+    """SFT and contrastive SFT: token-mean NLL over the scored tokens."""
+    out = recipe.policy_logps(batch)
+    return losses.sft_loss(out.token_logps, out.mask)
+
+
+def pair_step(recipe: Recipe, batch: Batch) -> losses.LossOutput:
+    """DPO / IPO / hinge / SimPO on (chosen, rejected), both sides in one forward."""
+    cfg, out = recipe.config, recipe.policy_logps(batch)
+    chosen, rejected = out.rows(batch.slices["chosen"]), out.rows(batch.slices["rejected"])
+    if cfg.algo == "simpo":
+        s = cfg.simpo
+        return losses.simpo_loss(chosen.logps, rejected.logps, chosen.lengths, rejected.lengths, beta=s.beta,
+                                 gamma_beta_ratio=s.gamma_beta_ratio, cpo_alpha=s.cpo_alpha)
+    ref = recipe.reference_logps(batch, ("chosen", "rejected"))
+    return losses.dpo_loss(chosen.logps, rejected.logps, ref["chosen"], ref["rejected"], beta=cfg.dpo.beta,
+                           loss_type="ipo" if cfg.algo == "ipo" else cfg.dpo.loss_type,
+                           chosen_lengths=chosen.lengths, rejected_lengths=rejected.lengths)
+
+
+def real_generated_step(recipe: Recipe, batch: Batch) -> losses.LossOutput:
+    """SPIN / GSIL on (real demonstration, self-generated answer)."""
+    cfg, out = recipe.config, recipe.policy_logps(batch)
+    real, generated = out.rows(batch.slices["real"]), out.rows(batch.slices["generated"])
+    ref = recipe.reference_logps(batch, ("real", "generated"))
+    if cfg.algo == "spin":
+        return losses.spin_loss(real.logps, generated.logps, ref["real"], ref["generated"], beta=cfg.spin.beta)
+    g = cfg.gsil
+    return losses.gsil_loss(real.logps, generated.logps, ref["real"], ref["generated"], beta=g.beta,
+                            gamma=g.gamma, variant=g.variant)
+
+
+def cut_step(recipe: Recipe, batch: Batch) -> losses.LossOutput:
+    """CUT: y | x for every example, y | [x, j] for the bad ones, in one forward."""
+    cfg, out = recipe.config, recipe.policy_logps(batch)
+    plain = out.rows(batch.slices["plain"])
+    judged_tokens = plain.token_logps.detach().clone()  # placeholder rows for good examples (never read)
+    if "judged" in batch.slices:
+        judged = out.rows(batch.slices["judged"])  # same response tokens, fewer rows, maybe narrower
+        width = plain.token_logps.shape[1] - judged.token_logps.shape[1]
+        judged_tokens = judged_tokens.index_put(
+            (torch.tensor(batch.rows["judged"], device=judged_tokens.device),),
+            torch.nn.functional.pad(judged.token_logps, (0, width)))
+    return losses.cut_loss(plain.token_logps, judged_tokens, plain.mask, batch.negative,
+                           threshold=cfg.cut.threshold, alpha=cfg.cut.alpha, combine=cfg.cut.combine)
+
+
+STEPS: dict[str, Callable[[Recipe, Batch], losses.LossOutput]] = {
+    "sft": sft_step, "contrastive-sft": sft_step,
+    "dpo": pair_step, "ipo": pair_step, "simpo": pair_step,
+    "spin": real_generated_step, "gsil": real_generated_step,
+    "cut": cut_step,
+}
+
+
+def run(config: TrainConfig, resume: bool = False) -> dict[str, float]:
+    """setup -> train -> save the final adapter/model -> cleanup. Returns the last step's metrics."""
+    recipe = Recipe(config, resume=resume)
+    recipe.setup()
+    try:
+        metrics = recipe.train()
+        if recipe.cursor.step % config.save_every:
+            recipe.save_checkpoint()
+        recipe.save_final()
+        return metrics
+    finally:
+        recipe.cleanup()
