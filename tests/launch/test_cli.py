@@ -1,5 +1,6 @@
 """The installed `selfplay` command, run as a user runs it."""
 
+import json
 import shutil
 import stat
 import subprocess
@@ -69,3 +70,37 @@ def test_allow_list_skips_a_corrupt_entry(tmp_path):
     keys.init_keys(tmp_path, [("a", "solver")])
     (tmp_path / "allowed" / "broken.key").write_text("metadata\n    role = \"wizard\"\n")
     assert [k.name for k in keys.AllowList(tmp_path).agents()] == ["a"]
+
+
+def _train_files(tmp_path, tiny_models, kind="preference"):
+    from tests.trainer.datasets import write
+
+    return write(tmp_path / "data.jsonl", kind, n=4), str(tiny_models.policy)
+
+
+def test_train_runs_and_writes_an_adapter(tmp_path, tiny_models):
+    data, model = _train_files(tmp_path, tiny_models)
+    out = run("train", "--algo", "dpo", "--data", str(data), "--model", model, "--out", str(tmp_path / "o"),
+              "--max-steps", "2", "--batch-size", "2", "--set", "dpo.beta=0.05", "--set", "tensorboard=false")
+    assert out.returncode == 0, out.stderr
+    assert "trained dpo" in out.stdout
+    assert (tmp_path / "o" / "adapter" / "adapter_config.json").exists()
+    assert len((tmp_path / "o" / "metrics.jsonl").read_text().splitlines()) == 2
+    config = json.loads((tmp_path / "o" / "checkpoints" / "step-000002" / "state.json").read_text())["config"]
+    assert config["dpo"]["beta"] == 0.05
+
+
+def test_train_config_typo_names_the_field(tmp_path, tiny_models):
+    data, model = _train_files(tmp_path, tiny_models)
+    out = run("train", "--algo", "dpo", "--data", str(data), "--model", model, "--out", str(tmp_path / "o"),
+              "--set", "dpo.bta=0.1")
+    assert out.returncode == 2
+    assert "dpo.bta: Extra inputs are not permitted" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_train_bad_row_names_the_row_and_the_missing_field(tmp_path, tiny_models):
+    data, model = _train_files(tmp_path, tiny_models, kind="prompt_completion")
+    out = run("train", "--algo", "dpo", "--data", str(data), "--model", model, "--out", str(tmp_path / "o"))
+    assert out.returncode == 2
+    assert "row 0: missing 'chosen', 'rejected'" in out.stderr and "Traceback" not in out.stderr
