@@ -39,8 +39,13 @@ test: install-dev  ## lint, then run the whole test suite
 lint: install-dev  ## ruff, undefined names included
 	$(VENV)/bin/ruff check .
 
-bench: install-dev  ## message-bus benchmark (prints ratios against raw pyzmq and memcpy)
+$(VENV)/.bench: pyproject.toml $(VENV)/.dev
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+bench: $(VENV)/.bench  ## benchmarks: message bus (vs raw pyzmq, memcpy) and trainer (vs TRL, bare compute)
 	$(PY) bench/bus.py
+	$(PY) bench/trainer.py
 
 clean:  ## remove the environment
 	rm -rf $(VENV)

@@ -10,6 +10,8 @@ from transformers import AutoModelForCausalLM
 
 from tests.trainer.datasets import FORMAT_OF, write
 from trainer.config import TrainConfig
+from trainer.data import collate
+from trainer.logps import sequence_logps
 from trainer.recipe import Recipe, run
 
 ALGOS = ["sft", "dpo", "ipo", "simpo", "spin", "gsil", "cut", "contrastive-sft"]
@@ -73,9 +75,15 @@ def test_full_finetuning_changes_every_weight(tmp_path, tiny_models, algo):
     recipe.cleanup()
     unchanged = [n for n, p in recipe.model.named_parameters() if torch.equal(p, before[n])]
     assert not unchanged, unchanged
-    if algo == "dpo":  # the frozen reference is a separate, untouched copy
-        ref = dict(recipe.frozen_reference.named_parameters())
-        assert all(torch.equal(ref[n], before[n]) for n in before)
+    if algo == "dpo":  # the reference is the untouched starting model, cached, and its copy freed
+        assert recipe.frozen_reference is None
+        start = AutoModelForCausalLM.from_pretrained(tiny_models.policy)
+        batch = collate(recipe.examples, recipe.tokenizer.pad_token_id)
+        with torch.no_grad():
+            expected = sequence_logps(start, batch.input_ids, batch.attention_mask, batch.score_mask).logps
+        for role in ("chosen", "rejected"):
+            cached = [recipe.reference_cache[(batch.indices[b], role)] for b in batch.rows[role]]
+            assert cached == pytest.approx(expected[batch.slices[role]].tolist(), rel=1e-5, abs=1e-4)
     losses = losses_logged(tmp_path / "out")
     assert losses[-1] < losses[0]
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "model")
