@@ -76,10 +76,10 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
                     "config (see trainer/config.py) can be set in --config or with --set.",
         epilog="example: selfplay train --algo dpo --data pairs.jsonl --model ./my-model --out runs/dpo "
                "--set dpo.beta=0.05 --max-steps 200")
-    train.add_argument("--algo", required=True, help="sft, dpo, ipo, simpo, spin, gsil, cut or contrastive-sft")
-    train.add_argument("--data", required=True, help="dataset file: JSON lines or a JSON list")
-    train.add_argument("--model", required=True, help="base model: a local directory or a hub id")
-    train.add_argument("--out", required=True, help="output directory")
+    train.add_argument("--algo", help="sft, dpo, ipo, simpo, spin, gsil, cut or contrastive-sft (required)")
+    train.add_argument("--data", help="dataset file: JSON lines or a JSON list (required)")
+    train.add_argument("--model", help="base model: a local directory or a hub id (required)")
+    train.add_argument("--out", help="output directory (required)")
     train.add_argument("--config", help="TOML or JSON file with any config fields (flags override it)")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT")
     train.add_argument("--finetune", choices=["lora", "full"], help="LoRA adapter (default) or all weights")
@@ -89,6 +89,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--lr", type=float, help="peak learning rate (default 1e-4)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any config field, dotted for sections: --set gsil.variant=brier (repeatable)")
+    train.add_argument("--print-config", action="store_true",
+                       help="print every config field with its default and description (TOML), then exit")
 
 
 def _parse_set(items: list[str]) -> dict:
@@ -107,7 +109,11 @@ def _parse_set(items: list[str]) -> dict:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from trainer.config import load_config
+    from trainer.config import config_reference, load_config
+
+    if args.print_config:
+        print(config_reference(), end="")
+        return 0
     from trainer.data import DataError
     from trainer.recipe import run
 

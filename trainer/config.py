@@ -86,7 +86,7 @@ class ContrastiveSettings(Strict):
 
 
 class TrainConfig(Strict):
-    algo: Algo = Field(description="Training method.")
+    algo: Algo = Field(description="Training method: sft, dpo, ipo, simpo, spin, gsil, cut or contrastive-sft.")
     model: str = Field(description="Base model: a local directory or a hub id (loaded with AutoModelForCausalLM).")
     data: str = Field(description="Dataset file (JSON lines or a JSON list) in a TRL format.")
     out: str = Field(description="Output directory: checkpoints, metrics, the final adapter or model.")
@@ -160,6 +160,28 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig
 
 def format_validation_error(e: ValidationError, source: str | Path | None = None) -> str:
     where = f"{source}: " if source else ""
-    lines = [f"{where}{'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg']}"
-             for err in e.errors(include_url=False)]
-    return "\n".join(lines)
+    parts = [f"{'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg']}" for err in e.errors(include_url=False)]
+    return where + "; ".join(parts)
+
+
+def config_reference() -> str:
+    """Every field with its default and description, as a commented TOML file (one source of help)."""
+    lines = ["# selfplay train configuration: every field, its default and what it does.",
+             "# algo, model, data and out are required (flags --algo --model --data --out, or here).", ""]
+    sections = []
+    for name, f in TrainConfig.model_fields.items():
+        if isinstance(f.annotation, type) and issubclass(f.annotation, Strict):
+            sections.append((name, f))
+            continue
+        lines += [f"# {f.description}", _toml_line(name, None if f.is_required() else f.get_default(call_default_factory=True))]
+    for name, f in sections:
+        lines += ["", f"[{name}]  # {f.description}"]
+        for sub, sf in f.annotation.model_fields.items():
+            lines += [f"# {sf.description}", _toml_line(sub, sf.get_default(call_default_factory=True))]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_line(name: str, value: Any) -> str:
+    if value is None:
+        return f"# {name} = ..."
+    return f"{name} = {json.dumps(value)}"

@@ -156,3 +156,13 @@ def test_collate_negative_flags(tok):
     assert batch.rows["judged"] == [b for b, e in enumerate(examples) if e.negative]
     assert torch.equal(batch.score_mask[batch.slices["judged"]].sum(-1),
                        batch.score_mask[batch.slices["plain"]][batch.negative].sum(-1))
+
+
+def test_printed_config_reference_loads_back_as_the_defaults(tmp_path):
+    from trainer.config import config_reference
+
+    path = tmp_path / "c.toml"
+    path.write_text(config_reference())
+    loaded = load_config(path, algo="dpo", model="m", data="d", out="o")
+    assert loaded == config("dpo")
+    assert "# Inverse temperature of the implicit reward" in config_reference()
