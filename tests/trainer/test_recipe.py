@@ -120,3 +120,16 @@ def test_checkpoints_are_rotated(tmp_path, tiny_models):
     config = make_config(tmp_path, tiny_models, "sft", max_steps=8, save_every=2, keep_checkpoints=2)
     run(config)
     assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == ["step-000006", "step-000008"]
+
+
+@pytest.mark.parametrize("algo", ["dpo", "gsil"])
+def test_bf16_autocast_path_runs(tmp_path, tiny_models, algo):
+    """The bf16 path a GPU takes (autocast around forward and the reference pass), here on the CPU."""
+    config = make_config(tmp_path, tiny_models, algo, precision="bf16", max_steps=2)
+    recipe = Recipe(config)
+    recipe.setup()
+    assert recipe.autocast_bf16
+    metrics = recipe.train()
+    recipe.cleanup()
+    assert torch.isfinite(torch.tensor(metrics["loss"]))
+    assert all(isinstance(v, float) for v in recipe.reference_cache.values())
