@@ -27,6 +27,17 @@ def make_config(tmp_path, tiny_models, algo, **overrides):
     return TrainConfig.model_validate(settings)
 
 
+def train_with_snapshot(config):
+    """Train to the end and save; returns the recipe and a copy of every weight from before training."""
+    recipe = Recipe(config)
+    recipe.setup()
+    before = {n: p.detach().clone() for n, p in recipe.model.named_parameters()}
+    recipe.train()
+    recipe.save_final()
+    recipe.cleanup()
+    return recipe, before
+
+
 def losses_logged(out):
     return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -34,13 +45,7 @@ def losses_logged(out):
 @pytest.mark.parametrize("algo", ALGOS)
 def test_lora_trains_adapter_only_and_loss_falls_on_a_repeated_batch(tmp_path, tiny_models, algo):
     """8 rows, batch 8: every step sees the same batch, so the loss must fall."""
-    config = make_config(tmp_path, tiny_models, algo)
-    recipe = Recipe(config)
-    recipe.setup()
-    before = {n: p.detach().clone() for n, p in recipe.model.named_parameters()}
-    recipe.train()
-    recipe.save_final()
-    recipe.cleanup()
+    recipe, before = train_with_snapshot(make_config(tmp_path, tiny_models, algo))
     changed = {n for n, p in recipe.model.named_parameters() if not torch.equal(p, before[n])}
     lora = {n for n in before if "lora_" in n}
     assert lora and changed == lora, "exactly the LoRA weights change"
@@ -49,11 +54,7 @@ def test_lora_trains_adapter_only_and_loss_falls_on_a_repeated_batch(tmp_path, t
 
 
 def test_adapter_loads_with_peft_and_reproduces_the_policy(tmp_path, tiny_models):
-    recipe = Recipe(make_config(tmp_path, tiny_models, "dpo"))
-    recipe.setup()
-    recipe.train()
-    recipe.save_final()
-    recipe.cleanup()
+    recipe, _ = train_with_snapshot(make_config(tmp_path, tiny_models, "dpo"))
     ids = torch.tensor([[5, 40, 41, 42, 43]])
     with torch.no_grad():
         trained = recipe.model.eval()(input_ids=ids).logits
@@ -66,13 +67,8 @@ def test_adapter_loads_with_peft_and_reproduces_the_policy(tmp_path, tiny_models
 
 @pytest.mark.parametrize("algo", ["sft", "dpo"])
 def test_full_finetuning_changes_every_weight(tmp_path, tiny_models, algo):
-    config = make_config(tmp_path, tiny_models, algo, finetune="full", lr=1e-3, max_steps=4)
-    recipe = Recipe(config)
-    recipe.setup()
-    before = {n: p.detach().clone() for n, p in recipe.model.named_parameters()}
-    recipe.train()
-    recipe.save_final()
-    recipe.cleanup()
+    recipe, before = train_with_snapshot(make_config(tmp_path, tiny_models, algo, finetune="full", lr=1e-3,
+                                                     max_steps=4))
     unchanged = [n for n, p in recipe.model.named_parameters() if torch.equal(p, before[n])]
     assert not unchanged, unchanged
     if algo == "dpo":  # the reference is the untouched starting model, cached, and its copy freed
