@@ -1,0 +1,154 @@
+"""The ledger on real SQLite files: leases, expiry, idempotent results, dead letters, restart."""
+
+import sqlite3
+
+import pytest
+
+from agents.ledger import Ledger
+from protocol.messages import (
+    CreateResult,
+    GenerateResult,
+    GenerateTask,
+    JudgeResult,
+    JudgeTask,
+    Prompt,
+    Sample,
+    TrainingReport,
+    Verdict,
+)
+from tests.protocol.examples import GROUP, PROMPT
+
+
+def sample(i=0, prompt_id="p1"):
+    return Sample(sample_id=f"s{i}", prompt_id=prompt_id, text=f"answer {i}", policy_version=2)
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    led = Ledger(tmp_path / "ledger.sqlite", max_attempts=2)
+    yield led
+    led.close()
+
+
+def test_submit_lease_complete(ledger):
+    [tid] = ledger.submit([GenerateTask(prompts=[PROMPT])], now=0)
+    assert ledger.queue_stats()["generate"].queued == 1
+    assert ledger.lease("judge", "j", 5, 30, now=1) == []
+    [lease] = ledger.lease("generate", "solver-0", 5, 30, now=1)
+    assert (lease.task_id, lease.attempt, lease.deadline) == (tid, 1, 31)
+    assert lease.task.prompts[0] == PROMPT
+    assert ledger.lease("generate", "solver-1", 5, 30, now=2) == []  # leased tasks are not handed out twice
+    assert ledger.complete(tid, 1, GenerateResult(samples=[sample(0), sample(1)]), now=3) == "accepted"
+    assert ledger.complete(tid, 1, GenerateResult(samples=[sample(0)]), now=4) == "duplicate"
+    record = ledger.task(tid)
+    assert record["state"] == "done" and len(record["result"].samples) == 2
+    assert ledger.db.execute("SELECT COUNT(*) FROM samples").fetchone()[0] == 2
+    assert ledger.prompts() == [PROMPT]  # the submitted prompt is recorded with its lineage
+
+
+def test_priority_then_age_order(ledger):
+    low = ledger.submit([JudgeTask(groups=[GROUP])], now=0)
+    old = ledger.submit([JudgeTask(groups=[GROUP])], now=1)
+    new = ledger.submit([JudgeTask(groups=[GROUP])], now=2)
+    high = ledger.submit([JudgeTask(groups=[GROUP])], priority=5, now=3)
+    order = [lease.task_id for lease in ledger.lease("judge", "j", 10, 30, now=4)]
+    assert order == high + low + old + new
+
+
+def test_expired_lease_is_redispatched_and_the_late_result_is_stale(ledger):
+    [tid] = ledger.submit([GenerateTask(prompts=[PROMPT])], now=0)
+    ledger.lease("generate", "slow", 1, 10, now=0)
+    assert ledger.renew(tid, 1, "slow", 10, now=5) == 15  # renewal moves the deadline
+    assert ledger.expire(now=14) == []
+    assert ledger.expire(now=16) == [(tid, "queued")]
+    [second] = ledger.lease("generate", "fast", 1, 10, now=17)
+    assert second.attempt == 2
+    assert ledger.renew(tid, 1, "slow", 10, now=18) is None  # the old holder lost its lease
+    assert ledger.complete(tid, 1, GenerateResult(samples=[sample(9)]), now=19) == "stale"
+    assert ledger.complete(tid, 2, GenerateResult(samples=[sample(1)]), now=20) == "accepted"
+    assert ledger.db.execute("SELECT sample_id FROM samples").fetchall() == [("s1",)]
+
+
+def test_dead_letter_after_max_attempts_with_a_reason(ledger):
+    [tid] = ledger.submit([GenerateTask(prompts=[PROMPT])], now=0)
+    for attempt in (1, 2):
+        [lease] = ledger.lease("generate", "s", 1, 1, now=10 * attempt)
+        assert lease.attempt == attempt
+        ledger.expire(now=10 * attempt + 5)
+    record = ledger.task(tid)
+    assert record["state"] == "dead" and "lease expired (attempt 2 of 2)" in record["reason"]
+    assert ledger.lease("generate", "s", 1, 1, now=100) == []
+    assert ledger.queue_stats()["generate"].dead == 1
+
+
+def test_failures_and_dead_agents(ledger):
+    a, b = ledger.submit([GenerateTask(prompts=[PROMPT]), GenerateTask(prompts=[PROMPT])], now=0)
+    ledger.lease("generate", "s", 2, 30, now=0)
+    assert ledger.fail(a, 1, "prompt too long", retryable=False, now=1) == "dead"
+    assert ledger.task(a)["reason"] == "prompt too long"
+    assert ledger.fail(b, 7, "wrong attempt", retryable=True, now=1) is None
+    assert ledger.release_agent("s", now=2) == [(b, "queued")]
+    [lease] = ledger.lease("generate", "t", 1, 30, now=3)
+    assert (lease.task_id, lease.attempt) == (b, 2)
+
+
+def test_restart_requeues_leases_and_accepts_replayed_results(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    first = Ledger(path)
+    done, leased, queued = (first.submit([GenerateTask(prompts=[PROMPT])], now=t)[0] for t in (0, 1, 2))
+    for lease in first.lease("generate", "s", 2, 30, now=3):  # the two oldest: done, leased
+        if lease.task_id == done:
+            first.complete(done, lease.attempt, GenerateResult(samples=[sample(0)]), now=2)
+    first.db.close()  # no clean shutdown: the hub was killed
+
+    second = Ledger(path)
+    assert second.recover(now=10) == 1
+    assert second.task(done)["state"] == "done" and second.task(done)["result"].samples[0].sample_id == "s0"
+    assert second.task(leased)["state"] == "queued"
+    # the agent that held `leased` replays its outbox: its attempt is still the latest, so it counts
+    assert second.complete(leased, 1, GenerateResult(samples=[sample(1)]), now=11) == "accepted"
+    assert second.complete(done, 1, GenerateResult(samples=[sample(0)]), now=12) == "duplicate"
+    assert second.complete("nope", 1, GenerateResult(samples=[]), now=12) == "unknown"
+    assert second.task(queued)["state"] == "queued"
+    second.close()
+
+
+def test_results_fill_the_domain_tables(ledger):
+    evolved = Prompt(prompt_id="p2", text="What is 37 + 48 + 5?", source="evolved", parent_id="p1",
+                     mutation="add_constraint")
+    t_create, t_judge, t_train = ledger.submit([JudgeTask(groups=[GROUP])] * 3, now=0)
+    for t in (t_create, t_judge, t_train):
+        ledger.db.execute("UPDATE tasks SET state = 'leased', attempt = 1 WHERE task_id = ?", (t,))
+    ledger.complete(t_create, 1, CreateResult(prompts=[evolved], round=1), now=1)
+    ledger.complete(t_judge, 1, JudgeResult(verdicts=[Verdict(sample_id="s1", score=0.5, judgment="close")]), now=1)
+    ledger.complete(t_train, 1, TrainingReport(policy_version=3, step=7, examples=8, metrics={"loss": 0.6}), now=1)
+    [row] = ledger.db.execute("SELECT parent_id, mutation, round FROM prompts WHERE prompt_id = 'p2'").fetchall()
+    assert row == ("p1", "add_constraint", 1)
+    assert ledger.prompts("evolved") == [evolved]
+    assert ledger.db.execute("SELECT score, judgment FROM verdicts").fetchall() == [(0.5, "close")]
+    assert ledger.db.execute("SELECT name, value, step, policy_version FROM metrics").fetchall() == [("loss", 0.6, 7, 3)]
+    ledger.record_policy(3, 2, "adapters/v3", 1024, now=2)
+    assert ledger.policy_version() == 3
+
+
+def test_wal_mode_and_a_wrong_schema_is_refused(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    led = Ledger(path)
+    assert led.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    led.close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    with pytest.raises(RuntimeError, match="schema 99"):
+        Ledger(path)
+
+
+def test_a_failed_transaction_leaves_nothing_behind(ledger):
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom), ledger._tx():
+        ledger.db.execute("INSERT INTO metrics VALUES ('x', 1, 0, 0, NULL, 0)")
+        raise Boom
+    assert ledger.db.execute("SELECT COUNT(*) FROM metrics").fetchone()[0] == 0
