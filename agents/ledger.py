@@ -88,7 +88,9 @@ class Ledger:
         """`durable=True` also fsyncs every commit (synchronous=FULL): survives power loss, not just crashes."""
         self.path, self.max_attempts = Path(path), max_attempts
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, isolation_level=None)  # explicit transactions below
+        # One owner at a time (the hub opens it in start() and hands it to its loop thread), so the
+        # same-thread check would only forbid that hand-over; transactions are explicit below.
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self.db.execute("PRAGMA foreign_keys=ON")

@@ -99,7 +99,7 @@ def agent_socket(ctx: zmq.Context, endpoint: str, channel: Channel, *, name: str
 def peer_user_id(frame: Any) -> str | None:
     """The ZAP User-Id ("name:role") of the peer that sent `frame` (received with copy=False)."""
     try:
-        return frame.get("User-Id")
+        return frame.get("User-Id") or None  # ipc has no ZAP: no (or an empty) User-Id
     except (zmq.ZMQError, AttributeError):
         return None
 

@@ -1,0 +1,316 @@
+"""The hub: a Majordomo-style broker over the ledger. Knows task kinds and queues, not algorithms.
+
+    hub = Hub(HubConfig(run_dir="runs/a", control="ipc", data="ipc"))
+    hub.start(); hub.run(stop)        # stop: a threading.Event
+
+Loop (zguide): poll both sockets -> decode -> one handler per message kind -> housekeeping
+(expire leases, bury silent agents, send heartbeats, hand queued tasks to agents with free credit).
+Every message is checked against the role bound to its sender (the CURVE key's role over tcp, the
+READY role over the private ipc directory); malformed input is answered with an Error and counted,
+never allowed to stop the loop.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+import zmq
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from agents.ledger import Ledger
+from protocol import keys
+from protocol.codec import Envelope, ProtocolError, decode, encode
+from protocol.constants import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS
+from protocol.messages import (
+    ALLOWED_SENDERS,
+    Ack,
+    AgentInfo,
+    Assign,
+    Error,
+    Heartbeat,
+    PolicyAnnounce,
+    PolicyUpdate,
+    StatusReply,
+    Welcome,
+)
+from protocol.transport import hub_socket, ipc_endpoint, limits_for, peer_user_id
+
+log = structlog.get_logger("agents.hub")
+
+
+class HubConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    run_dir: str = Field(description="Run directory: ledger, adapters, sockets.")
+    control: str = Field("ipc", description="Control endpoint: 'ipc' (RUN_DIR/sock) or tcp://HOST:PORT.")
+    data: str = Field("ipc", description="Data endpoint (adapter tensors): 'ipc' or tcp://HOST:PORT.")
+    keys_dir: str | None = Field(None, description="CURVE key directory; required for tcp endpoints.")
+    lease_s: float = Field(60.0, gt=0, description="Lease length; agents renew before it runs out.")
+    max_attempts: int = Field(3, ge=1, description="Leases a task gets before it is declared DEAD.")
+    heartbeat_interval_s: float = Field(HEARTBEAT_INTERVAL_S, gt=0, description="Heartbeat period, both ways.")
+    liveness: int = Field(HEARTBEAT_LIVENESS, ge=1, description="Silent intervals before an agent is dead.")
+    max_staleness: int = Field(0, ge=0, description="Policy versions a sample may lag behind and still count.")
+
+
+@dataclass
+class AgentState:
+    name: str
+    role: str
+    identity: bytes
+    capacity: int
+    task_kinds: list[str]
+    last_seen: float
+    policy_version: int | None = None
+    in_flight: set[tuple[str, int]] = field(default_factory=set)  # (task_id, attempt)
+
+
+@dataclass
+class Incoming:
+    """One decoded message and where it came from, as every handler receives it."""
+
+    sock: zmq.Socket
+    identity: bytes
+    env: Envelope
+    agent: AgentState | None
+    now: float
+    bound: str | None  # ZAP User-Id "name:role" of the sender's key (None over ipc)
+
+    def reply(self, hub: Hub, message, tensors=None) -> None:
+        hub._send(self.sock, self.identity, message, reply_to=self.env.header.msg_id, tensors=tensors)
+
+
+class Hub:
+    def __init__(self, config: HubConfig, context: zmq.Context | None = None) -> None:
+        self.config = config
+        self.run_dir = Path(config.run_dir)
+        self.ctx = context or zmq.Context.instance()
+        self.hub_id = os.urandom(6).hex()
+        self.agents: dict[bytes, AgentState] = {}  # by control-socket routing id
+        self.rejected: Counter[str] = Counter()  # refusals by error code, shown by status
+        self.done: Counter[str] = Counter()  # accepted results by task kind
+        self.started = time.time()
+        self._last_heartbeat = 0.0
+
+    # ------------------------------------------------------------------ start / stop
+    def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "adapters").mkdir(exist_ok=True)
+        self.ledger = Ledger(self.run_dir / "ledger.sqlite", max_attempts=self.config.max_attempts)
+        requeued = self.ledger.recover(time.time())
+        curve, self.auth = None, None
+        if self.config.keys_dir:
+            self.auth = keys.Authenticator(self.ctx, keys.AllowList(self.config.keys_dir))
+            self.auth.start()
+            curve = keys.hub_keypair(self.config.keys_dir)
+        self.control = hub_socket(self.ctx, self._endpoint(self.config.control, "control"), "control", curve=curve)
+        self.data = hub_socket(self.ctx, self._endpoint(self.config.data, "data"), "data", curve=curve)
+        self.endpoints = {"control": self.control.last_endpoint.decode(), "data": self.data.last_endpoint.decode()}
+        self.policy_version = self.ledger.policy_version()
+        log.info("hub started", hub_id=self.hub_id, requeued=requeued, policy_version=self.policy_version,
+                 **self.endpoints, config=self.config.model_dump())
+
+    def _endpoint(self, spec: str, channel: str) -> str:
+        return ipc_endpoint(self.run_dir, f"hub-{channel}") if spec == "ipc" else spec
+
+    def close(self) -> None:
+        for sock in (self.control, self.data):
+            sock.close(linger=0)
+        if self.auth is not None:
+            self.auth.stop()
+        self.ledger.close()
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, stop: threading.Event) -> None:
+        poller = zmq.Poller()
+        poller.register(self.control, zmq.POLLIN)
+        poller.register(self.data, zmq.POLLIN)
+        timeout_ms = int(self.config.heartbeat_interval_s * 1000 / 4)
+        while not stop.is_set():
+            events = dict(poller.poll(timeout_ms))
+            for sock in (self.control, self.data):
+                if events.get(sock):
+                    for _ in range(256):  # drain a burst without starving housekeeping
+                        try:
+                            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self.handle(sock, frames)
+            self.housekeeping(time.time())
+
+    def handle(self, sock: zmq.Socket, frames: list) -> None:
+        identity, body = frames[0].bytes, frames[1:]
+        channel = "control" if sock is self.control else "data"
+        try:
+            env = decode(body, limits_for(channel))
+        except ProtocolError as e:
+            self.rejected[e.code] += 1
+            log.warning("message refused", code=e.code, detail=e.detail, peer=identity[:64])
+            self._send(sock, identity, e.to_message())
+            return
+        now = time.time()
+        agent = self._agent_for(identity, channel)
+        kind = env.message.kind
+        if kind != "ready" and kind != "status_query" and agent is None:
+            return self._refuse(sock, identity, "not_ready", f"{kind} before ready", env.header.msg_id)
+        role = agent.role if agent is not None else env.message.role if kind == "ready" else "observer"
+        bound = peer_user_id(body[0])
+        if bound is not None:
+            role = bound.partition(":")[2]
+        if role not in ALLOWED_SENDERS[kind]:
+            return self._refuse(sock, identity, "forbidden", f"a {role} may not send {kind}", env.header.msg_id)
+        if agent is not None:
+            agent.last_seen = now
+        handler = getattr(self, f"on_{kind}", None)
+        if handler is None:
+            return self._refuse(sock, identity, "invalid_message", f"the hub does not take {kind}", env.header.msg_id)
+        handler(Incoming(sock, identity, env, agent, now, bound))
+
+    def _agent_for(self, identity: bytes, channel: str) -> AgentState | None:
+        if channel == "control":
+            return self.agents.get(identity)
+        name = identity.decode(errors="replace").removesuffix("/data")
+        return next((a for a in self.agents.values() if a.name == name), None)
+
+    def _refuse(self, sock: zmq.Socket, identity: bytes, code: str, detail: str, reply_to: str | None) -> None:
+        self.rejected[code] += 1
+        log.warning("message refused", code=code, detail=detail, peer=identity[:64])
+        self._send(sock, identity, Error(code=code, detail=detail), reply_to=reply_to)
+
+    def _send(self, sock: zmq.Socket, identity: bytes, message, reply_to: str | None = None, tensors=None) -> bool:
+        try:
+            sock.send_multipart([identity, *encode(message, sender="hub", reply_to=reply_to, tensors=tensors)],
+                                copy=tensors is None)
+            return True
+        except zmq.ZMQError as e:  # ROUTER_MANDATORY: the peer is gone or its queue is full
+            log.warning("send failed", peer=identity[:64], error=str(e), kind=message.kind)
+            return False
+
+    # ------------------------------------------------------------------ handlers
+    def on_ready(self, msg: Incoming) -> None:
+        m, now = msg.env.message, msg.now
+        if msg.bound is not None and msg.bound != f"{m.name}:{m.role}":
+            return self._refuse(msg.sock, msg.identity, "forbidden",
+                                f"key is bound to {msg.bound}, not {m.name}:{m.role}", msg.env.header.msg_id)
+        if msg.agent is not None:  # a restarted agent: its old leases go back to the queue
+            self.ledger.release_agent(msg.agent.name, now)
+        self.agents[msg.identity] = AgentState(m.name, m.role, msg.identity, m.capacity, list(m.task_kinds), now,
+                                               m.policy_version)
+        log.info("agent ready", name=m.name, role=m.role, capacity=m.capacity, kinds=m.task_kinds)
+        msg.reply(self, Welcome(hub_id=self.hub_id, heartbeat_interval_s=self.config.heartbeat_interval_s,
+                                policy_version=self.policy_version))
+
+    def on_heartbeat(self, msg: Incoming) -> None:
+        pass  # last_seen is updated for every message
+
+    def on_disconnect(self, msg: Incoming) -> None:
+        self._bury(msg.identity, msg.now, "disconnected")
+
+    def on_renew(self, msg: Incoming) -> None:
+        m = msg.env.message
+        deadline = self.ledger.renew(m.task_id, m.attempt, msg.agent.name, self.config.lease_s, msg.now)
+        status = "renewed" if deadline is not None else "stale"
+        msg.reply(self, Ack(task_id=m.task_id, attempt=m.attempt, status=status, deadline_unix_s=deadline))
+
+    def on_result(self, msg: Incoming) -> None:
+        m, now = msg.env.message, msg.now
+        samples = getattr(m.result, "samples", [])
+        oldest = min((s.policy_version for s in samples), default=self.policy_version)
+        if oldest < self.policy_version - self.config.max_staleness:
+            self.ledger.fail(m.task_id, m.attempt, f"samples from policy {oldest}, hub at {self.policy_version}",
+                             retryable=True, now=now)
+            outcome = "stale"
+        else:
+            outcome = self.ledger.complete(m.task_id, m.attempt, m.result, now)  # committed before the ack
+        msg.agent.in_flight.discard((m.task_id, m.attempt))
+        if outcome == "accepted":
+            self.done[m.result.kind] += 1
+        msg.reply(self, Ack(task_id=m.task_id, attempt=m.attempt, status="stale" if outcome == "unknown" else outcome))
+
+    def on_task_failed(self, msg: Incoming) -> None:
+        m = msg.env.message
+        self.ledger.fail(m.task_id, m.attempt, m.reason, m.retryable, msg.now)
+        msg.agent.in_flight.discard((m.task_id, m.attempt))
+        msg.reply(self, Ack(task_id=m.task_id, attempt=m.attempt, status="accepted"))
+
+    def on_submit(self, msg: Incoming) -> None:
+        ids = self.ledger.submit(msg.env.message.tasks, now=msg.now)
+        msg.reply(self, Ack(status="queued", task_ids=ids))
+
+    def on_policy_update(self, msg: Incoming) -> None:
+        m, env, now = msg.env.message, msg.env, msg.now
+        path = self.run_dir / "adapters" / f"v{m.version:06d}.safetensors"
+        save_file({k: v.clone() for k, v in env.tensors.items()}, path,
+                  metadata={"update": m.model_dump_json()})  # persisted before it is announced
+        num_bytes = sum(t.nbytes for t in env.tensors.values())
+        self.ledger.record_policy(m.version, m.parent_version, str(path), num_bytes, now)
+        self.policy_version = max(self.policy_version, m.version)
+        msg.reply(self, Ack(status="accepted"))
+        for other in list(self.agents.values()):
+            self._send(self.control, other.identity, PolicyAnnounce(version=m.version, num_bytes=num_bytes))
+        log.info("policy published", version=m.version, bytes=num_bytes)
+
+    def on_policy_fetch(self, msg: Incoming) -> None:
+        version = msg.env.message.version or self.policy_version
+        path = self.run_dir / "adapters" / f"v{version:06d}.safetensors"
+        if not path.exists():
+            return self._refuse(msg.sock, msg.identity, "unknown_task", f"no policy version {version}",
+                                msg.env.header.msg_id)
+        with safe_open(str(path), "pt") as f:
+            update = PolicyUpdate.model_validate_json(f.metadata()["update"])
+        msg.reply(self, update, tensors=load_file(path))
+
+    def on_status_query(self, msg: Incoming) -> None:
+        msg.reply(self, self.status(msg.now))
+
+    # ------------------------------------------------------------------ housekeeping
+    def housekeeping(self, now: float) -> None:
+        for task_id, state in self.ledger.expire(now):
+            # The holder keeps the credit: it is presumably still busy on the task (stuck, not dead),
+            # so it gets no new work until it answers (its late result is acked stale) or is buried.
+            log.warning("lease expired", task_id=task_id, now_state=state)
+        silent = now - self.config.heartbeat_interval_s * self.config.liveness
+        for identity in [i for i, a in self.agents.items() if a.last_seen < silent]:
+            self._bury(identity, now, "silent")
+        if now - self._last_heartbeat >= self.config.heartbeat_interval_s:
+            self._last_heartbeat = now
+            for a in list(self.agents.values()):
+                self._send(self.control, a.identity, Heartbeat())
+        self.dispatch(now)
+
+    def _bury(self, identity: bytes, now: float, why: str) -> None:
+        agent = self.agents.pop(identity, None)
+        if agent is not None:
+            released = self.ledger.release_agent(agent.name, now)
+            log.warning("agent gone", name=agent.name, why=why, requeued=len(released))
+
+    def dispatch(self, now: float) -> None:
+        """Credit-based: an agent never holds more tasks than its capacity."""
+        for agent in list(self.agents.values()):
+            for kind in agent.task_kinds:
+                free = agent.capacity - len(agent.in_flight)
+                for lease in self.ledger.lease(kind, agent.name, free, self.config.lease_s, now):
+                    assign = Assign(task_id=lease.task_id, attempt=lease.attempt, lease_s=self.config.lease_s,
+                                    deadline_unix_s=lease.deadline, task=lease.task)
+                    if self._send(self.control, agent.identity, assign):
+                        agent.in_flight.add((lease.task_id, lease.attempt))
+                    else:
+                        self.ledger.release_agent(agent.name, now)
+
+    def status(self, now: float) -> StatusReply:
+        agents = [AgentInfo(name=a.name, role=a.role, capacity=a.capacity, in_flight=len(a.in_flight),
+                            last_seen_s=round(now - a.last_seen, 3), policy_version=a.policy_version)
+                  for a in self.agents.values()]
+        uptime = max(now - self.started, 1e-9)
+        metrics = {f"rejected.{code}": float(n) for code, n in self.rejected.items()}
+        metrics |= {f"done.{kind}": float(n) for kind, n in self.done.items()}
+        metrics["results_per_s"] = sum(self.done.values()) / uptime
+        return StatusReply(hub_id=self.hub_id, policy_version=self.policy_version, agents=agents,
+                           queues=self.ledger.queue_stats(), metrics=metrics)
+

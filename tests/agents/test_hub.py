@@ -1,0 +1,235 @@
+"""The hub over real sockets (ipc, and tcp + CURVE for role binding) with a real SQLite ledger."""
+
+import threading
+import time
+
+import pytest
+import torch
+import zmq
+
+from agents.hub import Hub, HubConfig
+from agents.ledger import Ledger
+from protocol import keys
+from protocol.messages import (
+    GenerateResult,
+    GenerateTask,
+    Heartbeat,
+    PolicyFetch,
+    PolicyUpdate,
+    Ready,
+    Renew,
+    Result,
+    Sample,
+    StatusQuery,
+    Submit,
+)
+from protocol.transport import ClientCurve
+from tests.agents.client import Client
+from tests.protocol.examples import PROMPT
+
+
+class Running:
+    def __init__(self, tmp_path, **config):
+        self.ctx = zmq.Context()
+        self.hub = Hub(HubConfig(run_dir=str(tmp_path / "run"), **config), self.ctx)
+        self.hub.start()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.hub.run, args=(self.stop,), daemon=True)
+        self.thread.start()
+        self.clients = []
+
+    def client(self, name, channel="control", **kw):
+        c = Client(self.ctx, self.hub.endpoints[channel], name, channel, **kw)
+        self.clients.append(c)
+        return c
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(5)
+        for c in self.clients:
+            c.close()
+        self.hub.close()
+        self.ctx.term()
+
+
+@pytest.fixture
+def running(tmp_path):
+    r = Running(tmp_path, lease_s=30, heartbeat_interval_s=0.2, liveness=50)  # test clients do not heartbeat
+    yield r
+    r.close()
+
+
+def sample(i, version=0):
+    return Sample(sample_id=f"s{i}", prompt_id=PROMPT.prompt_id, text=str(i), policy_version=version)
+
+
+def submit(client, n=1):
+    client.send(Submit(tasks=[GenerateTask(prompts=[PROMPT])] * n))
+    ack = client.recv().message
+    assert ack.status == "queued"
+    return ack.task_ids
+
+
+def test_handshake_then_work_flows_and_results_are_idempotent(running):
+    creator, solver = running.client("creator-0"), running.client("solver-0")
+    creator.ready("creator", kinds=())
+    welcome = solver.ready("solver")
+    assert welcome.policy_version == 0 and welcome.hub_id == running.hub.hub_id
+    [task_id] = submit(creator)
+    assign = solver.recv()
+    assert assign.message.kind == "assign" and assign.header.task_id == task_id and assign.message.attempt == 1
+    result = Result(task_id=task_id, attempt=1, result=GenerateResult(samples=[sample(0)]))
+    solver.send(result)
+    assert solver.recv().message.status == "accepted"
+    solver.send(result)  # an outbox replay
+    assert solver.recv().message.status == "duplicate"
+    assert Ledger(running.hub.run_dir / "ledger.sqlite").task(task_id)["state"] == "done"
+
+
+def test_credit_limits_what_an_agent_holds(running):
+    creator, solver = running.client("creator-0"), running.client("solver-0")
+    creator.ready("creator", kinds=())
+    solver.ready("solver", capacity=2)
+    submit(creator, 5)
+    assigns = [solver.recv(timeout_ms=1000) for _ in range(3)]
+    assert [a is not None for a in assigns] == [True, True, False]
+    first = assigns[0].message
+    solver.send(Result(task_id=first.task_id, attempt=first.attempt, result=GenerateResult(samples=[sample(1)])))
+    kinds = {solver.recv().message.kind, solver.recv().message.kind}
+    assert kinds == {"ack", "assign"}  # one result back frees one credit
+
+
+def test_refusals_are_answered_and_counted_and_the_hub_keeps_serving(running):
+    stranger = running.client("stranger")
+    stranger.sock.send_multipart([b"GET / HTTP/1.1", b"", b""])
+    assert stranger.recv().message.code == "bad_signature"
+    stranger.send(Renew(task_id="t", attempt=1))
+    assert stranger.recv().message.code == "not_ready"
+    solver = running.client("solver-0")
+    solver.ready("solver")
+    solver.send(Submit(tasks=[GenerateTask(prompts=[PROMPT])]))  # only a creator may submit
+    assert solver.recv().message.code == "forbidden"
+    solver.send(StatusQuery())
+    status = solver.recv().message
+    assert status.metrics["rejected.bad_signature"] == 1 and status.metrics["rejected.forbidden"] == 1
+    assert [a.name for a in status.agents] == ["solver-0"]
+
+
+def test_expired_lease_goes_to_another_agent_and_the_late_result_is_stale(tmp_path):
+    r = Running(tmp_path, lease_s=0.4, heartbeat_interval_s=0.1, liveness=100)
+    try:
+        creator, slow, fast = r.client("creator-0"), r.client("slow"), r.client("fast")
+        creator.ready("creator", kinds=())
+        slow.ready("solver")
+        [task_id] = submit(creator)
+        first = slow.recv().message
+        fast.ready("solver")
+        second = fast.recv(timeout_ms=3000).message  # after the lease expired
+        assert (second.task_id, second.attempt) == (task_id, 2)
+        slow.send(Result(task_id=task_id, attempt=1, result=GenerateResult(samples=[sample(1)])))
+        assert slow.recv().message.status == "stale"
+        fast.send(Result(task_id=task_id, attempt=2, result=GenerateResult(samples=[sample(2)])))
+        assert fast.recv().message.status == "accepted"
+        assert first.attempt == 1
+    finally:
+        r.close()
+
+
+def test_silent_agent_is_buried_and_its_task_requeued(tmp_path):
+    r = Running(tmp_path, lease_s=60, heartbeat_interval_s=0.1, liveness=3)
+    try:
+        creator, silent = r.client("creator-0"), r.client("silent")
+        creator.ready("creator", kinds=())
+        silent.ready("solver")
+        [task_id] = submit(creator)
+        assert silent.recv().message.task_id == task_id
+        silent.close()  # never heard from again
+        rescuer = r.client("rescuer")
+        rescuer.ready("solver")
+        deadline, assign = time.time() + 5, None
+        while assign is None and time.time() < deadline:
+            rescuer.send(Heartbeat())  # the rescuer stays alive; the silent one does not
+            env = rescuer.recv(timeout_ms=100)
+            assign = env.message if env is not None and env.message.kind == "assign" else None
+        assert assign is not None and assign.task_id == task_id and assign.attempt == 2
+    finally:
+        r.close()
+
+
+def test_policy_update_is_persisted_announced_and_fetched(running):
+    trainer_control, trainer_data = running.client("trainer-0"), running.client("trainer-0", "data")
+    solver, solver_data = running.client("solver-0"), running.client("solver-0", "data")
+    trainer_control.ready("trainer", kinds=())
+    solver.ready("solver")
+    weights = {"layer.lora_A": torch.randn(4, 8, dtype=torch.bfloat16), "layer.lora_B": torch.zeros(8, 4)}
+    update = PolicyUpdate(version=1, parent_version=0, base_model="tiny", adapter_config={"r": 4})
+    trainer_data.send(update, tensors=weights)
+    assert trainer_data.recv().message.status == "accepted"
+    announce = solver.recv(skip=("heartbeat",))
+    assert announce.message.kind == "policy_announce" and announce.message.version == 1
+    solver_data.send(PolicyFetch(version=0))
+    fetched = solver_data.recv()
+    assert fetched.message == update
+    for name, tensor in weights.items():
+        assert torch.equal(fetched.tensors[name], tensor) and fetched.tensors[name].dtype == tensor.dtype
+    assert (running.hub.run_dir / "adapters" / "v000001.safetensors").exists()
+    solver_data.send(PolicyFetch(version=7))
+    assert solver_data.recv().message.code == "unknown_task"
+
+
+def test_only_a_trainer_may_publish_weights(running):
+    solver, solver_data = running.client("solver-0"), running.client("solver-0", "data")
+    solver.ready("solver")
+    solver_data.send(PolicyUpdate(version=9, parent_version=0, base_model="x"), tensors={"w": torch.zeros(2)})
+    assert solver_data.recv().message.code == "forbidden"
+
+
+def test_samples_older_than_the_staleness_bound_are_refused(running):
+    creator, solver, trainer_data = running.client("creator-0"), running.client("solver-0"), running.client(
+        "trainer-0", "data")
+    running.client("trainer-0").ready("trainer", kinds=())
+    creator.ready("creator", kinds=())
+    solver.ready("solver")
+    trainer_data.send(PolicyUpdate(version=1, parent_version=0, base_model="x"), tensors={"w": torch.zeros(1)})
+    assert trainer_data.recv().message.status == "accepted"
+    [task_id] = submit(creator)
+    assign = solver.recv().message
+    solver.send(Result(task_id=task_id, attempt=assign.attempt, result=GenerateResult(samples=[sample(0, version=0)])))
+    assert solver.recv().message.status == "stale"
+    retry = solver.recv().message  # requeued and offered again
+    assert (retry.kind, retry.task_id, retry.attempt) == ("assign", task_id, 2)
+
+
+def test_hub_restart_requeues_and_accepts_the_replayed_result(tmp_path):
+    first = Running(tmp_path)
+    creator, solver = first.client("creator-0"), first.client("solver-0")
+    creator.ready("creator", kinds=())
+    solver.ready("solver")
+    [task_id] = submit(creator)
+    assign = solver.recv().message
+    first.close()  # the hub goes away with the task leased
+
+    second = Running(tmp_path)
+    try:
+        solver = second.client("solver-0")
+        welcome = solver.ready("solver", kinds=())  # reconnects; takes no new work
+        assert welcome.hub_id != first.hub.hub_id
+        solver.send(Result(task_id=task_id, attempt=assign.attempt, result=GenerateResult(samples=[sample(3)])))
+        assert solver.recv().message.status == "accepted"
+    finally:
+        second.close()
+
+
+def test_curve_key_is_bound_to_its_name_and_role(tmp_path):
+    key_dir = tmp_path / "keys"
+    keys.init_keys(key_dir, [("solver-0", "solver")])
+    r = Running(tmp_path, control="tcp://127.0.0.1:*", data="tcp://127.0.0.1:*", keys_dir=str(key_dir))
+    try:
+        curve = ClientCurve(keys.agent_keypair(key_dir, "solver-0"), keys.hub_keypair(key_dir).public)
+        impostor = r.client("solver-0", curve=curve)
+        impostor.send(Ready(role="trainer", name="solver-0"))  # the key says solver
+        assert impostor.recv().message.code == "forbidden"
+        honest = r.client("solver-0", curve=curve)
+        assert honest.ready("solver").kind == "welcome"
+    finally:
+        r.close()
