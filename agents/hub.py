@@ -120,6 +120,10 @@ class Hub:
         return ipc_endpoint(self.run_dir, f"hub-{channel}") if spec == "ipc" else spec
 
     def close(self) -> None:
+        """Close sockets, authenticator and ledger. Safe to call twice."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         for sock in (self.control, self.data):
             sock.close(linger=0)
         if self.auth is not None:
@@ -200,8 +204,11 @@ class Hub:
                                 f"key is bound to {msg.bound}, not {m.name}:{m.role}", msg.env.header.msg_id)
         if msg.agent is not None:  # a restarted agent: its old leases go back to the queue
             self.ledger.release_agent(msg.agent.name, now)
-        self.agents[msg.identity] = AgentState(m.name, m.role, msg.identity, m.capacity, list(m.task_kinds), now,
-                                               m.policy_version)
+        state = AgentState(m.name, m.role, msg.identity, m.capacity, list(m.task_kinds), now, m.policy_version)
+        for ref in m.holding:  # results waiting in its outbox: give those leases back before any dispatch
+            if self.ledger.reclaim(ref.task_id, ref.attempt, m.name, self.config.lease_s, now):
+                state.in_flight.add((ref.task_id, ref.attempt))
+        self.agents[msg.identity] = state
         log.info("agent ready", name=m.name, role=m.role, capacity=m.capacity, kinds=m.task_kinds)
         msg.reply(self, Welcome(hub_id=self.hub_id, heartbeat_interval_s=self.config.heartbeat_interval_s,
                                 policy_version=self.policy_version))

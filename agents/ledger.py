@@ -145,6 +145,15 @@ class Ledger:
                 " AND state = 'leased'", (now + lease_s, now, task_id, attempt, agent)).rowcount
         return now + lease_s if changed else None
 
+    def reclaim(self, task_id: str, attempt: int, agent: str, lease_s: float, now: float) -> bool:
+        """Give a requeued lease back to the agent that holds its result (same attempt), if nobody
+        else has leased it since. Used when an agent reconnects after a hub restart."""
+        with self._tx():
+            changed = self.db.execute(
+                "UPDATE tasks SET state = 'leased', agent = ?, deadline = ?, updated = ? WHERE task_id = ?"
+                " AND attempt = ? AND state = 'queued'", (agent, now + lease_s, now, task_id, attempt)).rowcount
+        return bool(changed)
+
     def complete(self, task_id: str, attempt: int, result: ResultPayload, now: float) -> Outcome:
         """Record a result: committed (with its samples, verdicts, prompts or metrics) before returning."""
         with self._tx():

@@ -108,6 +108,11 @@ class AgentInfo(Wire):
     policy_version: int | None = Field(None, description="Policy version it runs (solvers).")
 
 
+class LeaseRef(Wire):
+    task_id: str = Field(description="A task the agent leased.")
+    attempt: int = Field(ge=1, description="The attempt it leased.")
+
+
 class QueueStats(Wire):
     queued: int = Field(0, description="Waiting for an agent.")
     leased: int = Field(0, description="Held by an agent under a lease.")
@@ -190,6 +195,9 @@ class Ready(Wire):
     protocol_version: str = Field(PROTOCOL_VERSION, description="Sender's full protocol version.")
     task_kinds: list[TaskKind] = Field(default_factory=list, description="Queues it leases from.")
     policy_version: int | None = Field(None, description="Policy version it already holds, if any.")
+    holding: list[LeaseRef] = Field(default_factory=list, description=(
+        "Leases whose results wait in its outbox (a reconnect): the hub hands them back instead of "
+        "re-dispatching, so the replayed results still count."))
 
 
 class Welcome(Wire):

@@ -37,6 +37,7 @@ class Running:
         self.thread = threading.Thread(target=self.hub.run, args=(self.stop,), daemon=True)
         self.thread.start()
         self.clients = []
+        self.links = []  # AgentLinks started against this hub (stopped on close)
 
     def client(self, name, channel="control", **kw):
         c = Client(self.ctx, self.hub.endpoints[channel], name, channel, **kw)
@@ -44,12 +45,14 @@ class Running:
         return c
 
     def close(self):
+        for link in self.links:
+            link.stop()
         self.stop.set()
         self.thread.join(5)
         for c in self.clients:
             c.close()
         self.hub.close()
-        self.ctx.term()
+        self.ctx.destroy(linger=0)  # never blocks on a socket a failed test left open
 
 
 @pytest.fixture

@@ -152,3 +152,15 @@ def test_a_failed_transaction_leaves_nothing_behind(ledger):
         ledger.db.execute("INSERT INTO metrics VALUES ('x', 1, 0, 0, NULL, 0)")
         raise Boom
     assert ledger.db.execute("SELECT COUNT(*) FROM metrics").fetchone()[0] == 0
+
+
+def test_reclaim_gives_a_requeued_lease_back_only_if_nobody_took_it(ledger):
+    a, b = (ledger.submit([GenerateTask(prompts=[PROMPT])], now=t)[0] for t in (0, 1))
+    ledger.lease("generate", "s", 2, 30, now=2)
+    ledger.recover(now=3)  # hub restart: both back in the queue at attempt 1
+    ledger.lease("generate", "other", 1, 30, now=4)  # `a` (the oldest) goes to someone else as attempt 2
+    assert not ledger.reclaim(a, 1, "s", 30, now=5)
+    assert ledger.reclaim(b, 1, "s", 30, now=5)
+    assert not ledger.reclaim(b, 2, "s", 30, now=5)  # wrong attempt
+    assert ledger.task(b)["state"] == "leased" and ledger.task(b)["agent"] == "s" and ledger.task(b)["attempt"] == 1
+    assert ledger.complete(b, 1, GenerateResult(samples=[sample(4)]), now=6) == "accepted"

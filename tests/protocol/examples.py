@@ -15,6 +15,7 @@ from protocol.messages import (
     JudgedGroup,
     JudgeResult,
     JudgeTask,
+    LeaseRef,
     PolicyAnnounce,
     PolicyFetch,
     PolicyUpdate,
@@ -43,7 +44,8 @@ VERDICT = Verdict(sample_id="s1", score=0.25, judgment="The tens digit is wrong:
 GROUP = JudgedGroup(prompt=PROMPT, samples=[SAMPLE], verdicts=[VERDICT])
 
 EXAMPLES = [
-    Ready(role="solver", name="solver-0", capacity=4, task_kinds=["generate"], policy_version=2),
+    Ready(role="solver", name="solver-0", capacity=4, task_kinds=["generate"], policy_version=2,
+          holding=[LeaseRef(task_id="t9", attempt=2)]),
     Welcome(hub_id="hub-a1", heartbeat_interval_s=1.0, policy_version=3),
     Heartbeat(),
     Disconnect(reason="shutdown"),

@@ -1,0 +1,269 @@
+"""The agent side of the protocol: a worker API whose socket I/O runs on its own thread.
+
+    link = AgentLink(LinkConfig(name="solver-0", role="solver", task_kinds=["generate"],
+                                control="ipc:///run/sock/hub-control.ipc"))
+    link.start()                                   # READY -> WELCOME
+    while running:
+        assign = link.next_task(timeout_s=1.0)     # an Assign, or None
+        if assign is not None:
+            link.complete(assign, do_the_work(assign.task))
+    link.stop()                                    # DISCONNECT, thread joined
+
+The compute thread never touches the socket. The I/O thread (vLLM's engine-core pattern, zguide's
+Paranoid Pirate worker) sends heartbeats even while a model step holds the compute thread for
+minutes, renews leases at half their length, keeps every result in an outbox until the hub
+acknowledges it, reconnects with exponential backoff and jitter when the hub falls silent, and
+replays the outbox after every (re)connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+import zmq
+from pydantic import BaseModel, ConfigDict, Field
+
+from protocol import keys
+from protocol.codec import ProtocolError, decode, encode, new_msg_id
+from protocol.constants import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS
+from protocol.messages import (
+    Assign,
+    Disconnect,
+    Heartbeat,
+    LeaseRef,
+    PolicyAnnounce,
+    Ready,
+    Renew,
+    Result,
+    ResultPayload,
+    Role,
+    StatusQuery,
+    StatusReply,
+    Submit,
+    TaskFailed,
+    TaskKind,
+    TaskPayload,
+)
+from protocol.transport import ClientCurve, agent_socket
+
+log = structlog.get_logger("agents.agent")
+
+
+class LinkConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="Agent name, unique in the run (must match its CURVE key over tcp).")
+    role: Role = Field(description="Role announced in READY.")
+    control: str = Field(description="The hub's control endpoint (ipc://... or tcp://HOST:PORT).")
+    data: str | None = Field(None, description="The hub's data endpoint, for weight sync.")
+    capacity: int = Field(1, ge=1, description="Tasks held at once.")
+    task_kinds: list[TaskKind] = Field(default_factory=list, description="Queues to take work from.")
+    keys_dir: str | None = Field(None, description="Key directory with agents/NAME.key_secret and hub.key.")
+    heartbeat_interval_s: float = Field(HEARTBEAT_INTERVAL_S, gt=0, description="Heartbeat period.")
+    liveness: int = Field(HEARTBEAT_LIVENESS, ge=1, description="Silent hub intervals before reconnecting.")
+    reconnect_min_s: float = Field(0.1, gt=0, description="First reconnect delay; doubles up to the max.")
+    reconnect_max_s: float = Field(5.0, gt=0, description="Longest reconnect delay.")
+
+
+@dataclass
+class _Pending:
+    done: threading.Event = field(default_factory=threading.Event)
+    reply: Any = None
+
+
+class AgentLink:
+    def __init__(self, config: LinkConfig, context: zmq.Context | None = None) -> None:
+        self.config = config
+        self.ctx = context or zmq.Context.instance()
+        self.inbox: queue.Queue[Assign] = queue.Queue()
+        self.announcements: queue.Queue[PolicyAnnounce] = queue.Queue()
+        self.connected = threading.Event()
+        self.hub_id: str | None = None
+        self.lost: set[tuple[str, int]] = set()  # leases the hub took back (renewal refused)
+        self._outbox: dict[tuple[str, int], Any] = {}  # unacknowledged Result / TaskFailed
+        self._leases: dict[tuple[str, int], tuple[float, float]] = {}  # -> (renew_at, lease_s)
+        self._commands: queue.Queue[tuple[Any, str | None]] = queue.Queue()
+        self._pending: dict[str, _Pending] = {}
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread = threading.Thread(target=self._io_loop, name=f"{config.name}-io", daemon=True)
+
+    # ------------------------------------------------------------------ compute-thread API
+    def start(self, timeout_s: float = 30.0) -> None:
+        self._thread.start()
+        if not self.connected.wait(timeout_s):
+            raise TimeoutError(f"{self.config.name}: no WELCOME from {self.config.control} in {timeout_s:.0f} s")
+
+    def next_task(self, timeout_s: float | None = None) -> Assign | None:
+        try:
+            return self.inbox.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+
+    def complete(self, assign: Assign, result: ResultPayload) -> None:
+        self._deliver(Result(task_id=assign.task_id, attempt=assign.attempt, result=result))
+
+    def fail(self, assign: Assign, reason: str, retryable: bool = True) -> None:
+        self._deliver(TaskFailed(task_id=assign.task_id, attempt=assign.attempt, reason=reason, retryable=retryable))
+
+    def _deliver(self, message: Result | TaskFailed) -> None:
+        """Into the outbox first (so pending_results() counts it at once), then onto the wire."""
+        self._outbox[(message.task_id, message.attempt)] = message
+        self._send(message)
+
+    def submit(self, tasks: list[TaskPayload], timeout_s: float = 30.0) -> list[str]:
+        return self._request(Submit(tasks=tasks), timeout_s).task_ids
+
+    def status(self, timeout_s: float = 10.0) -> StatusReply:
+        return self._request(StatusQuery(), timeout_s)
+
+    def pending_results(self) -> int:
+        return len(self._outbox)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Send DISCONNECT, join the I/O thread, release the wake-up pipe. Safe to call twice."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._wake()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _send(self, message: Any, msg_id: str | None = None) -> None:
+        self._commands.put((message, msg_id))
+        self._wake()
+
+    def _request(self, message: Any, timeout_s: float) -> Any:
+        msg_id = new_msg_id()
+        pending = self._pending[msg_id] = _Pending()
+        self._send(message, msg_id)
+        if not pending.done.wait(timeout_s):
+            self._pending.pop(msg_id, None)
+            raise TimeoutError(f"{self.config.name}: no reply to {message.kind} in {timeout_s:.0f} s")
+        if getattr(pending.reply, "kind", None) == "error":
+            raise RuntimeError(f"hub refused {message.kind}: {pending.reply.code}: {pending.reply.detail}")
+        return pending.reply
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # after stop() the pipe is closed
+            os.write(self._wake_w, b"x")
+
+    # ------------------------------------------------------------------ the I/O thread
+    def _io_loop(self) -> None:
+        cfg = self.config
+        sock, attempt = self._connect(), 0
+        last_heard = last_beat = time.monotonic()
+        tick_s = cfg.heartbeat_interval_s / 4
+        while not self._stop.is_set():
+            poller = zmq.Poller()
+            poller.register(sock, zmq.POLLIN)
+            poller.register(self._wake_r, zmq.POLLIN)
+            events = dict(poller.poll(int(tick_s * 1000)))
+            if self._wake_r in events:
+                os.read(self._wake_r, 4096)
+            self._flush_commands(sock)
+            if events.get(sock):
+                while sock.poll(0):
+                    self._handle(sock, sock.recv_multipart(copy=False))
+                    last_heard, attempt = time.monotonic(), 0
+            now = time.monotonic()
+            if now - last_beat >= cfg.heartbeat_interval_s:
+                self._post(sock, Heartbeat())
+                last_beat = now
+            self._renew_leases(sock, now)
+            if now - last_heard > cfg.heartbeat_interval_s * cfg.liveness:  # the hub is gone: reconnect
+                self.connected.clear()
+                sock.close(linger=0)
+                delay = min(cfg.reconnect_max_s, cfg.reconnect_min_s * 2 ** attempt) * random.uniform(0.5, 1.0)
+                log.warning("hub silent, reconnecting", agent=cfg.name, delay_s=round(delay, 2))
+                if self._stop.wait(delay):
+                    return
+                sock, attempt = self._connect(), attempt + 1
+                last_heard = time.monotonic()
+        self._post(sock, Disconnect(reason="stopping"))
+        sock.close(linger=500)
+
+    def _connect(self) -> zmq.Socket:
+        cfg, curve = self.config, None
+        if cfg.keys_dir:
+            curve = ClientCurve(keys.agent_keypair(cfg.keys_dir, cfg.name), keys.hub_keypair(cfg.keys_dir).public)
+        sock = agent_socket(self.ctx, cfg.control, "control", name=cfg.name, curve=curve)
+        self._post(sock, self._ready())
+        return sock
+
+    def _ready(self) -> Ready:
+        cfg = self.config
+        holding = [LeaseRef(task_id=t, attempt=a) for t, a in list(self._outbox)]
+        return Ready(role=cfg.role, name=cfg.name, capacity=cfg.capacity, task_kinds=cfg.task_kinds, holding=holding)
+
+    def _post(self, sock: zmq.Socket, message: Any, msg_id: str | None = None) -> None:
+        try:
+            sock.send_multipart(encode(message, sender=self.config.name, msg_id=msg_id), zmq.NOBLOCK)
+        except zmq.Again:  # queue full while the hub is away: the outbox keeps what matters
+            log.warning("send queue full", agent=self.config.name, kind=message.kind)
+
+    def _flush_commands(self, sock: zmq.Socket) -> None:
+        while True:
+            try:
+                message, msg_id = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if message.kind in ("result", "task_failed"):  # no more renewals for a finished lease
+                self._leases.pop((message.task_id, message.attempt), None)
+            self._post(sock, message, msg_id)
+
+    def _renew_leases(self, sock: zmq.Socket, now: float) -> None:
+        for key, (renew_at, lease_s) in list(self._leases.items()):
+            if now >= renew_at:
+                self._post(sock, Renew(task_id=key[0], attempt=key[1]))
+                self._leases[key] = (now + lease_s / 2, lease_s)
+
+    def _handle(self, sock: zmq.Socket, frames: list) -> None:
+        try:
+            env = decode(frames)
+        except ProtocolError as e:
+            log.warning("bad message from hub", agent=self.config.name, code=e.code, detail=e.detail)
+            return
+        m = env.message
+        pending = self._pending.pop(env.header.reply_to, None) if env.header.reply_to else None
+        if m.kind == "welcome":
+            # After any (re)connection replay what is unacknowledged: a new hub may lack it, an old one
+            # may have refused it while it had us for dead; repeats are acknowledged as duplicates.
+            if self._outbox:
+                log.info("replaying outbox", agent=self.config.name, results=len(self._outbox), hub_id=m.hub_id)
+                for message in list(self._outbox.values()):  # a snapshot: complete() may add meanwhile
+                    self._post(sock, message)
+            self.hub_id = m.hub_id
+            self.connected.set()
+        elif m.kind == "assign":
+            key = (m.task_id, m.attempt)
+            if key not in self._leases and key not in self._outbox:
+                self._leases[key] = (time.monotonic() + m.lease_s / 2, m.lease_s)
+                self.inbox.put(m)
+        elif m.kind == "ack":
+            key = (m.task_id, m.attempt)
+            if m.status == "renewed":
+                pass
+            elif m.status == "stale" and key in self._leases:  # a renewal refused: the hub took it back
+                self._leases.pop(key)
+                self.lost.add(key)
+            else:
+                self._outbox.pop(key, None)
+        elif m.kind == "policy_announce":
+            self.announcements.put(m)
+        elif m.kind == "error":
+            log.warning("hub error", agent=self.config.name, code=m.code, detail=m.detail)
+            if m.code == "not_ready":  # the hub forgot us (restart, or buried while we were stalled)
+                self._post(sock, self._ready())
+        if pending is not None:
+            pending.reply = m
+            pending.done.set()

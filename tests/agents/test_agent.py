@@ -1,0 +1,112 @@
+"""AgentLink against a real hub over real sockets: work, heartbeats while busy, outbox replay, stop."""
+
+import threading
+import time
+
+import pytest
+
+from agents.agent import AgentLink, LinkConfig
+from agents.ledger import Ledger
+from protocol.messages import GenerateResult, GenerateTask, Sample
+from tests.agents.test_hub import Running
+from tests.protocol.examples import PROMPT
+
+
+def link(running, name, role="solver", kinds=("generate",), **kw):
+    config = LinkConfig(name=name, role=role, control=running.hub.endpoints["control"], task_kinds=list(kinds),
+                        heartbeat_interval_s=0.1, liveness=5, reconnect_min_s=0.05, reconnect_max_s=0.3, **kw)
+    agent = AgentLink(config, running.ctx)
+    running.links.append(agent)
+    agent.start(timeout_s=10)
+    return agent
+
+
+def result(i=0):
+    return GenerateResult(samples=[Sample(sample_id=f"s{i}", prompt_id=PROMPT.prompt_id, text="85", policy_version=0)])
+
+
+@pytest.fixture
+def running(tmp_path):
+    r = Running(tmp_path, lease_s=30, heartbeat_interval_s=0.1, liveness=5)
+    yield r
+    r.close()
+
+
+def wait_for(predicate, timeout_s=5.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_work_flows_and_the_outbox_empties_on_ack(running):
+    creator, solver = link(running, "creator-0", "creator", kinds=()), link(running, "solver-0")
+    [task_id] = creator.submit([GenerateTask(prompts=[PROMPT])])
+    assign = solver.next_task(timeout_s=5)
+    assert assign.task_id == task_id and assign.task.prompts == [PROMPT]
+    solver.complete(assign, result())
+    assert wait_for(lambda: solver.pending_results() == 0)
+    assert running.hub.ledger.task(task_id)["state"] == "done"
+    assert {a.name for a in creator.status().agents} == {"creator-0", "solver-0"}
+    with pytest.raises(RuntimeError, match="forbidden"):
+        solver.submit([GenerateTask(prompts=[PROMPT])], timeout_s=5)  # a solver may not submit
+    creator.stop()
+    solver.stop()
+
+
+def test_heartbeats_and_renewals_flow_while_the_compute_thread_is_busy(tmp_path):
+    """Liveness 0.5 s and leases of 0.6 s, while the 'model' holds the compute thread for 2 s."""
+    r = Running(tmp_path, lease_s=0.6, heartbeat_interval_s=0.1, liveness=5)
+    try:
+        creator, solver = link(r, "creator-0", "creator", kinds=()), link(r, "solver-0")
+        [task_id] = creator.submit([GenerateTask(prompts=[PROMPT])])
+        assign = solver.next_task(timeout_s=5)
+        busy = threading.Thread(target=time.sleep, args=(2.0,))  # a long generate() call, GIL released
+        busy.start()
+        busy.join()
+        assert "solver-0" in {a.name for a in creator.status().agents}  # never buried
+        solver.complete(assign, result())
+        assert wait_for(lambda: solver.pending_results() == 0)
+        record = r.hub.ledger.task(task_id)
+        assert record["state"] == "done" and record["attempt"] == 1  # the lease never expired
+        creator.stop()
+        solver.stop()
+    finally:
+        r.close()
+
+
+def test_results_made_while_the_hub_is_down_reach_the_restarted_hub(tmp_path):
+    first = Running(tmp_path, lease_s=30, heartbeat_interval_s=0.1, liveness=5)
+    creator, solver = link(first, "creator-0", "creator", kinds=()), link(first, "solver-0")
+    [task_id] = creator.submit([GenerateTask(prompts=[PROMPT])])
+    assign = solver.next_task(timeout_s=5)
+    creator.stop()
+    old_hub = first.hub.hub_id
+    first.stop.set()  # the hub dies (its loop stops; sockets closed, nothing flushed)
+    first.thread.join(5)
+    first.hub.close()
+
+    solver.complete(assign, result(7))  # finished while nobody listens
+    time.sleep(0.8)  # the link notices the silence and starts reconnecting
+    assert not solver.connected.is_set() and solver.pending_results() == 1
+
+    second = Running(tmp_path, lease_s=30, heartbeat_interval_s=0.1, liveness=5)
+    try:
+        assert wait_for(lambda: solver.connected.is_set() and solver.hub_id == second.hub.hub_id, 10)
+        assert solver.hub_id != old_hub
+        assert wait_for(lambda: solver.pending_results() == 0, 5)
+        record = Ledger(tmp_path / "run" / "ledger.sqlite").task(task_id)
+        assert record["state"] == "done" and record["result"].samples[0].sample_id == "s7"
+        solver.stop()
+    finally:
+        second.close()
+        first.close()
+
+
+def test_stop_disconnects_at_once(running):
+    solver = link(running, "solver-0")
+    assert "solver-0" in {a.name for a in running.hub.status(time.time()).agents}
+    solver.stop()
+    assert wait_for(lambda: not running.hub.agents, 2)  # not after liveness runs out: at once
