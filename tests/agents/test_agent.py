@@ -48,7 +48,7 @@ def test_work_flows_and_the_outbox_empties_on_ack(running):
     assert assign.task_id == task_id and assign.task.prompts == [PROMPT]
     solver.complete(assign, result())
     assert wait_for(lambda: solver.pending_results() == 0)
-    assert running.hub.ledger.task(task_id)["state"] == "done"
+    assert running.task(task_id)["state"] == "done"
     assert {a.name for a in creator.status().agents} == {"creator-0", "solver-0"}
     with pytest.raises(RuntimeError, match="forbidden"):
         solver.submit([GenerateTask(prompts=[PROMPT])], timeout_s=5)  # a solver may not submit
@@ -69,7 +69,7 @@ def test_heartbeats_and_renewals_flow_while_the_compute_thread_is_busy(tmp_path)
         assert "solver-0" in {a.name for a in creator.status().agents}  # never buried
         solver.complete(assign, result())
         assert wait_for(lambda: solver.pending_results() == 0)
-        record = r.hub.ledger.task(task_id)
+        record = r.task(task_id)
         assert record["state"] == "done" and record["attempt"] == 1  # the lease never expired
         creator.stop()
         solver.stop()

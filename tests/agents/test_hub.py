@@ -39,6 +39,14 @@ class Running:
         self.clients = []
         self.links = []  # AgentLinks started against this hub (stopped on close)
 
+    def task(self, task_id):
+        """A task's record read through a connection of our own (the hub's belongs to its thread)."""
+        ledger = Ledger(self.hub.run_dir / "ledger.sqlite")
+        try:
+            return ledger.task(task_id)
+        finally:
+            ledger.close()
+
     def client(self, name, channel="control", **kw):
         c = Client(self.ctx, self.hub.endpoints[channel], name, channel, **kw)
         self.clients.append(c)
@@ -86,7 +94,7 @@ def test_handshake_then_work_flows_and_results_are_idempotent(running):
     assert solver.recv().message.status == "accepted"
     solver.send(result)  # an outbox replay
     assert solver.recv().message.status == "duplicate"
-    assert Ledger(running.hub.run_dir / "ledger.sqlite").task(task_id)["state"] == "done"
+    assert running.task(task_id)["state"] == "done"
 
 
 def test_credit_limits_what_an_agent_holds(running):

@@ -1,0 +1,97 @@
+"""Generation with transformers: batched sampling with KV cache, per-token log-probs, LoRA hot-swap.
+
+    gen = HFGenerator("./tiny/policy")
+    outputs = gen.generate([prompt], SamplingParams(n=4, temperature=0.7, top_p=0.9, max_new_tokens=32))
+    gen.load_policy(update, tensors)             # a PolicyUpdate from the trainer: new LoRA weights
+
+Log-probs are those of the *policy* (raw logits, temperature 1) at each sampled token, not of the
+temperature/top-p-processed sampling distribution: off-policy corrections and staleness checks
+compare them with the trainer's log-probs of the same tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from protocol.messages import Prompt, SamplingParams
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str  # "stop" | "length"
+
+
+class HFGenerator:
+    def __init__(self, model_path: str, device: str = "auto", batch_size: int = 16) -> None:
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
+                                   else "cpu" if device == "auto" else device)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(model_path).to(self.device).eval()
+        self.batch_size, self.version = batch_size, 0
+
+    def render(self, prompt: Prompt) -> tuple[str, bool]:
+        """Prompt text and whether the tokenizer should add its special tokens (not for chat templates)."""
+        if prompt.messages:
+            turns = [t.model_dump() for t in prompt.messages]
+            return self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True), False
+        return prompt.text, True
+
+    @torch.no_grad()
+    def generate(self, prompts: list[Prompt], sampling: SamplingParams) -> list[list[Generation]]:
+        """n generations per prompt, in prompt order."""
+        out: list[list[Generation]] = []
+        for start in range(0, len(prompts), self.batch_size):
+            out += self._batch(prompts[start:start + self.batch_size], sampling)
+        return out
+
+    def _batch(self, prompts: list[Prompt], sampling: SamplingParams) -> list[list[Generation]]:
+        tok = self.tokenizer
+        rendered = [self.render(p) for p in prompts]
+        side, tok.padding_side = tok.padding_side, "left"
+        try:  # chat-templated and plain prompts are tokenized apart: special tokens differ
+            encoded = [tok(text, add_special_tokens=special)["input_ids"] for text, special in rendered]
+            batch = tok.pad({"input_ids": encoded}, return_tensors="pt").to(self.device)
+        finally:
+            tok.padding_side = side
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        kwargs: dict[str, Any] = {"do_sample": sampling.temperature > 0, "max_new_tokens": sampling.max_new_tokens,
+                                  "num_return_sequences": sampling.n, "pad_token_id": tok.pad_token_id,
+                                  "eos_token_id": tok.eos_token_id, "return_dict_in_generate": True,
+                                  "output_logits": True}
+        if sampling.temperature > 0:
+            kwargs |= {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
+        result = self.model.generate(**batch, **kwargs)
+        new = result.sequences[:, batch["input_ids"].shape[1]:]  # (B*n, L)
+        logits = torch.stack(result.logits, dim=1).float()  # (B*n, L, V) raw policy logits
+        logps = torch.log_softmax(logits, -1).gather(-1, new[..., None]).squeeze(-1)
+        generations = []
+        for row in range(new.shape[0]):
+            ids = new[row].tolist()
+            length = ids.index(tok.eos_token_id) + 1 if tok.eos_token_id in ids else len(ids)
+            finish = "stop" if tok.eos_token_id in ids[:length] else "length"
+            generations.append(Generation(tok.decode(ids[:length], skip_special_tokens=True), ids[:length],
+                                          logps[row, :length].tolist(), finish))
+        return [generations[i * sampling.n:(i + 1) * sampling.n] for i in range(len(prompts))]
+
+    def load_policy(self, version: int, adapter_config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        """Swap in a published LoRA adapter (peft state-dict keys, as the trainer sends them)."""
+        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+        if not hasattr(self.model, "peft_config"):
+            config = LoraConfig(**{k: v for k, v in adapter_config.items() if k in _LORA_KEYS})
+            self.model = get_peft_model(self.model, config).eval()
+        set_peft_model_state_dict(self.model, {k: v.to(self.device) for k, v in tensors.items()})
+        self.version = version
+
+
+_LORA_KEYS = {"r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "fan_in_fan_out"}

@@ -1,0 +1,101 @@
+"""The hf backend and the solver: log-probs agree with the trainer's, adapters hot-swap, tasks flow."""
+
+import threading
+import time
+
+import torch
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+from transformers import AutoModelForCausalLM
+
+from agents.agent import AgentLink, LinkConfig
+from agents.backends.hf import HFGenerator
+from agents.solver import Solver
+from protocol.messages import ChatTurn, GenerateTask, PolicyUpdate, Prompt, SamplingParams
+from tests.agents.test_hub import Running
+from trainer.logps import sequence_logps
+
+PROMPTS = [Prompt(prompt_id="a", text="What is 2 + 3?"),
+           Prompt(prompt_id="b", text="", messages=[ChatTurn(role="user", content="What is 40 + 2?")])]
+
+
+def test_sampling_logprobs_are_the_policys_own(tiny_models):
+    """Greedy tokens' log-probs from generate() == teacher-forced log-probs of the same tokens."""
+    gen = HFGenerator(str(tiny_models.policy))
+    [[first], [second]] = gen.generate(PROMPTS, SamplingParams(n=1, temperature=0.0, max_new_tokens=6))
+    for prompt, g in zip(PROMPTS, (first, second), strict=True):
+        assert len(g.token_ids) == len(g.logprobs) > 0 and g.finish_reason in {"stop", "length"}
+        text, special = gen.render(prompt)
+        prompt_ids = gen.tokenizer(text, add_special_tokens=special)["input_ids"]
+        ids = torch.tensor([prompt_ids + g.token_ids])
+        score = torch.tensor([[False] * len(prompt_ids) + [True] * len(g.token_ids)])
+        with torch.no_grad():
+            forced = sequence_logps(gen.model, ids, torch.ones_like(ids), score)
+        torch.testing.assert_close(torch.tensor(g.logprobs), forced.token_logps[0], rtol=1e-4, atol=1e-4)
+
+
+def test_n_samples_per_prompt_and_seeded(tiny_models):
+    gen = HFGenerator(str(tiny_models.policy))
+    params = SamplingParams(n=3, temperature=1.0, top_p=0.9, max_new_tokens=5, seed=7)
+    a, b = gen.generate(PROMPTS, params), gen.generate(PROMPTS, params)
+    assert [len(group) for group in a] == [3, 3]
+    assert [[g.token_ids for g in group] for group in a] == [[g.token_ids for g in group] for group in b]
+
+
+def test_a_published_adapter_is_hot_swapped(tiny_models):
+    gen = HFGenerator(str(tiny_models.policy))
+    trained = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_models.policy),
+                             LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    state = get_peft_model_state_dict(trained)
+    gen.load_policy(3, {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}, state)
+    ids = torch.tensor([[5, 40, 41, 42]])
+    with torch.no_grad():
+        torch.testing.assert_close(gen.model(input_ids=ids).logits, trained.eval()(input_ids=ids).logits)
+    assert gen.version == 3
+
+
+def test_solver_answers_tasks_and_switches_policy_versions(tmp_path, tiny_models):
+    r = Running(tmp_path, lease_s=30, heartbeat_interval_s=0.2, liveness=25)
+    stop = threading.Event()
+    try:
+        creator = AgentLink(LinkConfig(name="creator-0", role="creator", control=r.hub.endpoints["control"]), r.ctx)
+        solver_link = AgentLink(LinkConfig(name="solver-0", role="solver", task_kinds=["generate"],
+                                           control=r.hub.endpoints["control"]), r.ctx)
+        r.links += [creator, solver_link]
+        creator.start()
+        solver_link.start()
+        solver = Solver(solver_link, HFGenerator(str(tiny_models.policy)), r.hub.endpoints["data"])
+        thread = threading.Thread(target=solver.run, args=(stop,), daemon=True)
+        thread.start()
+
+        params = SamplingParams(n=2, temperature=0.7, max_new_tokens=4, seed=1)
+        [first] = creator.submit([GenerateTask(prompts=PROMPTS, sampling=params)])
+        assert _wait_done(r, first)
+        samples = r.task(first)["result"].samples
+        assert len(samples) == 4 and {s.policy_version for s in samples} == {0}
+        assert [s.prompt_id for s in samples] == ["a", "a", "b", "b"]
+
+        trained = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_models.policy),
+                                 LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+        trainer = r.client("trainer-0", "data")
+        r.client("trainer-0").ready("trainer", kinds=())
+        trainer.send(PolicyUpdate(version=1, parent_version=0, base_model=str(tiny_models.policy),
+                                  adapter_config={"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}),
+                     tensors=get_peft_model_state_dict(trained))
+        assert trainer.recv().message.status == "accepted"
+        [second] = creator.submit([GenerateTask(prompts=PROMPTS[:1], sampling=params, min_policy_version=1)])
+        assert _wait_done(r, second)
+        assert {s.policy_version for s in r.task(second)["result"].samples} == {1}
+        assert solver.generator.version == 1
+    finally:
+        stop.set()
+        r.close()
+
+
+def _wait_done(r, task_id, timeout_s=30):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        record = r.task(task_id)
+        if record is not None and record["state"] == "done":
+            return True
+        time.sleep(0.05)
+    return False
