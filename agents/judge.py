@@ -1,0 +1,44 @@
+"""The judge process: scores every sample of a judge task and, when asked, writes a judgment.
+
+    Judge(link, AnswerVerifier()).run(stop_event)      # or RewardModelScorer / LLMJudge
+
+One verdict per sample, in task order; a task the backend cannot score (say, a verifier meeting a
+prompt without an answer) fails as not retryable, with the reason, instead of looping.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import structlog
+
+from agents.agent import AgentLink
+from agents.backends.scoring import Scorer
+from protocol.messages import Assign, JudgeResult, Verdict
+
+log = structlog.get_logger("agents.judge")
+
+
+class Judge:
+    def __init__(self, link: AgentLink, scorer: Scorer) -> None:
+        self.link, self.scorer = link, scorer
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            assign = self.link.next_task(timeout_s=0.2)
+            if assign is not None:
+                self.judge(assign)
+
+    def judge(self, assign: Assign) -> None:
+        task = assign.task
+        if task.kind != "judge_task":
+            return self.link.fail(assign, f"a judge does not take {task.kind}", retryable=True)
+        pairs = [(group.prompt, sample) for group in task.groups for sample in group.samples]
+        try:
+            scored = self.scorer([p for p, _ in pairs], [s.text for _, s in pairs], task.want_judgment)
+        except ValueError as e:
+            log.warning("cannot judge task", task_id=assign.task_id, error=str(e))
+            return self.link.fail(assign, str(e), retryable=False)
+        verdicts = [Verdict(sample_id=s.sample_id, score=score, judgment=judgment)
+                    for (_, s), (score, judgment) in zip(pairs, scored, strict=True)]
+        self.link.complete(assign, JudgeResult(verdicts=verdicts))
