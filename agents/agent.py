@@ -86,6 +86,7 @@ class AgentLink:
         self.announcements: queue.Queue[PolicyAnnounce] = queue.Queue()
         self.connected = threading.Event()
         self.hub_id: str | None = None
+        self.hub_policy_version = 0  # newest policy version the hub knew at the last WELCOME
         self.lost: set[tuple[str, int]] = set()  # leases the hub took back (renewal refused)
         self._outbox: dict[tuple[str, int], Any] = {}  # unacknowledged Result / TaskFailed
         self._leases: dict[tuple[str, int], tuple[float, float]] = {}  # -> (renew_at, lease_s)
@@ -242,7 +243,7 @@ class AgentLink:
                 log.info("replaying outbox", agent=self.config.name, results=len(self._outbox), hub_id=m.hub_id)
                 for message in list(self._outbox.values()):  # a snapshot: complete() may add meanwhile
                     self._post(sock, message)
-            self.hub_id = m.hub_id
+            self.hub_id, self.hub_policy_version = m.hub_id, m.policy_version
             self.connected.set()
         elif m.kind == "assign":
             key = (m.task_id, m.attempt)

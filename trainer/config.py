@@ -101,6 +101,9 @@ class TrainConfig(Strict):
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     epochs: int = Field(1, ge=1, description="Passes over the data.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    reference: Literal["initial", "current"] = Field(
+        "initial", description="Reference policy: the starting model (LoRA adapter off, or a frozen copy), or "
+                               "the policy as it is at the start of each online round (SPIN/GSIL iterations).")
     reference_batch_factor: int = Field(
         4, ge=1, description="Batch-size multiple for the no-grad pass that precomputes reference log-probs.")
     max_length: int = Field(512, ge=8, description="Tokens per sequence; longer prompts are cut from the left.")

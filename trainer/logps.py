@@ -88,11 +88,13 @@ def _scatter(flat: Tensor, target_mask: Tensor) -> SeqLogps:
 
 
 @contextlib.contextmanager
-def reference_mode(model: nn.Module):
-    """Eval mode (no dropout) and, for a peft model, the adapter disabled: the frozen reference."""
+def reference_mode(model: nn.Module, use_adapter: bool = False):
+    """Eval mode (no dropout), no grad and, for a peft model, the adapter disabled unless `use_adapter`
+    (then the reference is the policy as it is now: the start of an online round)."""
     was_training = model.training
     model.eval()
-    ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+    off = hasattr(model, "disable_adapter") and not use_adapter
+    ctx = model.disable_adapter() if off else contextlib.nullcontext()
     try:
         with ctx, torch.no_grad():
             yield
@@ -101,13 +103,13 @@ def reference_mode(model: nn.Module):
 
 
 def reference_logps(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, score_mask: Tensor,
-                    frozen_reference: nn.Module | None = None) -> SeqLogps:
-    """Log-probs under the reference: `frozen_reference` if given (full fine-tuning), else `model`
-    with its adapter disabled."""
-    if frozen_reference is not None:
+                    frozen_reference: nn.Module | None = None, current: bool = False) -> SeqLogps:
+    """Log-probs under the reference: `model` as it is now if `current` (online rounds), else
+    `frozen_reference` if given (full fine-tuning), else `model` with its adapter disabled."""
+    if frozen_reference is not None and not current:
         with torch.no_grad():
             return sequence_logps(frozen_reference, input_ids, attention_mask, score_mask)
-    if not hasattr(model, "disable_adapter"):
+    if not current and not hasattr(model, "disable_adapter"):
         raise ValueError("full fine-tuning needs a frozen reference model")
-    with reference_mode(model):
+    with reference_mode(model, use_adapter=current):
         return sequence_logps(model, input_ids, attention_mask, score_mask)

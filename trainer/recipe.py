@@ -50,8 +50,9 @@ NEEDS_REFERENCE = set(REFERENCE_ROLES)
 
 
 class Recipe:
-    def __init__(self, config: TrainConfig, resume: bool = False) -> None:
-        self.config, self.resume = config, resume
+    def __init__(self, config: TrainConfig, resume: bool = False, rows: list[dict] | None = None) -> None:
+        """`rows` instead of reading `config.data`: the live trainer starts with none and adds rounds."""
+        self.config, self.resume, self.rows = config, resume, rows
         self.out = Path(config.out)
         self.reference_cache: dict[tuple[int, str], float] = {}
         self.step_seconds: list[float] = []  # wall time of each optimizer step (benchmarks read it)
@@ -77,15 +78,15 @@ class Recipe:
             lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                               target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
             self.model = get_peft_model(self.model, lora)
-        elif cfg.algo in NEEDS_REFERENCE:
+        elif cfg.algo in NEEDS_REFERENCE and cfg.reference == "initial":
             self.frozen_reference = AutoModelForCausalLM.from_pretrained(cfg.model).to(self.device).eval()
             self.frozen_reference.requires_grad_(False)
         self.model.train()
 
-        rows = read_rows(cfg.data)
+        rows = read_rows(cfg.data) if self.rows is None else self.rows
         check_rows(rows, cfg.algo, source=cfg.data)
-        renderer = Renderer(self.tokenizer, cfg.max_length, cfg.max_prompt_length)
-        generated = self._generated_answers(rows, renderer) if cfg.algo in {"spin", "gsil"} else None
+        self.renderer = renderer = Renderer(self.tokenizer, cfg.max_length, cfg.max_prompt_length)
+        generated = self._generated_answers(rows, renderer) if cfg.algo in {"spin", "gsil"} and rows else None
         self.examples = build_examples(rows, cfg, renderer, generated)
         batches_per_epoch = math.ceil(len(self.examples) / cfg.batch_size)
         self.total_steps = cfg.max_steps or cfg.epochs * math.ceil(batches_per_epoch / cfg.grad_accum)
@@ -188,7 +189,7 @@ class Recipe:
         keys = [(i, role) for role in roles for i in (batch.indices[b] for b in batch.rows[role])]
         if any(k not in self.reference_cache for k in keys):
             ref = reference_logps(self.model, batch.input_ids, batch.attention_mask, batch.score_mask,
-                                  self.frozen_reference)
+                                  self.frozen_reference, current=self.config.reference == "current")
             for role in roles:
                 for b, value in zip(batch.rows[role], ref.logps[batch.slices[role]].tolist(), strict=True):
                     self.reference_cache[(batch.indices[b], role)] = value
@@ -234,6 +235,19 @@ class Recipe:
                 self.save_checkpoint()
         bar.close()
         return last
+
+    def train_round(self, rows: list[dict]) -> dict[str, float]:
+        """One pass over a new round's rows (the live trainer): new examples, reference log-probs
+        recomputed (with reference="current": the policy as it is now), data order seeded by round."""
+        cfg = self.config
+        check_rows(rows, cfg.algo, source="round")
+        self.examples = build_examples(rows, cfg, self.renderer)
+        self.reference_cache.clear()
+        self.cursor.epoch, self.cursor.batch = self.cursor.epoch + 1, 0
+        self._plans = {}
+        steps = math.ceil(len(self._plan(self.cursor.epoch)) / cfg.grad_accum)
+        self.total_steps = self.cursor.step + steps
+        return self.train()
 
     def _log(self, metrics: dict[str, float]) -> None:
         self.metrics_file.write(json.dumps({"step": self.cursor.step, **metrics}) + "\n")

@@ -1,0 +1,93 @@
+"""The trainer process: judged groups in, a new policy version out.
+
+    agent = TrainerAgent(link, load_config(algo="dpo", model="./tiny/policy", data="-", out="run/trainer"),
+                         data_endpoint=HUB_DATA)
+    agent.run(stop_event)
+
+Per train task: the algorithm's rows from the groups (best/worst pairs, real/generated, judged
+triples: trainer.groups) -> one pass of the same recipe `selfplay train` runs, with the reference
+taken as the policy at the start of the round (ALGORITHMS §3-4: each iteration's policy is the next
+one's reference) -> publish the adapter as version v+1 over the data socket and wait for the hub
+to persist it -> checkpoint -> report. The task is completed only after the publish, so a crash in
+between re-runs the round rather than losing it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import structlog
+import zmq
+from peft import get_peft_model_state_dict
+
+from agents.agent import AgentLink
+from protocol.codec import decode, encode
+from protocol.messages import Assign, PolicyUpdate, TrainingReport
+from protocol.transport import agent_socket
+from trainer.config import TrainConfig
+from trainer.groups import rows_from_groups
+from trainer.recipe import Recipe
+
+log = structlog.get_logger("agents.trainer")
+
+
+class TrainerAgent:
+    def __init__(self, link: AgentLink, config: TrainConfig, data_endpoint: str, *, good_score: float = 1.0,
+                 publish_timeout_s: float = 120.0) -> None:
+        if config.finetune != "lora":
+            raise ValueError("the live trainer publishes LoRA adapters: finetune must be 'lora'")
+        # Online: one pass per round, a constant learning rate, the round's starting policy as reference.
+        self.config = config.model_copy(update={"scheduler": "constant", "warmup_ratio": 0.0, "reference": "current",
+                                                "save_every": 10**9, "tensorboard": False})
+        self.link, self.data_endpoint = link, data_endpoint
+        self.good_score, self.publish_timeout_s = good_score, publish_timeout_s
+        self.recipe = Recipe(self.config, resume=True, rows=[])
+        self.recipe.setup()
+        self.version = link.hub_policy_version
+        self._data: zmq.Socket | None = None
+
+    def run(self, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                assign = self.link.next_task(timeout_s=0.2)
+                if assign is not None:
+                    self.train(assign)
+        finally:
+            self.recipe.cleanup()
+
+    def train(self, assign: Assign) -> None:
+        task = assign.task
+        if task.kind != "train_task":
+            return self.link.fail(assign, f"a trainer does not take {task.kind}", retryable=True)
+        rows = rows_from_groups(task.groups, self.config.algo, good_score=self.good_score)
+        if not rows:  # e.g. every group tied: nothing to learn from, and no new version
+            report = TrainingReport(policy_version=self.version, step=self.recipe.cursor.step, examples=0)
+            return self.link.complete(assign, report)
+        started = time.perf_counter()
+        metrics = self.recipe.train_round(rows)
+        if not self.publish(self.version + 1):
+            return self.link.fail(assign, "the hub did not take the new policy", retryable=True)
+        self.version += 1
+        self.recipe.save_checkpoint()
+        tokens_per_s = metrics.pop("tokens_per_s", 0.0)
+        report = TrainingReport(policy_version=self.version, step=self.recipe.cursor.step, examples=len(rows),
+                                tokens_per_s=tokens_per_s, metrics={**metrics, "round_s": time.perf_counter() - started})
+        log.info("round trained", version=self.version, examples=len(rows), loss=metrics.get("loss"))
+        self.link.complete(assign, report)
+
+    def publish(self, version: int) -> bool:
+        """Send the adapter as `version`; True once the hub acknowledged (it saved it first)."""
+        lora = self.config.lora
+        update = PolicyUpdate(version=version, parent_version=version - 1, base_model=self.config.model,
+                              adapter_config={"r": lora.r, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout,
+                                              "target_modules": lora.target_modules})
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(self.recipe.model).items()}
+        if self._data is None:
+            self._data = agent_socket(self.link.ctx, self.data_endpoint, "data", name=self.link.config.name)
+        self._data.send_multipart(encode(update, sender=self.link.config.name, tensors=tensors), copy=False)
+        if not self._data.poll(int(self.publish_timeout_s * 1000)):
+            log.warning("publish timed out", version=version)
+            return False
+        reply = decode(self._data.recv_multipart()).message
+        return reply.kind == "ack" and reply.status == "accepted"

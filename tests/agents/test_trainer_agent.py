@@ -1,0 +1,80 @@
+"""The trainer process against a real hub: rounds become published policy versions."""
+
+import json
+import math
+import threading
+import time
+
+import torch
+from peft import get_peft_model_state_dict
+
+from agents.agent import AgentLink, LinkConfig
+from agents.trainer_agent import TrainerAgent
+from protocol.messages import JudgedGroup, PolicyFetch, Prompt, Sample, TrainTask, Verdict
+from tests.agents.test_hub import Running
+from trainer.config import TrainConfig
+
+
+def groups(n, seed=0, tie=False):
+    out = []
+    for i in range(n):
+        a, b = 10 + i + seed, 20 + i
+        prompt = Prompt(prompt_id=f"p{seed}-{i}", text=f"What is {a} + {b}?", answer=str(a + b))
+        samples = [Sample(sample_id=f"p{seed}-{i}-{j}", prompt_id=prompt.prompt_id, text=text, policy_version=0)
+                   for j, text in enumerate([str(a + b), str(a + b + 10)])]
+        scores = [0.5, 0.5] if tie else [1.0, 0.0]
+        verdicts = [Verdict(sample_id=s.sample_id, score=sc) for s, sc in zip(samples, scores, strict=True)]
+        out.append(JudgedGroup(prompt=prompt, samples=samples, verdicts=verdicts))
+    return out
+
+
+def wait_done(r, task_id, timeout_s=60):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        record = r.task(task_id)
+        if record and record["state"] == "done":
+            return record
+        time.sleep(0.05)
+    raise AssertionError(f"task {task_id} not done: {r.task(task_id)}")
+
+
+def test_rounds_train_publish_and_use_the_round_start_reference(tmp_path, tiny_models):
+    r = Running(tmp_path, lease_s=120, heartbeat_interval_s=0.2, liveness=50)
+    stop = threading.Event()
+    try:
+        creator = AgentLink(LinkConfig(name="creator-0", role="creator", control=r.hub.endpoints["control"]), r.ctx)
+        link = AgentLink(LinkConfig(name="trainer-0", role="trainer", task_kinds=["train"],
+                                    control=r.hub.endpoints["control"]), r.ctx)
+        r.links += [creator, link]
+        creator.start()
+        link.start()
+        config = TrainConfig(algo="dpo", model=str(tiny_models.policy), data="-", out=str(tmp_path / "trainer"),
+                             batch_size=8, lr=1e-2, lora={"r": 4, "alpha": 8}, max_length=64, max_prompt_length=32)
+        agent = TrainerAgent(link, config, r.hub.endpoints["data"])
+        threading.Thread(target=agent.run, args=(stop,), daemon=True).start()
+
+        [first] = creator.submit([TrainTask(groups=groups(4), round=1)])
+        report = wait_done(r, first)["result"]
+        assert (report.policy_version, report.examples) == (1, 4)
+        assert r.hub.policy_version == 1 and (r.hub.run_dir / "adapters" / "v000001.safetensors").exists()
+        fetcher = r.client("solver-0", "data")
+        r.client("solver-0").ready("solver")
+        fetcher.send(PolicyFetch(version=1))
+        fetched = fetcher.recv()
+        published = get_peft_model_state_dict(agent.recipe.model)
+        assert set(fetched.tensors) == set(published)
+        assert all(torch.equal(fetched.tensors[k], published[k]) for k in published)
+
+        [second] = creator.submit([TrainTask(groups=groups(4, seed=1), round=2)])
+        assert wait_done(r, second)["result"].policy_version == 2
+        [tied] = creator.submit([TrainTask(groups=groups(3, tie=True), round=3)])
+        report = wait_done(r, tied)["result"]
+        assert (report.policy_version, report.examples) == (2, 0)  # nothing to learn: no new version
+
+        steps = [json.loads(line) for line in (tmp_path / "trainer" / "metrics.jsonl").read_text().splitlines()]
+        assert len(steps) == 2  # one step per round (4 pairs, batch 8)
+        # each round starts with policy == reference, so DPO's first loss of every round is ln 2
+        assert all(abs(s["loss"] - math.log(2)) < 1e-5 for s in steps)
+    finally:
+        stop.set()
+        r.close()
