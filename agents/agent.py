@@ -49,8 +49,10 @@ from protocol.messages import (
     StatusReply,
     Submit,
     TaskFailed,
+    TaskInfo,
     TaskKind,
     TaskPayload,
+    TaskQuery,
 )
 from protocol.transport import ClientCurve, agent_socket
 
@@ -121,6 +123,9 @@ class AgentLink:
 
     def submit(self, tasks: list[TaskPayload], timeout_s: float = 30.0) -> list[str]:
         return self._request(Submit(tasks=tasks), timeout_s).task_ids
+
+    def query(self, task_ids: list[str], timeout_s: float = 30.0) -> list[TaskInfo]:
+        return self._request(TaskQuery(task_ids=task_ids), timeout_s).tasks
 
     def status(self, timeout_s: float = 10.0) -> StatusReply:
         return self._request(StatusQuery(), timeout_s)

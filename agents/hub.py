@@ -39,6 +39,8 @@ from protocol.messages import (
     PolicyAnnounce,
     PolicyUpdate,
     StatusReply,
+    TaskInfo,
+    TaskReport,
     Welcome,
 )
 from protocol.transport import hub_socket, ipc_endpoint, limits_for, peer_user_id
@@ -272,6 +274,17 @@ class Hub:
         with safe_open(str(path), "pt") as f:
             update = PolicyUpdate.model_validate_json(f.metadata()["update"])
         msg.reply(self, update, tensors=load_file(path))
+
+    def on_task_query(self, msg: Incoming) -> None:
+        infos = []
+        for task_id in msg.env.message.task_ids:
+            record = self.ledger.task(task_id)
+            if record is None:
+                infos.append(TaskInfo(task_id=task_id, state="unknown"))
+            else:
+                infos.append(TaskInfo(task_id=task_id, state=record["state"], attempt=record["attempt"],
+                                      reason=record["reason"], result=record["result"]))
+        msg.reply(self, TaskReport(tasks=infos))
 
     def on_status_query(self, msg: Incoming) -> None:
         msg.reply(self, self.status(msg.now))

@@ -5,10 +5,10 @@ validates any of them from plain data; `protocol.codec` puts them on the wire. N
 and no model holds a tensor: tensors travel as raw frames beside the message (see codec).
 
 Who sends what:
-    agent -> hub    Ready, Heartbeat, Renew, Result, TaskFailed, Submit, PolicyFetch, PolicyUpdate (trainer),
-                    StatusQuery, Disconnect
-    hub -> agent    Welcome, Heartbeat, Assign, Ack, PolicyAnnounce, PolicyUpdate, StatusReply, Error,
-                    Disconnect
+    agent -> hub    Ready, Heartbeat, Renew, Result, TaskFailed, Submit, TaskQuery, PolicyFetch,
+                    PolicyUpdate (trainer), StatusQuery, Disconnect
+    hub -> agent    Welcome, Heartbeat, Assign, Ack, PolicyAnnounce, PolicyUpdate, StatusReply, TaskReport,
+                    Error, Disconnect
 
     >>> from protocol.messages import Heartbeat, MESSAGE_ADAPTER
     >>> MESSAGE_ADAPTER.validate_python({"kind": "heartbeat"})
@@ -288,6 +288,24 @@ class PolicyUpdate(Wire):
                                                  description="peft adapter config (rank, alpha, targets).")
 
 
+class TaskQuery(Wire):
+    kind: Literal["task_query"] = "task_query"
+    task_ids: list[str] = Field(min_length=1, max_length=1024, description="Tasks whose state (and result) to report.")
+
+
+class TaskInfo(Wire):
+    task_id: str = Field(description="The task.")
+    state: Literal["queued", "leased", "done", "dead", "unknown"] = Field(description="Where it is in its life.")
+    attempt: int = Field(0, ge=0, description="Leases it has had.")
+    reason: str | None = Field(None, description="Why it is DEAD (or was last requeued).")
+    result: ResultPayload | None = Field(None, description="Its result, once DONE.")
+
+
+class TaskReport(Wire):
+    kind: Literal["task_report"] = "task_report"
+    tasks: list[TaskInfo] = Field(description="One entry per queried task, in query order.")
+
+
 class StatusQuery(Wire):
     kind: Literal["status_query"] = "status_query"
 
@@ -303,7 +321,7 @@ class StatusReply(Wire):
 
 Message = Annotated[
     Union[Ready, Welcome, Heartbeat, Disconnect, Error, Assign, Renew, Result, TaskFailed, Submit, Ack,
-          PolicyAnnounce, PolicyFetch, PolicyUpdate, StatusQuery, StatusReply],
+          PolicyAnnounce, PolicyFetch, PolicyUpdate, TaskQuery, TaskReport, StatusQuery, StatusReply],
     Field(discriminator="kind"),
 ]
 MESSAGE_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
@@ -323,6 +341,7 @@ ALLOWED_SENDERS: dict[str, frozenset[str]] = {
     "error": _AGENTS | {"hub"}, "renew": _WORKERS, "result": _WORKERS, "task_failed": _WORKERS,
     "submit": frozenset({"creator"}), "policy_fetch": _AGENTS,
     "policy_update": frozenset({"trainer", "hub"}), "status_query": _AGENTS,
+    "task_query": frozenset({"creator", "observer", "trainer"}), "task_report": frozenset({"hub"}),
     "welcome": frozenset({"hub"}), "assign": frozenset({"hub"}), "ack": frozenset({"hub"}),
     "policy_announce": frozenset({"hub"}), "status_reply": frozenset({"hub"}),
 }

@@ -1,0 +1,184 @@
+"""The creator process: eva's evolving prompt set, one round at a time, through the hub.
+
+    creator = Creator(link, CreatorConfig(algo="dpo"), seed_prompts, mutator=world.mutate)
+    creator.run(rounds=2)
+
+Round t (ALGORITHMS §7):
+  1. solve:    generate n answers for every prompt of the pool, judge them          -> old groups
+  2. estimate: informativeness of each prompt from its rewards (reward_gap)
+  3. sample:   25% of the prompts, weighted without replacement
+  4. evolve:   chains of rewrites with random mutation kinds; a task world's programmatic mutator,
+               or an LLM evolver answering eva's meta-prompts through the solver pool; filtered
+  5. solve the evolved prompts                                                     -> new groups
+  6. mix:      20% old, 80% new groups -> a train task; wait for the new policy version
+  7. the pool grows by the evolved prompts.
+`evolve=False` is the static baseline (train on the pool's own groups). GSIL/SPIN need no judge:
+their groups carry the prompts' demonstrations. CUT asks the judge for written judgments.
+Everything it makes is in the ledger (prompts with lineage and round), so a restarted creator can
+rebuild its pool from there.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field
+
+from agents.agent import AgentLink
+from agents.eva import (
+    MUTATIONS,
+    Informativeness,
+    filter_prompts,
+    informativeness,
+    meta_prompt,
+    mix,
+    parse_rewrite,
+)
+from agents.eva import sample_prompts as eva_sample
+from protocol.messages import (
+    GenerateTask,
+    JudgedGroup,
+    JudgeTask,
+    Prompt,
+    SamplingParams,
+    TrainingReport,
+    TrainTask,
+)
+
+log = structlog.get_logger("agents.creator")
+
+# A task world's mutator: (prompt, mutation kind, rng) -> the new prompt (with its answer), or None.
+Mutator = Callable[[Prompt, str, random.Random], Prompt | None]
+
+
+class CreatorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    algo: str = Field("dpo", description="What the trainer runs: decides whether groups need a judge.")
+    samples_per_prompt: int = Field(6, ge=1, description="n answers per prompt (eva: 6).")
+    temperature: float = Field(0.7, ge=0, description="Sampling temperature of the answers (eva: 0.7).")
+    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus mass of the answers (eva: 0.9).")
+    max_new_tokens: int = Field(256, ge=1, description="Answer length cap.")
+    evolve: bool = Field(True, description="Evolve the prompt set (eva); False: the static-prompt baseline.")
+    informativeness: Informativeness = Field("reward_gap", description="How a prompt's rewards rate it.")
+    sample_fraction: float = Field(0.25, gt=0, le=1, description="Share of prompts evolved each round.")
+    sample_method: str = Field("weighted", pattern="^(weighted|greedy)$", description="weighted (eva) or greedy.")
+    rewrites_per_prompt: int = Field(4, ge=1, description="Chained rewrites per sampled prompt (released code: 4).")
+    max_prompt_chars: int = Field(2000, ge=1, description="Longer evolved prompts are dropped.")
+    old_fraction: float = Field(0.2, ge=0, le=1, description="Share of old-prompt groups in a training batch.")
+    train_groups: int = Field(64, ge=1, description="Groups per training task.")
+    good_score: float = Field(1.0, description="Score at or above which a CUT response counts as good.")
+    poll_s: float = Field(0.2, gt=0, description="How often to ask the hub about submitted tasks.")
+    task_timeout_s: float = Field(3600.0, gt=0, description="Give up on a round whose tasks take longer.")
+    seed: int = Field(0, description="Seed of sampling, mutation choice and mixing.")
+
+
+class RoundFailed(RuntimeError):
+    pass
+
+
+class Creator:
+    def __init__(self, link: AgentLink, config: CreatorConfig, seed_prompts: list[Prompt],
+                 mutator: Mutator | None = None) -> None:
+        self.link, self.config, self.mutator = link, config, mutator
+        self.pool = list(seed_prompts)
+        self.rng = random.Random(config.seed)
+        self.round = 0
+        self.policy_version = link.hub_policy_version  # answers must come from at least this version
+
+    def run(self, rounds: int) -> list[TrainingReport]:
+        return [self.run_round() for _ in range(rounds)]
+
+    def run_round(self) -> TrainingReport:
+        cfg = self.config
+        self.round += 1
+        old = self.solve(self.pool)
+        new: list[JudgedGroup] = []
+        if cfg.evolve:
+            scores = [informativeness([v.score for v in g.verdicts] or [0.0], cfg.informativeness) for g in old]
+            chosen = eva_sample(scores, fraction=cfg.sample_fraction, method=cfg.sample_method, rng=self.rng)
+            evolved = self.evolve([old[i].prompt for i in chosen])
+            new = self.solve(evolved) if evolved else []
+            self.pool += evolved
+        groups = mix(old, new, total=cfg.train_groups, old_fraction=cfg.old_fraction if new else 1.0, rng=self.rng)
+        [task_id] = self.link.submit([TrainTask(groups=groups, round=self.round)])
+        [report] = self.wait([task_id])
+        self.policy_version = max(self.policy_version, report.policy_version)
+        log.info("round done", round=self.round, pool=len(self.pool), evolved=len(new), trained=len(groups),
+                 policy_version=report.policy_version)
+        return report
+
+    # ------------------------------------------------------------------ solve = generate (+ judge)
+    def solve(self, prompts: list[Prompt]) -> list[JudgedGroup]:
+        cfg = self.config
+        sampling = SamplingParams(n=cfg.samples_per_prompt, temperature=cfg.temperature, top_p=cfg.top_p,
+                                  max_new_tokens=cfg.max_new_tokens, seed=self.rng.randrange(2**31))
+        version = self.policy_version
+        chunks = [prompts[i:i + 16] for i in range(0, len(prompts), 16)]
+        ids = self.link.submit([GenerateTask(prompts=c, sampling=sampling, min_policy_version=version) for c in chunks])
+        samples = [s for result in self.wait(ids) for s in result.samples]
+        by_prompt = {p.prompt_id: [s for s in samples if s.prompt_id == p.prompt_id] for p in prompts}
+        groups = [JudgedGroup(prompt=p, samples=by_prompt[p.prompt_id], verdicts=[]) for p in prompts]
+        if cfg.algo in {"spin", "gsil"}:  # learn from demonstrations: no judge needed
+            return groups
+        want_judgment = cfg.algo == "cut"
+        judge_ids = self.link.submit([JudgeTask(groups=groups[i:i + 16], want_judgment=want_judgment)
+                                      for i in range(0, len(groups), 16)])
+        verdicts = {v.sample_id: v for result in self.wait(judge_ids) for v in result.verdicts}
+        return [g.model_copy(update={"verdicts": [verdicts[s.sample_id] for s in g.samples]}) for g in groups]
+
+    # ------------------------------------------------------------------ evolve
+    def evolve(self, parents: list[Prompt]) -> list[Prompt]:
+        """Chains of `rewrites_per_prompt` rewrites from each parent, each a random mutation kind."""
+        cfg, made = self.config, []
+        current = list(parents)
+        for step in range(cfg.rewrites_per_prompt):
+            mutations = [self.rng.choice(MUTATIONS) for _ in current]
+            children = self._mutate(current, mutations, step)
+            keep = filter_prompts([c.text if c else None for c in children], [p.text for p in self.pool + made],
+                                  max_chars=cfg.max_prompt_chars)
+            made += [children[i] for i in keep]
+            current = [children[i] for i in keep]  # the chain continues from what survived
+            if not current:
+                break
+        return made
+
+    def _mutate(self, parents: list[Prompt], mutations: list[str], step: int) -> list[Prompt | None]:
+        def child(parent: Prompt, mutation: str, i: int, text: str | None, answer: str | None = None) -> Prompt | None:
+            if not text:
+                return None
+            return Prompt(prompt_id=f"r{self.round}s{step}i{i}-{parent.prompt_id}"[:120], text=text, answer=answer,
+                          source="evolved", parent_id=parent.prompt_id, mutation=mutation,
+                          difficulty=parent.difficulty)
+
+        if self.mutator is not None:  # a task world's programmatic mutator (keeps answers checkable)
+            out = []
+            for i, (p, m) in enumerate(zip(parents, mutations, strict=True)):
+                made = self.mutator(p, m, self.rng)
+                out.append(child(p, m, i, made.text, made.answer) if made else None)
+            return out
+        metas = [Prompt(prompt_id=f"meta-{i}", text=meta_prompt(p.text, m)) for i, (p, m) in
+                 enumerate(zip(parents, mutations, strict=True))]
+        ids = self.link.submit([GenerateTask(prompts=metas, purpose="evolve",
+                                             sampling=SamplingParams(n=1, temperature=0.7,
+                                                                     max_new_tokens=self.config.max_new_tokens,
+                                                                     seed=self.rng.randrange(2**31)))])
+        [result] = self.wait(ids)
+        texts = {s.prompt_id: parse_rewrite(s.text) for s in result.samples}
+        return [child(p, m, i, texts.get(f"meta-{i}")) for i, (p, m) in enumerate(zip(parents, mutations, strict=True))]
+
+    # ------------------------------------------------------------------ waiting on the hub
+    def wait(self, task_ids: list[str]):
+        """Results of `task_ids` in order, polling the hub; a DEAD task fails the round with its reason."""
+        deadline = time.monotonic() + self.config.task_timeout_s
+        while time.monotonic() < deadline:
+            infos = self.link.query(task_ids)
+            dead = [i for i in infos if i.state in ("dead", "unknown")]
+            if dead:
+                raise RoundFailed(f"round {self.round}: task {dead[0].task_id} is {dead[0].state}: {dead[0].reason}")
+            if all(i.state == "done" for i in infos):
+                return [i.result for i in infos]
+            time.sleep(self.config.poll_s)
+        raise RoundFailed(f"round {self.round}: tasks not done within {self.config.task_timeout_s:.0f} s")
