@@ -20,7 +20,6 @@ from protocol.constants import PROTOCOL_VERSION
 _PENDING = {
     "up": ("start the hub and every agent of a topology file, supervised", 4),
     "attach": ("start one more agent (solver, judge, ...) against a running hub", 4),
-    "status": ("show agents, queues, policy version, throughput and rewards", 4),
     "stop": ("stop a running topology cleanly", 4),
     "report": ("write PNG plots of a run", 4),
     "demo": ("run the embedded CPU world end to end", 5),
@@ -60,6 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
     rev.add_argument("name", help="agent name")
 
     _add_train(commands)
+    status = commands.add_parser(
+        "status", help="show a running hub's agents, queues, policy version and counters",
+        description="Ask a running hub for its state: agents (role, tasks held, liveness, policy version), "
+                    "queue depths per task kind, the policy version and counters (results/s, refusals).")
+    where = status.add_mutually_exclusive_group(required=True)
+    where.add_argument("--run-dir", help="run directory of a local hub (uses RUN_DIR/sock/hub-control.ipc)")
+    where.add_argument("--hub", help="control endpoint, e.g. tcp://host:5555 or ipc:///path/hub-control.ipc")
+    status.add_argument("--keys", help="key directory (tcp): uses agents/NAME.key_secret and hub.key")
+    status.add_argument("--name", default="status", help="agent name of the key to use (default: status)")
+    status.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the hub (default 5)")
     for name, (text, issue) in _PENDING.items():
         commands.add_parser(name, help=f"{text} (not yet built)",
                             description=f"{text}. Not yet built: it lands with issue {issue}.")
@@ -129,6 +139,21 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from launch.status import format_status, query_status
+
+    endpoint = args.hub or f"ipc://{Path(args.run_dir).resolve() / 'sock' / 'hub-control.ipc'}"
+    try:
+        reply = query_status(endpoint, keys_dir=args.keys, name=args.name, timeout_s=args.timeout)
+    except (TimeoutError, RuntimeError) as e:
+        print(f"selfplay status: {e}", file=sys.stderr)
+        return 1
+    print(reply.model_dump_json(indent=2) if args.json else format_status(reply))
+    return 0
+
+
 def _keys(args: argparse.Namespace) -> int:
     from protocol import keys
 
@@ -161,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _keys(args)
         if args.command == "train":
             return _train(args)
+        if args.command == "status":
+            return _status(args)
     except (ValueError, OSError) as e:
         print(f"selfplay {args.command}: {e}", file=sys.stderr)
         return 2

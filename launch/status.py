@@ -1,0 +1,55 @@
+"""`selfplay status`: one StatusQuery to a running hub, printed for people (or as JSON).
+
+    reply = query_status("ipc:///runs/a/sock/hub-control.ipc")
+    print(format_status(reply))
+
+A status query needs no READY, so asking does not register an agent. Over tcp it needs an allowed
+key (an observer's): `--keys DIR --name NAME`.
+"""
+
+from __future__ import annotations
+
+import zmq
+
+from protocol import keys
+from protocol.codec import decode, encode
+from protocol.messages import StatusQuery, StatusReply
+from protocol.transport import ClientCurve, agent_socket
+
+
+def query_status(endpoint: str, *, keys_dir: str | None = None, name: str = "status",
+                 timeout_s: float = 5.0) -> StatusReply:
+    ctx = zmq.Context()
+    curve = None
+    if keys_dir:
+        curve = ClientCurve(keys.agent_keypair(keys_dir, name), keys.hub_keypair(keys_dir).public)
+    sock = agent_socket(ctx, endpoint, "control", name=f"{name}-{id(ctx):x}", curve=curve)
+    try:
+        sock.send_multipart(encode(StatusQuery(), sender=name))
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        while poller.poll(int(timeout_s * 1000)):
+            reply = decode(sock.recv_multipart()).message
+            if reply.kind == "status_reply":
+                return reply
+            if reply.kind == "error":
+                raise RuntimeError(f"hub refused the status query: {reply.code}: {reply.detail}")
+        raise TimeoutError(f"no answer from a hub at {endpoint} within {timeout_s:.0f} s")
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+
+
+def format_status(reply: StatusReply) -> str:
+    lines = [f"hub {reply.hub_id}   policy version {reply.policy_version}", "", "agents:"]
+    if not reply.agents:
+        lines.append("  (none)")
+    for a in sorted(reply.agents, key=lambda a: (a.role, a.name)):
+        version = "" if a.policy_version is None else f"  policy v{a.policy_version}"
+        lines.append(f"  {a.name:<20} {a.role:<8} {a.in_flight}/{a.capacity} tasks  seen {a.last_seen_s:.1f} s ago{version}")
+    lines += ["", "queues:        queued  leased    done    dead"]
+    for kind, q in sorted(reply.queues.items()):
+        lines.append(f"  {kind:<10} {q.queued:>8} {q.leased:>7} {q.done:>7} {q.dead:>7}")
+    if reply.metrics:
+        lines += ["", "metrics:"] + [f"  {k} = {v:.4g}" for k, v in sorted(reply.metrics.items())]
+    return "\n".join(lines)

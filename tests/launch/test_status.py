@@ -1,0 +1,37 @@
+"""`selfplay status` against a running hub, as a user runs it."""
+
+import json
+import subprocess
+
+from agents.agent import AgentLink, LinkConfig
+from protocol.messages import GenerateTask
+from tests.agents.test_hub import Running
+from tests.launch.test_cli import SELFPLAY
+from tests.protocol.examples import PROMPT
+
+
+def test_status_shows_agents_queues_and_version(tmp_path):
+    r = Running(tmp_path, lease_s=30, heartbeat_interval_s=0.2, liveness=50)
+    try:
+        creator = AgentLink(LinkConfig(name="creator-0", role="creator", control=r.hub.endpoints["control"]), r.ctx)
+        r.links.append(creator)
+        creator.start()
+        creator.submit([GenerateTask(prompts=[PROMPT])] * 3)
+        run_dir = str(r.hub.run_dir)
+        text = subprocess.run([SELFPLAY, "status", "--run-dir", run_dir], capture_output=True, text=True, timeout=60)
+        assert text.returncode == 0, text.stderr
+        assert "policy version 0" in text.stdout and "creator-0" in text.stdout
+        assert any(line.split()[:2] == ["generate", "3"] for line in text.stdout.splitlines())
+        raw = subprocess.run([SELFPLAY, "status", "--run-dir", run_dir, "--json"], capture_output=True, text=True,
+                             timeout=60)
+        status = json.loads(raw.stdout)
+        assert status["queues"]["generate"]["queued"] == 3 and status["hub_id"] == r.hub.hub_id
+        assert [a["name"] for a in status["agents"]] == ["creator-0"]  # asking registered no agent
+    finally:
+        r.close()
+
+
+def test_status_without_a_hub_says_so(tmp_path):
+    out = subprocess.run([SELFPLAY, "status", "--run-dir", str(tmp_path), "--timeout", "0.5"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 1 and "no answer from a hub" in out.stderr
