@@ -61,6 +61,8 @@ class CreatorConfig(BaseModel):
     temperature: float = Field(0.7, ge=0, description="Sampling temperature of the answers (eva: 0.7).")
     top_p: float = Field(0.9, gt=0, le=1, description="Nucleus mass of the answers (eva: 0.9).")
     max_new_tokens: int = Field(256, ge=1, description="Answer length cap.")
+    prompts_per_task: int = Field(16, ge=1, description="Prompts per generation/judge task: smaller spreads a round "
+                                                       "over more solvers, larger batches better on one GPU.")
     evolve: bool = Field(True, description="Evolve the prompt set (eva); False: the static-prompt baseline.")
     informativeness: Informativeness = Field("reward_gap", description="How a prompt's rewards rate it.")
     sample_fraction: float = Field(0.25, gt=0, le=1, description="Share of prompts evolved each round.")
@@ -116,7 +118,8 @@ class Creator:
         sampling = SamplingParams(n=cfg.samples_per_prompt, temperature=cfg.temperature, top_p=cfg.top_p,
                                   max_new_tokens=cfg.max_new_tokens, seed=self.rng.randrange(2**31))
         version = self.policy_version
-        chunks = [prompts[i:i + 16] for i in range(0, len(prompts), 16)]
+        size = cfg.prompts_per_task
+        chunks = [prompts[i:i + size] for i in range(0, len(prompts), size)]
         ids = self.link.submit([GenerateTask(prompts=c, sampling=sampling, min_policy_version=version) for c in chunks])
         samples = [s for result in self.wait(ids) for s in result.samples]
         by_prompt = {p.prompt_id: [s for s in samples if s.prompt_id == p.prompt_id] for p in prompts}
@@ -124,8 +127,8 @@ class Creator:
         if cfg.algo in {"spin", "gsil"}:  # learn from demonstrations: no judge needed
             return groups
         want_judgment = cfg.algo == "cut"
-        judge_ids = self.link.submit([JudgeTask(groups=groups[i:i + 16], want_judgment=want_judgment)
-                                      for i in range(0, len(groups), 16)])
+        judge_ids = self.link.submit([JudgeTask(groups=groups[i:i + size], want_judgment=want_judgment)
+                                      for i in range(0, len(groups), size)])
         verdicts = {v.sample_id: v for result in self.wait(judge_ids) for v in result.verdicts}
         return [g.model_copy(update={"verdicts": [verdicts[s.sample_id] for s in g.samples]}) for g in groups]
 

@@ -165,8 +165,8 @@ class Ledger:
                 return "duplicate" if current == attempt else "stale"
             if attempt != current or state not in ("leased", "queued"):
                 return "stale"
-            self.db.execute("UPDATE tasks SET state = 'done', result = ?, agent = NULL, deadline = NULL, updated = ?"
-                            " WHERE task_id = ?", (_pack(result), now, task_id))
+            self.db.execute("UPDATE tasks SET state = 'done', result = ?, deadline = NULL, updated = ?"
+                            " WHERE task_id = ?", (_pack(result), now, task_id))  # agent kept: who did it
             self._record_result(task_id, result, now)
         return "accepted"
 

@@ -18,9 +18,6 @@ from protocol.constants import PROTOCOL_VERSION
 
 # Commands planned in DESIGN.md whose implementation lands with a later issue: name -> (help, issue).
 _PENDING = {
-    "up": ("start the hub and every agent of a topology file, supervised", 4),
-    "attach": ("start one more agent (solver, judge, ...) against a running hub", 4),
-    "stop": ("stop a running topology cleanly", 4),
     "report": ("write PNG plots of a run", 4),
     "demo": ("run the embedded CPU world end to end", 5),
 }
@@ -59,6 +56,26 @@ def build_parser() -> argparse.ArgumentParser:
     rev.add_argument("name", help="agent name")
 
     _add_train(commands)
+    up = commands.add_parser(
+        "up", help="start the hub and every agent of a topology file, supervised",
+        description="Start the hub, trainer, solvers, judges and creator of TOPOLOGY as child processes; restart a "
+                    "crashed one with backoff; stop them all on Ctrl-C, on `selfplay stop`, or when the creator has "
+                    "run its rounds. Logs: RUN/logs/NAME.jsonl (events) and NAME.out (output).")
+    up.add_argument("topology", help="topology file (TOML); see configs/")
+    attach = commands.add_parser(
+        "attach", help="start one more agent (solver, judge, ...) against a running hub",
+        description="Run one agent of TOPOLOGY in the foreground against its hub, e.g. a second solver on another "
+                    "machine. The hub's endpoints come from RUN/hub.json unless --control/--data are given.")
+    attach.add_argument("role", choices=["solver", "judge", "trainer", "creator"], help="the agent's role")
+    attach.add_argument("--topology", required=True, help="the run's topology file")
+    attach.add_argument("--name", help="agent name, unique in the run (default: ROLE-attached-PID)")
+    attach.add_argument("--control", help="hub control endpoint, e.g. tcp://hub-host:5555")
+    attach.add_argument("--data", help="hub data endpoint, e.g. tcp://hub-host:5556")
+    stop = commands.add_parser("stop", help="stop a running topology cleanly",
+                               description="Ask the supervisor of RUN_DIR to stop every process and wait until they "
+                                           "are gone.")
+    stop.add_argument("--run-dir", required=True, help="the run directory (topology [run] dir)")
+    stop.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
     status = commands.add_parser(
         "status", help="show a running hub's agents, queues, policy version and counters",
         description="Ask a running hub for its state: agents (role, tasks held, liveness, policy version), "
@@ -139,6 +156,74 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _up(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from launch.supervisor import Supervisor, children_for
+    from launch.topology import load_topology
+
+    topo = load_topology(args.topology)
+    run_dir = Path(topo.run.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "hub.json").unlink(missing_ok=True)  # a stale one would point agents at a dead hub
+    (run_dir / "creator-done.json").unlink(missing_ok=True)
+    print(f"run directory {run_dir} (logs in {run_dir / 'logs'}); `selfplay status --run-dir {run_dir}` "
+          f"to watch, Ctrl-C or `selfplay stop --run-dir {run_dir}` to stop", file=sys.stderr)
+    return Supervisor(run_dir, children_for(args.topology, topo)).run()
+
+
+def _attach(args: argparse.Namespace) -> int:
+    import os
+
+    from launch import worker
+
+    argv = [args.role, args.topology, "--name", args.name or f"{args.role}-attached-{os.getpid()}"]
+    argv += ["--control", args.control] if args.control else []
+    argv += ["--data", args.data] if args.data else []
+    return worker.main(argv)
+
+
+def _stop(args: argparse.Namespace) -> int:
+    import json
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    state_path = Path(args.run_dir) / "supervisor.json"
+    if not state_path.exists():
+        print(f"selfplay stop: nothing running in {args.run_dir}", file=sys.stderr)
+        return 1
+    state = json.loads(state_path.read_text())
+    pids = [state["pid"], *state["children"].values()]
+    os.kill(state["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    left = [p for p in pids if _alive(p)]
+    if left:
+        print(f"selfplay stop: still running after {args.timeout:.0f} s: pids {left}", file=sys.stderr)
+        return 1
+    print(f"stopped {len(pids)} processes")
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped by its parent) is not running
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return True
+
+
 def _status(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -188,7 +273,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args)
         if args.command == "status":
             return _status(args)
-    except (ValueError, OSError) as e:
+        if args.command == "up":
+            return _up(args)
+        if args.command == "attach":
+            return _attach(args)
+        if args.command == "stop":
+            return _stop(args)
+    except (ValueError, OSError) as e:  # config, topology and key errors: one line naming the problem
         print(f"selfplay {args.command}: {e}", file=sys.stderr)
         return 2
     text, issue = _PENDING[args.command]

@@ -62,7 +62,7 @@ def test_bad_agent_spec_is_one_line_naming_the_problem(tmp_path, spec, problem):
 
 
 def test_unbuilt_commands_say_so():
-    out = run("up")
+    out = run("report")
     assert out.returncode == 2 and "not yet built" in out.stderr
 
 

@@ -1,0 +1,111 @@
+"""The supervisor behind `selfplay up`: starts every process of a topology, restarts a crashed one
+with backoff, and stops them all cleanly on Ctrl-C, SIGTERM (`selfplay stop`) or when the creator
+finishes its rounds.
+
+State for other commands lives in RUN/supervisor.json: the supervisor's pid and each child's pid.
+Each child's stdout and stderr go to RUN/logs/NAME.out; its structlog events to RUN/logs/NAME.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger("launch.supervisor")
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    finisher: bool = False  # its clean exit ends the run (the creator)
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    started: float = field(default=0.0)
+
+
+class Supervisor:
+    def __init__(self, run_dir: str | Path, children: list[Child], backoff_min_s: float = 1.0,
+                 backoff_max_s: float = 30.0) -> None:
+        self.run_dir, self.children = Path(run_dir), children
+        self.backoff_min_s, self.backoff_max_s = backoff_min_s, backoff_max_s
+        self._stopping = False
+
+    def run(self) -> int:
+        (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        try:
+            for child in self.children:
+                self._start(child)
+            while not self._stopping:
+                for child in self.children:
+                    code = child.proc.poll() if child.proc else None
+                    if child.proc is not None and code is not None:
+                        if child.finisher and code == 0:
+                            log.info("run finished", by=child.name)
+                            return 0
+                        self._schedule_restart(child, code)
+                    elif child.proc is None and time.monotonic() >= child.next_start:
+                        self._start(child)
+                self._write_state()
+                time.sleep(0.2)
+            return 130
+        finally:
+            self.shutdown()
+
+    def _on_signal(self, *_: object) -> None:
+        self._stopping = True
+
+    def _start(self, child: Child) -> None:
+        out = open(self.run_dir / "logs" / f"{child.name}.out", "ab")  # noqa: SIM115 — owned by the child
+        child.proc = subprocess.Popen(child.argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        out.close()
+        child.started = time.monotonic()
+        log.info("started", name=child.name, pid=child.proc.pid, restarts=child.restarts)
+        self._write_state()
+
+    def _schedule_restart(self, child: Child, code: int) -> None:
+        if time.monotonic() - child.started > 60:
+            child.restarts = 0  # it ran a good while: start the backoff over
+        delay = min(self.backoff_max_s, self.backoff_min_s * 2 ** child.restarts)
+        child.restarts += 1
+        child.proc, child.next_start = None, time.monotonic() + delay
+        log.warning("process exited, restarting", name=child.name, code=code, in_s=delay)
+
+    def _write_state(self) -> None:
+        state = {"pid": os.getpid(), "children": {c.name: c.proc.pid for c in self.children if c.proc}}
+        (self.run_dir / "supervisor.json").write_text(json.dumps(state))
+
+    def shutdown(self, grace_s: float = 10.0) -> None:
+        """SIGTERM every child (agents first, the hub last so they can say goodbye), then SIGKILL."""
+        running = [c for c in self.children if c.proc and c.proc.poll() is None]
+        for child in sorted(running, key=lambda c: c.name.startswith("hub")):
+            child.proc.terminate()
+        deadline = time.monotonic() + grace_s
+        for child in running:
+            try:
+                child.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("killing", name=child.name)
+                child.proc.kill()
+                child.proc.wait()
+        (self.run_dir / "supervisor.json").unlink(missing_ok=True)
+
+
+def children_for(topology_path: str, topo) -> list[Child]:
+    worker = [sys.executable, "-m", "launch.worker"]
+    children = [Child("hub", [*worker, "hub", topology_path])]
+    for role, count in (("trainer", 1), ("solver", topo.solver.count), ("judge", topo.judge.count if topo.judge else 0)):
+        children += [Child(f"{role}-{i}", [*worker, role, topology_path, "--name", f"{role}-{i}"]) for i in range(count)]
+    children.append(Child("creator-0", [*worker, "creator", topology_path, "--name", "creator-0"], finisher=True))
+    return children

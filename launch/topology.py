@@ -1,0 +1,127 @@
+"""The topology file: which processes a run has and how each is set up (TOML, validated by pydantic).
+
+    [run]
+    dir = "runs/demo"
+    rounds = 2
+    [hub]
+    control = "ipc"                  # or "tcp://0.0.0.0:5555" with keys_dir
+    [creator]
+    prompts = "seeds.jsonl"          # rows: {"prompt", "answer"?, "demonstration"?}
+    mutator = "mypkg.world:mutate"   # optional programmatic mutator (module:function)
+    [creator.settings]
+    samples_per_prompt = 4
+    [solver]
+    count = 2
+    model = "./tiny/policy"
+    [judge]
+    backend = "reward_model"         # verifier | reward_model | llm_judge
+    model = "./tiny/reward"
+    [trainer]
+    algo = "dpo"
+    model = "./tiny/policy"          # any other TrainConfig field too (lr, lora, dpo.beta, ...)
+
+An error names the field: `solver.cont: Extra inputs are not permitted`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from agents.creator import CreatorConfig
+from agents.hub import HubConfig
+from trainer.config import format_validation_error
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunSection(Strict):
+    dir: str = Field(description="Run directory: ledger, adapters, checkpoints, logs, sockets.")
+    rounds: int = Field(2, ge=1, description="Creator rounds before the run ends.")
+    log_level: str = Field("info", description="Console log level of every process.")
+
+
+class HubSection(Strict):
+    control: str = Field("ipc", description="Control endpoint: 'ipc' (RUN/sock) or tcp://HOST:PORT.")
+    data: str = Field("ipc", description="Data endpoint for adapter tensors: 'ipc' or tcp://HOST:PORT.")
+    keys_dir: str | None = Field(None, description="CURVE keys (selfplay keys init); required for tcp.")
+    lease_s: float = Field(120.0, gt=0, description="Task lease length.")
+    max_attempts: int = Field(3, ge=1, description="Leases before a task is DEAD.")
+    heartbeat_interval_s: float = Field(1.0, gt=0, description="Heartbeat period, both ways.")
+    liveness: int = Field(5, ge=1, description="Silent intervals before a peer counts as dead.")
+    max_staleness: int = Field(0, ge=0, description="Policy versions a sample may lag behind.")
+
+
+class CreatorSection(Strict):
+    prompts: str = Field(description="Seed prompts: JSON lines with prompt, and optionally answer, demonstration.")
+    mutator: str | None = Field(None, description="module:function of a programmatic mutator; else an LLM evolver.")
+    settings: CreatorConfig = Field(default_factory=CreatorConfig, description="eva settings (agents/creator.py).")
+
+
+class SolverSection(Strict):
+    count: int = Field(1, ge=0, description="Solver processes to start.")
+    model: str = Field(description="Policy base model path (the trainer's adapters are applied on top).")
+    backend: Literal["hf", "vllm"] = Field("hf", description="hf (CPU/GPU) or vllm (GPU only).")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
+    capacity: int = Field(1, ge=1, description="Generation tasks each holds at once.")
+
+
+class JudgeSection(Strict):
+    count: int = Field(1, ge=0, description="Judge processes to start.")
+    backend: Literal["verifier", "reward_model", "llm_judge"] = Field("verifier", description="How samples are scored.")
+    model: str | None = Field(None, description="Reward model or judge model path (not for verifier).")
+    device: str = Field("auto", description="auto, cpu, cuda, ...")
+
+    @model_validator(mode="after")
+    def _needs_model(self) -> JudgeSection:
+        if self.backend != "verifier" and not self.model:
+            raise ValueError(f"judge backend {self.backend!r} needs a model")
+        return self
+
+
+class Topology(Strict):
+    run: RunSection = Field(description="Run-wide settings.")
+    hub: HubSection = Field(default_factory=HubSection, description="The hub.")
+    creator: CreatorSection = Field(description="The creator (eva or static prompts).")
+    solver: SolverSection = Field(description="Solvers.")
+    judge: JudgeSection | None = Field(None, description="Judges (not needed for GSIL/SPIN).")
+    trainer: dict[str, Any] = Field(description="TrainConfig fields (algo, model, lr, lora, ...); data/out are set.")
+
+    def hub_config(self) -> HubConfig:
+        return HubConfig(run_dir=self.run.dir, **self.hub.model_dump())
+
+    def trainer_config(self):
+        from trainer.config import TrainConfig
+
+        return TrainConfig.model_validate({**self.trainer, "data": "-", "out": str(Path(self.run.dir) / "trainer")})
+
+
+class TopologyError(ValueError):
+    """A topology problem, in one line naming the field."""
+
+
+def load_topology(path: str | Path) -> Topology:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
+    except FileNotFoundError:
+        raise TopologyError(f"{path}: no such file") from None
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise TopologyError(f"{path}: {e}") from None
+    try:
+        topology = Topology.model_validate(data)
+        topology.trainer_config()  # validate the trainer section now, not when its process starts
+    except ValidationError as e:
+        raise TopologyError(format_validation_error(e, path)) from None
+    return topology

@@ -1,0 +1,143 @@
+"""One process of a topology (what `selfplay up` starts, and what `selfplay attach` runs).
+
+    python -m launch.worker hub runs/demo/topology.toml
+    python -m launch.worker solver topology.toml --name solver-3 [--control tcp://hub:5555 --data tcp://hub:5556]
+
+The hub writes its endpoints to RUN/hub.json; agents read them from there unless given. SIGTERM or
+Ctrl-C stops the process cleanly (agents send DISCONNECT). The creator exits 0 when its rounds are
+done, which ends the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROLES = ("hub", "creator", "solver", "judge", "trainer")
+TASK_KINDS = {"solver": ["generate"], "judge": ["judge"], "trainer": ["train"], "creator": []}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m launch.worker", description=__doc__.split("\n")[0])
+    parser.add_argument("role", choices=ROLES)
+    parser.add_argument("topology", help="topology file")
+    parser.add_argument("--name", help="agent name (default: ROLE-0)")
+    parser.add_argument("--control", help="hub control endpoint (default: from RUN/hub.json)")
+    parser.add_argument("--data", help="hub data endpoint (default: from RUN/hub.json)")
+    args = parser.parse_args(argv)
+
+    from launch.logs import configure_logging
+    from launch.topology import load_topology
+
+    topo = load_topology(args.topology)
+    run_dir = Path(topo.run.dir)
+    name = args.name or f"{args.role}-0"
+    configure_logging(topo.run.log_level, json_path=run_dir / "logs" / f"{name}.jsonl")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if args.role == "hub":
+        return run_hub(topo, stop)
+    control, data = endpoints(run_dir, args.control, args.data, stop)
+    return run_agent(args.role, name, topo, control, data, stop)
+
+
+def run_hub(topo, stop: threading.Event) -> int:
+    from agents.hub import Hub
+
+    hub = Hub(topo.hub_config())
+    hub.start()
+    (Path(topo.run.dir) / "hub.json").write_text(json.dumps(hub.endpoints))
+    try:
+        hub.run(stop)
+    finally:
+        hub.close()
+    return 0
+
+
+def endpoints(run_dir: Path, control: str | None, data: str | None, stop: threading.Event) -> tuple[str, str | None]:
+    if control:
+        return control, data
+    path = run_dir / "hub.json"
+    while not path.exists():  # the hub may still be starting
+        if stop.wait(0.2):
+            raise SystemExit(0)
+    found = json.loads(path.read_text())
+    return found["control"], data or found["data"]
+
+
+def run_agent(role: str, name: str, topo, control: str, data: str | None, stop: threading.Event) -> int:
+    from agents.agent import AgentLink, LinkConfig
+
+    capacity = topo.solver.capacity if role == "solver" else 1
+    link = AgentLink(LinkConfig(name=name, role=role, control=control, data=data, capacity=capacity,
+                                task_kinds=TASK_KINDS[role], keys_dir=topo.hub.keys_dir,
+                                heartbeat_interval_s=topo.hub.heartbeat_interval_s, liveness=topo.hub.liveness))
+    link.start(timeout_s=300)
+    try:
+        if role == "creator":
+            return run_creator(link, topo)
+        worker = build_worker(role, link, topo, data)
+        worker.run(stop)
+        return 0
+    finally:
+        link.stop()
+
+
+def build_worker(role: str, link, topo, data: str | None):
+    if role == "solver":
+        if topo.solver.backend == "vllm":
+            raise SystemExit("the vllm backend is not built yet; use backend = \"hf\"")
+        from agents.backends.hf import HFGenerator
+        from agents.solver import Solver
+
+        return Solver(link, HFGenerator(topo.solver.model, device=topo.solver.device), data)
+    if role == "judge":
+        from agents.backends import scoring
+        from agents.judge import Judge
+
+        j = topo.judge
+        if j.backend == "verifier":
+            scorer = scoring.AnswerVerifier()
+        elif j.backend == "reward_model":
+            scorer = scoring.RewardModelScorer(j.model, device=j.device)
+        else:
+            from agents.backends.hf import HFGenerator
+
+            scorer = scoring.LLMJudge(HFGenerator(j.model, device=j.device))
+        return Judge(link, scorer)
+    if role == "trainer":
+        from agents.trainer_agent import TrainerAgent
+
+        return TrainerAgent(link, topo.trainer_config(), data)
+    raise ValueError(role)
+
+
+def run_creator(link, topo) -> int:
+    from agents.creator import Creator
+    from protocol.messages import Prompt
+
+    rows = [json.loads(line) for line in Path(topo.creator.prompts).read_text().splitlines() if line.strip()]
+    seeds = [Prompt(prompt_id=f"seed{i}", text=row["prompt"], answer=row.get("answer"),
+                    demonstration=row.get("demonstration"), source="seed") for i, row in enumerate(rows)]
+    mutator = None
+    if topo.creator.mutator:
+        module, _, function = topo.creator.mutator.partition(":")
+        mutator = getattr(importlib.import_module(module), function)
+    settings = topo.creator.settings.model_copy(update={"algo": topo.trainer_config().algo})
+    started = time.time()
+    reports = Creator(link, settings, seeds, mutator=mutator).run(rounds=topo.run.rounds)
+    summary = {"rounds": len(reports), "policy_version": reports[-1].policy_version if reports else 0,
+               "seconds": time.time() - started}
+    (Path(topo.run.dir) / "creator-done.json").write_text(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

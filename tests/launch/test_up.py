@@ -1,0 +1,127 @@
+"""`selfplay up`, `attach` and `stop` with real processes, sockets, SQLite and tiny models."""
+
+import json
+import os
+import sqlite3
+import subprocess
+import time
+
+import pytest
+
+from tests.launch.test_cli import SELFPLAY
+
+pytestmark = pytest.mark.slow
+
+
+def topology(tmp_path, tiny_models, rounds=1, solvers=1):
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"prompt": f"What is {i} + {i + 4}?", "answer": str(2 * i + 4)}) + "\n"
+                             for i in range(6)))
+    path = tmp_path / "topology.toml"
+    path.write_text(f"""
+[run]
+dir = "{tmp_path / 'run'}"
+rounds = {rounds}
+log_level = "warning"
+[hub]
+heartbeat_interval_s = 0.5
+[creator]
+prompts = "{seeds}"
+mutator = "tests.agents.test_loop:add_operand"
+[creator.settings]
+samples_per_prompt = 3
+max_new_tokens = 6
+prompts_per_task = 1
+sample_fraction = 0.5
+rewrites_per_prompt = 2
+train_groups = 8
+poll_s = 0.1
+[solver]
+count = {solvers}
+model = "{tiny_models.policy}"
+[judge]
+backend = "reward_model"
+model = "{tiny_models.reward}"
+[trainer]
+algo = "dpo"
+model = "{tiny_models.policy}"
+batch_size = 8
+lr = 0.001
+max_length = 64
+max_prompt_length = 32
+lora = {{ r = 4, alpha = 8 }}
+""")
+    return path
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(") ", 1)[1][0] != "Z"
+
+
+def _children(run):
+    state = run / "supervisor.json"
+    return json.loads(state.read_text())["children"] if state.exists() else {}
+
+
+def test_up_runs_a_round_with_an_attached_solver_and_leaves_nothing_behind(tmp_path, tiny_models):
+    path = topology(tmp_path, tiny_models)
+    run = tmp_path / "run"
+    up = subprocess.Popen([SELFPLAY, "up", str(path)], stderr=subprocess.PIPE, text=True)
+    pids = {}
+    try:
+        deadline = time.monotonic() + 60
+        while not (run / "hub.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        attached = subprocess.Popen([SELFPLAY, "attach", "solver", "--topology", str(path), "--name", "solver-9"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while time.monotonic() < deadline and len(pids) < 5:
+            pids |= _children(run)
+            time.sleep(0.2)
+        assert up.wait(timeout=240) == 0, up.stderr.read()[-3000:]
+    finally:
+        if up.poll() is None:
+            up.kill()
+        attached.terminate()
+        attached.wait(30)
+    summary = json.loads((run / "creator-done.json").read_text())
+    assert summary["rounds"] == 1 and summary["policy_version"] == 1
+    db = sqlite3.connect(run / "ledger.sqlite")
+    agents = {row[0] for row in db.execute("SELECT agent FROM tasks WHERE kind = 'generate' AND state = 'done'")}
+    assert "solver-9" in agents, agents  # the attached solver received work
+    assert db.execute("SELECT COUNT(*) FROM prompts WHERE source = 'evolved'").fetchone()[0] > 0
+    db.close()
+    assert set(pids) == {"hub", "trainer-0", "solver-0", "judge-0", "creator-0"}
+    assert not [name for name, pid in pids.items() if _alive(pid)]  # every child is gone
+
+
+def test_stop_stops_everything(tmp_path, tiny_models):
+    path = topology(tmp_path, tiny_models, rounds=1000)
+    run = tmp_path / "run"
+    up = subprocess.Popen([SELFPLAY, "up", str(path)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_children(run)) < 5 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        pids = _children(run)
+        assert len(pids) == 5
+        out = subprocess.run([SELFPLAY, "stop", "--run-dir", str(run)], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert up.wait(timeout=30) is not None
+        assert not [name for name, pid in pids.items() if _alive(pid)]
+    finally:
+        if up.poll() is None:
+            up.kill()
+
+
+def test_bad_topology_is_one_line_naming_the_field(tmp_path, tiny_models):
+    path = topology(tmp_path, tiny_models)
+    path.write_text(path.read_text().replace("count = 1", "cont = 1", 1))
+    out = subprocess.run([SELFPLAY, "up", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "solver.cont: Extra inputs are not permitted" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
