@@ -331,6 +331,9 @@ class Hub:
         metrics = {f"rejected.{code}": float(n) for code, n in self.rejected.items()}
         metrics |= {f"done.{kind}": float(n) for kind, n in self.done.items()}
         metrics["results_per_s"] = sum(self.done.values()) / uptime
+        for version, (mean, count) in self.ledger.reward_by_version().items():
+            metrics[f"reward_mean.v{version}"] = mean
+            metrics[f"reward_count.v{version}"] = float(count)
         return StatusReply(hub_id=self.hub_id, policy_version=self.policy_version, agents=agents,
                            queues=self.ledger.queue_stats(), metrics=metrics)
 

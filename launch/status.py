@@ -50,6 +50,12 @@ def format_status(reply: StatusReply) -> str:
     lines += ["", "queues:        queued  leased    done    dead"]
     for kind, q in sorted(reply.queues.items()):
         lines.append(f"  {kind:<10} {q.queued:>8} {q.leased:>7} {q.done:>7} {q.dead:>7}")
-    if reply.metrics:
-        lines += ["", "metrics:"] + [f"  {k} = {v:.4g}" for k, v in sorted(reply.metrics.items())]
+    rewards = sorted((int(k.split(".v")[1]), v) for k, v in reply.metrics.items() if k.startswith("reward_mean.v"))
+    if rewards:
+        lines += ["", "reward by policy version (mean verdict score of its samples):"]
+        lines += [f"  v{version:<4} {mean:.4f}  ({int(reply.metrics.get(f'reward_count.v{version}', 0))} samples)"
+                  for version, mean in rewards]
+    other = {k: v for k, v in reply.metrics.items() if not k.startswith(("reward_mean.", "reward_count."))}
+    if other:
+        lines += ["", "counters:"] + [f"  {k} = {v:.4g}" for k, v in sorted(other.items())]
     return "\n".join(lines)

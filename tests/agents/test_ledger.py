@@ -164,3 +164,14 @@ def test_reclaim_gives_a_requeued_lease_back_only_if_nobody_took_it(ledger):
     assert not ledger.reclaim(b, 2, "s", 30, now=5)  # wrong attempt
     assert ledger.task(b)["state"] == "leased" and ledger.task(b)["agent"] == "s" and ledger.task(b)["attempt"] == 1
     assert ledger.complete(b, 1, GenerateResult(samples=[sample(4)]), now=6) == "accepted"
+
+
+def test_reward_by_policy_version(ledger):
+    gen, judge = (ledger.submit([GenerateTask(prompts=[PROMPT])], now=t)[0] for t in (0, 1))
+    ledger.lease("generate", "s", 2, 30, now=2)
+    samples = [Sample(sample_id=f"v{v}-{i}", prompt_id="p1", text="x", policy_version=v) for v in (0, 1) for i in (0, 1)]
+    ledger.complete(gen, 1, GenerateResult(samples=samples), now=3)
+    ledger.db.execute("UPDATE tasks SET state = 'leased', attempt = 1 WHERE task_id = ?", (judge,))
+    scores = {"v0-0": 0.0, "v0-1": 0.5, "v1-0": 1.0, "v1-1": 1.0}
+    ledger.complete(judge, 1, JudgeResult(verdicts=[Verdict(sample_id=k, score=v) for k, v in scores.items()]), now=4)
+    assert ledger.reward_by_version() == {0: (0.25, 2), 1: (1.0, 2)}

@@ -1,13 +1,15 @@
-"""eva + DPO for two rounds: hub, creator, solver, judge and trainer over real sockets and SQLite,
-with tiny real models (agents as threads here; as processes once `selfplay up` lands)."""
+"""The live loop end to end: hub, creator, solver, judge and trainer over real sockets and SQLite with
+tiny real models (agents as threads here; tests/launch/test_up.py runs them as processes)."""
 
 import re
 import sqlite3
 import threading
 
+import pytest
+
 from agents.agent import AgentLink, LinkConfig
 from agents.backends.hf import HFGenerator
-from agents.backends.scoring import RewardModelScorer
+from agents.backends.scoring import AnswerVerifier, RewardModelScorer
 from agents.creator import Creator, CreatorConfig
 from agents.judge import Judge
 from agents.solver import Solver
@@ -25,46 +27,96 @@ def add_operand(prompt, mutation, rng):
     return Prompt(prompt_id="tmp", text=text, answer=str(sum(numbers) + extra))
 
 
-def test_eva_dpo_two_rounds(tmp_path, tiny_models):
-    r = Running(tmp_path, lease_s=120, heartbeat_interval_s=0.2, liveness=50)
-    stop = threading.Event()
+def seeds(n=6):
+    return [Prompt(prompt_id=f"seed{i}", text=f"What is {i + 3} + {2 * i + 5}?", answer=str(3 * i + 8),
+                   demonstration=str(3 * i + 8)) for i in range(n)]
 
-    def link(name, role, kinds=()):
-        agent = AgentLink(LinkConfig(name=name, role=role, task_kinds=list(kinds), control=r.hub.endpoints["control"]),
-                          r.ctx)
-        r.links.append(agent)
+
+class World:
+    """A whole run in one process: every agent on its own thread, talking through the hub."""
+
+    def __init__(self, tmp_path, tiny_models, algo, scorer=None):
+        self.r = Running(tmp_path, lease_s=120, heartbeat_interval_s=0.2, liveness=50)
+        self.stop = threading.Event()
+        self.solver = Solver(self.link("solver-0", "solver", ["generate"]), HFGenerator(str(tiny_models.policy)),
+                             self.r.hub.endpoints["data"])
+        workers = [self.solver]
+        if scorer is not None:
+            workers.append(Judge(self.link("judge-0", "judge", ["judge"]), scorer))
+        config = TrainConfig(algo=algo, model=str(tiny_models.policy), data="-", out=str(tmp_path / "trainer"),
+                             batch_size=8, lr=1e-3, lora={"r": 4, "alpha": 8}, max_length=64, max_prompt_length=32)
+        workers.append(TrainerAgent(self.link("trainer-0", "trainer", ["train"]), config, self.r.hub.endpoints["data"]))
+        for worker in workers:
+            threading.Thread(target=worker.run, args=(self.stop,), daemon=True).start()
+
+    def link(self, name, role, kinds=()):
+        agent = AgentLink(LinkConfig(name=name, role=role, task_kinds=list(kinds),
+                                     control=self.r.hub.endpoints["control"]), self.r.ctx)
+        self.r.links.append(agent)
         agent.start()
         return agent
 
-    try:
-        solver = Solver(link("solver-0", "solver", ["generate"]), HFGenerator(str(tiny_models.policy)),
-                        r.hub.endpoints["data"])
-        judge = Judge(link("judge-0", "judge", ["judge"]), RewardModelScorer(str(tiny_models.reward)))
-        config = TrainConfig(algo="dpo", model=str(tiny_models.policy), data="-", out=str(tmp_path / "trainer"),
-                             batch_size=8, lr=1e-3, lora={"r": 4, "alpha": 8}, max_length=64, max_prompt_length=32)
-        trainer = TrainerAgent(link("trainer-0", "trainer", ["train"]), config, r.hub.endpoints["data"])
-        for worker in (solver, judge, trainer):
-            threading.Thread(target=worker.run, args=(stop,), daemon=True).start()
+    def db(self):
+        return sqlite3.connect(self.r.hub.run_dir / "ledger.sqlite")
 
-        seeds = [Prompt(prompt_id=f"seed{i}", text=f"What is {i + 3} + {2 * i + 5}?", answer=str(3 * i + 8))
-                 for i in range(6)]
-        creator = Creator(link("creator-0", "creator"), CreatorConfig(
-            algo="dpo", samples_per_prompt=3, max_new_tokens=6, sample_fraction=0.5, rewrites_per_prompt=2,
-            train_groups=8, seed=0), seeds, mutator=add_operand)
-        reports = creator.run(rounds=2)
+    def close(self):
+        self.stop.set()
+        self.r.close()
 
-        assert [rep.policy_version for rep in reports] == [1, 2]  # the policy advanced each round
-        assert solver.generator.version >= 1  # the solver switched to a published policy
-        db = sqlite3.connect(r.hub.run_dir / "ledger.sqlite")
-        evolved = db.execute("SELECT prompt_id, parent_id, mutation FROM prompts WHERE source = 'evolved'").fetchall()
-        assert evolved and all(parent and mutation for _, parent, mutation in evolved)
-        known = {row[0] for row in db.execute("SELECT prompt_id FROM prompts")}
-        assert all(parent in known for _, parent, _ in evolved)  # lineage points at recorded prompts
-        versions = {row[0] for row in db.execute("SELECT DISTINCT policy_version FROM samples")}
-        assert {0, 1} <= versions  # round 2 was answered by the round-1 policy
-        assert db.execute("SELECT COUNT(*) FROM policies").fetchone()[0] == 2
-        assert db.execute("SELECT COUNT(*) FROM tasks WHERE state = 'dead'").fetchone()[0] == 0
-        db.close()
-    finally:
-        stop.set()
-        r.close()
+
+@pytest.fixture
+def world(request, tmp_path, tiny_models):
+    algo, scorer = request.param
+    w = World(tmp_path, tiny_models, algo, scorer(tiny_models) if scorer else None)
+    yield w
+    w.close()
+
+
+@pytest.mark.parametrize("world", [("dpo", lambda m: RewardModelScorer(str(m.reward)))], indirect=True)
+def test_eva_dpo_two_rounds(world):
+    creator_link = world.link("creator-0", "creator")
+    creator = Creator(creator_link, CreatorConfig(
+        algo="dpo", samples_per_prompt=3, max_new_tokens=6, sample_fraction=0.5, rewrites_per_prompt=2,
+        train_groups=8, seed=0), seeds(), mutator=add_operand)
+    reports = creator.run(rounds=2)
+
+    assert [rep.policy_version for rep in reports] == [1, 2]  # the policy advanced each round
+    assert world.solver.generator.version >= 1  # the solver switched to a published policy
+    db = world.db()
+    evolved = db.execute("SELECT prompt_id, parent_id, mutation FROM prompts WHERE source = 'evolved'").fetchall()
+    assert evolved and all(parent and mutation for _, parent, mutation in evolved)
+    known = {row[0] for row in db.execute("SELECT prompt_id FROM prompts")}
+    assert all(parent in known for _, parent, _ in evolved)  # lineage points at recorded prompts
+    assert {0, 1} <= {row[0] for row in db.execute("SELECT DISTINCT policy_version FROM samples")}
+    assert db.execute("SELECT COUNT(*) FROM policies").fetchone()[0] == 2
+    assert db.execute("SELECT COUNT(*) FROM tasks WHERE state = 'dead'").fetchone()[0] == 0
+    db.close()
+    status = creator_link.status()
+    assert {"reward_mean.v0", "reward_mean.v1"} <= set(status.metrics)  # reward by round, in status
+
+
+@pytest.mark.parametrize("world", [("gsil", None)], indirect=True)
+def test_gsil_online_two_iterations(world):
+    """Demonstrations, one self-generated answer per prompt, no judge; each iteration a new version."""
+    creator = Creator(world.link("creator-0", "creator"), CreatorConfig(
+        algo="gsil", evolve=False, samples_per_prompt=1, max_new_tokens=6, train_groups=8), seeds())
+    reports = creator.run(rounds=2)
+    assert [(rep.policy_version, rep.examples) for rep in reports] == [(1, 6), (2, 6)]
+    assert {"real_term", "generated_term", "r_real", "r_generated"} <= set(reports[-1].metrics)
+    db = world.db()
+    assert db.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0] == 0  # nobody judged
+    db.close()
+
+
+@pytest.mark.parametrize("world", [("cut", lambda m: AnswerVerifier())], indirect=True)
+def test_cut_online_with_written_judgments(world):
+    creator = Creator(world.link("creator-0", "creator"), CreatorConfig(
+        algo="cut", evolve=False, samples_per_prompt=2, max_new_tokens=6, train_groups=8), seeds())
+    [report] = creator.run(rounds=1)
+    assert report.policy_version == 1 and report.examples == 12  # every answer, with its judgment
+    assert {"l1", "l2", "flagged_fraction"} <= set(report.metrics)
+    db = world.db()
+    judgments = [row[0] for row in db.execute("SELECT judgment FROM verdicts")]
+    db.close()
+    assert len(judgments) == 12 and all(j and (j == "Correct." or j.startswith("Incorrect: the answer is"))
+                                        for j in judgments)

@@ -20,7 +20,7 @@ def test_status_shows_agents_queues_and_version(tmp_path):
         run_dir = str(r.hub.run_dir)
         text = subprocess.run([SELFPLAY, "status", "--run-dir", run_dir], capture_output=True, text=True, timeout=60)
         assert text.returncode == 0, text.stderr
-        assert "policy version 0" in text.stdout and "creator-0" in text.stdout
+        assert "policy version 0" in text.stdout and "creator-0" in text.stdout and "queues:" in text.stdout
         assert any(line.split()[:2] == ["generate", "3"] for line in text.stdout.splitlines())
         raw = subprocess.run([SELFPLAY, "status", "--run-dir", run_dir, "--json"], capture_output=True, text=True,
                              timeout=60)
