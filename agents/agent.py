@@ -24,6 +24,7 @@ import queue
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,6 +110,16 @@ class AgentLink:
             return self.inbox.get(timeout=timeout_s)
         except queue.Empty:
             return None
+
+    def serve(self, handle: Callable[[Assign], None], stop: threading.Event,
+              each: Callable[[], None] | None = None) -> None:
+        """The worker loop of every agent: (housekeeping), take a task, handle it; until `stop`."""
+        while not stop.is_set():
+            if each is not None:
+                each()
+            assign = self.next_task(timeout_s=0.2)
+            if assign is not None:
+                handle(assign)
 
     def complete(self, assign: Assign, result: ResultPayload) -> None:
         self._deliver(Result(task_id=assign.task_id, attempt=assign.attempt, result=result))

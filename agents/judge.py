@@ -24,10 +24,7 @@ class Judge:
         self.link, self.scorer = link, scorer
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            assign = self.link.next_task(timeout_s=0.2)
-            if assign is not None:
-                self.judge(assign)
+        self.link.serve(self.judge, stop)
 
     def judge(self, assign: Assign) -> None:
         task = assign.task

@@ -33,11 +33,7 @@ class Solver:
         self._data: zmq.Socket | None = None  # owned by the compute thread (the only one that fetches)
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            self.sync_policy()
-            assign = self.link.next_task(timeout_s=0.2)
-            if assign is not None:
-                self.solve(assign)
+        self.link.serve(self.solve, stop, each=self.sync_policy)
 
     def solve(self, assign: Assign) -> None:
         task = assign.task

@@ -49,10 +49,7 @@ class TrainerAgent:
 
     def run(self, stop: threading.Event) -> None:
         try:
-            while not stop.is_set():
-                assign = self.link.next_task(timeout_s=0.2)
-                if assign is not None:
-                    self.train(assign)
+            self.link.serve(self.train, stop)
         finally:
             self.recipe.cleanup()
 

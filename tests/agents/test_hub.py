@@ -47,6 +47,16 @@ class Running:
         finally:
             ledger.close()
 
+    def link(self, name, role, kinds=()):
+        """A started AgentLink against this hub (stopped on close)."""
+        from agents.agent import AgentLink, LinkConfig
+
+        agent = AgentLink(LinkConfig(name=name, role=role, task_kinds=list(kinds), control=self.hub.endpoints["control"]),
+                          self.ctx)
+        self.links.append(agent)
+        agent.start()
+        return agent
+
     def client(self, name, channel="control", **kw):
         c = Client(self.ctx, self.hub.endpoints[channel], name, channel, **kw)
         self.clients.append(c)

@@ -5,7 +5,6 @@ import time
 
 import pytest
 
-from agents.agent import AgentLink, LinkConfig
 from agents.backends.scoring import AnswerVerifier, LLMJudge, RewardModelScorer, parse_judgment
 from agents.judge import Judge
 from protocol.messages import ChatTurn, JudgedGroup, JudgeTask, Prompt, Sample
@@ -64,12 +63,7 @@ def test_judge_process_writes_verdicts_and_judgments(tmp_path):
     r = Running(tmp_path, lease_s=30, heartbeat_interval_s=0.2, liveness=25)
     stop = threading.Event()
     try:
-        creator = AgentLink(LinkConfig(name="creator-0", role="creator", control=r.hub.endpoints["control"]), r.ctx)
-        judge_link = AgentLink(LinkConfig(name="judge-0", role="judge", task_kinds=["judge"],
-                                          control=r.hub.endpoints["control"]), r.ctx)
-        r.links += [creator, judge_link]
-        creator.start()
-        judge_link.start()
+        creator, judge_link = r.link("creator-0", "creator"), r.link("judge-0", "judge", ["judge"])
         threading.Thread(target=Judge(judge_link, AnswerVerifier()).run, args=(stop,), daemon=True).start()
         samples = [Sample(sample_id=f"s{i}", prompt_id="q", text=t, policy_version=0)
                    for i, t in enumerate(["85", "84"])]

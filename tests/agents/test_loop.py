@@ -7,7 +7,6 @@ import threading
 
 import pytest
 
-from agents.agent import AgentLink, LinkConfig
 from agents.backends.hf import HFGenerator
 from agents.backends.scoring import AnswerVerifier, RewardModelScorer
 from agents.creator import Creator, CreatorConfig
@@ -50,11 +49,7 @@ class World:
             threading.Thread(target=worker.run, args=(self.stop,), daemon=True).start()
 
     def link(self, name, role, kinds=()):
-        agent = AgentLink(LinkConfig(name=name, role=role, task_kinds=list(kinds),
-                                     control=self.r.hub.endpoints["control"]), self.r.ctx)
-        self.r.links.append(agent)
-        agent.start()
-        return agent
+        return self.r.link(name, role, kinds)
 
     def db(self):
         return sqlite3.connect(self.r.hub.run_dir / "ledger.sqlite")

@@ -7,7 +7,6 @@ import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 from transformers import AutoModelForCausalLM
 
-from agents.agent import AgentLink, LinkConfig
 from agents.backends.hf import HFGenerator
 from agents.solver import Solver
 from protocol.messages import ChatTurn, GenerateTask, PolicyUpdate, Prompt, SamplingParams
@@ -57,12 +56,7 @@ def test_solver_answers_tasks_and_switches_policy_versions(tmp_path, tiny_models
     r = Running(tmp_path, lease_s=30, heartbeat_interval_s=0.2, liveness=25)
     stop = threading.Event()
     try:
-        creator = AgentLink(LinkConfig(name="creator-0", role="creator", control=r.hub.endpoints["control"]), r.ctx)
-        solver_link = AgentLink(LinkConfig(name="solver-0", role="solver", task_kinds=["generate"],
-                                           control=r.hub.endpoints["control"]), r.ctx)
-        r.links += [creator, solver_link]
-        creator.start()
-        solver_link.start()
+        creator, solver_link = r.link("creator-0", "creator"), r.link("solver-0", "solver", ["generate"])
         solver = Solver(solver_link, HFGenerator(str(tiny_models.policy)), r.hub.endpoints["data"])
         thread = threading.Thread(target=solver.run, args=(stop,), daemon=True)
         thread.start()

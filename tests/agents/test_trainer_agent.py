@@ -8,7 +8,6 @@ import time
 import torch
 from peft import get_peft_model_state_dict
 
-from agents.agent import AgentLink, LinkConfig
 from agents.trainer_agent import TrainerAgent
 from protocol.messages import JudgedGroup, PolicyFetch, Prompt, Sample, TrainTask, Verdict
 from tests.agents.test_hub import Running
@@ -42,12 +41,7 @@ def test_rounds_train_publish_and_use_the_round_start_reference(tmp_path, tiny_m
     r = Running(tmp_path, lease_s=120, heartbeat_interval_s=0.2, liveness=50)
     stop = threading.Event()
     try:
-        creator = AgentLink(LinkConfig(name="creator-0", role="creator", control=r.hub.endpoints["control"]), r.ctx)
-        link = AgentLink(LinkConfig(name="trainer-0", role="trainer", task_kinds=["train"],
-                                    control=r.hub.endpoints["control"]), r.ctx)
-        r.links += [creator, link]
-        creator.start()
-        link.start()
+        creator, link = r.link("creator-0", "creator"), r.link("trainer-0", "trainer", ["train"])
         config = TrainConfig(algo="dpo", model=str(tiny_models.policy), data="-", out=str(tmp_path / "trainer"),
                              batch_size=8, lr=1e-2, lora={"r": 4, "alpha": 8}, max_length=64, max_prompt_length=32)
         agent = TrainerAgent(link, config, r.hub.endpoints["data"])

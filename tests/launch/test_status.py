@@ -3,7 +3,6 @@
 import json
 import subprocess
 
-from agents.agent import AgentLink, LinkConfig
 from protocol.messages import GenerateTask
 from tests.agents.test_hub import Running
 from tests.launch.test_cli import SELFPLAY
@@ -13,9 +12,7 @@ from tests.protocol.examples import PROMPT
 def test_status_shows_agents_queues_and_version(tmp_path):
     r = Running(tmp_path, lease_s=30, heartbeat_interval_s=0.2, liveness=50)
     try:
-        creator = AgentLink(LinkConfig(name="creator-0", role="creator", control=r.hub.endpoints["control"]), r.ctx)
-        r.links.append(creator)
-        creator.start()
+        creator = r.link("creator-0", "creator")
         creator.submit([GenerateTask(prompts=[PROMPT])] * 3)
         run_dir = str(r.hub.run_dir)
         text = subprocess.run([SELFPLAY, "status", "--run-dir", run_dir], capture_output=True, text=True, timeout=60)
