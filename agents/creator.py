@@ -75,6 +75,9 @@ class CreatorConfig(BaseModel):
     poll_s: float = Field(0.2, gt=0, description="How often to ask the hub about submitted tasks.")
     task_timeout_s: float = Field(3600.0, gt=0, description="Give up on a round whose tasks take longer.")
     seed: int = Field(0, description="Seed of sampling, mutation choice and mixing.")
+    eval_every: int = Field(1, ge=1, description="Evaluate on the held-out prompts every N rounds (and before round 1).")
+    max_wall_s: float | None = Field(None, gt=0, description="Stop starting rounds after this many seconds.")
+    target_eval_reward: float | None = Field(None, description="Stop once the held-out mean reward reaches this.")
 
 
 class RoundFailed(RuntimeError):
@@ -83,15 +86,46 @@ class RoundFailed(RuntimeError):
 
 class Creator:
     def __init__(self, link: AgentLink, config: CreatorConfig, seed_prompts: list[Prompt],
-                 mutator: Mutator | None = None) -> None:
+                 mutator: Mutator | None = None, eval_prompts: list[Prompt] | None = None) -> None:
         self.link, self.config, self.mutator = link, config, mutator
+        self.eval_prompts = [p.model_copy(update={"source": "eval"}) for p in eval_prompts or []]
+        self.eval_rewards: dict[int, float] = {}  # policy version -> held-out mean reward
         self.pool = list(seed_prompts)
         self.rng = random.Random(config.seed)
         self.round = 0
         self.policy_version = link.hub_policy_version  # answers must come from at least this version
 
     def run(self, rounds: int) -> list[TrainingReport]:
-        return [self.run_round() for _ in range(rounds)]
+        """Up to `rounds` rounds; stops early at `max_wall_s` or once `target_eval_reward` is reached."""
+        cfg, started, reports = self.config, time.monotonic(), []
+        self.evaluate()
+        for _ in range(rounds):
+            if cfg.max_wall_s is not None and time.monotonic() - started > cfg.max_wall_s:
+                log.info("stopping: wall time reached", rounds=len(reports))
+                break
+            reports.append(self.run_round())
+            if self.round % cfg.eval_every == 0:
+                reward = self.evaluate()
+                if reward is not None and cfg.target_eval_reward is not None and reward >= cfg.target_eval_reward:
+                    log.info("stopping: target reached", eval_reward=reward, rounds=len(reports))
+                    break
+        return reports
+
+    def evaluate(self) -> float | None:
+        """Greedy answers to the held-out prompts by the current policy, judged; never trained on."""
+        if not self.eval_prompts or self.config.algo in {"spin", "gsil"}:
+            return None
+        cfg = self.config
+        self.config = cfg.model_copy(update={"samples_per_prompt": 1, "temperature": 0.0})
+        try:
+            groups = self.solve(self.eval_prompts)
+        finally:
+            self.config = cfg
+        scores = [v.score for g in groups for v in g.verdicts]
+        reward = sum(scores) / len(scores) if scores else 0.0
+        self.eval_rewards[self.policy_version] = reward
+        log.info("evaluated", policy_version=self.policy_version, eval_reward=round(reward, 4), prompts=len(groups))
+        return reward
 
     def run_round(self) -> TrainingReport:
         cfg = self.config

@@ -59,6 +59,8 @@ class HubConfig(BaseModel):
     heartbeat_interval_s: float = Field(HEARTBEAT_INTERVAL_S, gt=0, description="Heartbeat period, both ways.")
     liveness: int = Field(HEARTBEAT_LIVENESS, ge=1, description="Silent intervals before an agent is dead.")
     max_staleness: int = Field(0, ge=0, description="Policy versions a sample may lag behind and still count.")
+    keep_adapters: int = Field(5, ge=1, description="Newest published adapters kept on disk.")
+    keep_every: int = Field(10, ge=1, description="Also keep every M-th version (for later evaluation).")
 
 
 @dataclass
@@ -261,9 +263,17 @@ class Hub:
         self.ledger.record_policy(m.version, m.parent_version, str(path), num_bytes, now)
         self.policy_version = max(self.policy_version, m.version)
         msg.reply(self, Ack(status="accepted"))
+        self._retire_adapters()
         for other in list(self.agents.values()):
             self._send(self.control, other.identity, PolicyAnnounce(version=m.version, num_bytes=num_bytes))
         log.info("policy published", version=m.version, bytes=num_bytes)
+
+    def _retire_adapters(self) -> None:
+        """Disk stays bounded: keep the newest `keep_adapters` versions and every `keep_every`-th."""
+        files = sorted((self.run_dir / "adapters").glob("v*.safetensors"))
+        for path in files[:-self.config.keep_adapters]:
+            if int(path.stem[1:]) % self.config.keep_every:
+                path.unlink(missing_ok=True)
 
     def on_policy_fetch(self, msg: Incoming) -> None:
         version = msg.env.message.version or self.policy_version
@@ -334,6 +344,9 @@ class Hub:
         for version, (mean, count) in self.ledger.reward_by_version().items():
             metrics[f"reward_mean.v{version}"] = mean
             metrics[f"reward_count.v{version}"] = float(count)
+        for version, (mean, count) in self.ledger.reward_by_version(eval_prompts=True).items():
+            metrics[f"eval_reward.v{version}"] = mean
+            metrics[f"eval_count.v{version}"] = float(count)
         return StatusReply(hub_id=self.hub_id, policy_version=self.policy_version, agents=agents,
                            queues=self.ledger.queue_stats(), metrics=metrics)
 

@@ -244,10 +244,13 @@ class Ledger:
     def policy_version(self) -> int:
         return self.db.execute("SELECT COALESCE(MAX(version), 0) FROM policies").fetchone()[0]
 
-    def reward_by_version(self) -> dict[int, tuple[float, int]]:
-        """Mean verdict score and count of the samples each policy version produced (a round's reward)."""
-        rows = self.db.execute("SELECT s.policy_version, AVG(v.score), COUNT(*) FROM verdicts v JOIN samples s"
-                               " ON s.sample_id = v.sample_id GROUP BY s.policy_version ORDER BY s.policy_version")
+    def reward_by_version(self, eval_prompts: bool = False) -> dict[int, tuple[float, int]]:
+        """Mean verdict score and count of the samples each policy version produced: on training prompts
+        (a round's reward), or on the held-out evaluation prompts."""
+        rows = self.db.execute(
+            "SELECT s.policy_version, AVG(v.score), COUNT(*) FROM verdicts v JOIN samples s ON s.sample_id = v.sample_id"
+            " JOIN prompts p ON p.prompt_id = s.prompt_id WHERE (p.source = 'eval') = ?"
+            " GROUP BY s.policy_version ORDER BY s.policy_version", (eval_prompts,))
         return {version: (mean, count) for version, mean, count in rows}
 
     def queue_stats(self) -> dict[str, QueueStats]:

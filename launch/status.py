@@ -55,7 +55,13 @@ def format_status(reply: StatusReply) -> str:
         lines += ["", "reward by policy version (mean verdict score of its samples):"]
         lines += [f"  v{version:<4} {mean:.4f}  ({int(reply.metrics.get(f'reward_count.v{version}', 0))} samples)"
                   for version, mean in rewards]
-    other = {k: v for k, v in reply.metrics.items() if not k.startswith(("reward_mean.", "reward_count."))}
+    evals = sorted((int(k.split(".v")[1]), v) for k, v in reply.metrics.items() if k.startswith("eval_reward.v"))
+    if evals:
+        lines += ["", "held-out evaluation by policy version (never trained on):"]
+        lines += [f"  v{version:<4} {mean:.4f}  ({int(reply.metrics.get(f'eval_count.v{version}', 0))} samples)"
+                  for version, mean in evals]
+    other = {k: v for k, v in reply.metrics.items()
+             if not k.startswith(("reward_mean.", "reward_count.", "eval_reward.", "eval_count."))}
     if other:
         lines += ["", "counters:"] + [f"  {k} = {v:.4g}" for k, v in sorted(other.items())]
     return "\n".join(lines)

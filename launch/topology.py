@@ -66,6 +66,7 @@ class HubSection(Strict):
 class CreatorSection(Strict):
     prompts: str = Field(description="Seed prompts: JSON lines with prompt, and optionally answer, demonstration.")
     mutator: str | None = Field(None, description="module:function of a programmatic mutator; else an LLM evolver.")
+    eval_prompts: str | None = Field(None, description="Held-out prompts (same format), evaluated, never trained on.")
     settings: CreatorConfig = Field(default_factory=CreatorConfig, description="eva settings (agents/creator.py).")
 
 

@@ -123,18 +123,23 @@ def run_creator(link, topo) -> int:
     from agents.creator import Creator
     from protocol.messages import Prompt
 
-    rows = [json.loads(line) for line in Path(topo.creator.prompts).read_text().splitlines() if line.strip()]
-    seeds = [Prompt(prompt_id=f"seed{i}", text=row["prompt"], answer=row.get("answer"),
-                    demonstration=row.get("demonstration"), source="seed") for i, row in enumerate(rows)]
+    def read(path: str, prefix: str, source: str) -> list[Prompt]:
+        rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        return [Prompt(prompt_id=f"{prefix}{i}", text=row["prompt"], answer=row.get("answer"),
+                       demonstration=row.get("demonstration"), source=source) for i, row in enumerate(rows)]
+
+    seeds = read(topo.creator.prompts, "seed", "seed")
+    held_out = read(topo.creator.eval_prompts, "eval", "eval") if topo.creator.eval_prompts else None
     mutator = None
     if topo.creator.mutator:
         module, _, function = topo.creator.mutator.partition(":")
         mutator = getattr(importlib.import_module(module), function)
     settings = topo.creator.settings.model_copy(update={"algo": topo.trainer_config().algo})
     started = time.time()
-    reports = Creator(link, settings, seeds, mutator=mutator).run(rounds=topo.run.rounds)
+    creator = Creator(link, settings, seeds, mutator=mutator, eval_prompts=held_out)
+    reports = creator.run(rounds=topo.run.rounds)
     summary = {"rounds": len(reports), "policy_version": reports[-1].policy_version if reports else 0,
-               "seconds": time.time() - started}
+               "seconds": time.time() - started, "eval_reward": creator.eval_rewards}
     (Path(topo.run.dir) / "creator-done.json").write_text(json.dumps(summary))
     return 0
 

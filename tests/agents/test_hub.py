@@ -254,3 +254,18 @@ def test_curve_key_is_bound_to_its_name_and_role(tmp_path):
         assert honest.ready("solver").kind == "welcome"
     finally:
         r.close()
+
+
+def test_old_adapters_are_retired(tmp_path):
+    r = Running(tmp_path, keep_adapters=2, keep_every=3, liveness=50)
+    try:
+        r.client("trainer-0").ready("trainer", kinds=())
+        data = r.client("trainer-0", "data")
+        for version in range(1, 8):
+            data.send(PolicyUpdate(version=version, parent_version=version - 1, base_model="x"),
+                      tensors={"w": torch.zeros(2)})
+            assert data.recv().message.status == "accepted"
+        kept = sorted(p.name for p in (r.hub.run_dir / "adapters").iterdir())
+        assert kept == ["v000003.safetensors", "v000006.safetensors", "v000007.safetensors"]
+    finally:
+        r.close()

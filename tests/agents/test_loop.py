@@ -5,6 +5,7 @@ import re
 import sqlite3
 import threading
 
+import msgpack
 import pytest
 
 from agents.backends.hf import HFGenerator
@@ -70,9 +71,11 @@ def world(request, tmp_path, tiny_models):
 @pytest.mark.parametrize("world", [("dpo", lambda m: RewardModelScorer(str(m.reward)))], indirect=True)
 def test_eva_dpo_two_rounds(world):
     creator_link = world.link("creator-0", "creator")
+    held_out = [Prompt(prompt_id=f"held{i}", text=f"What is {i + 50} + {i + 7}?", answer=str(2 * i + 57))
+                for i in range(3)]
     creator = Creator(creator_link, CreatorConfig(
         algo="dpo", samples_per_prompt=3, max_new_tokens=6, sample_fraction=0.5, rewrites_per_prompt=2,
-        train_groups=8, seed=0), seeds(), mutator=add_operand)
+        train_groups=8, seed=0), seeds(), mutator=add_operand, eval_prompts=held_out)
     reports = creator.run(rounds=2)
 
     assert [rep.policy_version for rep in reports] == [1, 2]  # the policy advanced each round
@@ -88,6 +91,22 @@ def test_eva_dpo_two_rounds(world):
     db.close()
     status = creator_link.status()
     assert {"reward_mean.v0", "reward_mean.v1"} <= set(status.metrics)  # reward by round, in status
+    assert {"eval_reward.v0", "eval_reward.v1", "eval_reward.v2"} <= set(status.metrics)  # held-out, per version
+    assert set(creator.eval_rewards) == {0, 1, 2}
+    db = world.db()
+    trained_on = set()
+    for (blob,) in db.execute("SELECT payload FROM tasks WHERE kind = 'train'"):
+        trained_on |= {g["prompt"]["prompt_id"] for g in msgpack.unpackb(blob)["groups"]}
+    db.close()
+    assert trained_on and not trained_on & {p.prompt_id for p in held_out}  # never trained on
+
+
+@pytest.mark.parametrize("world", [("dpo", lambda m: RewardModelScorer(str(m.reward)))], indirect=True)
+def test_a_reached_target_stops_the_run(world):
+    creator = Creator(world.link("creator-0", "creator"), CreatorConfig(
+        algo="dpo", evolve=False, samples_per_prompt=2, max_new_tokens=4, train_groups=8,
+        target_eval_reward=-1e9), seeds(), eval_prompts=seeds(2))
+    assert len(creator.run(rounds=5)) == 1
 
 
 @pytest.mark.parametrize("world", [("gsil", None)], indirect=True)
