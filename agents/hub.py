@@ -262,8 +262,8 @@ class Hub:
         num_bytes = sum(t.nbytes for t in env.tensors.values())
         self.ledger.record_policy(m.version, m.parent_version, str(path), num_bytes, now)
         self.policy_version = max(self.policy_version, m.version)
+        self._retire_adapters()  # all disk work done before the acknowledgement
         msg.reply(self, Ack(status="accepted"))
-        self._retire_adapters()
         for other in list(self.agents.values()):
             self._send(self.control, other.identity, PolicyAnnounce(version=m.version, num_bytes=num_bytes))
         log.info("policy published", version=m.version, bytes=num_bytes)
