@@ -57,13 +57,13 @@ def test_work_flows_and_the_outbox_empties_on_ack(running):
 
 
 def test_heartbeats_and_renewals_flow_while_the_compute_thread_is_busy(tmp_path):
-    """Liveness 0.5 s and leases of 0.6 s, while the 'model' holds the compute thread for 2 s."""
-    r = Running(tmp_path, lease_s=0.6, heartbeat_interval_s=0.1, liveness=5)
+    """Liveness 0.8 s and leases of 1.2 s, while the 'model' holds the compute thread for 3 s."""
+    r = Running(tmp_path, lease_s=1.2, heartbeat_interval_s=0.1, liveness=8)
     try:
         creator, solver = link(r, "creator-0", "creator", kinds=()), link(r, "solver-0")
         [task_id] = creator.submit([GenerateTask(prompts=[PROMPT])])
         assign = solver.next_task(timeout_s=5)
-        busy = threading.Thread(target=time.sleep, args=(2.0,))  # a long generate() call, GIL released
+        busy = threading.Thread(target=time.sleep, args=(3.0,))  # a long generate() call, GIL released
         busy.start()
         busy.join()
         assert "solver-0" in {a.name for a in creator.status().agents}  # never buried

@@ -157,7 +157,7 @@ def test_expired_lease_goes_to_another_agent_and_the_late_result_is_stale(tmp_pa
 
 
 def test_silent_agent_is_buried_and_its_task_requeued(tmp_path):
-    r = Running(tmp_path, lease_s=60, heartbeat_interval_s=0.1, liveness=3)
+    r = Running(tmp_path, lease_s=60, heartbeat_interval_s=0.1, liveness=8)
     try:
         creator, silent = r.client("creator-0"), r.client("silent")
         creator.ready("creator", kinds=())
