@@ -43,9 +43,10 @@ $(VENV)/.bench: pyproject.toml $(VENV)/.dev
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	touch $@
 
-bench: $(VENV)/.bench  ## benchmarks: message bus (vs raw pyzmq, memcpy) and trainer (vs TRL, bare compute)
+bench: $(VENV)/.bench  ## benchmarks: bus (vs raw pyzmq, memcpy), trainer (vs TRL), loop (vs one process)
 	$(PY) bench/bus.py
 	$(PY) bench/trainer.py
+	$(PY) bench/loop.py
 
 clean:  ## remove the environment
 	rm -rf $(VENV)

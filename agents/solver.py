@@ -14,6 +14,7 @@ complete. Heartbeats, leases and the outbox live on the AgentLink's I/O thread.
 from __future__ import annotations
 
 import threading
+import time
 
 import structlog
 import zmq
@@ -31,6 +32,7 @@ class Solver:
     def __init__(self, link: AgentLink, generator: HFGenerator, data_endpoint: str | None) -> None:
         self.link, self.generator, self.data_endpoint = link, generator, data_endpoint
         self._data: zmq.Socket | None = None  # owned by the compute thread (the only one that fetches)
+        self.sync_seconds: list[float] = []  # wall time of each fetch + load (benchmarks read it)
 
     def run(self, stop: threading.Event) -> None:
         self.link.serve(self.solve, stop, each=self.sync_policy)
@@ -57,6 +59,7 @@ class Solver:
             newest = max(newest, self.link.announcements.get_nowait().version)
         if newest <= self.generator.version or self.data_endpoint is None:
             return
+        started = time.perf_counter()
         if self._data is None:
             self._data = agent_socket(self.link.ctx, self.data_endpoint, "data", name=self.link.config.name)
         self._data.send_multipart(encode(PolicyFetch(version=newest), sender=self.link.config.name))
@@ -68,4 +71,5 @@ class Solver:
             log.warning("policy fetch refused", reply=env.message.model_dump())
             return
         self.generator.load_policy(env.message.version, env.message.adapter_config, env.tensors)
+        self.sync_seconds.append(time.perf_counter() - started)
         log.info("policy loaded", version=env.message.version, tensors=len(env.tensors))

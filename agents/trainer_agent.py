@@ -45,6 +45,7 @@ class TrainerAgent:
         self.recipe = Recipe(self.config, resume=True, rows=[])
         self.recipe.setup()
         self.version = link.hub_policy_version
+        self.publish_seconds: list[float] = []  # wall time of each publish (benchmarks read it)
         self._data: zmq.Socket | None = None
 
     def run(self, stop: threading.Event) -> None:
@@ -63,7 +64,10 @@ class TrainerAgent:
             return self.link.complete(assign, report)
         started = time.perf_counter()
         metrics = self.recipe.train_round(rows)
-        if not self.publish(self.version + 1):
+        publish_started = time.perf_counter()
+        published = self.publish(self.version + 1)
+        self.publish_seconds.append(time.perf_counter() - publish_started)
+        if not published:
             return self.link.fail(assign, "the hub did not take the new policy", retryable=True)
         self.version += 1
         self.recipe.save_checkpoint()
