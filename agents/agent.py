@@ -90,7 +90,6 @@ class AgentLink:
         self.connected = threading.Event()
         self.hub_id: str | None = None
         self.hub_policy_version = 0  # newest policy version the hub knew at the last WELCOME
-        self.lost: set[tuple[str, int]] = set()  # leases the hub took back (renewal refused)
         self._outbox: dict[tuple[str, int], Any] = {}  # unacknowledged Result / TaskFailed
         self._leases: dict[tuple[str, int], tuple[float, float]] = {}  # -> (renew_at, lease_s)
         self._commands: queue.Queue[tuple[Any, str | None]] = queue.Queue()
@@ -270,9 +269,8 @@ class AgentLink:
             key = (m.task_id, m.attempt)
             if m.status == "renewed":
                 pass
-            elif m.status == "stale" and key in self._leases:  # a renewal refused: the hub took it back
-                self._leases.pop(key)
-                self.lost.add(key)
+            elif m.status == "stale" and key in self._leases:  # a renewal refused: the hub took it back,
+                self._leases.pop(key)  # so stop renewing; a result sent later is acknowledged as stale
             else:
                 self._outbox.pop(key, None)
         elif m.kind == "policy_announce":

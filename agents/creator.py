@@ -115,12 +115,7 @@ class Creator:
         """Greedy answers to the held-out prompts by the current policy, judged; never trained on."""
         if not self.eval_prompts or self.config.algo in {"spin", "gsil"}:
             return None
-        cfg = self.config
-        self.config = cfg.model_copy(update={"samples_per_prompt": 1, "temperature": 0.0})
-        try:
-            groups = self.solve(self.eval_prompts)
-        finally:
-            self.config = cfg
+        groups = self.solve(self.eval_prompts, n=1, temperature=0.0)
         scores = [v.score for g in groups for v in g.verdicts]
         reward = sum(scores) / len(scores) if scores else 0.0
         self.eval_rewards[self.policy_version] = reward
@@ -147,9 +142,11 @@ class Creator:
         return report
 
     # ------------------------------------------------------------------ solve = generate (+ judge)
-    def solve(self, prompts: list[Prompt]) -> list[JudgedGroup]:
+    def solve(self, prompts: list[Prompt], n: int | None = None, temperature: float | None = None) -> list[JudgedGroup]:
+        """Generate n answers per prompt (defaults from the config) and, when the algorithm needs it, judge them."""
         cfg = self.config
-        sampling = SamplingParams(n=cfg.samples_per_prompt, temperature=cfg.temperature, top_p=cfg.top_p,
+        sampling = SamplingParams(n=n or cfg.samples_per_prompt,
+                                  temperature=cfg.temperature if temperature is None else temperature, top_p=cfg.top_p,
                                   max_new_tokens=cfg.max_new_tokens, seed=self.rng.randrange(2**31))
         version = self.policy_version
         size = cfg.prompts_per_task

@@ -101,6 +101,7 @@ class Hub:
         self.done: Counter[str] = Counter()  # accepted results by task kind
         self.started = time.time()
         self._last_heartbeat = 0.0
+        self._newest: tuple[PolicyUpdate, dict] | None = None  # every solver fetches it: serve from memory
 
     # ------------------------------------------------------------------ start / stop
     def start(self) -> None:
@@ -257,9 +258,11 @@ class Hub:
     def on_policy_update(self, msg: Incoming) -> None:
         m, env, now = msg.env.message, msg.env, msg.now
         path = self.run_dir / "adapters" / f"v{m.version:06d}.safetensors"
-        save_file({k: v.clone() for k, v in env.tensors.items()}, path,
-                  metadata={"update": m.model_dump_json()})  # persisted before it is announced
-        num_bytes = sum(t.nbytes for t in env.tensors.values())
+        tensors = {k: v.clone() for k, v in env.tensors.items()}  # own copies: the frames' memory goes away
+        save_file(tensors, path, metadata={"update": m.model_dump_json()})  # persisted before it is announced
+        num_bytes = sum(t.nbytes for t in tensors.values())
+        if m.version >= self.policy_version:
+            self._newest = (m, tensors)
         self.ledger.record_policy(m.version, m.parent_version, str(path), num_bytes, now)
         self.policy_version = max(self.policy_version, m.version)
         self._retire_adapters()  # all disk work done before the acknowledgement
@@ -277,6 +280,8 @@ class Hub:
 
     def on_policy_fetch(self, msg: Incoming) -> None:
         version = msg.env.message.version or self.policy_version
+        if self._newest is not None and self._newest[0].version == version:
+            return msg.reply(self, self._newest[0], tensors=self._newest[1])
         path = self.run_dir / "adapters" / f"v{version:06d}.safetensors"
         if not path.exists():
             return self._refuse(msg.sock, msg.identity, "unknown_task", f"no policy version {version}",

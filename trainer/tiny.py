@@ -11,7 +11,6 @@ user's real model (a local directory or a hub id) takes.
 
 from __future__ import annotations
 
-import itertools
 import os
 import random
 from dataclasses import dataclass
@@ -109,7 +108,3 @@ def save_tiny_models(directory: str | os.PathLike, seed: int = 0, texts: list[st
         tokenizer.save_pretrained(path)
     return paths
 
-
-def sample_texts(n: int, seed: int = 0) -> list[str]:
-    """A few arithmetic lines for quick forward passes in tests and benchmarks."""
-    return list(itertools.islice(default_corpus(seed, n), 0, 2 * n, 2))[:n]

@@ -267,5 +267,11 @@ def test_old_adapters_are_retired(tmp_path):
             assert data.recv().message.status == "accepted"
         kept = sorted(p.name for p in (r.hub.run_dir / "adapters").iterdir())
         assert kept == ["v000003.safetensors", "v000006.safetensors", "v000007.safetensors"]
+        r.client("solver-0").ready("solver")
+        fetch = r.client("solver-0", "data")
+        for version, expected in ((7, "policy_update"), (3, "policy_update"), (4, "error")):  # memory, disk, retired
+            fetch.send(PolicyFetch(version=version))
+            reply = fetch.recv().message
+            assert reply.kind == expected and (expected == "error" or reply.version == version)
     finally:
         r.close()
