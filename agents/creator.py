@@ -64,6 +64,8 @@ class CreatorConfig(BaseModel):
     prompts_per_task: int = Field(16, ge=1, description="Prompts per generation/judge task: smaller spreads a round "
                                                        "over more solvers, larger batches better on one GPU.")
     evolve: bool = Field(True, description="Evolve the prompt set (eva); False: the static-prompt baseline.")
+    pool_per_round: int | None = Field(None, ge=1, description="Solve at most this many prompts of the pool per "
+                                                                "round, drawn at random (None: all of it, as eva).")
     informativeness: Informativeness = Field("reward_gap", description="How a prompt's rewards rate it.")
     sample_fraction: float = Field(0.25, gt=0, le=1, description="Share of prompts evolved each round.")
     sample_method: str = Field("weighted", pattern="^(weighted|greedy)$", description="weighted (eva) or greedy.")
@@ -112,10 +114,11 @@ class Creator:
         return reports
 
     def evaluate(self) -> float | None:
-        """Greedy answers to the held-out prompts by the current policy, judged; never trained on."""
-        if not self.eval_prompts or self.config.algo in {"spin", "gsil"}:
+        """Greedy answers to the held-out prompts by the current policy, judged; never trained on.
+        (Scoring needs a judge in every algorithm, GSIL/SPIN included.)"""
+        if not self.eval_prompts:
             return None
-        groups = self.solve(self.eval_prompts, n=1, temperature=0.0)
+        groups = self.solve(self.eval_prompts, n=1, temperature=0.0, judge=True)
         scores = [v.score for g in groups for v in g.verdicts]
         reward = sum(scores) / len(scores) if scores else 0.0
         self.eval_rewards[self.policy_version] = reward
@@ -125,7 +128,10 @@ class Creator:
     def run_round(self) -> TrainingReport:
         cfg = self.config
         self.round += 1
-        old = self.solve(self.pool)
+        pool = self.pool
+        if cfg.pool_per_round is not None and len(pool) > cfg.pool_per_round:
+            pool = self.rng.sample(pool, cfg.pool_per_round)
+        old = self.solve(pool)
         new: list[JudgedGroup] = []
         if cfg.evolve:
             scores = [informativeness([v.score for v in g.verdicts] or [0.0], cfg.informativeness) for g in old]
@@ -142,8 +148,10 @@ class Creator:
         return report
 
     # ------------------------------------------------------------------ solve = generate (+ judge)
-    def solve(self, prompts: list[Prompt], n: int | None = None, temperature: float | None = None) -> list[JudgedGroup]:
-        """Generate n answers per prompt (defaults from the config) and, when the algorithm needs it, judge them."""
+    def solve(self, prompts: list[Prompt], n: int | None = None, temperature: float | None = None,
+              judge: bool | None = None) -> list[JudgedGroup]:
+        """Generate n answers per prompt (defaults from the config) and judge them when `judge` says so
+        (default: when the algorithm needs scores, i.e. not for GSIL/SPIN)."""
         cfg = self.config
         sampling = SamplingParams(n=n or cfg.samples_per_prompt,
                                   temperature=cfg.temperature if temperature is None else temperature, top_p=cfg.top_p,
@@ -155,7 +163,7 @@ class Creator:
         samples = [s for result in self.wait(ids) for s in result.samples]
         by_prompt = {p.prompt_id: [s for s in samples if s.prompt_id == p.prompt_id] for p in prompts}
         groups = [JudgedGroup(prompt=p, samples=by_prompt[p.prompt_id], verdicts=[]) for p in prompts]
-        if cfg.algo in {"spin", "gsil"}:  # learn from demonstrations: no judge needed
+        if not (judge if judge is not None else cfg.algo not in {"spin", "gsil"}):  # GSIL/SPIN learn from demos
             return groups
         want_judgment = cfg.algo == "cut"
         judge_ids = self.link.submit([JudgeTask(groups=groups[i:i + size], want_judgment=want_judgment)
@@ -171,8 +179,8 @@ class Creator:
         for step in range(cfg.rewrites_per_prompt):
             mutations = [self.rng.choice(MUTATIONS) for _ in current]
             children = self._mutate(current, mutations, step)
-            keep = filter_prompts([c.text if c else None for c in children], [p.text for p in self.pool + made],
-                                  max_chars=cfg.max_prompt_chars)
+            existing = [p.text for p in self.pool + made + self.eval_prompts]  # held-out prompts stay unseen
+            keep = filter_prompts([c.text if c else None for c in children], existing, max_chars=cfg.max_prompt_chars)
             made += [children[i] for i in keep]
             current = [children[i] for i in keep]  # the chain continues from what survived
             if not current:

@@ -3,8 +3,7 @@
     selfplay keys init runs/keys --agent solver-0:solver --agent trainer-0:trainer
     selfplay --help
 
-Each sub-command's --help explains it. Commands whose issue has not landed yet say so and exit 2,
-rather than pretending to work.
+Each sub-command's --help explains it.
 """
 
 from __future__ import annotations
@@ -15,12 +14,6 @@ from collections.abc import Sequence
 
 from launch.logs import configure_logging
 from protocol.constants import PROTOCOL_VERSION
-
-# Commands planned in DESIGN.md whose implementation lands with a later issue: name -> (help, issue).
-_PENDING = {
-    "report": ("write PNG plots of a run", 4),
-    "demo": ("run the embedded CPU world end to end", 5),
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,9 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--name", default="status", help="agent name of the key to use (default: status)")
     status.add_argument("--json", action="store_true", help="print the raw status as JSON")
     status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the hub (default 5)")
-    for name, (text, issue) in _PENDING.items():
-        commands.add_parser(name, help=f"{text} (not yet built)",
-                            description=f"{text}. Not yet built: it lands with issue {issue}.")
+    _add_demo_and_report(commands)
     return parser
 
 
@@ -118,6 +109,61 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
                        help="any config field, dotted for sections: --set gsil.variant=brier (repeatable)")
     train.add_argument("--print-config", action="store_true",
                        help="print every config field with its default and description (TOML), then exit")
+
+
+def _add_demo_and_report(commands: argparse._SubParsersAction) -> None:
+    demo = commands.add_parser(
+        "demo", help="run the embedded arithmetic world end to end on a CPU (what `make demo` runs)",
+        description="Build a small model locally and SFT it on easy addition problems (cached in RUN/model), then "
+                    "run hub, creator (eva), two solvers, a judge (the world's checker) and a trainer as processes "
+                    "for a few rounds, and report held-out accuracy before and after, reward by round and the "
+                    "evolved prompts. Writes RUN/ALGO/summary.json, RUN/ALGO/report.png and one log per process.")
+    demo.add_argument("--algo", default="dpo", choices=["dpo", "ipo", "simpo", "contrastive-sft", "gsil", "spin", "cut"],
+                      help="training method (default dpo, with eva's evolving prompts; gsil and spin learn from "
+                           "demonstrations, a fifth of them wrong; cut from the checker's written judgments)")
+    demo.add_argument("--run-dir", default="runs/demo", help="where data, the cached model and runs go "
+                                                             "(default runs/demo)")
+    demo.add_argument("--rounds", type=int, help="training rounds (default 8)")
+    demo.add_argument("--minutes", type=float, help="start no round after this many minutes of the loop (default 6)")
+    demo.add_argument("--quick", action="store_true", help="a tiny model and one short round: a smoke test, not a "
+                                                           "result")
+    report = commands.add_parser(
+        "report", help="write a run's summary.json and report.png from its ledger",
+        description="Read RUN_DIR/ledger.sqlite (a running, stopped or finished run) and write the held-out accuracy "
+                    "by policy version and difficulty, reward by round, evolved prompts by mutation kind and "
+                    "throughput to RUN_DIR/summary.json and plots to RUN_DIR/report.png.")
+    report.add_argument("run_dir", help="the run directory (topology [run] dir)")
+    report.add_argument("--out", help="PNG path (default RUN_DIR/report.png)")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from launch.demo import QUICK, Plan, describe, run_demo
+
+    if args.log_level == "info":  # keep the console to the demo's own progress lines
+        configure_logging("warning")
+    plan = QUICK if args.quick else Plan()
+    if args.rounds is not None:
+        plan = replace(plan, rounds=args.rounds)
+    if args.minutes is not None:
+        plan = replace(plan, max_minutes=args.minutes)
+    summary = run_demo(args.algo, args.run_dir, plan)
+    print(describe(summary))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from launch.report import summarize, write_report
+
+    summary = summarize(args.run_dir)
+    (Path(args.run_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+    out = write_report(summary, args.out or Path(args.run_dir) / "report.png", title=f"selfplay run {args.run_dir}")
+    print(f"wrote {Path(args.run_dir) / 'summary.json'} and {out}")
+    return 0
 
 
 def _parse_set(items: list[str]) -> dict:
@@ -279,12 +325,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _attach(args)
         if args.command == "stop":
             return _stop(args)
-    except (ValueError, OSError) as e:  # config, topology and key errors: one line naming the problem
+        if args.command == "demo":
+            return _demo(args)
+        if args.command == "report":
+            return _report(args)
+    except (ValueError, OSError, RuntimeError) as e:  # config, topology and key errors: one line naming the problem
         print(f"selfplay {args.command}: {e}", file=sys.stderr)
         return 2
-    text, issue = _PENDING[args.command]
-    print(f"selfplay {args.command}: not yet built (lands with issue {issue}: {text})", file=sys.stderr)
-    return 2
+    raise AssertionError(f"unhandled command {args.command}")
 
 
 if __name__ == "__main__":

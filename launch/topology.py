@@ -6,7 +6,7 @@
     [hub]
     control = "ipc"                  # or "tcp://0.0.0.0:5555" with keys_dir
     [creator]
-    prompts = "seeds.jsonl"          # rows: {"prompt", "answer"?, "demonstration"?}
+    prompts = "seeds.jsonl"          # rows: {"prompt", "answer"?, "demonstration"?, "difficulty"?}
     mutator = "mypkg.world:mutate"   # optional programmatic mutator (module:function)
     [creator.settings]
     samples_per_prompt = 4
@@ -15,7 +15,7 @@
     model = "./tiny/policy"
     [judge]
     backend = "reward_model"         # verifier | reward_model | llm_judge
-    model = "./tiny/reward"
+    model = "./tiny/reward"          # (verifier: checker = "mypkg.world:check", optional)
     [trainer]
     algo = "dpo"
     model = "./tiny/policy"          # any other TrainConfig field too (lr, lora, dpo.beta, ...)
@@ -25,7 +25,9 @@ An error names the field: `solver.cont: Extra inputs are not permitted`.
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -82,12 +84,17 @@ class JudgeSection(Strict):
     count: int = Field(1, ge=0, description="Judge processes to start.")
     backend: Literal["verifier", "reward_model", "llm_judge"] = Field("verifier", description="How samples are scored.")
     model: str | None = Field(None, description="Reward model or judge model path (not for verifier).")
+    checker: str | None = Field(None, description="verifier: module:name of a task world's checker (a function, or a "
+                                                  "class made with no arguments) called as (prompts, responses, "
+                                                  "want_judgment); default: exact match of the answer.")
     device: str = Field("auto", description="auto, cpu, cuda, ...")
 
     @model_validator(mode="after")
     def _needs_model(self) -> JudgeSection:
         if self.backend != "verifier" and not self.model:
             raise ValueError(f"judge backend {self.backend!r} needs a model")
+        if self.checker is not None and self.backend != "verifier":
+            raise ValueError("checker is for the verifier backend")
         return self
 
 
@@ -125,4 +132,25 @@ def load_topology(path: str | Path) -> Topology:
         topology.trainer_config()  # validate the trainer section now, not when its process starts
     except ValidationError as e:
         raise TopologyError(format_validation_error(e, path)) from None
+    for field, spec in (("creator.mutator", topology.creator.mutator),
+                        ("judge.checker", topology.judge.checker if topology.judge else None)):
+        if spec is not None:
+            try:
+                load_object(spec)
+            except ValueError as e:
+                raise TopologyError(f"{path}: {field}: {e}") from None
     return topology
+
+
+def load_object(spec: str) -> Any:
+    """`module:name` -> the object (a task world's mutator or checker); ValueError says what is wrong.
+    Modules are found as the processes find them (`python -m` puts the working directory on the path)."""
+    module, sep, name = spec.partition(":")
+    if not sep or not module or not name:
+        raise ValueError(f"{spec!r} is not module:name")
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot load {spec!r}: {e}") from None

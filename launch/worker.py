@@ -11,7 +11,6 @@ done, which ends the run.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import signal
 import sys
@@ -91,6 +90,8 @@ def run_agent(role: str, name: str, topo, control: str, data: str | None, stop: 
 
 
 def build_worker(role: str, link, topo, data: str | None):
+    from launch.topology import load_object
+
     if role == "solver":
         if topo.solver.backend == "vllm":
             raise SystemExit("the vllm backend is not built yet; use backend = \"hf\"")
@@ -104,7 +105,8 @@ def build_worker(role: str, link, topo, data: str | None):
 
         j = topo.judge
         if j.backend == "verifier":
-            scorer = scoring.AnswerVerifier()
+            scorer = load_object(j.checker) if j.checker else scoring.AnswerVerifier()
+            scorer = scorer() if isinstance(scorer, type) else scorer
         elif j.backend == "reward_model":
             scorer = scoring.RewardModelScorer(j.model, device=j.device)
         else:
@@ -121,19 +123,18 @@ def build_worker(role: str, link, topo, data: str | None):
 
 def run_creator(link, topo) -> int:
     from agents.creator import Creator
+    from launch.topology import load_object
     from protocol.messages import Prompt
 
     def read(path: str, prefix: str, source: str) -> list[Prompt]:
         rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-        return [Prompt(prompt_id=f"{prefix}{i}", text=row["prompt"], answer=row.get("answer"),
-                       demonstration=row.get("demonstration"), source=source) for i, row in enumerate(rows)]
+        return [Prompt(prompt_id=row.get("id", f"{prefix}{i}"), text=row["prompt"], answer=row.get("answer"),
+                       demonstration=row.get("demonstration"), difficulty=row.get("difficulty"), source=source)
+                for i, row in enumerate(rows)]
 
     seeds = read(topo.creator.prompts, "seed", "seed")
     held_out = read(topo.creator.eval_prompts, "eval", "eval") if topo.creator.eval_prompts else None
-    mutator = None
-    if topo.creator.mutator:
-        module, _, function = topo.creator.mutator.partition(":")
-        mutator = getattr(importlib.import_module(module), function)
+    mutator = load_object(topo.creator.mutator) if topo.creator.mutator else None
     settings = topo.creator.settings.model_copy(update={"algo": topo.trainer_config().algo})
     started = time.time()
     creator = Creator(link, settings, seeds, mutator=mutator, eval_prompts=held_out)

@@ -40,6 +40,8 @@ class DPOSettings(Strict):
     beta: float = Field(0.1, gt=0, description="Inverse temperature of the implicit reward (eva used 0.05).")
     loss_type: Literal["sigmoid", "hinge", "ipo"] = Field(
         "sigmoid", description="DPO's logistic loss, its hinge variant, or IPO (algo 'ipo' sets this).")
+    nll_alpha: float = Field(0.0, ge=0, description="Weight of a length-averaged NLL term on the chosen answer "
+                                                    "(Iterative RPO, Pang et al. 2024); 0 = off.")
 
 
 class SimPOSettings(Strict):

@@ -55,13 +55,16 @@ def sft_loss(token_logps: Tensor, mask: Tensor) -> LossOutput:
 
 def dpo_loss(chosen_logps: Tensor, rejected_logps: Tensor, ref_chosen_logps: Tensor, ref_rejected_logps: Tensor,
              *, beta: float = 0.1, loss_type: Literal["sigmoid", "hinge", "ipo"] = "sigmoid",
-             chosen_lengths: Tensor | None = None, rejected_lengths: Tensor | None = None) -> LossOutput:
+             chosen_lengths: Tensor | None = None, rejected_lengths: Tensor | None = None,
+             nll_alpha: float = 0.0) -> LossOutput:
     """DPO (Rafailov et al. 2023) and its hinge / IPO (Azar et al. 2023) variants. All inputs (B,).
 
     r(y) = logp(y) - ref_logp(y), delta = r(y_w) - r(y_l)
       sigmoid: -log sigmoid(beta * delta)
       hinge:   relu(1 - beta * delta)
       ipo:     (delta_avg - 1 / (2 beta))^2, delta_avg from length-averaged log-probs (needs the lengths)
+    plus nll_alpha * NLL(y_w) / |y_w| (Iterative RPO, Pang et al. 2024: keeps the chosen answer's
+    likelihood from falling with the rejected one's on reasoning tasks; off by default, needs the lengths).
     With policy == reference, sigmoid gives ln 2 for every pair.
     """
     r_chosen = chosen_logps - ref_chosen_logps
@@ -78,9 +81,16 @@ def dpo_loss(chosen_logps: Tensor, rejected_logps: Tensor, ref_chosen_logps: Ten
         losses = (delta_avg - 1 / (2 * beta)) ** 2
     else:
         raise ValueError(f"unknown DPO loss_type {loss_type!r}")
+    extra = {}
+    if nll_alpha:
+        if chosen_lengths is None:
+            raise ValueError("nll_alpha needs chosen_lengths (the NLL is length-averaged)")
+        nll = -chosen_logps / chosen_lengths
+        losses = losses + nll_alpha * nll
+        extra["nll"] = nll
     metrics = _metrics(r_chosen=r_chosen, r_rejected=r_rejected, margin=beta * delta,
                        accuracy=(delta > 0).float(), kl_proxy=(r_chosen + r_rejected) / 2,
-                       logps_chosen=chosen_logps, logps_rejected=rejected_logps)
+                       logps_chosen=chosen_logps, logps_rejected=rejected_logps, **extra)
     return LossOutput(losses.mean(), losses.detach(), metrics)
 
 

@@ -296,7 +296,7 @@ def pair_step(recipe: Recipe, batch: Batch) -> losses.LossOutput:
     ref = recipe.reference_logps(batch, ("chosen", "rejected"))
     return losses.dpo_loss(chosen.logps, rejected.logps, ref["chosen"], ref["rejected"], beta=cfg.dpo.beta,
                            loss_type="ipo" if cfg.algo == "ipo" else cfg.dpo.loss_type,
-                           chosen_lengths=chosen.lengths, rejected_lengths=rejected.lengths)
+                           chosen_lengths=chosen.lengths, rejected_lengths=rejected.lengths, nll_alpha=cfg.dpo.nll_alpha)
 
 
 def real_generated_step(recipe: Recipe, batch: Batch) -> losses.LossOutput:

@@ -53,10 +53,14 @@ def default_corpus(seed: int = 0, n: int = 2_000) -> list[str]:
     return lines
 
 
-def build_tokenizer(texts: list[str] | None = None, vocab_size: int = 384) -> PreTrainedTokenizerFast:
-    """Byte-level BPE trained on `texts`: every string encodes (no unknown tokens) and decodes back."""
+def build_tokenizer(texts: list[str] | None = None, vocab_size: int = 384, *,
+                    individual_digits: bool = False) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on `texts`: every string encodes (no unknown tokens) and decodes back.
+    `individual_digits` splits numbers into one token per digit (as Llama does): arithmetic learns faster."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                         if individual_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)

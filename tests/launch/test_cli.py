@@ -61,9 +61,9 @@ def test_bad_agent_spec_is_one_line_naming_the_problem(tmp_path, spec, problem):
     assert problem in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
-def test_unbuilt_commands_say_so():
-    out = run("report")
-    assert out.returncode == 2 and "not yet built" in out.stderr
+def test_report_of_a_directory_without_a_ledger_is_one_line(tmp_path):
+    out = run("report", str(tmp_path))
+    assert out.returncode == 2 and "no ledger here" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
 def test_allow_list_skips_a_corrupt_entry(tmp_path):

@@ -27,7 +27,7 @@ log_level = "warning"
 heartbeat_interval_s = 0.5
 [creator]
 prompts = "{seeds}"
-mutator = "tests.agents.test_loop:add_operand"
+mutator = "agents.worlds.arithmetic:mutate"
 [creator.settings]
 samples_per_prompt = 3
 max_new_tokens = 6

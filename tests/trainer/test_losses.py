@@ -42,6 +42,22 @@ def test_dpo_variants_by_hand():
         dpo_loss(*args, loss_type="ipo")
 
 
+def test_dpo_nll_term_by_hand():
+    """RPO's term: chosen log-prob -1 over 2 tokens -> NLL 0.5 per token; alpha 2 adds 1.0 to the
+    sigmoid loss of the example above (0.31326); its gradient raises the chosen log-prob even when the
+    pair is already separated."""
+    args = T([-1.0]), T([-3.0]), T([-2.0]), T([-2.0])
+    out = dpo_loss(*args, beta=0.5, nll_alpha=2.0, chosen_lengths=T([2.0]))
+    assert out.loss.item() == pytest.approx(math.log(1 + math.exp(-1)) + 1.0)
+    assert out.metrics["nll"].item() == pytest.approx(0.5)
+    chosen = T([-1.0], requires_grad=True)
+    dpo_loss(chosen, T([-30.0]), T([-2.0]), T([-2.0]), beta=0.5, nll_alpha=1.0,
+             chosen_lengths=T([2.0])).loss.backward()
+    assert chosen.grad.item() == pytest.approx(-0.5, abs=1e-6)  # the DPO part is saturated; NLL pulls up
+    with pytest.raises(ValueError, match="chosen_lengths"):
+        dpo_loss(*args, nll_alpha=1.0)
+
+
 def test_simpo_by_hand():
     """avg_w = -4/2 = -2, avg_l = -9/3 = -3; beta 2, gamma = 0.25*2 = 0.5: -log sigmoid(2*1 - 0.5)
     = log(1 + e^-1.5) = 0.20141; with cpo_alpha 1: + NLL(y_w) = + 2."""

@@ -1,0 +1,1 @@
+"""Task worlds: prompt generators with exact checkers, written judgments and programmatic mutators."""

@@ -1,0 +1,265 @@
+"""`selfplay demo`: the embedded arithmetic world, end to end on a CPU, with nothing to download.
+
+    selfplay demo                       # eva + DPO
+    selfplay demo --algo gsil           # or cut, spin, simpo, ipo, contrastive-sft
+    selfplay demo --quick               # a minute-long smoke run (tests use it)
+
+1. data (RUN/data): seed prompts, held-out prompts by difficulty (never trained on), and for GSIL/SPIN
+   demonstrations of which a fraction state a wrong result;
+2. the model (RUN/model, cached: a second run skips this): a tokenizer and a small Llama built
+   locally, then SFT on easy problems until it has the format of a worked answer;
+3. the run (RUN/ALGO, replaced each time): hub, creator (eva with the world's mutator), two solvers,
+   a judge (the world's checker, which writes judgments for CUT) and a trainer, started by the same
+   supervisor as `selfplay up` from RUN/ALGO/topology.toml; progress lines while it runs;
+4. the end: RUN/ALGO/summary.json and RUN/ALGO/report.png from the ledger, and a summary on screen.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from agents.worlds import arithmetic as world
+
+log = structlog.get_logger("launch.demo")
+
+ALGOS = ("dpo", "ipo", "simpo", "contrastive-sft", "gsil", "spin", "cut")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every knob of the demo; `QUICK` shrinks them for a smoke run."""
+
+    hidden: int = 128  # the model: width, decoder layers
+    layers: int = 4
+    sft_steps: int = 500  # SFT on easy problems (batch `sft_batch`, full fine-tuning)
+    sft_batch: int = 64
+    sft_lr: float = 1e-3
+    sft_levels: tuple[int, ...] = (1, 2, 2, 3)  # difficulty mix of the SFT problems
+    seeds: int = 128  # seed prompts of the loop
+    seed_levels: tuple[int, ...] = (2, 3)
+    eval_per_level: int = 200  # held-out prompts per difficulty level
+    eval_levels: tuple[int, ...] = (2, 3, 4)
+    rounds: int = 8
+    samples_per_prompt: int = 6
+    temperature: float = 1.0
+    pool_per_round: int = 128
+    lr: float = 5e-4
+    wrong_demonstrations: float = 0.2  # GSIL/SPIN: share of demonstrations stating a wrong result
+    solvers: int = 2
+    max_minutes: float = 6.0  # the loop stops starting rounds after this
+    seed: int = 0
+
+
+QUICK = Plan(hidden=32, layers=1, sft_steps=20, sft_batch=16, seeds=8, eval_per_level=4, rounds=1,
+             samples_per_prompt=2, pool_per_round=8, max_minutes=3.0)
+
+
+# ---------------------------------------------------------------------- 1. data
+def write_data(plan: Plan, directory: Path) -> dict[str, Path]:
+    """seeds.jsonl, eval.jsonl (held out) and sft.jsonl under `directory`; the eval texts never occur in the others."""
+    directory.mkdir(parents=True, exist_ok=True)
+    held_out = world.held_out(plan.eval_per_level, plan.eval_levels, seed=10_000 + plan.seed)
+    unseen = {p.text for p in held_out}
+    rng = random.Random(plan.seed)
+    seeds = world.demonstrations(world.problems(plan.seeds, plan.seed_levels, rng, exclude=unseen), rng,
+                                 wrong_fraction=plan.wrong_demonstrations)
+    sft = world.problems(plan.sft_steps * plan.sft_batch, plan.sft_levels, rng, exclude=unseen | {p.text for p in seeds},
+                         distinct=False)
+
+    def row(p) -> dict[str, Any]:
+        return {"id": p.prompt_id, "prompt": p.text, "answer": p.answer, "difficulty": p.difficulty,
+                **({"demonstration": p.demonstration} if p.demonstration else {})}
+
+    paths = {"seeds": directory / "seeds.jsonl", "eval": directory / "eval.jsonl", "sft": directory / "sft.jsonl"}
+    paths["seeds"].write_text("".join(json.dumps(row(p)) + "\n" for p in seeds))
+    paths["eval"].write_text("".join(json.dumps(row(p)) + "\n" for p in held_out))
+    paths["sft"].write_text("".join(json.dumps({"prompt": p.text, "completion": p.solution()}) + "\n" for p in sft))
+    return paths
+
+
+# ---------------------------------------------------------------------- 2. the model
+def prepare_model(plan: Plan, directory: Path, sft_data: Path) -> Path:
+    """The SFT'd starting policy in `directory`; reused when it was built with the same settings."""
+    from trainer.config import TrainConfig
+    from trainer.recipe import run
+    from trainer.tiny import build_causal_lm, build_tokenizer
+
+    recipe = {k: v for k, v in asdict(plan).items() if k.startswith(("hidden", "layers", "sft_", "seed"))}
+    marker = directory / "demo-model.json"
+    if marker.exists() and json.loads(marker.read_text()) == json.loads(json.dumps(recipe)):
+        print(f"[model] reusing the SFT model in {directory}", file=sys.stderr)
+        return directory
+    print(f"[model] building a {plan.layers}-layer, width-{plan.hidden} Llama and its tokenizer; SFT on easy "
+          f"problems ({plan.sft_steps} steps)", file=sys.stderr)
+    shutil.rmtree(directory, ignore_errors=True)
+    rng = random.Random(plan.seed)
+    corpus = [f"{p.text} {p.solution()}" for p in world.problems(2000, (1, 2, 3, 4, 5), rng, distinct=False)]
+    tokenizer = build_tokenizer(corpus, individual_digits=True)
+    init = directory.parent / "model-init"
+    model = build_causal_lm(tokenizer, seed=plan.seed, hidden_size=plan.hidden, num_layers=plan.layers,
+                            intermediate_size=3 * plan.hidden, max_positions=256)
+    model.save_pretrained(init)
+    tokenizer.save_pretrained(init)
+    sft_out = directory.parent / "model-sft"
+    config = TrainConfig(algo="sft", model=str(init), data=str(sft_data), out=str(sft_out), finetune="full",
+                         lr=plan.sft_lr, batch_size=plan.sft_batch, max_length=96, max_prompt_length=32,
+                         warmup_ratio=0.05, save_every=10**9, log_every=25, tensorboard=False, seed=plan.seed)
+    run(config)
+    shutil.move(str(sft_out / "model"), str(directory))
+    shutil.rmtree(init)
+    shutil.rmtree(sft_out)
+    marker.write_text(json.dumps(recipe))
+    return directory
+
+
+# ---------------------------------------------------------------------- 3. the run
+def topology(plan: Plan, algo: str, run_dir: Path, model: Path, data: dict[str, Path]) -> dict[str, Any]:
+    """The demo's topology (what configs/demo.toml ships, with this run's paths and the algorithm's settings)."""
+    demos = algo in {"gsil", "spin"}
+    trainer: dict[str, Any] = {"algo": algo, "model": str(model), "lr": plan.lr, "batch_size": 8,
+                               "lora": {"r": 16, "alpha": 32}, "max_length": 96, "max_prompt_length": 32,
+                               "seed": plan.seed}
+    if algo == "dpo":
+        trainer["dpo"] = {"beta": 0.1, "nll_alpha": 1.0}
+    if algo == "cut":
+        trainer["cut"] = {"threshold": 1.1, "alpha": 1.0}  # the live settings (ALGORITHMS §6)
+    return {
+        "run": {"dir": str(run_dir), "rounds": plan.rounds},
+        "hub": {"control": "ipc", "data": "ipc", "lease_s": 300},
+        "creator": {
+            "prompts": str(data["seeds"]), "eval_prompts": str(data["eval"]),
+            "mutator": "agents.worlds.arithmetic:mutate",
+            "settings": {"samples_per_prompt": 1 if demos else plan.samples_per_prompt,
+                         "temperature": plan.temperature, "top_p": 1.0, "max_new_tokens": 48,
+                         "prompts_per_task": 64, "evolve": not demos, "pool_per_round": plan.pool_per_round,
+                         "train_groups": plan.pool_per_round, "max_wall_s": plan.max_minutes * 60,
+                         "seed": plan.seed},
+        },
+        "solver": {"count": plan.solvers, "model": str(model), "device": "cpu"},
+        "judge": {"count": 1, "backend": "verifier", "checker": "agents.worlds.arithmetic:Checker"},
+        "trainer": trainer,
+    }
+
+
+def to_toml(data: dict[str, Any], prefix: str = "") -> str:
+    """A small TOML writer for topology dicts (tables of scalars, lists and nested tables)."""
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    lines = [f"[{prefix}]"] if prefix and scalars else []
+    lines += [f"{k} = {json.dumps(v)}" for k, v in scalars.items()]
+    text = "\n".join(lines) + ("\n" if lines else "")
+    for key, table in tables.items():
+        text += ("\n" if text else "") + to_toml(table, f"{prefix}.{key}" if prefix else key)
+    return text
+
+
+class Progress(threading.Thread):
+    """Prints a line per new policy version (and its held-out accuracy) by reading the ledger."""
+
+    def __init__(self, run_dir: Path, rounds: int, started: float) -> None:
+        super().__init__(daemon=True)
+        self.run_dir, self.rounds, self.started = run_dir, rounds, started
+        self.stopped = threading.Event()
+        self.shown: set[int] = set()
+
+    def run(self) -> None:
+        while not self.stopped.wait(2.0):
+            try:
+                self.poll()
+            except Exception as e:  # a busy or missing ledger must not end the demo
+                log.debug("progress poll failed", error=str(e))
+
+    def poll(self) -> None:
+        import sqlite3
+
+        from launch.report import accuracy, eval_scores
+
+        path = self.run_dir / "ledger.sqlite"
+        if not path.exists():
+            return
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)
+        try:
+            evals = eval_scores(db)
+            done = db.execute("SELECT COUNT(*) FROM tasks WHERE state = 'done'").fetchone()[0]
+            pool = db.execute("SELECT COUNT(*) FROM prompts WHERE source != 'eval'").fetchone()[0]
+        finally:
+            db.close()
+        expected = len(next(iter(evals.values()))) if evals else 0
+        for version in sorted(evals):
+            if version in self.shown or len(evals[version]) < expected:
+                continue
+            self.shown.add(version)
+            acc = accuracy([s for _, s in evals[version].values()])
+            what = "SFT start" if version == 0 else f"round {version}/{self.rounds}"
+            print(f"[{(time.monotonic() - self.started) / 60:4.1f} min] {what}: policy v{version}, held-out accuracy "
+                  f"{acc['acc']:.3f} ± {acc['stderr']:.3f} (n={acc['n']}), {pool} prompts, {done} tasks done",
+                  file=sys.stderr, flush=True)
+
+
+def run_demo(algo: str = "dpo", root: str | Path = "runs/demo", plan: Plan = Plan()) -> dict[str, Any]:
+    """Prepare, run and report; returns the summary (also written to RUN/ALGO/summary.json)."""
+    from launch.report import summarize, write_report
+    from launch.supervisor import Supervisor, children_for
+    from launch.topology import load_topology
+
+    if algo not in ALGOS:
+        raise ValueError(f"unknown algo {algo!r}; one of {', '.join(ALGOS)}")
+    started = time.monotonic()
+    root = Path(root)
+    data = write_data(plan, root / "data")
+    model = prepare_model(plan, root / "model", data["sft"])
+    run_dir = root / algo
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # each demo run starts from the SFT model and an empty ledger
+    run_dir.mkdir(parents=True)
+    topology_path = run_dir / "topology.toml"
+    topology_path.write_text(to_toml(topology(plan, algo, run_dir, model, data)))
+    topo = load_topology(topology_path)
+    print(f"[run] {algo}: hub, creator, {plan.solvers} solvers, judge and trainer in {run_dir} "
+          f"(logs: {run_dir / 'logs'})", file=sys.stderr)
+    progress = Progress(run_dir, plan.rounds, started)
+    progress.start()
+    code = Supervisor(run_dir, children_for(str(topology_path), topo)).run()
+    progress.stopped.set()
+    if code != 0:
+        raise RuntimeError(f"the run stopped before its end (exit {code}); see {run_dir / 'logs'}")
+    summary = summarize(run_dir)
+    summary |= {"algo": algo, "minutes": (time.monotonic() - started) / 60, "run_dir": str(run_dir),
+                "plan": asdict(plan)}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_report(summary, run_dir / "report.png", title=f"selfplay demo: eva + {algo} on arithmetic"
+                 if algo not in {"gsil", "spin"} else f"selfplay demo: {algo} on arithmetic")
+    return summary
+
+
+def describe(summary: dict[str, Any]) -> str:
+    """The summary as the lines the demo ends with."""
+    run_dir = Path(summary["run_dir"])
+    gain = summary["gain_in_stderr"]
+    lines = [f"held-out accuracy: {summary['acc_before']:.3f} -> {summary['acc_after']:.3f} "
+             f"(standard error {summary['acc_stderr']:.3f}, gain "
+             f"{'n/a' if gain is None else f'{gain:.1f} standard errors'}, {summary['eval_prompts']} prompts)"]
+    for level, acc in summary["acc_by_difficulty"].items():
+        lines.append(f"  difficulty {level}: {acc['before']['acc']:.3f} -> {acc['after']['acc']:.3f} (n={acc['after']['n']})")
+    rewards = ", ".join(f"v{v}: {r['mean']:.3f}" for v, r in summary["reward_by_version"].items())
+    lines.append(f"training reward by round: {rewards}")
+    if summary["evolved_by_mutation"]:
+        lines.append("evolved prompts: " + ", ".join(f"{k} {n}" for k, n in summary["evolved_by_mutation"].items()))
+    lines.append(f"{summary['rounds']} rounds, {summary['samples']} answers ({summary['samples_per_s'] or 0:.1f}/s), "
+                 f"{summary['minutes']:.1f} minutes")
+    lines.append(f"run directory {run_dir}: summary.json, report.png, logs/ (one JSON log per process), ledger.sqlite")
+    return "\n".join(lines)
+
+
+def quick_plan(**changes: Any) -> Plan:
+    return replace(QUICK, **changes)

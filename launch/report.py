@@ -1,0 +1,137 @@
+"""What a run did, read from its ledger: a summary (JSON) and a PNG report.
+
+    summary = summarize("runs/demo/run")        # held-out accuracy by version and difficulty, rewards, lineage
+    write_report(summary, "runs/demo/run/report.png")
+
+`selfplay report RUN_DIR` writes both; `selfplay demo` writes them at the end of its run. Everything
+comes from the ledger (never from a process's memory), so a report of a crashed or still-running run
+is as good as one of a finished run. Held-out accuracy is the share of held-out prompts whose greedy
+answer scored 1 (exact), per policy version that was evaluated; its standard error is sqrt(p(1-p)/n).
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+
+def _connect(run_dir: str | Path) -> sqlite3.Connection:
+    path = Path(run_dir) / "ledger.sqlite"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no ledger here (is {run_dir} a run directory?)")
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+
+
+def accuracy(scores: list[float]) -> dict[str, float]:
+    """Exact-answer accuracy of `scores` with its standard error."""
+    n = len(scores)
+    p = sum(s >= 1.0 for s in scores) / n if n else 0.0
+    return {"acc": p, "stderr": math.sqrt(p * (1 - p) / n) if n else 0.0, "n": n}
+
+
+def eval_scores(db: sqlite3.Connection) -> dict[int, dict[str, tuple[int | None, float]]]:
+    """policy version -> held-out prompt id -> (difficulty, score of its first judged answer)."""
+    rows = db.execute(
+        "SELECT s.policy_version, p.prompt_id, p.difficulty, v.score FROM samples s "
+        "JOIN prompts p ON p.prompt_id = s.prompt_id JOIN verdicts v ON v.sample_id = s.sample_id "
+        "WHERE p.source = 'eval' ORDER BY s.created")
+    out: dict[int, dict[str, tuple[int | None, float]]] = defaultdict(dict)
+    for version, prompt_id, difficulty, score in rows:
+        out[version].setdefault(prompt_id, (difficulty, score))  # a re-dispatched task may answer twice
+    return dict(out)
+
+
+def summarize(run_dir: str | Path) -> dict[str, Any]:
+    """Figures of a run from its ledger; see the module docstring for what each means."""
+    db = _connect(run_dir)
+    try:
+        evals = eval_scores(db)
+        by_version = {v: accuracy([s for _, s in answers.values()]) for v, answers in sorted(evals.items())}
+        by_difficulty: dict[str, dict[str, Any]] = {}
+        if evals:
+            first, last = min(evals), max(evals)
+            levels = sorted({d for d, _ in evals[first].values()} | {d for d, _ in evals[last].values()},
+                            key=lambda d: (d is None, d))
+            for level in levels:
+                by_difficulty[str(level)] = {
+                    "before": accuracy([s for d, s in evals[first].values() if d == level]),
+                    "after": accuracy([s for d, s in evals[last].values() if d == level])}
+        rewards = db.execute(
+            "SELECT s.policy_version, AVG(v.score), COUNT(*) FROM samples s JOIN verdicts v ON v.sample_id = s.sample_id "
+            "JOIN prompts p ON p.prompt_id = s.prompt_id WHERE p.source != 'eval' GROUP BY s.policy_version").fetchall()
+        mutations = Counter(dict(db.execute(
+            "SELECT mutation, COUNT(*) FROM prompts WHERE source = 'evolved' GROUP BY mutation").fetchall()))
+        versions = db.execute("SELECT COUNT(*) FROM policies").fetchone()[0]
+        samples, first_t, last_t = db.execute("SELECT COUNT(*), MIN(created), MAX(created) FROM samples").fetchone()
+        states = dict(db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state").fetchall())
+    finally:
+        db.close()
+    before = by_version[min(by_version)] if by_version else None
+    after = by_version[max(by_version)] if by_version else None
+    stderr = max(before["stderr"], after["stderr"]) if before and after else None
+    seconds = (last_t - first_t) if samples else 0.0
+    return {
+        "acc_before": before["acc"] if before else None,
+        "acc_after": after["acc"] if after else None,
+        "acc_stderr": stderr,
+        "gain_in_stderr": (after["acc"] - before["acc"]) / stderr if stderr else None,
+        "eval_prompts": after["n"] if after else 0,
+        "acc_by_version": {str(v): a for v, a in by_version.items()},
+        "acc_by_difficulty": by_difficulty,
+        "reward_by_version": {str(v): {"mean": mean, "samples": n} for v, mean, n in rewards},
+        "evolved_by_mutation": dict(sorted(mutations.items())),
+        "rounds": versions,
+        "samples": samples,
+        "samples_per_s": samples / seconds if seconds > 0 else None,
+        "tasks": states,
+    }
+
+
+def write_report(summary: dict[str, Any], path: str | Path, title: str = "selfplay run") -> Path:
+    """Three panels: held-out accuracy by difficulty (first vs last evaluated version), reward and
+    held-out accuracy by policy version, and evolved prompts by mutation kind."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    levels = summary["acc_by_difficulty"]
+    ax = axes[0]
+    xs = range(len(levels))
+    for offset, key, label in ((-0.2, "before", "before (start)"), (0.2, "after", "after (last version)")):
+        values = [levels[lv][key]["acc"] for lv in levels]
+        errors = [levels[lv][key]["stderr"] for lv in levels]
+        ax.bar([x + offset for x in xs], values, width=0.4, yerr=errors, capsize=3, label=label)
+    ax.set_xticks(list(xs), [f"level {lv}" for lv in levels])
+    ax.set_ylim(0, 1)
+    ax.set_title("held-out accuracy by difficulty")
+    ax.legend()
+
+    ax = axes[1]
+    rewards = summary["reward_by_version"]
+    ax.plot([int(v) for v in rewards], [r["mean"] for r in rewards.values()], "o-", label="training reward (mean)")
+    accs = summary["acc_by_version"]
+    ax.errorbar([int(v) for v in accs], [a["acc"] for a in accs.values()], yerr=[a["stderr"] for a in accs.values()],
+                fmt="s-", capsize=3, label="held-out accuracy")
+    ax.set_xlabel("policy version (round)")
+    ax.set_ylim(0, 1)
+    ax.set_title("reward and accuracy by round")
+    ax.legend()
+
+    ax = axes[2]
+    kinds = summary["evolved_by_mutation"]
+    ax.bar(list(kinds), list(kinds.values()))
+    ax.set_title("evolved prompts by mutation kind")
+    ax.tick_params(axis="x", rotation=20)
+
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

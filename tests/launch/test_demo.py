@@ -1,0 +1,76 @@
+"""`selfplay demo`: a shortened run (real processes, sockets, SQLite, a tiny SFT'd model) whose summary
+and report agree with the ledger; configs/demo.toml is what the demo runs; bad world hooks are named."""
+
+import json
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from launch.demo import QUICK, Plan, prepare_model, to_toml, topology
+from launch.topology import TopologyError, load_topology
+from tests.launch.test_cli import SELFPLAY
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_configs_demo_toml_is_what_the_demo_runs():
+    root = Path("runs/demo")
+    data = {k: root / "data" / f"{k}.jsonl" for k in ("seeds", "eval", "sft")}
+    shipped = (ROOT / "configs" / "demo.toml").read_text()
+    body = "\n".join(line for line in shipped.splitlines() if not line.startswith("#")).strip()
+    assert body == to_toml(topology(Plan(), "dpo", root / "dpo", root / "model", data)).strip()
+    load_topology(ROOT / "configs" / "demo.toml")  # and it is a valid topology
+
+
+@pytest.mark.parametrize("section, key, value, problem", [
+    ("judge", "checker", "agents.worlds.arithmetic:Nope", "judge.checker: cannot load"),
+    ("creator", "mutator", "no_such_module:mutate", "creator.mutator: cannot load"),
+    ("creator", "mutator", "just-a-name", "is not module:name"),
+])
+def test_a_bad_world_hook_is_one_error_naming_the_field(tmp_path, section, key, value, problem):
+    text = (ROOT / "configs" / "demo.toml").read_text()
+    old = next(line for line in text.splitlines() if line.startswith(f"{key} ="))
+    path = tmp_path / "t.toml"
+    path.write_text(text.replace(old, f'{key} = "{value}"'))
+    with pytest.raises(TopologyError, match=problem):
+        load_topology(path)
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_a_summary_and_report_that_agree_with_the_ledger(tmp_path):
+    out = subprocess.run([SELFPLAY, "demo", "--quick", "--run-dir", str(tmp_path)], capture_output=True, text=True,
+                         timeout=400, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "dpo"
+    summary = json.loads((run / "summary.json").read_text())
+    assert (run / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {"acc_before", "acc_after", "acc_stderr", "minutes", "rounds"} <= set(summary)
+    assert "held-out accuracy" in out.stdout and str(run) in out.stdout
+
+    db = sqlite3.connect(run / "ledger.sqlite")
+    rows = db.execute("SELECT s.policy_version, v.score FROM samples s JOIN prompts p USING (prompt_id) "
+                      "JOIN verdicts v USING (sample_id) WHERE p.source = 'eval'").fetchall()
+    versions = sorted({v for v, _ in rows})
+    held_out = len([line for line in (tmp_path / "data" / "eval.jsonl").read_text().splitlines() if line])
+    for version, key in ((versions[0], "acc_before"), (versions[-1], "acc_after")):
+        scores = [s for v, s in rows if v == version]
+        assert len(scores) == held_out  # every held-out prompt answered once per evaluated version
+        assert summary[key] == pytest.approx(sum(s >= 1.0 for s in scores) / len(scores))
+    assert summary["rounds"] == db.execute("SELECT COUNT(*) FROM policies").fetchone()[0] == QUICK.rounds
+    assert versions == list(range(QUICK.rounds + 1))  # evaluated before the loop and after each round
+    assert summary["evolved_by_mutation"] == dict(db.execute(
+        "SELECT mutation, COUNT(*) FROM prompts WHERE source = 'evolved' GROUP BY mutation").fetchall())
+    eval_texts = {t for (t,) in db.execute("SELECT text FROM prompts WHERE source = 'eval'")}
+    trained = [g["prompt"]["text"] for (blob,) in db.execute("SELECT payload FROM tasks WHERE kind = 'train'")
+               for g in msgpack.unpackb(blob)["groups"]]
+    assert trained and not set(trained) & eval_texts  # the held-out prompts were never trained on
+    assert not eval_texts & {t for (t,) in db.execute("SELECT text FROM prompts WHERE source != 'eval'")}
+    db.close()
+
+    model = tmp_path / "model"
+    stamp = (model / "model.safetensors").stat().st_mtime_ns
+    assert prepare_model(QUICK, model, tmp_path / "data" / "sft.jsonl") == model  # cached: not rebuilt
+    assert (model / "model.safetensors").stat().st_mtime_ns == stamp
