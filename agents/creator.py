@@ -72,6 +72,9 @@ class CreatorConfig(BaseModel):
     rewrites_per_prompt: int = Field(4, ge=1, description="Chained rewrites per sampled prompt (released code: 4).")
     max_prompt_chars: int = Field(2000, ge=1, description="Longer evolved prompts are dropped.")
     old_fraction: float = Field(0.2, ge=0, le=1, description="Share of old-prompt groups in a training batch.")
+    min_train_score: float | None = Field(None, description="Train only on groups whose best answer scores at least "
+                                                            "this (with an exact checker, 1.0: the chosen answer of "
+                                                            "every pair is right); None: every group.")
     train_groups: int = Field(64, ge=1, description="Groups per training task.")
     good_score: float = Field(1.0, description="Score at or above which a CUT response counts as good.")
     poll_s: float = Field(0.2, gt=0, description="How often to ask the hub about submitted tasks.")
@@ -139,6 +142,7 @@ class Creator:
             evolved = self.evolve([old[i].prompt for i in chosen])
             new = self.solve(evolved) if evolved else []
             self.pool += evolved
+        old, new = self.trainable(old), self.trainable(new)
         groups = mix(old, new, total=cfg.train_groups, old_fraction=cfg.old_fraction if new else 1.0, rng=self.rng)
         [task_id] = self.link.submit([TrainTask(groups=groups, round=self.round)])
         [report] = self.wait([task_id])
@@ -146,6 +150,13 @@ class Creator:
         log.info("round done", round=self.round, pool=len(self.pool), evolved=len(new), trained=len(groups),
                  policy_version=report.policy_version)
         return report
+
+    def trainable(self, groups: list[JudgedGroup]) -> list[JudgedGroup]:
+        """The groups worth training on: all, or those whose best answer reaches `min_train_score`."""
+        floor = self.config.min_train_score
+        if floor is None or self.config.algo in {"spin", "gsil"}:
+            return groups
+        return [g for g in groups if g.verdicts and max(v.score for v in g.verdicts) >= floor]
 
     # ------------------------------------------------------------------ solve = generate (+ judge)
     def solve(self, prompts: list[Prompt], n: int | None = None, temperature: float | None = None,

@@ -205,7 +205,7 @@ def _train(args: argparse.Namespace) -> int:
 def _up(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from launch.supervisor import Supervisor, children_for
+    from launch.supervisor import supervisor_for
     from launch.topology import load_topology
 
     topo = load_topology(args.topology)
@@ -215,7 +215,7 @@ def _up(args: argparse.Namespace) -> int:
     (run_dir / "creator-done.json").unlink(missing_ok=True)
     print(f"run directory {run_dir} (logs in {run_dir / 'logs'}); `selfplay status --run-dir {run_dir}` "
           f"to watch, Ctrl-C or `selfplay stop --run-dir {run_dir}` to stop", file=sys.stderr)
-    return Supervisor(run_dir, children_for(args.topology, topo)).run()
+    return supervisor_for(args.topology, topo).run()
 
 
 def _attach(args: argparse.Namespace) -> int:

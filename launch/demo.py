@@ -209,7 +209,7 @@ class Progress(threading.Thread):
 def run_demo(algo: str = "dpo", root: str | Path = "runs/demo", plan: Plan = Plan()) -> dict[str, Any]:
     """Prepare, run and report; returns the summary (also written to RUN/ALGO/summary.json)."""
     from launch.report import summarize, write_report
-    from launch.supervisor import Supervisor, children_for
+    from launch.supervisor import supervisor_for
     from launch.topology import load_topology
 
     if algo not in ALGOS:
@@ -229,7 +229,7 @@ def run_demo(algo: str = "dpo", root: str | Path = "runs/demo", plan: Plan = Pla
           f"(logs: {run_dir / 'logs'})", file=sys.stderr)
     progress = Progress(run_dir, plan.rounds, started)
     progress.start()
-    code = Supervisor(run_dir, children_for(str(topology_path), topo)).run()
+    code = supervisor_for(str(topology_path), topo).run()
     progress.stopped.set()
     if code != 0:
         raise RuntimeError(f"the run stopped before its end (exit {code}); see {run_dir / 'logs'}")

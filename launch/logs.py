@@ -1,6 +1,6 @@
 """Logging for every selfplay process: structlog, a readable console on stderr, optional JSON lines.
 
-    configure_logging(level="info", json_path=run_dir / "logs" / "hub.jsonl")
+    configure_logging(level="info", json_path=run_dir / "logs" / "hub.jsonl", max_bytes=50 << 20, backups=3)
 
 Library code only calls `structlog.get_logger(__name__)`; processes call this once at start. stdout
 stays free for a command's own output (e.g. `selfplay keys list | cut -f1`).
@@ -18,21 +18,39 @@ from typing import Any
 import structlog
 
 
-class _JsonLines:
-    """Processor that appends each event to a file as one JSON object, then passes it on unchanged."""
+def rotate(path: Path, backups: int) -> None:
+    """path -> path.1 -> path.2 ... -> path.BACKUPS (the oldest is dropped), so disk stays bounded."""
+    for i in range(backups, 0, -1):
+        older = path.with_name(f"{path.name}.{i - 1}") if i > 1 else path
+        if older.exists():
+            older.replace(path.with_name(f"{path.name}.{i}"))
+    if backups == 0:
+        path.unlink(missing_ok=True)
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 — lives as long as the process
+
+class _JsonLines:
+    """Processor that appends each event to a file as one JSON object, then passes it on unchanged.
+    Past `max_bytes` the file is rotated (`backups` older files kept)."""
+
+    def __init__(self, path: str | os.PathLike, max_bytes: int | None = None, backups: int = 3) -> None:
+        self.path, self.max_bytes, self.backups = Path(path), max_bytes, backups
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 — lives as long as the process
 
     def __call__(self, _: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
         self.file.write(json.dumps(event, default=str) + "\n")
         self.file.flush()
+        if self.max_bytes is not None and self.file.tell() >= self.max_bytes:
+            self.file.close()
+            rotate(self.path, self.backups)
+            self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
         return event
 
 
-def configure_logging(level: str = "info", json_path: str | os.PathLike | None = None) -> None:
-    """Console lines to stderr at `level`; with `json_path`, every event also as one JSON object per line."""
+def configure_logging(level: str = "info", json_path: str | os.PathLike | None = None, *,
+                      max_bytes: int | None = None, backups: int = 3) -> None:
+    """Console lines to stderr at `level`; with `json_path`, every event also as one JSON object per line
+    (rotated past `max_bytes`, keeping `backups` older files)."""
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -40,7 +58,7 @@ def configure_logging(level: str = "info", json_path: str | os.PathLike | None =
         structlog.processors.format_exc_info,
     ]
     if json_path is not None:
-        processors.append(_JsonLines(json_path))
+        processors.append(_JsonLines(json_path, max_bytes, backups))
     processors.append(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
     structlog.configure(
         processors=processors,

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import structlog
 
+from launch.logs import rotate
+
 log = structlog.get_logger("launch.supervisor")
 
 
@@ -35,9 +37,10 @@ class Child:
 
 class Supervisor:
     def __init__(self, run_dir: str | Path, children: list[Child], backoff_min_s: float = 1.0,
-                 backoff_max_s: float = 30.0) -> None:
+                 backoff_max_s: float = 30.0, log_max_bytes: int = 50 << 20, log_backups: int = 3) -> None:
         self.run_dir, self.children = Path(run_dir), children
         self.backoff_min_s, self.backoff_max_s = backoff_min_s, backoff_max_s
+        self.log_max_bytes, self.log_backups = log_max_bytes, log_backups
         self._stopping = False
 
     def run(self) -> int:
@@ -67,7 +70,10 @@ class Supervisor:
         self._stopping = True
 
     def _start(self, child: Child) -> None:
-        out = open(self.run_dir / "logs" / f"{child.name}.out", "ab")  # noqa: SIM115 — owned by the child
+        path = self.run_dir / "logs" / f"{child.name}.out"
+        if path.exists() and path.stat().st_size >= self.log_max_bytes:
+            rotate(path, self.log_backups)
+        out = open(path, "ab")  # noqa: SIM115 — owned by the child
         child.proc = subprocess.Popen(child.argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
         child.started = time.monotonic()
@@ -109,3 +115,9 @@ def children_for(topology_path: str, topo) -> list[Child]:
         children += [Child(f"{role}-{i}", [*worker, role, topology_path, "--name", f"{role}-{i}"]) for i in range(count)]
     children.append(Child("creator-0", [*worker, "creator", topology_path, "--name", "creator-0"], finisher=True))
     return children
+
+
+def supervisor_for(topology_path: str, topo) -> Supervisor:
+    """The supervisor of a topology's processes, with its log retention."""
+    return Supervisor(topo.run.dir, children_for(topology_path, topo), log_max_bytes=int(topo.run.log_max_mb * 2**20),
+                      log_backups=topo.run.log_backups)

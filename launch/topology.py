@@ -52,6 +52,9 @@ class RunSection(Strict):
     dir: str = Field(description="Run directory: ledger, adapters, checkpoints, logs, sockets.")
     rounds: int = Field(2, ge=1, description="Creator rounds before the run ends.")
     log_level: str = Field("info", description="Console log level of every process.")
+    log_max_mb: float = Field(50.0, gt=0, description="A process's JSON log is rotated past this size (MB); its "
+                                                      "console output file when the process restarts.")
+    log_backups: int = Field(3, ge=0, description="Rotated log files kept per process.")
 
 
 class HubSection(Strict):

@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     topo = load_topology(args.topology)
     run_dir = Path(topo.run.dir)
     name = args.name or f"{args.role}-0"
-    configure_logging(topo.run.log_level, json_path=run_dir / "logs" / f"{name}.jsonl")
+    configure_logging(topo.run.log_level, json_path=run_dir / "logs" / f"{name}.jsonl",
+                      max_bytes=int(topo.run.log_max_mb * 2**20), backups=topo.run.log_backups)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -74,3 +74,9 @@ def test_quick_demo_writes_a_summary_and_report_that_agree_with_the_ledger(tmp_p
     stamp = (model / "model.safetensors").stat().st_mtime_ns
     assert prepare_model(QUICK, model, tmp_path / "data" / "sft.jsonl") == model  # cached: not rebuilt
     assert (model / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_config_is_a_valid_topology(path):
+    topo = load_topology(path)
+    assert topo.trainer_config().algo
