@@ -112,13 +112,20 @@ class AgentLink:
 
     def serve(self, handle: Callable[[Assign], None], stop: threading.Event,
               each: Callable[[], None] | None = None) -> None:
-        """The worker loop of every agent: (housekeeping), take a task, handle it; until `stop`."""
+        """The worker loop of every agent: (housekeeping), take a task, handle it; until `stop`. A handler's
+        exception fails that task (retryable: the hub re-dispatches it up to max_attempts, then it is DEAD
+        with the error as its reason) instead of killing the agent."""
         while not stop.is_set():
             if each is not None:
                 each()
             assign = self.next_task(timeout_s=0.2)
-            if assign is not None:
+            if assign is None:
+                continue
+            try:
                 handle(assign)
+            except Exception as e:  # a task that breaks its handler fails; the agent keeps serving
+                log.exception("task failed", task_id=assign.task_id, attempt=assign.attempt)
+                self.fail(assign, f"{type(e).__name__}: {e}"[:500], retryable=True)
 
     def complete(self, assign: Assign, result: ResultPayload) -> None:
         self._deliver(Result(task_id=assign.task_id, attempt=assign.attempt, result=result))

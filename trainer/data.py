@@ -97,8 +97,12 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def check_rows(rows: list[dict[str, Any]], algo: str, source: str = "data") -> None:
-    """Every row must have one of the field sets `algo` accepts, with non-empty values."""
+RESPONSE_FIELDS = {"completion", "chosen", "rejected", "generated"}
+
+
+def check_rows(rows: list[dict[str, Any]], algo: str, source: str = "data", *, empty_responses: bool = False) -> None:
+    """Every row must have one of the field sets `algo` accepts, with non-empty values. `empty_responses`
+    allows an empty answer (a policy that stopped at once: in the live loop that is a real, bad answer)."""
     accepted = ROW_FIELDS[algo]
     for i, row in enumerate(rows):
         if not any(all(k in row for k in fields) for fields in accepted):
@@ -108,6 +112,8 @@ def check_rows(rows: list[dict[str, Any]], algo: str, source: str = "data") -> N
             raise DataError(f"{source}, row {i}: missing {', '.join(repr(m) for m in missing)} "
                             f"({algo} needs {options})")
         for key, value in row.items():
+            if empty_responses and key in RESPONSE_FIELDS and value == "":
+                continue
             if key in {"prompt", "completion", "chosen", "rejected", "judgment", "messages", "generated"} and (
                     value is None or value == "" or value == []):
                 raise DataError(f"{source}, row {i}: {key!r} is empty")

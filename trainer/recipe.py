@@ -240,7 +240,7 @@ class Recipe:
         """One pass over a new round's rows (the live trainer): new examples, reference log-probs
         recomputed (with reference="current": the policy as it is now), data order seeded by round."""
         cfg = self.config
-        check_rows(rows, cfg.algo, source="round")
+        check_rows(rows, cfg.algo, source="round", empty_responses=True)
         self.examples = build_examples(rows, cfg, self.renderer)
         self.reference_cache.clear()
         self.cursor.epoch, self.cursor.batch = self.cursor.epoch + 1, 0

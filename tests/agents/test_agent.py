@@ -110,3 +110,28 @@ def test_stop_disconnects_at_once(running):
     assert "solver-0" in {a.name for a in running.hub.status(time.time()).agents}
     solver.stop()
     assert wait_for(lambda: not running.hub.agents, 2)  # not after liveness runs out: at once
+
+
+def test_a_handler_that_raises_fails_its_task_and_the_agent_keeps_serving(tmp_path):
+    r = Running(tmp_path, lease_s=30, heartbeat_interval_s=0.1, liveness=5, max_attempts=2)
+    try:
+        creator, solver = link(r, "creator-0", "creator", kinds=()), link(r, "solver-0")
+        [bad, good] = creator.submit([GenerateTask(prompts=[PROMPT.model_copy(update={"text": "boom"})]),
+                                      GenerateTask(prompts=[PROMPT])])
+
+        def handle(assign):
+            if assign.task.prompts[0].text == "boom":
+                raise ValueError("this prompt breaks the model")
+            solver.complete(assign, result())
+
+        stop = threading.Event()
+        thread = threading.Thread(target=solver.serve, args=(handle, stop), daemon=True)
+        thread.start()
+        assert wait_for(lambda: r.task(bad)["state"] == "dead" and r.task(good)["state"] == "done", 10)
+        assert "ValueError: this prompt breaks the model" in r.task(bad)["reason"]
+        assert r.task(bad)["attempt"] == 2  # retried once (max_attempts 2), by the same living agent
+        stop.set()
+        thread.join(5)
+        assert not thread.is_alive()
+    finally:
+        r.close()

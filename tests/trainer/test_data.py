@@ -166,3 +166,12 @@ def test_printed_config_reference_loads_back_as_the_defaults(tmp_path):
     loaded = load_config(path, algo="dpo", model="m", data="d", out="o")
     assert loaded == config("dpo")
     assert "# Inverse temperature of the implicit reward" in config_reference()
+
+
+def test_an_empty_answer_is_a_data_error_offline_but_a_real_answer_in_a_live_round():
+    rows = [{"prompt": "What is 2 + 2?", "chosen": "4", "rejected": ""}]  # the policy stopped at once
+    with pytest.raises(DataError, match="'rejected' is empty"):
+        check_rows(rows, "dpo")
+    check_rows(rows, "dpo", source="round", empty_responses=True)
+    with pytest.raises(DataError, match="'prompt' is empty"):
+        check_rows([{"prompt": "", "chosen": "4", "rejected": ""}], "dpo", empty_responses=True)
