@@ -33,6 +33,7 @@ from agents.worlds import arithmetic as world
 log = structlog.get_logger("launch.demo")
 
 ALGOS = ("dpo", "ipo", "simpo", "contrastive-sft", "gsil", "spin", "cut")
+PAIR_ALGOS = {"dpo", "ipo", "simpo", "contrastive-sft"}  # chosen answers must be right (the checker says 1)
 
 
 @dataclass(frozen=True)
@@ -45,30 +46,32 @@ class Plan:
     sft_batch: int = 64
     sft_lr: float = 1e-3
     sft_levels: tuple[int, ...] = (1, 2, 2, 3)  # difficulty mix of the SFT problems
-    seeds: int = 128  # seed prompts of the loop
+    seeds: int = 2048  # seed prompts of the loop
     seed_levels: tuple[int, ...] = (2, 3)
-    eval_per_level: int = 200  # held-out prompts per difficulty level
-    eval_levels: tuple[int, ...] = (2, 3, 4)
-    rounds: int = 8
-    samples_per_prompt: int = 6
+    eval_per_level: tuple[tuple[int, int], ...] = ((2, 600), (3, 200), (4, 200))  # held-out (level, prompts)
+    rounds: int = 14
+    samples_per_prompt: int = 4
     temperature: float = 1.0
-    pool_per_round: int = 128
+    pool_per_round: int = 1024  # prompts solved per round (seeds and evolved ones)
+    rewrites_per_prompt: int = 1  # eva: 4; one rewrite keeps evolved prompts near what the model can learn
     lr: float = 5e-4
+    nll_alpha: float = 10.0  # DPO's NLL term on the chosen answer (see README: without it DPO degrades here)
+    min_train_score: float | None = 1.0  # pair methods train on groups with a right answer to choose
     wrong_demonstrations: float = 0.2  # GSIL/SPIN: share of demonstrations stating a wrong result
     solvers: int = 2
-    max_minutes: float = 6.0  # the loop stops starting rounds after this
+    max_minutes: float = 7.5  # the loop starts no round after this (the demo stays within ~10 minutes)
     seed: int = 0
 
 
-QUICK = Plan(hidden=32, layers=1, sft_steps=20, sft_batch=16, seeds=8, eval_per_level=4, rounds=1,
-             samples_per_prompt=2, pool_per_round=8, max_minutes=3.0)
+QUICK = Plan(hidden=32, layers=1, sft_steps=20, sft_batch=16, seeds=8, eval_per_level=((2, 4), (3, 4), (4, 4)),
+             rounds=1, samples_per_prompt=2, pool_per_round=8, min_train_score=None, max_minutes=3.0)
 
 
 # ---------------------------------------------------------------------- 1. data
 def write_data(plan: Plan, directory: Path) -> dict[str, Path]:
     """seeds.jsonl, eval.jsonl (held out) and sft.jsonl under `directory`; the eval texts never occur in the others."""
     directory.mkdir(parents=True, exist_ok=True)
-    held_out = world.held_out(plan.eval_per_level, plan.eval_levels, seed=10_000 + plan.seed)
+    held_out = world.held_out(dict(plan.eval_per_level), seed=10_000 + plan.seed)
     unseen = {p.text for p in held_out}
     rng = random.Random(plan.seed)
     seeds = world.demonstrations(world.problems(plan.seeds, plan.seed_levels, rng, exclude=unseen), rng,
@@ -94,7 +97,7 @@ def prepare_model(plan: Plan, directory: Path, sft_data: Path) -> Path:
     from trainer.recipe import run
     from trainer.tiny import build_causal_lm, build_tokenizer
 
-    recipe = {k: v for k, v in asdict(plan).items() if k.startswith(("hidden", "layers", "sft_", "seed"))}
+    recipe = {k: v for k, v in asdict(plan).items() if k in {"hidden", "layers", "seed"} or k.startswith("sft_")}
     marker = directory / "demo-model.json"
     if marker.exists() and json.loads(marker.read_text()) == json.loads(json.dumps(recipe)):
         print(f"[model] reusing the SFT model in {directory}", file=sys.stderr)
@@ -130,7 +133,7 @@ def topology(plan: Plan, algo: str, run_dir: Path, model: Path, data: dict[str, 
                                "lora": {"r": 16, "alpha": 32}, "max_length": 96, "max_prompt_length": 32,
                                "seed": plan.seed}
     if algo == "dpo":
-        trainer["dpo"] = {"beta": 0.1, "nll_alpha": 1.0}
+        trainer["dpo"] = {"beta": 0.1, "nll_alpha": plan.nll_alpha}
     if algo == "cut":
         trainer["cut"] = {"threshold": 1.1, "alpha": 1.0}  # the live settings (ALGORITHMS §6)
     return {
@@ -141,11 +144,12 @@ def topology(plan: Plan, algo: str, run_dir: Path, model: Path, data: dict[str, 
             "mutator": "agents.worlds.arithmetic:mutate",
             "settings": {"samples_per_prompt": 1 if demos else plan.samples_per_prompt,
                          "temperature": plan.temperature, "top_p": 1.0, "max_new_tokens": 48,
-                         "prompts_per_task": 64, "evolve": not demos, "pool_per_round": plan.pool_per_round,
-                         "train_groups": plan.pool_per_round, "max_wall_s": plan.max_minutes * 60,
-                         "seed": plan.seed},
+                         "prompts_per_task": 128, "evolve": not demos, "pool_per_round": plan.pool_per_round,
+                         "rewrites_per_prompt": plan.rewrites_per_prompt, "train_groups": plan.pool_per_round,
+                         **({"min_train_score": plan.min_train_score} if algo in PAIR_ALGOS else {}),
+                         "max_wall_s": plan.max_minutes * 60, "seed": plan.seed},
         },
-        "solver": {"count": plan.solvers, "model": str(model), "device": "cpu"},
+        "solver": {"count": plan.solvers, "model": str(model), "device": "cpu", "threads": 1},
         "judge": {"count": 1, "backend": "verifier", "checker": "agents.worlds.arithmetic:Checker"},
         "trainer": trainer,
     }
@@ -192,11 +196,11 @@ class Progress(threading.Thread):
             evals = eval_scores(db)
             done = db.execute("SELECT COUNT(*) FROM tasks WHERE state = 'done'").fetchone()[0]
             pool = db.execute("SELECT COUNT(*) FROM prompts WHERE source != 'eval'").fetchone()[0]
+            expected = db.execute("SELECT COUNT(*) FROM prompts WHERE source = 'eval'").fetchone()[0]
         finally:
             db.close()
-        expected = len(next(iter(evals.values()))) if evals else 0
         for version in sorted(evals):
-            if version in self.shown or len(evals[version]) < expected:
+            if version in self.shown or len(evals[version]) < expected:  # still being answered
                 continue
             self.shown.add(version)
             acc = accuracy([s for _, s in evals[version].values()])

@@ -81,6 +81,8 @@ class SolverSection(Strict):
     backend: Literal["hf", "vllm"] = Field("hf", description="hf (CPU/GPU) or vllm (GPU only).")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     capacity: int = Field(1, ge=1, description="Generation tasks each holds at once.")
+    threads: int | None = Field(None, ge=1, description="CPU threads of each solver's torch (None: torch's default; "
+                                                        "on a CPU, cores / count avoids oversubscription).")
 
 
 class JudgeSection(Strict):

@@ -99,6 +99,10 @@ def build_worker(role: str, link, topo, data: str | None):
         from agents.backends.hf import HFGenerator
         from agents.solver import Solver
 
+        if topo.solver.threads is not None:
+            import torch
+
+            torch.set_num_threads(topo.solver.threads)
         return Solver(link, HFGenerator(topo.solver.model, device=topo.solver.device), data)
     if role == "judge":
         from agents.backends import scoring

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from protocol.messages import Prompt
@@ -206,12 +206,12 @@ def demonstrations(problems_: Sequence[Problem], rng: random.Random, *, wrong_fr
     return out
 
 
-def held_out(per_level: int, levels: Sequence[int], seed: int = 10_000) -> list[Prompt]:
-    """The evaluation set: `per_level` problems of each level, never trained on (seeded apart from
-    training sets; build training sets with `exclude=eval_texts(...)` to make that certain)."""
+def held_out(per_level: Mapping[int, int], seed: int = 10_000) -> list[Prompt]:
+    """The evaluation set: `per_level[level]` problems of each level, never trained on (seeded apart from
+    training sets; build training sets with `exclude={p.text for p in held_out(...)}` to make that certain)."""
     rng = random.Random(seed)
     out: list[Prompt] = []
-    for level in levels:
-        for p in problems(per_level, [level], rng, exclude={q.text for q in out}):
+    for level, count in sorted(per_level.items()):
+        for p in problems(count, [level], rng, exclude={q.text for q in out}):
             out.append(p.prompt(f"eval-{level}-{len(out)}", source="eval"))
     return out

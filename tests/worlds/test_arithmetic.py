@@ -74,10 +74,10 @@ def test_demonstrations_are_wrong_in_the_fraction_asked():
 
 
 def test_held_out_set_is_disjoint_and_reproducible():
-    held = A.held_out(50, [2, 3, 4])
-    assert held == A.held_out(50, [2, 3, 4])
+    held = A.held_out({2: 60, 3: 50, 4: 40})
+    assert held == A.held_out({2: 60, 3: 50, 4: 40})
     assert len({p.text for p in held}) == 150 and {p.source for p in held} == {"eval"}
-    assert sorted({p.difficulty for p in held}) == [2, 3, 4]
+    assert [sum(p.difficulty == level for p in held) for level in (2, 3, 4)] == [60, 50, 40]
     train = A.problems(2000, [2, 3], random.Random(1), exclude={p.text for p in held}, distinct=False)
     assert not {p.text for p in train} & {p.text for p in held}
     with pytest.raises(ValueError, match="cannot draw"):
