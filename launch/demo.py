@@ -157,7 +157,7 @@ def topology(plan: Plan, algo: str, run_dir: Path, model: Path, data: dict[str, 
 
 def to_toml(data: dict[str, Any], prefix: str = "") -> str:
     """A small TOML writer for topology dicts (tables of scalars, lists and nested tables)."""
-    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict) and v is not None}  # TOML has no null
     tables = {k: v for k, v in data.items() if isinstance(v, dict)}
     lines = [f"[{prefix}]"] if prefix and scalars else []
     lines += [f"{k} = {json.dumps(v)}" for k, v in scalars.items()]

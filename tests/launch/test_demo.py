@@ -40,11 +40,12 @@ def test_a_bad_world_hook_is_one_error_naming_the_field(tmp_path, section, key, 
 
 
 @pytest.mark.slow
-def test_quick_demo_writes_a_summary_and_report_that_agree_with_the_ledger(tmp_path):
-    out = subprocess.run([SELFPLAY, "demo", "--quick", "--run-dir", str(tmp_path)], capture_output=True, text=True,
-                         timeout=400, cwd=ROOT)
+@pytest.mark.parametrize("algo", ["dpo", "gsil", "cut"])  # pairs, demonstrations, judgments
+def test_quick_demo_writes_a_summary_and_report_that_agree_with_the_ledger(tmp_path, algo):
+    out = subprocess.run([SELFPLAY, "demo", "--quick", "--algo", algo, "--run-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=400, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
-    run = tmp_path / "dpo"
+    run = tmp_path / algo
     summary = json.loads((run / "summary.json").read_text())
     assert (run / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {"acc_before", "acc_after", "acc_stderr", "minutes", "rounds"} <= set(summary)
@@ -63,6 +64,7 @@ def test_quick_demo_writes_a_summary_and_report_that_agree_with_the_ledger(tmp_p
     assert versions == list(range(QUICK.rounds + 1))  # evaluated before the loop and after each round
     assert summary["evolved_by_mutation"] == dict(db.execute(
         "SELECT mutation, COUNT(*) FROM prompts WHERE source = 'evolved' GROUP BY mutation").fetchall())
+    assert bool(summary["evolved_by_mutation"]) == (algo != "gsil")  # GSIL learns from static demonstrations
     eval_texts = {t for (t,) in db.execute("SELECT text FROM prompts WHERE source = 'eval'")}
     trained = [g["prompt"]["text"] for (blob,) in db.execute("SELECT payload FROM tasks WHERE kind = 'train'")
                for g in msgpack.unpackb(blob)["groups"]]
