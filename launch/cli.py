@@ -123,15 +123,18 @@ def _add_demo_and_report(commands: argparse._SubParsersAction) -> None:
                            "demonstrations, a fifth of them wrong; cut from the checker's written judgments)")
     demo.add_argument("--run-dir", default="runs/demo", help="where data, the cached model and runs go "
                                                              "(default runs/demo)")
-    demo.add_argument("--rounds", type=int, help="training rounds (default 8)")
-    demo.add_argument("--minutes", type=float, help="start no round after this many minutes of the loop (default 6)")
+    from launch.demo import Plan
+
+    demo.add_argument("--rounds", type=int, help=f"training rounds (default {Plan.rounds})")
+    demo.add_argument("--minutes", type=float, help="start no round after this many minutes of the loop "
+                                                    f"(default {Plan.max_minutes})")
     demo.add_argument("--quick", action="store_true", help="a tiny model and one short round: a smoke test, not a "
                                                            "result")
     report = commands.add_parser(
         "report", help="write a run's summary.json and report.png from its ledger",
         description="Read RUN_DIR/ledger.sqlite (a running, stopped or finished run) and write the held-out accuracy "
                     "by policy version and difficulty, reward by round, evolved prompts by mutation kind and "
-                    "throughput to RUN_DIR/summary.json and plots to RUN_DIR/report.png.")
+                    "throughput to RUN_DIR/summary.json (updating an existing one) and plots to RUN_DIR/report.png.")
     report.add_argument("run_dir", help="the run directory (topology [run] dir)")
     report.add_argument("--out", help="PNG path (default RUN_DIR/report.png)")
 
@@ -159,8 +162,10 @@ def _report(args: argparse.Namespace) -> int:
 
     from launch.report import summarize, write_report
 
-    summary = summarize(args.run_dir)
-    (Path(args.run_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+    path = Path(args.run_dir) / "summary.json"
+    earlier = json.loads(path.read_text()) if path.exists() else {}  # keeps what only the demo knew (minutes)
+    summary = earlier | summarize(args.run_dir)
+    path.write_text(json.dumps(summary, indent=2))
     out = write_report(summary, args.out or Path(args.run_dir) / "report.png", title=f"selfplay run {args.run_dir}")
     print(f"wrote {Path(args.run_dir) / 'summary.json'} and {out}")
     return 0

@@ -72,6 +72,13 @@ def test_quick_demo_writes_a_summary_and_report_that_agree_with_the_ledger(tmp_p
     assert not eval_texts & {t for (t,) in db.execute("SELECT text FROM prompts WHERE source != 'eval'")}
     db.close()
 
+    again = subprocess.run([SELFPLAY, "report", str(run)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert again.returncode == 0, again.stderr[-2000:]
+    rewritten = json.loads((run / "summary.json").read_text())
+    assert rewritten["minutes"] == summary["minutes"]  # `selfplay report` keeps what only the demo knew
+    assert {k: rewritten[k] for k in ("acc_before", "acc_after", "rounds")} == \
+        {k: summary[k] for k in ("acc_before", "acc_after", "rounds")}  # and reads the same ledger alike
+
     model = tmp_path / "model"
     stamp = (model / "model.safetensors").stat().st_mtime_ns
     assert prepare_model(QUICK, model, tmp_path / "data" / "sft.jsonl") == model  # cached: not rebuilt
