@@ -151,7 +151,7 @@ def _demo(args: argparse.Namespace) -> int:
         plan = replace(plan, rounds=args.rounds)
     if args.minutes is not None:
         plan = replace(plan, max_minutes=args.minutes)
-    summary = run_demo(args.algo, args.run_dir, plan)
+    summary = run_demo(args.algo, args.run_dir, plan, say=lambda line: print(line, file=sys.stderr, flush=True))
     print(describe(summary))
     return 0
 

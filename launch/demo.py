@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,13 @@ import structlog
 from agents.worlds import arithmetic as world
 
 log = structlog.get_logger("launch.demo")
+
+Say = Callable[[str], None]  # where progress lines go: the CLI prints them, library callers may log them
+
+
+def _log_line(text: str) -> None:
+    log.info(text)
+
 
 ALGOS = ("dpo", "ipo", "simpo", "contrastive-sft", "gsil", "spin", "cut")
 PAIR_ALGOS = {"dpo", "ipo", "simpo", "contrastive-sft"}  # chosen answers must be right (the checker says 1)
@@ -91,7 +98,7 @@ def write_data(plan: Plan, directory: Path) -> dict[str, Path]:
 
 
 # ---------------------------------------------------------------------- 2. the model
-def prepare_model(plan: Plan, directory: Path, sft_data: Path) -> Path:
+def prepare_model(plan: Plan, directory: Path, sft_data: Path, say: Say = _log_line) -> Path:
     """The SFT'd starting policy in `directory`; reused when it was built with the same settings."""
     from trainer.config import TrainConfig
     from trainer.recipe import run
@@ -100,10 +107,10 @@ def prepare_model(plan: Plan, directory: Path, sft_data: Path) -> Path:
     recipe = {k: v for k, v in asdict(plan).items() if k in {"hidden", "layers", "seed"} or k.startswith("sft_")}
     marker = directory / "demo-model.json"
     if marker.exists() and json.loads(marker.read_text()) == json.loads(json.dumps(recipe)):
-        print(f"[model] reusing the SFT model in {directory}", file=sys.stderr)
+        say(f"[model] reusing the SFT model in {directory}")
         return directory
-    print(f"[model] building a {plan.layers}-layer, width-{plan.hidden} Llama and its tokenizer; SFT on easy "
-          f"problems ({plan.sft_steps} steps)", file=sys.stderr)
+    say(f"[model] building a {plan.layers}-layer, width-{plan.hidden} Llama and its tokenizer; SFT on easy "
+        f"problems ({plan.sft_steps} steps)")
     shutil.rmtree(directory, ignore_errors=True)
     rng = random.Random(plan.seed)
     corpus = [f"{p.text} {p.solution()}" for p in world.problems(2000, (1, 2, 3, 4, 5), rng, distinct=False)]
@@ -170,9 +177,9 @@ def to_toml(data: dict[str, Any], prefix: str = "") -> str:
 class Progress(threading.Thread):
     """Prints a line per new policy version (and its held-out accuracy) by reading the ledger."""
 
-    def __init__(self, run_dir: Path, rounds: int, started: float) -> None:
+    def __init__(self, run_dir: Path, rounds: int, started: float, say: Say = _log_line) -> None:
         super().__init__(daemon=True)
-        self.run_dir, self.rounds, self.started = run_dir, rounds, started
+        self.run_dir, self.rounds, self.started, self.say = run_dir, rounds, started, say
         self.stopped = threading.Event()
         self.shown: set[int] = set()
 
@@ -205,12 +212,12 @@ class Progress(threading.Thread):
             self.shown.add(version)
             acc = accuracy([s for _, s in evals[version].values()])
             what = "SFT start" if version == 0 else f"round {version}/{self.rounds}"
-            print(f"[{(time.monotonic() - self.started) / 60:4.1f} min] {what}: policy v{version}, held-out accuracy "
-                  f"{acc['acc']:.3f} ± {acc['stderr']:.3f} (n={acc['n']}), {pool} prompts, {done} tasks done",
-                  file=sys.stderr, flush=True)
+            self.say(f"[{(time.monotonic() - self.started) / 60:4.1f} min] {what}: policy v{version}, held-out "
+                     f"accuracy {acc['acc']:.3f} ± {acc['stderr']:.3f} (n={acc['n']}), {pool} prompts, {done} tasks done")
 
 
-def run_demo(algo: str = "dpo", root: str | Path = "runs/demo", plan: Plan = Plan()) -> dict[str, Any]:
+def run_demo(algo: str = "dpo", root: str | Path = "runs/demo", plan: Plan = Plan(), say: Say = _log_line
+             ) -> dict[str, Any]:
     """Prepare, run and report; returns the summary (also written to RUN/ALGO/summary.json)."""
     from launch.report import summarize, write_report
     from launch.supervisor import supervisor_for
@@ -221,7 +228,7 @@ def run_demo(algo: str = "dpo", root: str | Path = "runs/demo", plan: Plan = Pla
     started = time.monotonic()
     root = Path(root)
     data = write_data(plan, root / "data")
-    model = prepare_model(plan, root / "model", data["sft"])
+    model = prepare_model(plan, root / "model", data["sft"], say)
     run_dir = root / algo
     if run_dir.exists():
         shutil.rmtree(run_dir)  # each demo run starts from the SFT model and an empty ledger
@@ -229,9 +236,9 @@ def run_demo(algo: str = "dpo", root: str | Path = "runs/demo", plan: Plan = Pla
     topology_path = run_dir / "topology.toml"
     topology_path.write_text(to_toml(topology(plan, algo, run_dir, model, data)))
     topo = load_topology(topology_path)
-    print(f"[run] {algo}: hub, creator, {plan.solvers} solvers, judge and trainer in {run_dir} "
-          f"(logs: {run_dir / 'logs'})", file=sys.stderr)
-    progress = Progress(run_dir, plan.rounds, started)
+    say(f"[run] {algo}: hub, creator, {plan.solvers} solvers, judge and trainer in {run_dir} "
+        f"(logs: {run_dir / 'logs'})")
+    progress = Progress(run_dir, plan.rounds, started, say)
     progress.start()
     code = supervisor_for(str(topology_path), topo).run()
     progress.stopped.set()
