@@ -114,6 +114,8 @@ class Creator:
                 if reward is not None and cfg.target_eval_reward is not None and reward >= cfg.target_eval_reward:
                     log.info("stopping: target reached", eval_reward=reward, rounds=len(reports))
                     break
+        if self.eval_prompts and self.policy_version not in self.eval_rewards:
+            self.evaluate()  # the final policy is always evaluated, whatever eval_every or the stop
         return reports
 
     def evaluate(self) -> float | None:

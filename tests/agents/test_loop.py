@@ -109,6 +109,15 @@ def test_a_reached_target_stops_the_run(world):
     assert len(creator.run(rounds=5)) == 1
 
 
+@pytest.mark.parametrize("world", [("dpo", lambda m: RewardModelScorer(str(m.reward)))], indirect=True)
+def test_the_final_policy_is_evaluated_whatever_eval_every(world):
+    creator = Creator(world.link("creator-0", "creator"), CreatorConfig(
+        algo="dpo", evolve=False, samples_per_prompt=2, max_new_tokens=4, train_groups=8, eval_every=5),
+        seeds(), eval_prompts=seeds(2))
+    [report] = creator.run(rounds=1)
+    assert set(creator.eval_rewards) == {0, report.policy_version} == {0, 1}
+
+
 @pytest.mark.parametrize("world", [("gsil", None)], indirect=True)
 def test_gsil_online_two_iterations(world):
     """Demonstrations, one self-generated answer per prompt, no judge; each iteration a new version."""
