@@ -201,18 +201,19 @@ class Creator:
         return made
 
     def _mutate(self, parents: list[Prompt], mutations: list[str], step: int) -> list[Prompt | None]:
-        def child(parent: Prompt, mutation: str, i: int, text: str | None, answer: str | None = None) -> Prompt | None:
+        def child(parent: Prompt, mutation: str, i: int, text: str | None, answer: str | None = None,
+                  difficulty: int | None = None) -> Prompt | None:
             if not text:
                 return None
             return Prompt(prompt_id=f"r{self.round}s{step}i{i}-{parent.prompt_id}"[:120], text=text, answer=answer,
                           source="evolved", parent_id=parent.prompt_id, mutation=mutation,
-                          difficulty=parent.difficulty)
+                          difficulty=parent.difficulty if difficulty is None else difficulty)
 
         if self.mutator is not None:  # a task world's programmatic mutator (keeps answers checkable)
             out = []
             for i, (p, m) in enumerate(zip(parents, mutations, strict=True)):
                 made = self.mutator(p, m, self.rng)
-                out.append(child(p, m, i, made.text, made.answer) if made else None)
+                out.append(child(p, m, i, made.text, made.answer, made.difficulty) if made else None)
             return out
         metas = [Prompt(prompt_id=f"meta-{i}", text=meta_prompt(p.text, m)) for i, (p, m) in
                  enumerate(zip(parents, mutations, strict=True))]

@@ -9,6 +9,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
+from agents.worlds.arithmetic import parse
 from launch.demo import QUICK, Plan, prepare_model, to_toml, topology
 from launch.topology import TopologyError, load_topology
 from tests.launch.test_cli import SELFPLAY
@@ -65,6 +66,8 @@ def test_quick_demo_writes_a_summary_and_report_that_agree_with_the_ledger(tmp_p
     assert summary["evolved_by_mutation"] == dict(db.execute(
         "SELECT mutation, COUNT(*) FROM prompts WHERE source = 'evolved' GROUP BY mutation").fetchall())
     assert bool(summary["evolved_by_mutation"]) == (algo != "gsil")  # GSIL learns from static demonstrations
+    for text, difficulty in db.execute("SELECT text, difficulty FROM prompts WHERE source = 'evolved'"):
+        assert difficulty == parse(text).difficulty  # an evolved prompt carries the world's difficulty
     eval_texts = {t for (t,) in db.execute("SELECT text FROM prompts WHERE source = 'eval'")}
     trained = [g["prompt"]["text"] for (blob,) in db.execute("SELECT payload FROM tasks WHERE kind = 'train'")
                for g in msgpack.unpackb(blob)["groups"]]
