@@ -112,19 +112,19 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_demo_and_report(commands: argparse._SubParsersAction) -> None:
+    from launch.demo import ALGOS, Plan
+
     demo = commands.add_parser(
         "demo", help="run the embedded arithmetic world end to end on a CPU (what `make demo` runs)",
         description="Build a small model locally and SFT it on easy addition problems (cached in RUN/model), then "
                     "run hub, creator (eva), two solvers, a judge (the world's checker) and a trainer as processes "
                     "for a few rounds, and report held-out accuracy before and after, reward by round and the "
                     "evolved prompts. Writes RUN/ALGO/summary.json, RUN/ALGO/report.png and one log per process.")
-    demo.add_argument("--algo", default="dpo", choices=["dpo", "ipo", "simpo", "contrastive-sft", "gsil", "spin", "cut"],
+    demo.add_argument("--algo", default="dpo", choices=ALGOS,
                       help="training method (default dpo, with eva's evolving prompts; gsil and spin learn from "
                            "demonstrations, a fifth of them wrong; cut from the checker's written judgments)")
     demo.add_argument("--run-dir", default="runs/demo", help="where data, the cached model and runs go "
                                                              "(default runs/demo)")
-    from launch.demo import Plan
-
     demo.add_argument("--rounds", type=int, help=f"training rounds (default {Plan.rounds})")
     demo.add_argument("--minutes", type=float, help="start no round after this many minutes of the loop "
                                                     f"(default {Plan.max_minutes})")

@@ -29,6 +29,7 @@ from typing import Any
 import structlog
 
 from agents.worlds import arithmetic as world
+from trainer.groups import PAIR_ALGOS
 
 log = structlog.get_logger("launch.demo")
 
@@ -40,7 +41,6 @@ def _log_line(text: str) -> None:
 
 
 ALGOS = ("dpo", "ipo", "simpo", "contrastive-sft", "gsil", "spin", "cut")
-PAIR_ALGOS = {"dpo", "ipo", "simpo", "contrastive-sft"}  # chosen answers must be right (the checker says 1)
 
 
 @dataclass(frozen=True)
