@@ -47,6 +47,7 @@ from protocol.messages import (
     TrainingReport,
     TrainTask,
 )
+from trainer.groups import DEMONSTRATION_ALGOS
 
 log = structlog.get_logger("agents.creator")
 
@@ -156,7 +157,7 @@ class Creator:
     def trainable(self, groups: list[JudgedGroup]) -> list[JudgedGroup]:
         """The groups worth training on: all, or those whose best answer reaches `min_train_score`."""
         floor = self.config.min_train_score
-        if floor is None or self.config.algo in {"spin", "gsil"}:
+        if floor is None or self.config.algo in DEMONSTRATION_ALGOS:
             return groups
         return [g for g in groups if g.verdicts and max(v.score for v in g.verdicts) >= floor]
 
@@ -176,7 +177,9 @@ class Creator:
         samples = [s for result in self.wait(ids) for s in result.samples]
         by_prompt = {p.prompt_id: [s for s in samples if s.prompt_id == p.prompt_id] for p in prompts}
         groups = [JudgedGroup(prompt=p, samples=by_prompt[p.prompt_id], verdicts=[]) for p in prompts]
-        if not (judge if judge is not None else cfg.algo not in {"spin", "gsil"}):  # GSIL/SPIN learn from demos
+        if judge is None:
+            judge = cfg.algo not in DEMONSTRATION_ALGOS
+        if not judge:
             return groups
         want_judgment = cfg.algo == "cut"
         judge_ids = self.link.submit([JudgeTask(groups=groups[i:i + size], want_judgment=want_judgment)

@@ -29,7 +29,7 @@ from typing import Any
 import structlog
 
 from agents.worlds import arithmetic as world
-from trainer.groups import PAIR_ALGOS
+from trainer.groups import DEMONSTRATION_ALGOS, PAIR_ALGOS
 
 log = structlog.get_logger("launch.demo")
 
@@ -135,7 +135,7 @@ def prepare_model(plan: Plan, directory: Path, sft_data: Path, say: Say = _log_l
 # ---------------------------------------------------------------------- 3. the run
 def topology(plan: Plan, algo: str, run_dir: Path, model: Path, data: dict[str, Path]) -> dict[str, Any]:
     """The demo's topology (what configs/demo.toml ships, with this run's paths and the algorithm's settings)."""
-    demos = algo in {"gsil", "spin"}
+    demos = algo in DEMONSTRATION_ALGOS
     trainer: dict[str, Any] = {"algo": algo, "model": str(model), "lr": plan.lr, "batch_size": 8,
                                "lora": {"r": 16, "alpha": 32}, "max_length": 96, "max_prompt_length": 32,
                                "seed": plan.seed}
@@ -191,14 +191,11 @@ class Progress(threading.Thread):
                 log.debug("progress poll failed", error=str(e))
 
     def poll(self) -> None:
-        import sqlite3
+        from launch.report import accuracy, connect_ledger, eval_scores
 
-        from launch.report import accuracy, eval_scores
-
-        path = self.run_dir / "ledger.sqlite"
-        if not path.exists():
+        if not (self.run_dir / "ledger.sqlite").exists():
             return
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)
+        db = connect_ledger(self.run_dir)
         try:
             evals = eval_scores(db)
             done = db.execute("SELECT COUNT(*) FROM tasks WHERE state = 'done'").fetchone()[0]
@@ -249,7 +246,7 @@ def run_demo(algo: str = "dpo", root: str | Path = "runs/demo", plan: Plan = Pla
                 "plan": asdict(plan)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     write_report(summary, run_dir / "report.png", title=f"selfplay demo: eva + {algo} on arithmetic"
-                 if algo not in {"gsil", "spin"} else f"selfplay demo: {algo} on arithmetic")
+                 if algo not in DEMONSTRATION_ALGOS else f"selfplay demo: {algo} on arithmetic")
     return summary
 
 

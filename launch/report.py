@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 
-def _connect(run_dir: str | Path) -> sqlite3.Connection:
+def connect_ledger(run_dir: str | Path) -> sqlite3.Connection:
+    """A read-only connection to a run's ledger (safe beside the running hub)."""
     path = Path(run_dir) / "ledger.sqlite"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no ledger here (is {run_dir} a run directory?)")
@@ -46,7 +47,7 @@ def eval_scores(db: sqlite3.Connection) -> dict[int, dict[str, tuple[int | None,
 
 def summarize(run_dir: str | Path) -> dict[str, Any]:
     """Figures of a run from its ledger; see the module docstring for what each means."""
-    db = _connect(run_dir)
+    db = connect_ledger(run_dir)
     try:
         evals = eval_scores(db)
         by_version = {v: accuracy([s for _, s in answers.values()]) for v, answers in sorted(evals.items())}

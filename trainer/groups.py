@@ -19,6 +19,7 @@ from typing import Any
 from protocol.messages import JudgedGroup, Prompt, Sample, Verdict
 
 PAIR_ALGOS = {"dpo", "ipo", "simpo", "contrastive-sft"}
+DEMONSTRATION_ALGOS = {"spin", "gsil"}  # learn from demonstrations: no judge needed
 
 
 def _prompt_field(prompt: Prompt) -> str | list[dict[str, str]]:
@@ -49,7 +50,7 @@ def rows_from_groups(groups: list[JudgedGroup], algo: str, *, good_score: float 
             demo = group.prompt.demonstration
             completion = demo if demo is not None else max(_scored(group), key=lambda sv: sv[1].score)[0].text
             rows.append({"prompt": prompt, "completion": completion, **meta})
-        elif algo in {"spin", "gsil"}:
+        elif algo in DEMONSTRATION_ALGOS:
             if group.prompt.demonstration is not None and group.samples:
                 rows.append({"prompt": prompt, "completion": group.prompt.demonstration,
                              "generated": group.samples[0].text, **meta})
