@@ -10,8 +10,12 @@ Round t (ALGORITHMS §7):
   4. evolve:   chains of rewrites with random mutation kinds; a task world's programmatic mutator,
                or an LLM evolver answering eva's meta-prompts through the solver pool; filtered
   5. solve the evolved prompts                                                     -> new groups
-  6. mix:      20% old, 80% new groups -> a train task; wait for the new policy version
+  6. mix:      20% old, 80% new groups -> a train task
   7. the pool grows by the evolved prompts.
+With `max_staleness` 0 (the papers' synchronous loop) the creator waits for round t's new policy
+before it generates round t+1. With k >= 1 it goes on generating while up to k train tasks are
+outstanding, so round t+1's answers come from a policy up to k versions old and generation overlaps
+training (the hub's `max_staleness` must allow the same lag).
 `evolve=False` is the static baseline (train on the pool's own groups). GSIL/SPIN need no judge:
 their groups carry the prompts' demonstrations. CUT asks the judge for written judgments.
 Everything it makes is in the ledger (prompts with lineage and round), so a restarted creator can
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 
 import structlog
@@ -77,6 +82,9 @@ class CreatorConfig(BaseModel):
                                                             "this (with an exact checker, 1.0: the chosen answer of "
                                                             "every pair is right); None: every group.")
     train_groups: int = Field(64, ge=1, description="Groups per training task.")
+    max_staleness: int = Field(0, ge=0, description="Train tasks left outstanding while the next round generates: "
+                                                    "0 waits for each new policy (synchronous); 1 overlaps round "
+                                                    "t+1's generation with round t's training.")
     good_score: float = Field(1.0, description="Score at or above which a CUT response counts as good.")
     poll_s: float = Field(0.2, gt=0, description="How often to ask the hub about submitted tasks.")
     task_timeout_s: float = Field(3600.0, gt=0, description="Give up on a round whose tasks take longer.")
@@ -100,24 +108,45 @@ class Creator:
         self.rng = random.Random(config.seed)
         self.round = 0
         self.policy_version = link.hub_policy_version  # answers must come from at least this version
+        self._training: deque[tuple[int, str]] = deque()  # (round, train task id) submitted, not yet reported
 
     def run(self, rounds: int) -> list[TrainingReport]:
-        """Up to `rounds` rounds; stops early at `max_wall_s` or once `target_eval_reward` is reached."""
+        """Up to `rounds` rounds; stops early at `max_wall_s` or once `target_eval_reward` is reached.
+        Every submitted train task is waited for before it returns, whichever stop ended the rounds."""
         cfg, started, reports = self.config, time.monotonic(), []
         self.evaluate()
         for _ in range(rounds):
             if cfg.max_wall_s is not None and time.monotonic() - started > cfg.max_wall_s:
-                log.info("stopping: wall time reached", rounds=len(reports))
+                log.info("stopping: wall time reached", rounds=self.round)
                 break
-            reports.append(self.run_round())
-            if self.round % cfg.eval_every == 0:
-                reward = self.evaluate()
-                if reward is not None and cfg.target_eval_reward is not None and reward >= cfg.target_eval_reward:
-                    log.info("stopping: target reached", eval_reward=reward, rounds=len(reports))
-                    break
+            self.start_round()
+            if self._collect(reports, keep=cfg.max_staleness):
+                break
+        self._collect(reports, keep=0)
         if self.eval_prompts and self.policy_version not in self.eval_rewards:
             self.evaluate()  # the final policy is always evaluated, whatever eval_every or the stop
         return reports
+
+    def _collect(self, reports: list[TrainingReport], keep: int) -> bool:
+        """Wait for outstanding train tasks until at most `keep` remain; evaluate on schedule.
+        True when the target metric is reached."""
+        reached = False
+        while len(self._training) > keep:
+            round_, task_id = self._training.popleft()
+            reports.append(self._finish(round_, task_id))
+            if round_ % self.config.eval_every == 0:
+                reward = self.evaluate()
+                target = self.config.target_eval_reward
+                if reward is not None and target is not None and reward >= target:
+                    log.info("stopping: target reached", eval_reward=reward, rounds=round_)
+                    reached = True
+        return reached
+
+    def _finish(self, round_: int, task_id: str) -> TrainingReport:
+        [report] = self.wait([task_id])
+        self.policy_version = max(self.policy_version, report.policy_version)
+        log.info("round trained", round=round_, policy_version=report.policy_version, examples=report.examples)
+        return report
 
     def evaluate(self) -> float | None:
         """Greedy answers to the held-out prompts by the current policy, judged; never trained on.
@@ -131,7 +160,8 @@ class Creator:
         log.info("evaluated", policy_version=self.policy_version, eval_reward=round(reward, 4), prompts=len(groups))
         return reward
 
-    def run_round(self) -> TrainingReport:
+    def start_round(self) -> tuple[int, str]:
+        """Generate and judge the pool, evolve, mix, and submit the train task (not waited for here)."""
         cfg = self.config
         self.round += 1
         pool = self.pool
@@ -148,11 +178,10 @@ class Creator:
         old, new = self.trainable(old), self.trainable(new)
         groups = mix(old, new, total=cfg.train_groups, old_fraction=cfg.old_fraction if new else 1.0, rng=self.rng)
         [task_id] = self.link.submit([TrainTask(groups=groups, round=self.round)])
-        [report] = self.wait([task_id])
-        self.policy_version = max(self.policy_version, report.policy_version)
-        log.info("round done", round=self.round, pool=len(self.pool), evolved=len(new), trained=len(groups),
-                 policy_version=report.policy_version)
-        return report
+        log.info("round submitted", round=self.round, pool=len(self.pool), evolved=len(new), trained=len(groups),
+                 answers_from=self.policy_version)
+        self._training.append((self.round, task_id))
+        return self.round, task_id
 
     def trainable(self, groups: list[JudgedGroup]) -> list[JudgedGroup]:
         """The groups worth training on: all, or those whose best answer reaches `min_train_score`."""

@@ -65,7 +65,8 @@ class HubSection(Strict):
     max_attempts: int = Field(3, ge=1, description="Leases before a task is DEAD.")
     heartbeat_interval_s: float = Field(1.0, gt=0, description="Heartbeat period, both ways.")
     liveness: int = Field(5, ge=1, description="Silent intervals before a peer counts as dead.")
-    max_staleness: int = Field(0, ge=0, description="Policy versions a sample may lag behind.")
+    max_staleness: int = Field(0, ge=0, description="Policy versions a sample may lag behind (the creator overlaps "
+                                                    "generation with that many train tasks unless it sets its own).")
 
 
 class CreatorSection(Strict):
@@ -110,6 +111,21 @@ class Topology(Strict):
     solver: SolverSection = Field(description="Solvers.")
     judge: JudgeSection | None = Field(None, description="Judges (not needed for GSIL/SPIN).")
     trainer: dict[str, Any] = Field(description="TrainConfig fields (algo, model, lr, lora, ...); data/out are set.")
+
+    @model_validator(mode="after")
+    def _staleness_agrees(self) -> Topology:
+        settings = self.creator.settings
+        if "max_staleness" in settings.model_fields_set and settings.max_staleness > self.hub.max_staleness:
+            raise ValueError(f"creator.settings.max_staleness = {settings.max_staleness} exceeds hub.max_staleness = "
+                             f"{self.hub.max_staleness}: the hub would refuse the lagging answers")
+        return self
+
+    def creator_config(self) -> CreatorConfig:
+        """The creator's settings with the trainer's algorithm, and the hub's staleness unless it set its own."""
+        update: dict[str, Any] = {"algo": self.trainer_config().algo}
+        if "max_staleness" not in self.creator.settings.model_fields_set:
+            update["max_staleness"] = self.hub.max_staleness
+        return self.creator.settings.model_copy(update=update)
 
     def hub_config(self) -> HubConfig:
         return HubConfig(run_dir=self.run.dir, **self.hub.model_dump())

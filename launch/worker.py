@@ -140,9 +140,8 @@ def run_creator(link, topo) -> int:
     seeds = read(topo.creator.prompts, "seed", "seed")
     held_out = read(topo.creator.eval_prompts, "eval", "eval") if topo.creator.eval_prompts else None
     mutator = load_object(topo.creator.mutator) if topo.creator.mutator else None
-    settings = topo.creator.settings.model_copy(update={"algo": topo.trainer_config().algo})
     started = time.time()
-    creator = Creator(link, settings, seeds, mutator=mutator, eval_prompts=held_out)
+    creator = Creator(link, topo.creator_config(), seeds, mutator=mutator, eval_prompts=held_out)
     reports = creator.run(rounds=topo.run.rounds)
     summary = {"rounds": len(reports), "policy_version": reports[-1].policy_version if reports else 0,
                "seconds": time.time() - started, "eval_reward": creator.eval_rewards}

@@ -125,3 +125,24 @@ def test_bad_topology_is_one_line_naming_the_field(tmp_path, tiny_models):
     assert out.returncode == 2
     assert "solver.cont: Extra inputs are not permitted" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("hub, creator, expected", [("", "", 0), ("max_staleness = 1", "", 1),
+                                                    ("max_staleness = 2", "max_staleness = 1", 1)])
+def test_the_creator_overlaps_as_far_as_the_hub_allows(tmp_path, tiny_models, hub, creator, expected):
+    from launch.topology import load_topology
+
+    path = topology(tmp_path, tiny_models)
+    text = path.read_text().replace("heartbeat_interval_s = 0.5", f"heartbeat_interval_s = 0.5\n{hub}")
+    path.write_text(text.replace("[creator.settings]", f"[creator.settings]\n{creator}"))
+    config = load_topology(path).creator_config()
+    assert (config.max_staleness, config.algo) == (expected, "dpo")
+
+
+def test_a_creator_lagging_more_than_the_hub_allows_is_refused(tmp_path, tiny_models):
+    from launch.topology import TopologyError, load_topology
+
+    path = topology(tmp_path, tiny_models)
+    path.write_text(path.read_text().replace("[creator.settings]", "[creator.settings]\nmax_staleness = 1"))
+    with pytest.raises(TopologyError, match=r"max_staleness = 1 exceeds hub\.max_staleness = 0"):
+        load_topology(path)
