@@ -72,4 +72,5 @@ class Solver:
             return
         self.generator.load_policy(env.message.version, env.message.adapter_config, env.tensors)
         self.sync_seconds.append(time.perf_counter() - started)
-        log.info("policy loaded", version=env.message.version, tensors=len(env.tensors))
+        log.info("policy loaded", version=env.message.version, tensors=len(env.tensors),
+                 seconds=round(self.sync_seconds[-1], 4))

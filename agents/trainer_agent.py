@@ -14,6 +14,7 @@ between re-runs the round rather than losing it.
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 
@@ -62,7 +63,7 @@ class TrainerAgent:
         if not rows:  # e.g. every group tied: nothing to learn from, and no new version
             report = TrainingReport(policy_version=self.version, step=self.recipe.cursor.step, examples=0)
             return self.link.complete(assign, report)
-        started = time.perf_counter()
+        started, first_step = time.perf_counter(), len(self.recipe.step_seconds)
         metrics = self.recipe.train_round(rows)
         publish_started = time.perf_counter()
         published = self.publish(self.version + 1)
@@ -74,7 +75,9 @@ class TrainerAgent:
         tokens_per_s = metrics.pop("tokens_per_s", 0.0)
         report = TrainingReport(policy_version=self.version, step=self.recipe.cursor.step, examples=len(rows),
                                 tokens_per_s=tokens_per_s, metrics={**metrics, "round_s": time.perf_counter() - started})
-        log.info("round trained", version=self.version, examples=len(rows), loss=metrics.get("loss"))
+        steps = self.recipe.step_seconds[first_step:] or [0.0]
+        log.info("round trained", version=self.version, examples=len(rows), loss=metrics.get("loss"),
+                 publish_s=round(self.publish_seconds[-1], 4), step_s=round(statistics.median(steps), 4))
         self.link.complete(assign, report)
 
     def publish(self, version: int) -> bool:
