@@ -18,16 +18,22 @@ outstanding, so round t+1's answers come from a policy up to k versions old and 
 training (the hub's `max_staleness` must allow the same lag).
 `evolve=False` is the static baseline (train on the pool's own groups). GSIL/SPIN need no judge:
 their groups carry the prompts' demonstrations. CUT asks the judge for written judgments.
-Everything it makes is in the ledger (prompts with lineage and round), so a restarted creator can
-rebuild its pool from there.
+Everything it makes is in the ledger (prompts with lineage and round). With a `state_path` the creator
+also journals what it needs to go on (round, pool, outstanding train tasks, policy version, held-out
+rewards, its random state) after every round it submits or collects; a restarted creator resumes from
+there: it waits for the train tasks it had submitted and redoes only the round it was in the middle of
+(those answers are then unused, never trained on), with the same random draws.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
@@ -100,7 +106,8 @@ class RoundFailed(RuntimeError):
 
 class Creator:
     def __init__(self, link: AgentLink, config: CreatorConfig, seed_prompts: list[Prompt],
-                 mutator: Mutator | None = None, eval_prompts: list[Prompt] | None = None) -> None:
+                 mutator: Mutator | None = None, eval_prompts: list[Prompt] | None = None,
+                 state_path: str | Path | None = None) -> None:
         self.link, self.config, self.mutator = link, config, mutator
         self.eval_prompts = [p.model_copy(update={"source": "eval"}) for p in eval_prompts or []]
         self.eval_rewards: dict[int, float] = {}  # policy version -> held-out mean reward
@@ -109,13 +116,42 @@ class Creator:
         self.round = 0
         self.policy_version = link.hub_policy_version  # answers must come from at least this version
         self._training: deque[tuple[int, str]] = deque()  # (round, train task id) submitted, not yet reported
+        self.state_path = Path(state_path) if state_path else None
+        if self.state_path is not None and self.state_path.exists():
+            self._load()
+
+    # ------------------------------------------------------------------ the journal
+    def _save(self) -> None:
+        if self.state_path is None:
+            return
+        version, internal, gauss = self.rng.getstate()
+        state = {"round": self.round, "policy_version": self.policy_version, "training": list(self._training),
+                 "eval_rewards": self.eval_rewards, "pool": [p.model_dump(mode="json") for p in self.pool],
+                 "rng": [version, list(internal), gauss]}
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.state_path)  # atomic: a crash leaves the old journal or the new one
+
+    def _load(self) -> None:
+        state = json.loads(self.state_path.read_text())
+        self.round, self.policy_version = state["round"], max(self.policy_version, state["policy_version"])
+        self._training = deque((r, t) for r, t in state["training"])
+        self.eval_rewards = {int(v): reward for v, reward in state["eval_rewards"].items()}
+        self.pool = [Prompt.model_validate(p) for p in state["pool"]]
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        log.info("resumed", round=self.round, pool=len(self.pool), outstanding=len(self._training),
+                 policy_version=self.policy_version)
 
     def run(self, rounds: int) -> list[TrainingReport]:
-        """Up to `rounds` rounds; stops early at `max_wall_s` or once `target_eval_reward` is reached.
+        """Rounds up to round `rounds` (counting those of a resumed journal); stops early at `max_wall_s`
+        or once `target_eval_reward` is reached.
         Every submitted train task is waited for before it returns, whichever stop ended the rounds."""
         cfg, started, reports = self.config, time.monotonic(), []
-        self.evaluate()
-        for _ in range(rounds):
+        if self.policy_version not in self.eval_rewards:
+            self.evaluate()
+        while self.round < rounds:
             if cfg.max_wall_s is not None and time.monotonic() - started > cfg.max_wall_s:
                 log.info("stopping: wall time reached", rounds=self.round)
                 break
@@ -132,8 +168,10 @@ class Creator:
         True when the target metric is reached."""
         reached = False
         while len(self._training) > keep:
-            round_, task_id = self._training.popleft()
+            round_, task_id = self._training[0]
             reports.append(self._finish(round_, task_id))
+            self._training.popleft()
+            self._save()
             if round_ % self.config.eval_every == 0:
                 reward = self.evaluate()
                 target = self.config.target_eval_reward
@@ -157,6 +195,7 @@ class Creator:
         scores = [v.score for g in groups for v in g.verdicts]
         reward = sum(scores) / len(scores) if scores else 0.0
         self.eval_rewards[self.policy_version] = reward
+        self._save()
         log.info("evaluated", policy_version=self.policy_version, eval_reward=round(reward, 4), prompts=len(groups))
         return reward
 
@@ -181,6 +220,7 @@ class Creator:
         log.info("round submitted", round=self.round, pool=len(self.pool), evolved=len(new), trained=len(groups),
                  answers_from=self.policy_version)
         self._training.append((self.round, task_id))
+        self._save()
         return self.round, task_id
 
     def trainable(self, groups: list[JudgedGroup]) -> list[JudgedGroup]:

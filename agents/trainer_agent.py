@@ -7,9 +7,12 @@
 Per train task: the algorithm's rows from the groups (best/worst pairs, real/generated, judged
 triples: trainer.groups) -> one pass of the same recipe `selfplay train` runs, with the reference
 taken as the policy at the start of the round (ALGORITHMS §3-4: each iteration's policy is the next
-one's reference) -> publish the adapter as version v+1 over the data socket and wait for the hub
-to persist it -> checkpoint -> report. The task is completed only after the publish, so a crash in
-between re-runs the round rather than losing it.
+one's reference) -> checkpoint, recording the task and version v+1 -> publish the adapter as v+1 over
+the data socket and wait for the hub to persist it -> report.
+
+A crash anywhere loses nothing and trains nothing twice: before the checkpoint, the retried task is
+trained again from the previous checkpoint; after it, the restarted trainer resumes from it, sees
+that the retried task is the one it recorded, and only publishes (again) and reports.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ class TrainerAgent:
         self.good_score, self.publish_timeout_s = good_score, publish_timeout_s
         self.recipe = Recipe(self.config, resume=True, rows=[])
         self.recipe.setup()
-        self.version = link.hub_policy_version
+        self.trained: dict = self.recipe.resumed_extra.get("live", {})  # the last task trained: task_id, version, ...
+        self.version = max(link.hub_policy_version, self.trained.get("version", 0))
         self.publish_seconds: list[float] = []  # wall time of each publish (benchmarks read it)
         self._data: zmq.Socket | None = None
 
@@ -63,22 +67,31 @@ class TrainerAgent:
         if not rows:  # e.g. every group tied: nothing to learn from, and no new version
             report = TrainingReport(policy_version=self.version, step=self.recipe.cursor.step, examples=0)
             return self.link.complete(assign, report)
+        if self.trained.get("task_id") == assign.task_id:  # trained and checkpointed before a crash: publish only
+            log.info("round already trained; publishing it", task_id=assign.task_id, version=self.trained["version"])
+            return self._publish_and_report(assign, self.trained["report"])
         started, first_step = time.perf_counter(), len(self.recipe.step_seconds)
         metrics = self.recipe.train_round(rows)
-        publish_started = time.perf_counter()
-        published = self.publish(self.version + 1)
-        self.publish_seconds.append(time.perf_counter() - publish_started)
+        tokens_per_s = metrics.pop("tokens_per_s", 0.0)
+        report = TrainingReport(policy_version=self.version + 1, step=self.recipe.cursor.step, examples=len(rows),
+                                tokens_per_s=tokens_per_s, metrics={**metrics, "round_s": time.perf_counter() - started})
+        self.trained = {"task_id": assign.task_id, "version": report.policy_version, "report": report.model_dump()}
+        self.recipe.save_checkpoint(extra={"live": self.trained})
+        self.version = report.policy_version
+        steps = self.recipe.step_seconds[first_step:] or [0.0]
+        log.info("round trained", task_id=assign.task_id, version=self.version, examples=len(rows),
+                 loss=metrics.get("loss"), step_s=round(statistics.median(steps), 4))
+        self._publish_and_report(assign, self.trained["report"])
+
+    def _publish_and_report(self, assign: Assign, report: dict) -> None:
+        started = time.perf_counter()
+        published = self.publish(report["policy_version"])
+        self.publish_seconds.append(time.perf_counter() - started)
         if not published:
             return self.link.fail(assign, "the hub did not take the new policy", retryable=True)
-        self.version += 1
-        self.recipe.save_checkpoint()
-        tokens_per_s = metrics.pop("tokens_per_s", 0.0)
-        report = TrainingReport(policy_version=self.version, step=self.recipe.cursor.step, examples=len(rows),
-                                tokens_per_s=tokens_per_s, metrics={**metrics, "round_s": time.perf_counter() - started})
-        steps = self.recipe.step_seconds[first_step:] or [0.0]
-        log.info("round trained", version=self.version, examples=len(rows), loss=metrics.get("loss"),
-                 publish_s=round(self.publish_seconds[-1], 4), step_s=round(statistics.median(steps), 4))
-        self.link.complete(assign, report)
+        log.info("policy published", task_id=assign.task_id, version=report["policy_version"],
+                 publish_s=round(self.publish_seconds[-1], 4))
+        self.link.complete(assign, TrainingReport.model_validate(report))
 
     def publish(self, version: int) -> bool:
         """Send the adapter as `version`; True once the hub acknowledged (it saved it first)."""

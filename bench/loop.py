@@ -233,10 +233,11 @@ def run_system(models, tmp: Path, args, max_staleness: int) -> dict:
     with sqlite3.connect(run / "ledger.sqlite") as db:  # training's share of the wall time bounds what overlap can win
         train_s = db.execute("SELECT SUM(updated - created) FROM tasks WHERE kind = 'train'").fetchone()[0]
     rounds = log_events(run, "trainer-0", "round trained")
+    publishes = log_events(run, "trainer-0", "policy published")
     loads = [e["seconds"] for e in log_events(run, "solver-0", "policy loaded")]
     return {"seconds": seconds, "versions": [r.policy_version for r in reports],
             "steps": reports[-1].step, "train_share": train_s / seconds, "step_s": statistics.median(e["step_s"] for e in rounds),
-            "publish_s": statistics.median(e["publish_s"] for e in rounds),
+            "publish_s": statistics.median(e["publish_s"] for e in publishes),
             "load_s": statistics.median(loads[1:] or loads), "first_load_s": loads[0]}
 
 

@@ -141,9 +141,10 @@ def run_creator(link, topo) -> int:
     held_out = read(topo.creator.eval_prompts, "eval", "eval") if topo.creator.eval_prompts else None
     mutator = load_object(topo.creator.mutator) if topo.creator.mutator else None
     started = time.time()
-    creator = Creator(link, topo.creator_config(), seeds, mutator=mutator, eval_prompts=held_out)
-    reports = creator.run(rounds=topo.run.rounds)
-    summary = {"rounds": len(reports), "policy_version": reports[-1].policy_version if reports else 0,
+    creator = Creator(link, topo.creator_config(), seeds, mutator=mutator, eval_prompts=held_out,
+                      state_path=Path(topo.run.dir) / "creator" / f"{link.config.name}.json")
+    creator.run(rounds=topo.run.rounds)
+    summary = {"rounds": creator.round, "policy_version": creator.policy_version,
                "seconds": time.time() - started, "eval_reward": creator.eval_rewards}
     (Path(topo.run.dir) / "creator-done.json").write_text(json.dumps(summary))
     return 0

@@ -3,7 +3,7 @@
     OUT/checkpoints/step-000040/
         trainable.safetensors   the parameters being trained (LoRA matrices, or every weight)
         trainer_state.pt        optimizer, scheduler, RNG states, cursor (step, epoch, batch)
-        state.json              the cursor and config, for people
+        state.json              the cursor and config, for people, and the caller's `extra` (read_extra)
         adapter/ or model/      the same weights in the usual format (PeftModel.from_pretrained / Auto*)
 
 A checkpoint is written to a temporary directory and renamed into place, so a crash mid-write never
@@ -50,7 +50,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(root: Path, model: nn.Module, tokenizer: Any, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, cursor: Cursor, config: dict[str, Any], keep: int) -> Path:
+                    scheduler: Any, cursor: Cursor, config: dict[str, Any], keep: int,
+                    extra: dict[str, Any] | None = None) -> Path:
     final = root / f"step-{cursor.step:06d}"
     tmp = root / f".tmp-step-{cursor.step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -58,7 +59,8 @@ def save_checkpoint(root: Path, model: nn.Module, tokenizer: Any, optimizer: tor
     save_file(trainable_state(model), tmp / "trainable.safetensors")
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
                 "cursor": asdict(cursor)}, tmp / "trainer_state.pt")
-    (tmp / "state.json").write_text(json.dumps({"cursor": asdict(cursor), "config": config}, indent=2))
+    (tmp / "state.json").write_text(json.dumps({"cursor": asdict(cursor), "config": config, "extra": extra or {}},
+                                               indent=2))
     export_weights(model, tokenizer, tmp)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
@@ -78,6 +80,11 @@ def export_weights(model: nn.Module, tokenizer: Any, directory: Path) -> Path:
 def latest_checkpoint(root: Path) -> Path | None:
     found = sorted(p for p in root.glob("step-*") if (p / "trainer_state.pt").exists())
     return found[-1] if found else None
+
+
+def read_extra(path: Path) -> dict[str, Any]:
+    """What the caller stored with a checkpoint (e.g. the live trainer: the task it has trained)."""
+    return json.loads((path / "state.json").read_text()).get("extra", {})
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> Cursor:

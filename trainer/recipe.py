@@ -27,7 +27,14 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trainer import losses
-from trainer.checkpoint import Cursor, export_weights, latest_checkpoint, load_checkpoint, save_checkpoint
+from trainer.checkpoint import (
+    Cursor,
+    export_weights,
+    latest_checkpoint,
+    load_checkpoint,
+    read_extra,
+    save_checkpoint,
+)
 from trainer.config import TrainConfig
 from trainer.data import (
     Batch,
@@ -94,10 +101,11 @@ class Recipe:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.cursor = Cursor()
+        self.cursor, self.resumed_extra = Cursor(), {}
         checkpoint = latest_checkpoint(self.out / "checkpoints") if self.resume else None
         if checkpoint is not None:
             self.cursor = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler)
+            self.resumed_extra = read_extra(checkpoint)
             log.info("resumed", checkpoint=str(checkpoint), step=self.cursor.step)
         elif self.resume:
             log.warning("no checkpoint to resume from; starting fresh", out=str(self.out))
@@ -257,9 +265,10 @@ class Recipe:
                 self.tb.add_scalar(name, value, self.cursor.step)
 
     # ------------------------------------------------------------------ save / cleanup
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self, extra: dict[str, Any] | None = None) -> Path:
+        """A checkpoint of everything resume needs; `extra` is kept with it (resumed_extra after a resume)."""
         path = save_checkpoint(self.out / "checkpoints", self.model, self.tokenizer, self.optimizer, self.scheduler,
-                               self.cursor, self.config.model_dump(), self.config.keep_checkpoints)
+                               self.cursor, self.config.model_dump(), self.config.keep_checkpoints, extra)
         log.info("checkpoint", path=str(path), step=self.cursor.step)
         return path
 

@@ -167,3 +167,41 @@ def test_cut_online_with_written_judgments(world):
     db.close()
     assert len(judgments) == 12 and all(j and (j == "Correct." or j.startswith("Incorrect: the answer is"))
                                         for j in judgments)
+
+
+@pytest.mark.parametrize("world", [("dpo", lambda m: RewardModelScorer(str(m.reward)))], indirect=True)
+def test_a_restarted_creator_resumes_from_its_journal(world, tmp_path):
+    """The creator dies in the middle of round 2; a new one on the same journal finishes the run: round 1
+    is not trained again, round 2 is redone, and nothing is trained on twice."""
+    config = CreatorConfig(algo="dpo", samples_per_prompt=3, max_new_tokens=6, sample_fraction=0.5,
+                           rewrites_per_prompt=2, train_groups=8, seed=0)
+    journal = tmp_path / "creator" / "creator-0.json"
+    first = Creator(world.link("creator-0", "creator"), config, seeds(), mutator=add_operand, state_path=journal,
+                    eval_prompts=seeds(2))
+    calls = {"n": 0}
+    real_evolve = first.evolve
+
+    def evolve_then_die(parents):
+        calls["n"] += 1
+        if calls["n"] == 2:  # round 2, after its pool was generated and judged
+            raise KeyboardInterrupt("killed")
+        return real_evolve(parents)
+
+    first.evolve = evolve_then_die
+    with pytest.raises(KeyboardInterrupt):
+        first.run(rounds=2)
+    pool_after_round_1 = len(first.pool)
+
+    second = Creator(world.link("creator-1", "creator"), config, seeds(), mutator=add_operand, state_path=journal,
+                     eval_prompts=seeds(2))
+    assert (second.round, len(second.pool), second.policy_version) == (1, pool_after_round_1, 1)
+    assert set(second.eval_rewards) == {0, 1}  # what the first creator evaluated is kept
+    reports = second.run(rounds=2)
+    assert [rep.policy_version for rep in reports] == [2] and second.round == 2
+    db = world.db()
+    rows = db.execute("SELECT payload, state FROM tasks WHERE kind = 'train'").fetchall()
+    db.close()
+    assert [state for _, state in rows] == ["done", "done"]  # one train task per round, none repeated
+    trained = [s["sample_id"] for blob, _ in rows for g in msgpack.unpackb(blob)["groups"] for s in g["samples"]]
+    assert len(trained) == len(set(trained))
+    assert set(second.eval_rewards) == {0, 1, 2}

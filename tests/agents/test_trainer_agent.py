@@ -72,3 +72,46 @@ def test_rounds_train_publish_and_use_the_round_start_reference(tmp_path, tiny_m
     finally:
         stop.set()
         r.close()
+
+
+def test_a_round_checkpointed_before_a_crash_is_published_not_trained_again(tmp_path, tiny_models, monkeypatch):
+    """The trainer dies after its checkpoint, before the hub has the policy: the retried task is not
+    trained twice; the restarted trainer resumes from the checkpoint and only publishes and reports."""
+    r = Running(tmp_path, lease_s=120, heartbeat_interval_s=0.2, liveness=50)
+    stop = threading.Event()
+    config = TrainConfig(algo="dpo", model=str(tiny_models.policy), data="-", out=str(tmp_path / "trainer"),
+                         batch_size=2, lr=1e-2, lora={"r": 4, "alpha": 8}, max_length=64, max_prompt_length=32)
+    try:
+        creator = r.link("creator-0", "creator")
+        first = TrainerAgent(r.link("trainer-0", "trainer", ["train"]), config, r.hub.endpoints["data"])
+
+        def crash(assign, report):
+            stop.set()  # the agent stops taking work, as a dead one would
+            raise RuntimeError("killed after the checkpoint")
+
+        monkeypatch.setattr(first, "_publish_and_report", crash)
+        thread = threading.Thread(target=first.run, args=(stop,), daemon=True)
+        thread.start()
+        [task] = creator.submit([TrainTask(groups=groups(4), round=1)])
+        thread.join(60)
+        assert r.hub.policy_version == 0  # trained and checkpointed, never published
+        steps_before = len((tmp_path / "trainer" / "metrics.jsonl").read_text().splitlines())
+        assert steps_before >= 2  # it trained (4 pairs, batches of at most 2)
+
+        stop.clear()
+        second = TrainerAgent(r.link("trainer-0", "trainer", ["train"]), config, r.hub.endpoints["data"])
+        assert second.trained["task_id"] == task and second.version == 1  # resumed, knows what it trained
+        threading.Thread(target=second.run, args=(stop,), daemon=True).start()
+        record = wait_done(r, task)
+        assert record["attempt"] == 2 and record["result"].policy_version == 1
+        assert r.hub.policy_version == 1
+        assert len((tmp_path / "trainer" / "metrics.jsonl").read_text().splitlines()) == steps_before  # no retraining
+        published = get_peft_model_state_dict(second.recipe.model)
+        fetcher = r.client("solver-0", "data")
+        r.client("solver-0").ready("solver")
+        fetcher.send(PolicyFetch(version=1))
+        fetched = fetcher.recv()
+        assert all(torch.equal(fetched.tensors[k], published[k]) for k in published)  # the checkpointed weights
+    finally:
+        stop.set()
+        r.close()
