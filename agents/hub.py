@@ -99,6 +99,7 @@ class Hub:
         self.agents: dict[bytes, AgentState] = {}  # by control-socket routing id
         self.rejected: Counter[str] = Counter()  # refusals by error code, shown by status
         self.done: Counter[str] = Counter()  # accepted results by task kind
+        self.ignored: Counter[str] = Counter()  # results not taken, by outcome (duplicate, stale)
         self.started = time.time()
         self._last_heartbeat = 0.0
         self._newest: tuple[PolicyUpdate, dict] | None = None  # every solver fetches it: serve from memory
@@ -243,6 +244,9 @@ class Hub:
         msg.agent.in_flight.discard((m.task_id, m.attempt))
         if outcome == "accepted":
             self.done[m.result.kind] += 1
+        else:  # a repeat, or an attempt the hub took back: acknowledged so the sender drops it, never recorded
+            self.ignored[outcome] += 1
+            log.info("result not taken", task_id=m.task_id, attempt=m.attempt, outcome=outcome, agent=msg.agent.name)
         msg.reply(self, Ack(task_id=m.task_id, attempt=m.attempt, status="stale" if outcome == "unknown" else outcome))
 
     def on_task_failed(self, msg: Incoming) -> None:
@@ -345,6 +349,7 @@ class Hub:
         uptime = max(now - self.started, 1e-9)
         metrics = {f"rejected.{code}": float(n) for code, n in self.rejected.items()}
         metrics |= {f"done.{kind}": float(n) for kind, n in self.done.items()}
+        metrics |= {f"ignored.{outcome}": float(n) for outcome, n in self.ignored.items()}
         metrics["results_per_s"] = sum(self.done.values()) / uptime
         for version, (mean, count) in self.ledger.reward_by_version().items():
             metrics[f"reward_mean.v{version}"] = mean

@@ -1,0 +1,88 @@
+"""kill -9 and SIGSTOP injected into a real `selfplay up` run: it completes and nothing is lost."""
+
+import signal
+import time
+
+import pytest
+
+from tests.reliability.run import Up, check_nothing_lost, write_topology
+
+pytestmark = pytest.mark.slow
+
+
+def test_kill_9_of_each_agent_mid_task_loses_nothing(tmp_path, tiny_models):
+    with Up(write_topology(tmp_path, tiny_models, rounds=4)) as up:
+        killed = {}
+        for name, kind in [("solver-0", "generate"), ("judge-0", "judge")]:
+            up.wait_for(lambda n=name, k=kind: up.leased_to(n, k), what=f"{name} holding a {kind} task")
+            killed[name] = up.kill(name)
+            up.wait_restarted(name, killed[name])
+        # the trainer, mid-way through a round that is not its first (so it has a checkpoint to resume)
+        up.wait_for(lambda: up.query("SELECT 1 FROM policies") and up.leased_to("trainer-0", "train"),
+                    what="trainer training its second round")
+        killed["trainer-0"] = up.kill("trainer-0")
+        up.wait_restarted("trainer-0", killed["trainer-0"])
+        # the creator, in the middle of a later round (generation in flight)
+        up.wait_for(lambda: len(up.query("SELECT 1 FROM policies")) >= 2 and up.leased_to("solver-0", "generate"),
+                    what="creator in round 3")
+        killed["creator-0"] = up.kill("creator-0")
+        summary = up.finish()
+    assert summary["rounds"] == 4 and summary["policy_version"] == 4
+    assert [r[0] for r in up.query("SELECT version FROM policies ORDER BY version")] == [1, 2, 3, 4]
+    check_nothing_lost(up)
+    resumed = up.events("trainer-0", "resumed")
+    assert resumed and resumed[-1]["step"] > 0  # the restarted trainer went on from its checkpoint
+    assert up.events("creator-0", "resumed")  # and the creator from its journal
+    hub_gone = {e["name"] for e in up.events("hub-0", "agent gone")}
+    assert {"solver-0", "judge-0", "trainer-0"} <= hub_gone  # each kill was noticed and its leases requeued
+    requeued = up.query("SELECT COUNT(*) FROM tasks WHERE attempt > 1")[0][0]
+    assert requeued >= 3  # the killed agents' tasks were each done by a second attempt
+
+
+def test_kill_9_of_the_hub_loses_no_acknowledged_record(tmp_path, tiny_models):
+    with Up(write_topology(tmp_path, tiny_models, rounds=3)) as up:
+
+        def mixed():  # tasks queued, leased and done at once, the solver mid-task
+            states = {s for (s,) in up.query("SELECT state FROM tasks")}
+            return {"queued", "leased", "done"} <= states and up.leased_to("solver-0", "generate")
+
+        up.wait_for(lambda: up.query("SELECT 1 FROM policies") and mixed(), what="a mixed ledger in round 2")
+        hub_pid = up.kill("hub")
+        done_before = dict(up.query("SELECT task_id, result FROM tasks WHERE state = 'done'"))
+        policies_before = up.query("SELECT version, path FROM policies")
+        up.wait_restarted("hub", hub_pid)
+        summary = up.finish()
+    assert summary["rounds"] == 3 and summary["policy_version"] == 3
+    done_after = dict(up.query("SELECT task_id, result FROM tasks WHERE state = 'done'"))
+    assert done_before and all(done_after.get(t) == result for t, result in done_before.items())  # nothing lost
+    assert set(policies_before) <= set(up.query("SELECT version, path FROM policies"))
+    check_nothing_lost(up)
+    starts = up.events("hub-0", "hub started")
+    assert len(starts) == 2 and starts[1]["requeued"] >= 1  # the second hub put the leased tasks back
+    names = [e["name"] for e in up.events("hub-0", "agent ready")]
+    assert all(names.count(n) >= 2 for n in ("solver-0", "judge-0", "trainer-0", "creator-0"))  # all reconnected
+    assert up.events("solver-0", "replaying outbox")  # the answer made while the hub was down was resent
+
+
+def test_a_solver_stopped_past_its_lease_loses_the_task_and_its_late_result_is_ignored(tmp_path, tiny_models):
+    topology = write_topology(tmp_path, tiny_models, rounds=3, solvers=2, lease_s=2, liveness=40)
+    with Up(topology) as up:
+        up.wait_for(lambda: len(up.children()) == 6, what="every process")
+        while True:
+            [task] = up.wait_for(lambda: up.leased_to("solver-0", "generate"), what="solver-0 holding a task")
+            up.kill("solver-0", signal.SIGSTOP)
+            if up.leased_to("solver-0", "generate") == [task]:
+                break  # stopped mid-task
+            up.kill("solver-0", signal.SIGCONT)  # it had just finished: try the next one
+        stopped = time.monotonic()
+        up.wait_for(lambda: up.query("SELECT 1 FROM tasks WHERE task_id = ? AND state = 'done'", task),
+                    what="the task done by the other solver")
+        assert time.monotonic() - stopped < 15  # re-dispatched on lease expiry, long before the hub's 20 s liveness
+        up.kill("solver-0", signal.SIGCONT)
+        late = up.wait_for(lambda: [e for e in up.events("hub-0", "result not taken") if e["task_id"] == task],
+                           what="solver-0's late result")
+        summary = up.finish()
+    assert late[0]["attempt"] == 1 and late[0]["outcome"] == "stale" and late[0]["agent"] == "solver-0"
+    assert up.query("SELECT attempt, agent FROM tasks WHERE task_id = ?", task) == [(2, "solver-1")]
+    check_nothing_lost(up)  # the samples recorded for it are attempt 2's
+    assert summary["rounds"] == 3
