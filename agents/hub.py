@@ -100,6 +100,8 @@ class Hub:
         self.rejected: Counter[str] = Counter()  # refusals by error code, shown by status
         self.done: Counter[str] = Counter()  # accepted results by task kind
         self.ignored: Counter[str] = Counter()  # results not taken, by outcome (duplicate, stale)
+        self.send_failed = 0  # messages a peer could not take (gone, or its queue full)
+        self.received = 0  # messages handled, refused ones included
         self.started = time.time()
         self._last_heartbeat = 0.0
         self._newest: tuple[PolicyUpdate, dict] | None = None  # every solver fetches it: serve from memory
@@ -155,6 +157,7 @@ class Hub:
             self.housekeeping(time.time())
 
     def handle(self, sock: zmq.Socket, frames: list) -> None:
+        self.received += 1
         identity, body = frames[0].bytes, frames[1:]
         channel = "control" if sock is self.control else "data"
         try:
@@ -194,12 +197,17 @@ class Hub:
         self._send(sock, identity, Error(code=code, detail=detail), reply_to=reply_to)
 
     def _send(self, sock: zmq.Socket, identity: bytes, message, reply_to: str | None = None, tensors=None) -> bool:
+        """Never blocks: a peer that is gone or whose queue is full (a slow consumer) makes the send fail,
+        counted in status as send_failed; an Assign that fails goes back to the queue (see dispatch)."""
         try:
             sock.send_multipart([identity, *encode(message, sender="hub", reply_to=reply_to, tensors=tensors)],
-                                copy=tensors is None)
+                                zmq.NOBLOCK, copy=tensors is None)
             return True
-        except zmq.ZMQError as e:  # ROUTER_MANDATORY: the peer is gone or its queue is full
-            log.warning("send failed", peer=identity[:64], error=str(e), kind=message.kind)
+        except zmq.ZMQError as e:  # ROUTER_MANDATORY: EHOSTUNREACH (gone) or EAGAIN (its queue is full)
+            self.send_failed += 1
+            if self.send_failed <= 10 or self.send_failed % 1000 == 0:  # a flood must not flood the log
+                log.warning("send failed", peer=identity[:64], error=str(e), kind=message.kind,
+                            failures=self.send_failed)
             return False
 
     # ------------------------------------------------------------------ handlers
@@ -351,6 +359,7 @@ class Hub:
         metrics |= {f"done.{kind}": float(n) for kind, n in self.done.items()}
         metrics |= {f"ignored.{outcome}": float(n) for outcome, n in self.ignored.items()}
         metrics["results_per_s"] = sum(self.done.values()) / uptime
+        metrics["send_failed"], metrics["received"] = float(self.send_failed), float(self.received)
         for version, (mean, count) in self.ledger.reward_by_version().items():
             metrics[f"reward_mean.v{version}"] = mean
             metrics[f"reward_count.v{version}"] = float(count)

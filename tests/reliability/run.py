@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.launch.test_cli import SELFPLAY
@@ -147,3 +150,27 @@ def check_nothing_lost(up: Up) -> None:
     assert len(trained) == len(set(trained))
     rounds = [e["task_id"] for e in up.events("trainer-0", "round trained")]
     assert len(rounds) == len(set(rounds))  # across restarts, no train task trained twice
+
+
+@contextlib.contextmanager
+def hub_process(tmp_path: Path, **hub) -> Iterator[tuple[subprocess.Popen, str]]:
+    """A hub alone in its own process (`python -m launch.worker hub`), and its control endpoint."""
+    run = tmp_path / "hub-run"
+    run.mkdir()
+    (tmp_path / "seeds.jsonl").write_text('{"prompt": "What is 1 + 1?"}\n')
+    settings = "\n".join(f"{k} = {json.dumps(v)}" for k, v in hub.items())
+    topology = tmp_path / "hub.toml"
+    topology.write_text(f'[run]\ndir = "{run}"\nlog_level = "info"\n[hub]\n{settings}\n[creator]\n'
+                        f'prompts = "{tmp_path / "seeds.jsonl"}"\n[solver]\nmodel = "unused"\n'
+                        f'[trainer]\nalgo = "dpo"\nmodel = "unused"\n')
+    proc = subprocess.Popen([sys.executable, "-m", "launch.worker", "hub", str(topology)],
+                            cwd=Path(__file__).resolve().parents[2], stderr=open(run / "hub.err", "w"))  # noqa: SIM115
+    try:
+        deadline = time.monotonic() + 60
+        while not (run / "hub.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, (run / "hub.err").read_text()[-2000:]
+            time.sleep(0.1)
+        yield proc, json.loads((run / "hub.json").read_text())["control"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
