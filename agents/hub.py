@@ -73,6 +73,7 @@ class AgentState:
     last_seen: float
     policy_version: int | None = None
     in_flight: set[tuple[str, int]] = field(default_factory=set)  # (task_id, attempt)
+    bound: str | None = None  # "name:role" of its CURVE key (None over ipc)
 
 
 @dataclass
@@ -102,6 +103,8 @@ class Hub:
         self.ignored: Counter[str] = Counter()  # results not taken, by outcome (duplicate, stale)
         self.send_failed = 0  # messages a peer could not take (gone, or its queue full)
         self.received = 0  # messages handled, refused ones included
+        self._allowed: set[str] | None = None  # "name:role" of the allow-listed keys, re-read in housekeeping
+        self._last_allow_check = 0.0
         self.started = time.time()
         self._last_heartbeat = 0.0
         self._newest: tuple[PolicyUpdate, dict] | None = None  # every solver fetches it: serve from memory
@@ -175,6 +178,9 @@ class Hub:
         role = agent.role if agent is not None else env.message.role if kind == "ready" else "observer"
         bound = peer_user_id(body[0])
         if bound is not None:
+            if self._allowed is not None and bound not in self._allowed:  # revoked since it connected
+                return self._refuse(sock, identity, "forbidden", f"the key of {bound} was revoked",
+                                    env.header.msg_id)
             role = bound.partition(":")[2]
         if role not in ALLOWED_SENDERS[kind]:
             return self._refuse(sock, identity, "forbidden", f"a {role} may not send {kind}", env.header.msg_id)
@@ -218,7 +224,8 @@ class Hub:
                                 f"key is bound to {msg.bound}, not {m.name}:{m.role}", msg.env.header.msg_id)
         if msg.agent is not None:  # a restarted agent: its old leases go back to the queue
             self.ledger.release_agent(msg.agent.name, now)
-        state = AgentState(m.name, m.role, msg.identity, m.capacity, list(m.task_kinds), now, m.policy_version)
+        state = AgentState(m.name, m.role, msg.identity, m.capacity, list(m.task_kinds), now, m.policy_version,
+                           bound=msg.bound)
         for ref in m.holding:  # results waiting in its outbox: give those leases back before any dispatch
             if self.ledger.reclaim(ref.task_id, ref.attempt, m.name, self.config.lease_s, now):
                 state.in_flight.add((ref.task_id, ref.attempt))
@@ -318,6 +325,11 @@ class Hub:
 
     # ------------------------------------------------------------------ housekeeping
     def housekeeping(self, now: float) -> None:
+        if self.auth is not None and now - self._last_allow_check >= self.config.heartbeat_interval_s:
+            self._last_allow_check = now  # a revoked key loses its live connection too, not only new ones
+            self._allowed = {k.user_id for k in self.auth.allow_list.agents()}
+            for identity in [i for i, a in self.agents.items() if a.bound and a.bound not in self._allowed]:
+                self._bury(identity, now, "key revoked")
         for task_id, state in self.ledger.expire(now):
             # The holder keeps the credit: it is presumably still busy on the task (stuck, not dead),
             # so it gets no new work until it answers (its late result is acked stale) or is buried.
