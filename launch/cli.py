@@ -11,13 +11,21 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from launch.logs import configure_logging
 from protocol.constants import PROTOCOL_VERSION
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors in one line that names the problem and where to read more (sub-commands inherit it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="selfplay",
         description="Online self-improvement of language models: creator, solver, judge and trainer "
                     "processes exchanging typed messages over ZeroMQ.",
