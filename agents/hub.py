@@ -103,6 +103,7 @@ class Hub:
         self.ignored: Counter[str] = Counter()  # results not taken, by outcome (duplicate, stale)
         self.send_failed = 0  # messages a peer could not take (gone, or its queue full)
         self.received = 0  # messages handled, refused ones included
+        self._last_send_error: int | None = None  # errno of the last failed send
         self._allowed: set[str] | None = None  # "name:role" of the allow-listed keys, re-read in housekeeping
         self._last_allow_check = 0.0
         self.started = time.time()
@@ -211,6 +212,7 @@ class Hub:
             return True
         except zmq.ZMQError as e:  # ROUTER_MANDATORY: EHOSTUNREACH (gone) or EAGAIN (its queue is full)
             self.send_failed += 1
+            self._last_send_error = e.errno
             if self.send_failed <= 10 or self.send_failed % 1000 == 0:  # a flood must not flood the log
                 log.warning("send failed", peer=identity[:64], error=str(e), kind=message.kind,
                             failures=self.send_failed)
@@ -350,17 +352,26 @@ class Hub:
             log.warning("agent gone", name=agent.name, why=why, requeued=len(released))
 
     def dispatch(self, now: float) -> None:
-        """Credit-based: an agent never holds more tasks than its capacity."""
+        """Credit-based: an agent never holds more tasks than its capacity. An assignment that cannot be sent
+        costs the task no attempt; an agent that is gone is buried at once, one that is full waits."""
         for agent in list(self.agents.values()):
             for kind in agent.task_kinds:
                 free = agent.capacity - len(agent.in_flight)
-                for lease in self.ledger.lease(kind, agent.name, free, self.config.lease_s, now):
+                leases = self.ledger.lease(kind, agent.name, free, self.config.lease_s, now)
+                for i, lease in enumerate(leases):
                     assign = Assign(task_id=lease.task_id, attempt=lease.attempt, lease_s=self.config.lease_s,
                                     deadline_unix_s=lease.deadline, task=lease.task)
                     if self._send(self.control, agent.identity, assign):
                         agent.in_flight.add((lease.task_id, lease.attempt))
-                    else:
-                        self.ledger.release_agent(agent.name, now)
+                        continue
+                    for unsent in leases[i:]:
+                        self.ledger.unlease(unsent.task_id, unsent.attempt, now)
+                    if self._last_send_error == zmq.EHOSTUNREACH:
+                        self._bury(agent.identity, now, "unreachable")
+                    break
+                else:
+                    continue
+                break  # nothing more for this agent now
 
     def status(self, now: float) -> StatusReply:
         agents = [AgentInfo(name=a.name, role=a.role, capacity=a.capacity, in_flight=len(a.in_flight),

@@ -145,6 +145,14 @@ class Ledger:
                 " AND state = 'leased'", (now + lease_s, now, task_id, attempt, agent)).rowcount
         return now + lease_s if changed else None
 
+    def unlease(self, task_id: str, attempt: int, now: float) -> None:
+        """A lease whose assignment never left the hub (the agent was gone or full): back to the queue,
+        and the attempt it would have used is given back."""
+        with self._tx():
+            self.db.execute("UPDATE tasks SET state = 'queued', attempt = attempt - 1, agent = NULL, deadline = NULL,"
+                            " updated = ? WHERE task_id = ? AND attempt = ? AND state = 'leased'",
+                            (now, task_id, attempt))
+
     def reclaim(self, task_id: str, attempt: int, agent: str, lease_s: float, now: float) -> bool:
         """Give a requeued lease back to the agent that holds its result (same attempt), if nobody
         else has leased it since. Used when an agent reconnects after a hub restart."""

@@ -275,3 +275,29 @@ def test_old_adapters_are_retired(tmp_path):
             assert reply.kind == expected and (expected == "error" or reply.version == version)
     finally:
         r.close()
+
+
+def test_an_agent_gone_without_a_word_costs_no_task_an_attempt(tmp_path):
+    """Its connection is gone before the hub noticed its silence: assignments to it cannot be sent, and
+    must neither burn the tasks' attempts (they would go DEAD) nor be lost."""
+    r = Running(tmp_path, lease_s=30, heartbeat_interval_s=0.2, liveness=50, max_attempts=3)
+    try:
+        ghost = r.client("ghost")
+        ghost.ready("solver")
+        ghost.close()  # a kill -9: no DISCONNECT
+        time.sleep(0.3)
+        ids = submit(_creator(r), n=4)
+        time.sleep(1.0)  # many housekeeping ticks while the hub still counts the ghost as alive
+        assert [(r.task(t)["state"], r.task(t)["attempt"]) for t in ids] == [("queued", 0)] * 4
+        solver = r.client("solver-0")
+        solver.ready("solver")
+        assign = solver.recv().message
+        assert assign.kind == "assign" and assign.attempt == 1
+    finally:
+        r.close()
+
+
+def _creator(r):
+    creator = r.client("creator-0")
+    creator.ready("creator", kinds=())
+    return creator
