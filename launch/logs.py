@@ -47,6 +47,17 @@ class _JsonLines:
         return event
 
 
+class _CurrentStderr:
+    """Whatever sys.stderr is when a line is written (not when logging was configured): a test's captured
+    stream, or a redirect made later, is never written to after it is closed."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(level: str = "info", json_path: str | os.PathLike | None = None, *,
                       max_bytes: int | None = None, backups: int = 3) -> None:
     """Console lines to stderr at `level`; with `json_path`, every event also as one JSON object per line
@@ -63,6 +74,6 @@ def configure_logging(level: str = "info", json_path: str | os.PathLike | None =
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_CurrentStderr()),
         cache_logger_on_first_use=False,
     )

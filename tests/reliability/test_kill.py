@@ -47,8 +47,10 @@ def test_kill_9_of_the_hub_loses_no_acknowledged_record(tmp_path, tiny_models):
             return {"queued", "leased", "done"} <= states and up.leased_to("solver-0", "generate")
 
         up.wait_for(lambda: up.query("SELECT 1 FROM policies") and mixed(), what="a mixed ledger in round 2")
-        hub_pid = up.kill("hub")
+        up.kill("hub", signal.SIGSTOP)  # frozen first, so that the solver's answer is surely made while it is
         done_before = dict(up.query("SELECT task_id, result FROM tasks WHERE state = 'done'"))
+        time.sleep(3)  # away, and waits unacknowledged in its outbox (a tiny model answers in well under 1 s)
+        hub_pid = up.kill("hub")
         policies_before = up.query("SELECT version, path FROM policies")
         up.wait_restarted("hub", hub_pid)
         summary = up.finish()
