@@ -216,6 +216,7 @@ class Creator:
             self.pool += evolved
         old, new = self.trainable(old), self.trainable(new)
         groups = mix(old, new, total=cfg.train_groups, old_fraction=cfg.old_fraction if new else 1.0, rng=self.rng)
+        # Not retried: were the reply lost after the hub queued it, a second copy would train the groups twice.
         [task_id] = self.link.submit([TrainTask(groups=groups, round=self.round)])
         log.info("round submitted", round=self.round, pool=len(self.pool), evolved=len(new), trained=len(groups),
                  answers_from=self.policy_version)
@@ -242,7 +243,7 @@ class Creator:
         version = self.policy_version
         size = cfg.prompts_per_task
         chunks = [prompts[i:i + size] for i in range(0, len(prompts), size)]
-        ids = self.link.submit([GenerateTask(prompts=c, sampling=sampling, min_policy_version=version) for c in chunks])
+        ids = self.submit([GenerateTask(prompts=c, sampling=sampling, min_policy_version=version) for c in chunks])
         samples = [s for result in self.wait(ids) for s in result.samples]
         by_prompt = {p.prompt_id: [s for s in samples if s.prompt_id == p.prompt_id] for p in prompts}
         groups = [JudgedGroup(prompt=p, samples=by_prompt[p.prompt_id], verdicts=[]) for p in prompts]
@@ -251,7 +252,7 @@ class Creator:
         if not judge:
             return groups
         want_judgment = cfg.algo == "cut"
-        judge_ids = self.link.submit([JudgeTask(groups=groups[i:i + size], want_judgment=want_judgment)
+        judge_ids = self.submit([JudgeTask(groups=groups[i:i + size], want_judgment=want_judgment)
                                       for i in range(0, len(groups), size)])
         verdicts = {v.sample_id: v for result in self.wait(judge_ids) for v in result.verdicts}
         return [g.model_copy(update={"verdicts": [verdicts[s.sample_id] for s in g.samples]}) for g in groups]
@@ -289,7 +290,7 @@ class Creator:
             return out
         metas = [Prompt(prompt_id=f"meta-{i}", text=meta_prompt(p.text, m)) for i, (p, m) in
                  enumerate(zip(parents, mutations, strict=True))]
-        ids = self.link.submit([GenerateTask(prompts=metas, purpose="evolve",
+        ids = self.submit([GenerateTask(prompts=metas, purpose="evolve",
                                              sampling=SamplingParams(n=1, temperature=0.7,
                                                                      max_new_tokens=self.config.max_new_tokens,
                                                                      seed=self.rng.randrange(2**31)))])
@@ -297,12 +298,29 @@ class Creator:
         texts = {s.prompt_id: parse_rewrite(s.text) for s in result.samples}
         return [child(p, m, i, texts.get(f"meta-{i}")) for i, (p, m) in enumerate(zip(parents, mutations, strict=True))]
 
-    # ------------------------------------------------------------------ waiting on the hub
+    # ------------------------------------------------------------------ talking to the hub
+    def submit(self, tasks: list) -> list[str]:
+        """Queue generate or judge tasks, retrying while the hub is away (a restart). If the hub queued them but
+        its reply was lost, the retry queues them again: the first copies are then done but never used."""
+        deadline = time.monotonic() + self.config.task_timeout_s
+        while True:
+            try:
+                return self.link.submit(tasks, timeout_s=10.0)
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise RoundFailed(f"round {self.round}: the hub took no tasks for "
+                                      f"{self.config.task_timeout_s:.0f} s") from None
+                log.warning("hub not answering; submitting again", round=self.round, tasks=len(tasks))
+
     def wait(self, task_ids: list[str]):
         """Results of `task_ids` in order, polling the hub; a DEAD task fails the round with its reason."""
         deadline = time.monotonic() + self.config.task_timeout_s
         while time.monotonic() < deadline:
-            infos = self.link.query(task_ids)
+            try:
+                infos = self.link.query(task_ids, timeout_s=10.0)
+            except TimeoutError:  # the hub is restarting: the link reconnects, the ledger kept everything
+                log.warning("hub not answering; still waiting", round=self.round, tasks=len(task_ids))
+                continue
             dead = [i for i in infos if i.state in ("dead", "unknown")]
             if dead:
                 raise RoundFailed(f"round {self.round}: task {dead[0].task_id} is {dead[0].state}: {dead[0].reason}")

@@ -9,49 +9,13 @@ import time
 import pytest
 
 from tests.launch.test_cli import SELFPLAY
+from tests.reliability.run import write_topology
 
 pytestmark = pytest.mark.slow
 
 
 def topology(tmp_path, tiny_models, rounds=1, solvers=1):
-    seeds = tmp_path / "seeds.jsonl"
-    seeds.write_text("".join(json.dumps({"prompt": f"What is {i} + {i + 4}?", "answer": str(2 * i + 4)}) + "\n"
-                             for i in range(6)))
-    path = tmp_path / "topology.toml"
-    path.write_text(f"""
-[run]
-dir = "{tmp_path / 'run'}"
-rounds = {rounds}
-log_level = "warning"
-[hub]
-heartbeat_interval_s = 0.5
-[creator]
-prompts = "{seeds}"
-mutator = "agents.worlds.arithmetic:mutate"
-[creator.settings]
-samples_per_prompt = 3
-max_new_tokens = 6
-prompts_per_task = 1
-sample_fraction = 0.5
-rewrites_per_prompt = 2
-train_groups = 8
-poll_s = 0.1
-[solver]
-count = {solvers}
-model = "{tiny_models.policy}"
-[judge]
-backend = "reward_model"
-model = "{tiny_models.reward}"
-[trainer]
-algo = "dpo"
-model = "{tiny_models.policy}"
-batch_size = 8
-lr = 0.001
-max_length = 64
-max_prompt_length = 32
-lora = {{ r = 4, alpha = 8 }}
-""")
-    return path
+    return write_topology(tmp_path, tiny_models, rounds=rounds, solvers=solvers)
 
 
 def _alive(pid):

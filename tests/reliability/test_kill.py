@@ -63,7 +63,12 @@ def test_kill_9_of_the_hub_loses_no_acknowledged_record(tmp_path, tiny_models):
     assert len(starts) == 2 and starts[1]["requeued"] >= 1  # the second hub put the leased tasks back
     names = [e["name"] for e in up.events("hub-0", "agent ready")]
     assert all(names.count(n) >= 2 for n in ("solver-0", "judge-0", "trainer-0", "creator-0"))  # all reconnected
-    assert up.events("solver-0", "replaying outbox")  # the answer made while the hub was down was resent
+    # The solver's answer either waited in its outbox and was replayed after the reconnect, or (when the solver
+    # was still busy, e.g. fetching a policy from the frozen hub) came after it, found its task re-leased,
+    # and was acknowledged as stale: no third way, and in both the task was done once.
+    late = [e for e in up.events("hub-0", "result not taken") if e["agent"] == "solver-0"]
+    assert up.events("solver-0", "replaying outbox") or late
+    assert not up.events("creator-0", "resumed")  # the creator waited for the hub; it did not crash
 
 
 def test_a_solver_stopped_past_its_lease_loses_the_task_and_its_late_result_is_ignored(tmp_path, tiny_models):
