@@ -90,7 +90,9 @@ class Supervisor:
 
     def _write_state(self) -> None:
         state = {"pid": os.getpid(), "children": {c.name: c.proc.pid for c in self.children if c.proc}}
-        (self.run_dir / "supervisor.json").write_text(json.dumps(state))
+        tmp = self.run_dir / "supervisor.json.tmp"
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.run_dir / "supervisor.json")  # readers (status, stop) never see half a file
 
     def shutdown(self, grace_s: float = 10.0) -> None:
         """SIGTERM every child (agents first, the hub last so they can say goodbye), then SIGKILL."""

@@ -119,7 +119,7 @@ class Up:
                                          agent, kind)]
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> int:
-        pid = self.children()[name]
+        pid = self.wait_for(lambda: self.children().get(name), timeout_s=30, what=f"{name} running")
         os.kill(pid, sig)
         return pid
 
