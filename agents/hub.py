@@ -352,26 +352,27 @@ class Hub:
             log.warning("agent gone", name=agent.name, why=why, requeued=len(released))
 
     def dispatch(self, now: float) -> None:
-        """Credit-based: an agent never holds more tasks than its capacity. An assignment that cannot be sent
-        costs the task no attempt; an agent that is gone is buried at once, one that is full waits."""
+        """Credit-based: an agent never holds more tasks than its capacity."""
         for agent in list(self.agents.values()):
             for kind in agent.task_kinds:
                 free = agent.capacity - len(agent.in_flight)
-                leases = self.ledger.lease(kind, agent.name, free, self.config.lease_s, now)
-                for i, lease in enumerate(leases):
-                    assign = Assign(task_id=lease.task_id, attempt=lease.attempt, lease_s=self.config.lease_s,
-                                    deadline_unix_s=lease.deadline, task=lease.task)
-                    if self._send(self.control, agent.identity, assign):
-                        agent.in_flight.add((lease.task_id, lease.attempt))
-                        continue
-                    for unsent in leases[i:]:
-                        self.ledger.unlease(unsent.task_id, unsent.attempt, now)
-                    if self._last_send_error == zmq.EHOSTUNREACH:
-                        self._bury(agent.identity, now, "unreachable")
-                    break
-                else:
-                    continue
-                break  # nothing more for this agent now
+                if not self._assign(agent, self.ledger.lease(kind, agent.name, free, self.config.lease_s, now), now):
+                    break  # gone or full: nothing more for it now
+
+    def _assign(self, agent: AgentState, leases: list, now: float) -> bool:
+        """Send the leases' assignments. At the first that cannot be sent, it and the rest go back to the queue
+        without spending an attempt, and an agent that is gone is buried at once. False if any was not sent."""
+        for i, lease in enumerate(leases):
+            assign = Assign(task_id=lease.task_id, attempt=lease.attempt, lease_s=self.config.lease_s,
+                            deadline_unix_s=lease.deadline, task=lease.task)
+            if not self._send(self.control, agent.identity, assign):
+                for unsent in leases[i:]:
+                    self.ledger.unlease(unsent.task_id, unsent.attempt, now)
+                if self._last_send_error == zmq.EHOSTUNREACH:
+                    self._bury(agent.identity, now, "unreachable")
+                return False
+            agent.in_flight.add((lease.task_id, lease.attempt))
+        return True
 
     def status(self, now: float) -> StatusReply:
         agents = [AgentInfo(name=a.name, role=a.role, capacity=a.capacity, in_flight=len(a.in_flight),
