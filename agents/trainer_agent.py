@@ -69,7 +69,7 @@ class TrainerAgent:
             return self.link.complete(assign, report)
         if self.trained.get("task_id") == assign.task_id:  # trained and checkpointed before a crash: publish only
             log.info("round already trained; publishing it", task_id=assign.task_id, version=self.trained["version"])
-            return self._publish_and_report(assign, self.trained["report"])
+            return self._publish_and_report(assign, TrainingReport.model_validate(self.trained["report"]))
         started, first_step = time.perf_counter(), len(self.recipe.step_seconds)
         metrics = self.recipe.train_round(rows)
         tokens_per_s = metrics.pop("tokens_per_s", 0.0)
@@ -81,17 +81,17 @@ class TrainerAgent:
         steps = self.recipe.step_seconds[first_step:] or [0.0]
         log.info("round trained", task_id=assign.task_id, version=self.version, examples=len(rows),
                  loss=metrics.get("loss"), step_s=round(statistics.median(steps), 4))
-        self._publish_and_report(assign, self.trained["report"])
+        self._publish_and_report(assign, report)
 
-    def _publish_and_report(self, assign: Assign, report: dict) -> None:
+    def _publish_and_report(self, assign: Assign, report: TrainingReport) -> None:
         started = time.perf_counter()
-        published = self.publish(report["policy_version"])
+        published = self.publish(report.policy_version)
         self.publish_seconds.append(time.perf_counter() - started)
         if not published:
             return self.link.fail(assign, "the hub did not take the new policy", retryable=True)
-        log.info("policy published", task_id=assign.task_id, version=report["policy_version"],
+        log.info("policy published", task_id=assign.task_id, version=report.policy_version,
                  publish_s=round(self.publish_seconds[-1], 4))
-        self.link.complete(assign, TrainingReport.model_validate(report))
+        self.link.complete(assign, report)
 
     def publish(self, version: int) -> bool:
         """Send the adapter as `version`; True once the hub acknowledged (it saved it first)."""
