@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import queue
 import re
 import sqlite3
 import statistics
@@ -38,7 +37,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -50,41 +48,6 @@ def add_operand(prompt, mutation, rng):
     extra = rng.randint(1, 9)
     return Prompt(prompt_id="tmp", text="What is " + " + ".join(map(str, [*numbers, extra])) + "?",
                   answer=str(sum(numbers) + extra))
-
-
-class LocalLink:
-    """AgentLink's interface in one process: a submitted task runs at once on the local workers."""
-
-    def __init__(self) -> None:
-        self.hub_policy_version = 0
-        self.announcements: queue.Queue = queue.Queue()
-        self.config = SimpleNamespace(name="local")
-        self.workers: dict[str, object] = {}
-        self.results: dict[str, object] = {}
-
-    def submit(self, tasks: list) -> list[str]:
-        from protocol.messages import TASK_KIND_OF, Assign
-
-        ids = []
-        for task in tasks:
-            task_id = os.urandom(6).hex()
-            ids.append(task_id)
-            self.workers[TASK_KIND_OF[task.kind]](Assign(task_id=task_id, attempt=1, lease_s=1, deadline_unix_s=0,
-                                                         task=task))
-        return ids
-
-    def complete(self, assign, result) -> None:
-        from protocol.messages import TaskInfo
-
-        self.results[assign.task_id] = TaskInfo(task_id=assign.task_id, state="done", attempt=1, result=result)
-
-    def fail(self, assign, reason: str, retryable: bool = True) -> None:
-        from protocol.messages import TaskInfo
-
-        self.results[assign.task_id] = TaskInfo(task_id=assign.task_id, state="dead", attempt=1, reason=reason)
-
-    def query(self, task_ids: list[str]) -> list:
-        return [self.results[t] for t in task_ids]
 
 
 def make_workers(link, models, out: Path, train_batch: int):
@@ -128,6 +91,7 @@ def run_local(models, tmp: Path, args) -> dict:
     from peft import get_peft_model_state_dict
 
     from agents.creator import Creator
+    from agents.local import LocalLink
 
     link = LocalLink()
     solver, judge, trainer = make_workers(link, models, tmp / "local", args.train_batch)
