@@ -58,7 +58,7 @@ from protocol.messages import (
     TrainingReport,
     TrainTask,
 )
-from trainer.groups import DEMONSTRATION_ALGOS
+from trainer.groups import DEMONSTRATION_ALGOS, PAIR_ALGOS
 
 log = structlog.get_logger("agents.creator")
 
@@ -225,11 +225,15 @@ class Creator:
         return self.round, task_id
 
     def trainable(self, groups: list[JudgedGroup]) -> list[JudgedGroup]:
-        """The groups worth training on: all, or those whose best answer reaches `min_train_score`."""
-        floor = self.config.min_train_score
-        if floor is None or self.config.algo in DEMONSTRATION_ALGOS:
+        """The groups worth training on: for pair methods those with a preference (scores not all equal: a
+        tie gives the trainer no pair, and would only take a slot of the mix); and, with `min_train_score`,
+        those whose best answer reaches it."""
+        algo, floor = self.config.algo, self.config.min_train_score
+        if algo in DEMONSTRATION_ALGOS:
             return groups
-        return [g for g in groups if g.verdicts and max(v.score for v in g.verdicts) >= floor]
+        scores = [[v.score for v in g.verdicts] for g in groups]
+        return [g for g, s in zip(groups, scores, strict=True)
+                if (algo not in PAIR_ALGOS or (s and max(s) > min(s))) and (floor is None or (s and max(s) >= floor))]
 
     # ------------------------------------------------------------------ solve = generate (+ judge)
     def solve(self, prompts: list[Prompt], n: int | None = None, temperature: float | None = None,
