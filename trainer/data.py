@@ -243,6 +243,20 @@ def contrastive_frame(question: str, negative: str, config: TrainConfig) -> tupl
     return before + negative + tail.format(**fill), len(before), len(before) + len(negative)
 
 
+def contrastive_prompt(question: str, config: TrainConfig, negative: str | None = None) -> str:
+    """The inference prompt of contrastive SFT: the training frame up to the positive answer, either without
+    the negative answer's line (default) or with `negative` (e.g. the model's own first answer) in it."""
+    if negative is not None:
+        return contrastive_frame(question, negative, config)[0]
+    template = config.contrastive.template
+    head, _, tail = template.partition("{negative}")
+    line_start = head.rfind("\n") + 1  # drop the whole line that holds the negative answer
+    newline = tail.find("\n")
+    rest = tail[newline + 1:] if newline >= 0 else ""
+    fill = {"instruction": config.contrastive.instruction, "question": question}
+    return (head[:line_start] + rest).format(**fill)
+
+
 def contrastive_sequence(row: dict[str, Any], config: TrainConfig, renderer: Renderer) -> Sequence:
     """ALGORITHMS §5: instruction, question, negative answer, then the positive answer as the only target."""
     question = renderer.prompt_text(row["prompt"])

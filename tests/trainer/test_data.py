@@ -7,7 +7,16 @@ import torch
 
 from tests.trainer.datasets import rows
 from trainer.config import ConfigError, TrainConfig, load_config
-from trainer.data import DataError, Renderer, build_examples, check_rows, collate, plan_batches, read_rows
+from trainer.data import (
+    DataError,
+    Renderer,
+    build_examples,
+    check_rows,
+    collate,
+    contrastive_prompt,
+    plan_batches,
+    read_rows,
+)
 from trainer.tiny import build_tokenizer
 
 
@@ -81,6 +90,18 @@ def test_contrastive_frame_scores_only_the_positive_answer(tok):
     seq = example.sequences["policy"]
     # the negative answer is scored too (its token carries the space before it: byte-level BPE)
     assert tok.decode(scored(seq)) == " 65</s>"
+
+
+def test_contrastive_inference_prompt_is_the_training_frame_up_to_the_positive_answer(tok):
+    cfg = config("contrastive-sft")
+    row = {"prompt": "What is 2 + 3?", "chosen": "5", "rejected": "6"}
+    (example,) = build_examples([row], cfg, Renderer(tok, 128, 100))
+    seq = example.sequences["policy"]
+    head = tok.decode([t for t, s in zip(seq.input_ids, seq.score_mask, strict=True) if not s])
+    assert head.endswith(contrastive_prompt("What is 2 + 3?", cfg, negative="6"))  # with a negative: the same frame
+    bare = contrastive_prompt("What is 2 + 3?", cfg)  # without one: that line is gone, the rest unchanged
+    assert bare == head[head.index("Instruction"):].replace("Negative answer: 6\n", "")
+    assert "Negative" not in bare and bare.endswith("Question: What is 2 + 3?\nPositive answer: ")
 
 
 def test_cut_views_share_response_tokens_and_align_p_is_downsampled(tok):
