@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -98,13 +99,18 @@ def write_data(plan: Plan, directory: Path) -> dict[str, Path]:
 
 
 # ---------------------------------------------------------------------- 2. the model
-def prepare_model(plan: Plan, directory: Path, sft_data: Path, say: Say = _log_line) -> Path:
-    """The SFT'd starting policy in `directory`; reused when it was built with the same settings."""
+def prepare_model(plan: Plan, directory: Path, sft_data: Path, say: Say = _log_line,
+                  words: tuple[str, ...] = (), vocab_size: int = 384) -> Path:
+    """The SFT'd starting policy in `directory`; reused when it was built with the same settings.
+    `words`: more texts for the tokenizer only (the methods table adds judgments and prompt frames, so
+    that they tokenize into words rather than bytes), with a `vocab_size` to hold them."""
     from trainer.config import TrainConfig
     from trainer.recipe import run
     from trainer.tiny import build_causal_lm, build_tokenizer
 
     recipe = {k: v for k, v in asdict(plan).items() if k in {"hidden", "layers", "seed"} or k.startswith("sft_")}
+    if words:
+        recipe |= {"words": hashlib.sha256("\n".join(words).encode()).hexdigest()[:16], "vocab_size": vocab_size}
     marker = directory / "demo-model.json"
     if marker.exists() and json.loads(marker.read_text()) == json.loads(json.dumps(recipe)):
         say(f"[model] reusing the SFT model in {directory}")
@@ -114,7 +120,7 @@ def prepare_model(plan: Plan, directory: Path, sft_data: Path, say: Say = _log_l
     shutil.rmtree(directory, ignore_errors=True)
     rng = random.Random(plan.seed)
     corpus = [f"{p.text} {p.solution()}" for p in world.problems(2000, (1, 2, 3, 4, 5), rng, distinct=False)]
-    tokenizer = build_tokenizer(corpus, individual_digits=True)
+    tokenizer = build_tokenizer(corpus + list(words), vocab_size=vocab_size, individual_digits=True)
     init = directory.parent / "model-init"
     model = build_causal_lm(tokenizer, seed=plan.seed, hidden_size=plan.hidden, num_layers=plan.layers,
                             intermediate_size=3 * plan.hidden, max_positions=256)
