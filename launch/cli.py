@@ -89,7 +89,27 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the raw status as JSON")
     status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the hub (default 5)")
     _add_demo_and_report(commands)
+    _add_bench(commands)
     return parser
+
+
+def _add_bench(commands: argparse._SubParsersAction) -> None:
+    from launch.methods import add_arguments
+
+    bench = commands.add_parser("bench", help="benchmarks that ship with the package (the methods table)",
+                                description="Benchmarks that run from the installed package. The others (bus, loop, "
+                                            "trainer, soak) are scripts in bench/ of a source checkout.")
+    which = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
+    methods = which.add_parser(
+        "methods", help="every training method on the arithmetic world, side by side (a Markdown table and plots)",
+        description="Runs every method selfplay implements on the demo's arithmetic world from the same SFT start "
+                    "with the same number of training examples, for a fixed seed list, and writes OUT/methods.md "
+                    "(held-out accuracy by difficulty with standard errors, wall time, examples seen), "
+                    "OUT/accuracy.png, OUT/rounds.png, OUT/rewards.png and OUT/results.json. Groups: demonstrations "
+                    "with noisy answers (SFT, SPIN, GSIL x5), preference pairs (SFT on chosen, DPO, DPO+NLL, IPO, "
+                    "SimPO, contrastive SFT), judgments online (CUT, SFT on good answers, hindsight), prompt "
+                    "evolution (eva vs static, with DPO). The last line printed is one JSON object.")
+    add_arguments(methods)
 
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
@@ -145,6 +165,24 @@ def _add_demo_and_report(commands: argparse._SubParsersAction) -> None:
                     "throughput to RUN_DIR/summary.json (updating an existing one) and plots to RUN_DIR/report.png.")
     report.add_argument("run_dir", help="the run directory (topology [run] dir)")
     report.add_argument("--out", help="PNG path (default RUN_DIR/report.png)")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import json
+    import shlex
+    from pathlib import Path
+
+    from launch.methods import budget_from, run_table
+
+    budget, arms = budget_from(args)  # a bad --methods or --seeds is a ValueError: one line, exit 2
+    if args.log_level == "info":  # keep the console to the table's own progress lines
+        configure_logging("warning")
+    work = Path(args.work)
+    figures = run_table(budget, arms, work, Path(args.out) if args.out else work / "report", jobs=args.jobs,
+                        command="selfplay " + shlex.join(sys.argv[1:]),
+                        say=lambda line: print(line, file=sys.stderr, flush=True))
+    print(json.dumps(figures))
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -342,6 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "bench":
+            return _bench(args)
     except (ValueError, OSError, RuntimeError) as e:  # config, topology and key errors: one line naming the problem
         print(f"selfplay {args.command}: {e}", file=sys.stderr)
         return 2

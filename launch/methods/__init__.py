@@ -1,0 +1,228 @@
+"""The methods table: every method selfplay implements, on the arithmetic world, from the same SFT start,
+with the same number of training examples, measured on the same held-out prompts.
+
+    selfplay bench methods --quick                     # a smoke run (the test suite runs it)
+    selfplay bench methods --out docs/methods          # the full table (about 45 minutes on 2 cores)
+    python bench/methods.py --methods spin,gsil-logistic --seeds 0
+
+Steps: the data and the SFT start (cached in WORK); the SFT start's held-out accuracy; per seed, the
+offline preference pairs; then every (arm, seed) as a job in a pool of `--jobs` processes with one
+torch thread each. Each job's result is saved in WORK/results/<budget>/ as it finishes, so an
+interrupted run resumes where it stopped. At the end: OUT/methods.md (the table), OUT/accuracy.png,
+OUT/rounds.png, OUT/rewards.png and OUT/results.json; the last line printed is one JSON object.
+What each arm does: launch/methods/arms.py; the statistics: launch/methods/table.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing
+import os
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from launch.demo import Say
+
+DEFAULT_WORK = "runs/methods"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from launch.methods.arms import ARMS
+
+    parser.add_argument("--quick", action="store_true",
+                        help="a tiny model, one seed and one short round per arm: a smoke test, not a result")
+    parser.add_argument("--methods", default=None, metavar="A,B,...",
+                        help=f"arms to run (default: all): {', '.join(ARMS)}")
+    parser.add_argument("--seeds", default=None, metavar="0,1,2", help="training seeds (default 0,1,2; --quick: 0)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds (iterations) per arm (default 4)")
+    parser.add_argument("--examples-per-round", type=int, default=None, metavar="K",
+                        help="training examples per round, the same for every arm (default 512)")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="arms run at once, each in its own process with one torch thread (default: 2, or 1 "
+                             "on a one-core machine)")
+    parser.add_argument("--work", default=DEFAULT_WORK,
+                        help=f"data, the cached SFT start and each arm's result (default {DEFAULT_WORK}; a second "
+                             "run with the same budget reuses finished arms)")
+    parser.add_argument("--out", default=None, help="where the table, plots and results.json go (default WORK/report)")
+
+
+def budget_from(args: argparse.Namespace) -> Any:
+    from launch.methods.arms import ARMS
+    from launch.methods.world import QUICK, Budget
+
+    budget = QUICK if args.quick else Budget()
+    changes: dict[str, Any] = {}
+    if args.seeds:
+        try:
+            changes["seeds"] = tuple(dict.fromkeys(int(s) for s in args.seeds.split(",")))
+        except ValueError:
+            raise ValueError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
+    if args.rounds is not None:
+        changes["rounds"] = args.rounds
+    if args.examples_per_round is not None:
+        changes["examples_per_round"] = args.examples_per_round
+    for key, value in changes.items():
+        if key != "seeds" and value < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {value}")
+    arms = args.methods.split(",") if args.methods else list(ARMS)
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise ValueError(f"unknown method {unknown[0]!r}; one of {', '.join(ARMS)}")
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+    return replace(budget, **changes), arms
+
+
+def run_table(budget: Any, arms: list[str], work: Path, out: Path, *, jobs: int = 1, command: str = "",
+              say: Say = print) -> dict[str, Any]:
+    """Every arm for every seed (resuming finished ones), then the table and plots; returns the figures."""
+    import torch
+
+    from launch.methods.arms import ARMS, GROUPS, offline_pairs
+    from launch.methods.policy import Policy
+    from launch.methods.table import accuracy, levels_of, markdown, mean_trace, summarize
+    from launch.methods.world import prepare
+
+    started = time.monotonic()
+    torch.set_num_threads(jobs)
+    data = prepare(budget, work, say)
+    results_dir = work / "results" / hashlib.sha256(budget.fingerprint().encode()).hexdigest()[:12]
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / "budget.json").write_text(budget.fingerprint())
+
+    start_file = results_dir / "start.json"
+    if not start_file.exists():
+        say("[methods] held-out accuracy of the SFT start")
+        policy = Policy(budget, data.model, results_dir / "start", 0, "sft")
+        _write_atomic(start_file, json.dumps(policy.evaluate(data.held_out)))
+        policy.close()
+    start_scores = levels_of(json.loads(start_file.read_text()))
+    needs_pairs = any(ARMS[a].group == "pairs" for a in arms)
+    for seed in budget.seeds if needs_pairs else ():
+        path = results_dir / f"pairs@{seed}.jsonl"
+        if not path.exists():
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            say(f"[methods] offline pairs for seed {seed}: {budget.samples_per_prompt} answers to each of "
+                f"{len(data.pair_prompts)} prompts from the SFT start")
+            model, tokenizer = AutoModelForCausalLM.from_pretrained(data.model), AutoTokenizer.from_pretrained(data.model)
+            made = offline_pairs(budget, data, seed, model, tokenizer)
+            _write_atomic(path, "".join(json.dumps(p) + "\n" for p in made))
+
+    todo = [(arm, seed) for arm in arms for seed in budget.seeds if not (results_dir / f"{arm}@{seed}.json").exists()]
+    say(f"[methods] {len(arms)} arms x {len(budget.seeds)} seeds: {len(todo)} to run "
+        f"({len(arms) * len(budget.seeds) - len(todo)} done before), {jobs} at a time; results in {results_dir}")
+    os.environ["TQDM_DISABLE"] = "1"  # the workers' progress bars would interleave; each arm says when it ends
+    slow_first = {"prompts": 0, "judgments": 1, "demonstrations": 2, "pairs": 3}  # the pool's tail stays short
+    todo.sort(key=lambda job: slow_first[ARMS[job[0]].group])
+    jobs_args = [(arm, seed, budget, data, results_dir) for arm, seed in todo]
+    if jobs_args:
+        context = multiprocessing.get_context("spawn")  # fresh interpreters: no torch state shared by fork
+        with context.Pool(min(jobs, len(jobs_args)), maxtasksperchild=1) as pool:
+            for done, (arm, seed, acc, seconds) in enumerate(pool.imap_unordered(_job, jobs_args), 1):
+                say(f"[{(time.monotonic() - started) / 60:5.1f} min] {arm} seed {seed}: held-out accuracy {acc:.3f} "
+                    f"({seconds:.0f} s; {done}/{len(todo)})")
+
+    results = {arm: [json.loads((results_dir / f"{arm}@{seed}.json").read_text()) for seed in budget.seeds]
+               for arm in arms}
+    start = {level: accuracy([scores]) for level, scores in start_scores.items()}
+    rows = {arm: summarize(arm, results[arm], start_scores) for arm in arms}
+    groups = {g: [a for a in ARMS if ARMS[a].group == g and a in arms] for g in GROUPS}
+    minutes = (time.monotonic() - started) / 60
+    header = (f"Made by `{command or 'selfplay bench methods'}` on {os.cpu_count()} CPU cores in {minutes:.1f} minutes "
+              f"({len(todo)} of {len(arms) * len(budget.seeds)} arm runs in this invocation). Seeds "
+              f"{list(budget.seeds)}; every arm sees {budget.rounds} x {budget.examples_per_round} training examples "
+              f"from the same SFT start. Accuracy: exact greedy answers to {len(data.held_out)} held-out prompts, mean "
+              f"over seeds ± standard error (prompt sampling and seed-to-seed spread); train s: wall time of data "
+              f"generation, judging and training per seed, evaluation excluded.\n")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "methods.md").write_text(markdown(rows, start, groups, {a: ARMS[a].about for a in arms}, header))
+    _plots(rows, start, groups, results, budget, out)
+    figures = {"bench": "methods", "minutes": round(minutes, 2), "seeds": list(budget.seeds),
+               "rounds": budget.rounds, "examples_per_round": budget.examples_per_round,
+               "start": {lv: round(a["acc"], 4) for lv, a in start.items()},
+               "methods": {arm: {"group": ARMS[arm].group, "acc": round(r["acc"]["all"]["acc"], 4),
+                                 "se": round(r["acc"]["all"]["se"], 4), "delta": round(r["delta"], 4),
+                                 "by_level": {lv: round(a["acc"], 4) for lv, a in r["acc"].items() if lv != "all"},
+                                 "by_round": [round(x, 4) for x in r["by_round"]],
+                                 "variants": {k: round(v["acc"], 4) for k, v in r["variants"].items()},
+                                 "train_s": round(r["train_s"], 1), "examples": r["examples"]}
+                           for arm, r in rows.items()}}
+    (out / "results.json").write_text(json.dumps({**figures, "budget": asdict(budget), "rows": rows,
+                                                  "traces": {a: mean_trace(results[a], ("r_real", "r_generated"))
+                                                             for a in arms if a == "spin" or a.startswith("gsil")}},
+                                                 indent=1))
+    return figures
+
+
+def _plots(rows: dict, start: dict, groups: dict, results: dict, budget: Any, out: Path) -> None:
+    from launch.methods.plots import accuracy_plot, rewards_plot, rounds_plot
+    from launch.methods.table import mean_trace
+
+    group_of = {a: g for g, names in groups.items() for a in names}
+    accuracy_plot(rows, start, group_of, out / "accuracy.png")
+    rounds_plot(rows, start["all"]["acc"], groups, out / "rounds.png")
+    traced = [a for a in rows if a == "spin" or a.startswith("gsil")]
+    if traced:
+        steps = -(-budget.examples_per_round // budget.batch_size)
+        rewards_plot({a: mean_trace(results[a], ("r_real", "r_generated")) for a in traced}, steps,
+                     out / "rewards.png")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """A killed run leaves the old file or the new one, never half of one (a resumed run trusts what it finds)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _job(job: tuple) -> tuple[str, int, float, float]:
+    """One arm and seed in a worker process (one torch thread); saves its result and returns a summary."""
+    arm, seed, budget, data, results_dir = job
+    import shutil
+    import warnings
+
+    import torch
+
+    from launch.logs import configure_logging
+    from launch.methods.arms import Context, run_arm
+    from launch.methods.policy import exact
+
+    torch.set_num_threads(1)
+    configure_logging("warning")
+    warnings.filterwarnings("ignore", category=FutureWarning)  # peft calls a deprecated transformers helper
+    scratch = results_dir / f"{arm}@{seed}.run"
+    shutil.rmtree(scratch, ignore_errors=True)
+    pairs = results_dir / f"pairs@{seed}.jsonl"
+    ctx = Context(budget, data, seed, scratch, pairs if pairs.exists() else None)
+    record = run_arm(arm, ctx)
+    _write_atomic(results_dir / f"{arm}@{seed}.json", json.dumps({"arm": arm, "seed": seed, "record": asdict(record)}))
+    shutil.rmtree(scratch, ignore_errors=True)
+    return arm, seed, exact(record.scores), record.train_s
+
+
+def main(argv: list[str] | None = None, prog: str = "bench/methods.py") -> dict[str, Any]:
+    import sys
+
+    from launch.cli import OneLineParser
+
+    parser = OneLineParser(prog=prog, description=__doc__.split("\n\n")[0].replace("\n", " "))
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        budget, arms = budget_from(args)
+    except ValueError as e:
+        parser.error(str(e))
+    from launch.logs import configure_logging
+
+    configure_logging("warning")
+    work = Path(args.work)
+    command = " ".join([prog, *(sys.argv[1:] if argv is None else argv)])
+    figures = run_table(budget, arms, work, Path(args.out) if args.out else work / "report", jobs=args.jobs,
+                        command=command, say=lambda line: print(line, file=sys.stderr, flush=True))
+    print(json.dumps(figures))
+    return figures

@@ -1,0 +1,225 @@
+"""The arms of the methods table: each method, run the way its paper runs it, on the same budget.
+
+Four groups, each arm from the SFT start and seeing `rounds x K` examples (K = examples_per_round;
+a round short of data repeats what it has, and says so in its notes):
+- demonstrations (noisy: a share state a wrong result): SFT on them; SPIN and GSIL's five objectives,
+  each iteration answering every demonstrated prompt with the current policy (y_gen) and taking that
+  policy as the reference (ALGORITHMS §3, §4);
+- pairs, offline: (right, wrong) answers of the SFT start to the same prompts, for DPO (with and
+  without the NLL term the demo uses), IPO, SimPO, contrastive SFT and SFT on the chosen answers;
+- judgments, online: each round the policy answers fresh prompts and the world's checker writes a
+  judgment of each answer; CUT trains on the triples, "sft-good" on the right answers only, and
+  "hindsight" on every answer conditioned on its verdict (asked with "Correct." at test time);
+- prompts, online: eva (the real creator, evolving prompts with the world's mutator) against the
+  static prompt set, both with DPO + NLL and the same number of pairs per round.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agents.worlds import arithmetic as world
+from launch.methods.policy import Frames, Policy, Record, exact, plain
+from launch.methods.world import Budget, Data, verdict
+from protocol.messages import Prompt
+from trainer.config import CUTSettings, TrainConfig
+from trainer.data import contrastive_prompt
+
+
+@dataclass
+class Context:
+    budget: Budget
+    data: Data
+    seed: int
+    out: Path  # this arm and seed's directory
+    pairs_file: Path | None = None  # the seed's offline pairs (pair arms)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    @property
+    def k(self) -> int:
+        return self.budget.examples_per_round
+
+    def policy(self, algo: str, **settings: Any) -> Policy:
+        self.current = Policy(self.budget, self.data.model, self.out / "train", self.seed, algo, **settings)
+        return self.current
+
+    def fit(self, policy: Policy, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Exactly K rows: a random K of them, or all of them repeated in shuffled order when short."""
+        if len(rows) >= self.k:
+            return self.rng.sample(rows, self.k)
+        if rows:
+            policy.record.notes["short_rounds"] = policy.record.notes.get("short_rounds", 0) + 1
+        out: list[dict[str, Any]] = []
+        while rows and len(out) < self.k:
+            out += self.rng.sample(rows, len(rows))
+        return out[:self.k]
+
+    def round_done(self, policy: Policy, frames: Frames = plain) -> None:
+        policy.record.scores = policy.evaluate(self.data.held_out, frames)
+        policy.record.by_round.append(exact(policy.record.scores))
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    group: str
+    about: str
+    run: Callable[[Context], Record]
+
+
+# ---------------------------------------------------------------------- from demonstrations
+def demonstrations(algo: str, **settings: Any) -> Callable[[Context], Record]:
+    def run(ctx: Context) -> Record:
+        policy = ctx.policy(algo, **settings)
+        demos = ctx.data.demonstrations
+        for _ in range(ctx.budget.rounds):
+            rows = [{"prompt": p.text, "completion": p.demonstration} for p in demos]
+            if algo != "sft":  # a new iteration: y_gen from the current policy, which is also the reference
+                for row, [answer] in zip(rows, policy.answer([p.text for p in demos]), strict=True):
+                    row["generated"] = answer
+            policy.train(ctx.fit(policy, rows))
+            ctx.round_done(policy)
+        return policy.record
+    return run
+
+
+# ---------------------------------------------------------------------- from preference pairs
+def offline_pairs(budget: Budget, data: Data, seed: int, model: Any, tokenizer: Any) -> list[dict[str, Any]]:
+    """(right, wrong) pairs of the SFT start's sampled answers: one pair per prompt that has both, the
+    wrong answer the worst-graded (eva's best/worst pair with a right chosen answer)."""
+    from trainer.generate import sample_responses
+
+    n, prompts = budget.samples_per_prompt, data.pair_prompts
+    flat = sample_responses(model, tokenizer, [p.text for p in prompts for _ in range(n)],
+                            max_new_tokens=budget.max_new_tokens, temperature=budget.temperature,
+                            top_p=budget.top_p, batch_size=64, seed=seed * 7_919 + 17)
+    pairs = []
+    for i, prompt in enumerate(prompts):
+        graded = [(world.grade(prompt, a)[0], a) for a in flat[i * n:(i + 1) * n]]
+        right = [a for s, a in graded if s >= 1.0]
+        wrong = sorted((s, a) for s, a in graded if s < 1.0)
+        if right and wrong:
+            pairs.append({"prompt": prompt.text, "chosen": right[0], "rejected": wrong[0][1]})
+    return pairs
+
+
+def pairs(algo: str, *, as_sft: bool = False, **settings: Any) -> Callable[[Context], Record]:
+    def run(ctx: Context) -> Record:
+        assert ctx.pairs_file is not None, "pair arms need the seed's offline pairs"
+        data = [json.loads(line) for line in ctx.pairs_file.read_text().splitlines()]
+        policy = ctx.policy(algo, reference="initial", **settings)  # offline: the SFT start is the reference
+        policy.record.notes["distinct_pairs"] = len(data)
+        order = ctx.rng.sample(data, len(data))
+        stream = (order * (ctx.budget.rounds * ctx.k // max(1, len(order)) + 1))[:ctx.budget.rounds * ctx.k]
+        frames = contrastive_frames(policy.config) if algo == "contrastive-sft" else plain
+        for r in range(ctx.budget.rounds):  # passes of K over the pairs (a repeat once they run out)
+            rows = stream[r * ctx.k:(r + 1) * ctx.k]
+            if as_sft:
+                rows = [{"prompt": row["prompt"], "completion": row["chosen"]} for row in rows]
+            policy.train(rows)
+            ctx.round_done(policy, frames)
+        if algo == "contrastive-sft":
+            policy.record.variants["generated negative"] = policy.evaluate(
+                ctx.data.held_out, contrastive_frames(policy.config, generated_negative=True))
+        return policy.record
+    return run
+
+
+def contrastive_frames(config: TrainConfig, generated_negative: bool = False) -> Frames:
+    """Contrastive SFT at test time: the frame without a negative answer, or with the model's own greedy
+    plain answer as the negative (ALGORITHMS §5: a setting)."""
+    def frames(policy: Policy, prompts: Sequence[Prompt]) -> list[str]:
+        if not generated_negative:
+            return [contrastive_prompt(p.text, config) for p in prompts]
+        first = policy.answer([p.text for p in prompts], temperature=0.0)
+        return [contrastive_prompt(p.text, config, negative=a) for p, [a] in zip(prompts, first, strict=True)]
+    return frames
+
+
+# ---------------------------------------------------------------------- from judgments
+def hindsight_frames(policy: Policy, prompts: Sequence[Prompt]) -> list[str]:
+    template = CUTSettings().template
+    return [template.format(prompt=p.text, judgment="Correct.") for p in prompts]
+
+
+def judgments(kind: str) -> Callable[[Context], Record]:
+    def run(ctx: Context) -> Record:
+        budget = ctx.budget
+        policy = ctx.policy("cut", cut={"threshold": 1.1, "alpha": 1.0, "align_p_ratio": 1e9}) if kind == "cut" \
+            else ctx.policy("sft")  # CUT: the online settings; Align-P is downsampled here, before fitting to K
+        frames = hindsight_frames if kind == "hindsight" else plain
+        template = CUTSettings().template
+        for r in range(budget.rounds):
+            prompts = ctx.data.judged_prompts[r * ctx.k:(r + 1) * ctx.k]
+            answers = policy.answer([p.text for p in prompts], n=budget.judged_samples)
+            graded = [(p, a, *world.grade(p, a)) for p, group in zip(prompts, answers, strict=True) for a in group]
+            good = [g for g in graded if g[2] >= 1.0]
+            bad = [g for g in graded if g[2] < 1.0]
+            policy.record.notes.setdefault("good_share", []).append(round(len(good) / max(1, len(graded)), 3))
+            if kind == "cut":
+                good = ctx.rng.sample(good, min(len(good), round(0.25 * len(bad)))) if bad else good
+                rows = [{"prompt": p.text, "completion": a, "judgment": j, "label": s >= 1.0}
+                        for p, a, s, j in bad + good]
+            elif kind == "sft-good":
+                rows = [{"prompt": p.text, "completion": a} for p, a, _, _ in good]
+            else:
+                rows = [{"prompt": template.format(prompt=p.text, judgment=verdict(j)), "completion": a}
+                        for p, a, _, j in graded]
+            policy.train(ctx.fit(policy, rows))
+            ctx.round_done(policy, frames)
+        return policy.record
+    return run
+
+
+# ---------------------------------------------------------------------- prompt evolution
+def prompts(evolve: bool) -> Callable[[Context], Record]:
+    def run(ctx: Context) -> Record:
+        from launch.methods.creator_arm import run_creator
+
+        policy = ctx.policy("dpo", dpo={"beta": 0.1, "nll_alpha": ctx.budget.nll_alpha})
+        run_creator(ctx, policy, evolve)
+        return policy.record
+    return run
+
+
+GSIL_VARIANTS = ("logistic", "brier", "hinge", "kliep", "lsif")
+ARMS: dict[str, Arm] = {arm.name: arm for arm in [
+    Arm("sft", "demonstrations", "SFT on the demonstrations", demonstrations("sft")),
+    Arm("spin", "demonstrations", "SPIN, beta 0.1", demonstrations("spin")),
+    *[Arm(f"gsil-{v}", "demonstrations", f"GSIL ({v}), scale 0.1, shift 0.1", demonstrations("gsil", gsil={"variant": v}))
+      for v in GSIL_VARIANTS],
+    Arm("sft-chosen", "pairs", "SFT on the chosen answers", pairs("sft", as_sft=True)),
+    Arm("dpo", "pairs", "DPO, beta 0.1", pairs("dpo")),
+    Arm("dpo+nll", "pairs", "DPO, beta 0.1, + NLL on the chosen answer (weight 10)",
+        pairs("dpo", dpo={"beta": 0.1, "nll_alpha": 10.0})),
+    Arm("ipo", "pairs", "IPO, beta 0.1", pairs("ipo")),
+    Arm("simpo", "pairs", "SimPO, beta 2, gamma/beta 0.25", pairs("simpo")),
+    Arm("contrastive-sft", "pairs", "plain-text contrastive SFT (asked without a negative answer)",
+        pairs("contrastive-sft")),
+    Arm("cut", "judgments", "CUT, online (lambda 1.1, alpha 1.0)", judgments("cut")),
+    Arm("sft-good", "judgments", "SFT on the right answers only", judgments("sft-good")),
+    Arm("hindsight", "judgments", "SFT on every answer given its verdict", judgments("hindsight")),
+    Arm("eva", "prompts", "eva (evolving prompts) + DPO", prompts(evolve=True)),
+    Arm("static", "prompts", "static prompts + DPO", prompts(evolve=False)),
+]}
+GROUPS = ("demonstrations", "pairs", "judgments", "prompts")
+
+
+def run_arm(name: str, ctx: Context) -> Record:
+    """One arm for one seed; train_s is its wall time less evaluation."""
+    started = time.perf_counter()
+    try:
+        record = ARMS[name].run(ctx)
+    finally:
+        if getattr(ctx, "current", None) is not None:
+            ctx.current.close()
+    record.train_s = time.perf_counter() - started - record.eval_s
+    return record

@@ -1,0 +1,147 @@
+"""The methods table's budget and data: one SFT start, fixed training sets, one held-out set.
+
+Every arm of the table starts from the same SFT model (the demo's recipe, with a tokenizer that also
+knows the words of judgments and prompt frames) and sees `rounds x examples_per_round` training
+examples. The training sets are drawn once (seeded by `Budget.data_seed`) and never contain a
+held-out prompt; the seeds of the seed list change LoRA initialisation, data order and sampling.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from agents.worlds import arithmetic as world
+from launch.demo import Plan, Say, prepare_model, write_data
+from protocol.messages import Prompt
+from trainer.config import ContrastiveSettings, CUTSettings, TrainConfig
+from trainer.data import contrastive_prompt
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Every knob of the table; `QUICK` shrinks them to a smoke run."""
+
+    # the demo's SFT recipe, twice the steps (half of the examples are framed; see framed_sft)
+    model: Plan = field(default_factory=lambda: Plan(sft_steps=1000, wrong_demonstrations=0.2, sft_max_prompt_length=112))
+    vocab_size: int = 512
+    seeds: tuple[int, ...] = (0, 1, 2)
+    data_seed: int = 0
+    rounds: int = 4  # SPIN/GSIL iterations, online rounds of CUT and eva; offline pair arms: passes of K
+    examples_per_round: int = 512  # K: examples every arm trains on per round
+    samples_per_prompt: int = 4  # answers per prompt where pairs are built (offline pairs, eva)
+    judged_samples: int = 2  # answers per prompt in the judgment arms
+    temperature: float = 0.7  # sampling of every training answer (eva's defaults, ALGORITHMS §7)
+    top_p: float = 0.9
+    max_new_tokens: int = 48
+    demonstrations: int = 512  # prompts with a demonstration (a share of them wrong), iterated on
+    pair_prompts: int = 3072  # prompts the offline pairs are drawn from (one pair per usable prompt)
+    pool_per_round: int = 512  # eva / static: prompts solved per round
+    levels: tuple[int, ...] = (2, 3)  # difficulty of every training prompt set
+    eval_per_level: tuple[tuple[int, int], ...] = ((2, 400), (3, 200), (4, 200))
+    framed_share: float = 0.5  # SFT examples asked inside the arms' frames (with uninformative fillers)
+    lr: float = 5e-4
+    batch_size: int = 8
+    lora_r: int = 16
+    nll_alpha: float = 10.0  # the "+NLL" DPO rows and the eva/static arms (the demo's setting)
+    max_length: int = 160
+    max_prompt_length: int = 112
+
+    def fingerprint(self) -> str:
+        """What a result depends on; a saved result with another fingerprint is not reused."""
+        return json.dumps({k: v for k, v in asdict(self).items() if k != "seeds"}, sort_keys=True)
+
+
+QUICK = Budget(model=Plan(hidden=32, layers=1, sft_steps=20, sft_batch=16, wrong_demonstrations=0.2,
+                          sft_max_prompt_length=112), seeds=(0,),
+               rounds=1, examples_per_round=16, demonstrations=16, pair_prompts=48, pool_per_round=16,
+               eval_per_level=((2, 8), (3, 4), (4, 4)), max_new_tokens=24)
+
+
+def quick_budget(**changes: Any) -> Budget:
+    return replace(QUICK, **changes)
+
+
+@dataclass
+class Data:
+    """The prompt sets every arm draws from (all disjoint from `held_out`)."""
+
+    model: Path
+    held_out: list[Prompt]
+    demonstrations: list[Prompt]  # with .demonstration, a share of them stating a wrong result
+    pair_prompts: list[Prompt]
+    judged_prompts: list[Prompt]  # rounds x examples_per_round, a fresh slice each round
+    eva_seeds: list[Prompt]
+
+
+def tokenizer_words(rng: random.Random, n: int = 400) -> tuple[str, ...]:
+    """Texts with the words the arms put in prompts: judgments of wrong answers, CUT's and contrastive
+    SFT's frames. Only the tokenizer sees them; the model never trains on them before an arm does."""
+    cut, contrastive = CUTSettings(), ContrastiveSettings()
+    texts = [contrastive.template.format(instruction=contrastive.instruction, question="", negative=""),
+             cut.template.format(prompt="", judgment="")]
+    for p in world.problems(n, (1, 2, 3, 4), rng, distinct=False):
+        prompt = p.prompt("w")
+        wrong = str(world.corrupt(p.value, rng)) if rng.random() < 0.8 else str(p.value * 10 + 1)
+        texts += [world.grade(prompt, wrong)[1], world.grade(prompt, str(p.value))[1]]
+    return tuple(texts)
+
+
+def framed_sft(plain: Path, out: Path, share: float, rng: random.Random) -> Path:
+    """The SFT data with `share` of its prompts put in the frames the arms ask in: CUT's and hindsight's
+    judgment template, contrastive SFT's frame with and without a negative answer. What fills a frame is
+    drawn at random and says nothing about this problem (a judgment or a wrong answer of another one), so
+    the SFT start learns to answer inside a frame, not to use it; learning that is each arm's job. Without
+    this the tiny start answers 0.5% of held-out prompts once words stand between question and answer."""
+    rows = [json.loads(line) for line in plain.read_text().splitlines()]
+    cut, contrastive = CUTSettings(), TrainConfig(algo="contrastive-sft", model="-", data="-", out="-")
+    fillers = tokenizer_words(random.Random(3), n=200)[2:]  # judgments of other problems
+    for row in rows:
+        kind = rng.random()
+        if kind >= share:
+            continue
+        if kind < share / 2:
+            judgment = rng.choice(fillers)
+            row["prompt"] = cut.template.format(prompt=row["prompt"], judgment=rng.choice([judgment, verdict(judgment)]))
+        else:
+            other = world.parse(rng.choice(rows)["prompt"])
+            negative = other.solution(world.corrupt(other.value, rng)) if other and rng.random() < 0.5 else None
+            row["prompt"] = contrastive_prompt(row["prompt"], contrastive, negative=negative)
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
+def verdict(judgment: str) -> str:
+    """A judgment without its worked answer ("The tens digit is wrong: 37 + 48 is 85, not 75." -> "The tens
+    digit is wrong."): what hindsight conditions on, since at test time no answer can be given to it."""
+    return judgment.split(":")[0].rstrip(".") + "."
+
+
+def prepare(budget: Budget, root: Path, say: Say) -> Data:
+    """The SFT start (cached in ROOT/model) and the prompt sets."""
+    plan = replace(budget.model, eval_per_level=budget.eval_per_level, seed=budget.data_seed)
+    files = write_data(plan, root / "data")  # the SFT data and the held-out set, as the demo makes them
+    sft = framed_sft(files["sft"], root / "data" / "sft-framed.jsonl", budget.framed_share, random.Random(2))
+    model = prepare_model(plan, root / "model", sft, say, words=tokenizer_words(random.Random(1)),
+                          vocab_size=budget.vocab_size)
+    held_out = [Prompt.model_validate({"prompt_id": r["id"], "text": r["prompt"], "answer": r["answer"],
+                                       "difficulty": r["difficulty"], "source": "eval"})
+                for r in map(json.loads, files["eval"].read_text().splitlines())]
+    rng = random.Random(budget.data_seed + 1)
+    taken = {p.text for p in held_out}
+
+    def draw(n: int, prefix: str) -> list[Prompt]:
+        made = world.problems(n, budget.levels, rng, exclude=taken)
+        taken.update(p.text for p in made)
+        return [p.prompt(f"{prefix}{i}") for i, p in enumerate(made)]
+
+    demos = world.demonstrations(world.problems(budget.demonstrations, budget.levels, rng, exclude=taken), rng,
+                                 wrong_fraction=budget.model.wrong_demonstrations, prefix="demo")
+    taken.update(p.text for p in demos)
+    return Data(model=model, held_out=held_out, demonstrations=demos,
+                pair_prompts=draw(budget.pair_prompts, "pair"),
+                judged_prompts=draw(budget.rounds * budget.examples_per_round, "judged"),
+                eva_seeds=draw(budget.pool_per_round * 2, "seed"))

@@ -1,0 +1,100 @@
+"""The methods table: its statistics, the frames and verdicts its arms use, and a --quick run of every arm
+through the real command (real processes, tiny real models), resumed from its saved results."""
+
+import json
+import math
+import random
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agents.worlds import arithmetic as world
+from launch.methods.arms import ARMS, Context
+from launch.methods.table import accuracy
+from launch.methods.world import framed_sft, quick_budget, verdict
+from tests.launch.test_cli import SELFPLAY
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_accuracy_adds_seed_spread_to_the_binomial_error():
+    one = accuracy([[1.0, 1.0, 0.5, 0.0]])  # 2 of 4 exactly right
+    assert one["acc"] == 0.5 and one["se"] == pytest.approx(math.sqrt(0.25 / 4))
+    same = accuracy([[1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 1.0, 0.0]])  # seeds agree on the accuracy
+    assert same["se"] == pytest.approx(math.sqrt(0.25 / 4))
+    spread = accuracy([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])  # 0.75 and 0.25
+    assert spread["acc"] == 0.5
+    assert spread["se"] == pytest.approx(math.sqrt(0.25 / 4 + 0.125 / 2))
+
+
+def test_hindsight_verdicts_do_not_carry_the_answer():
+    assert verdict("The tens digit is wrong: 37 + 48 is 85, not 75.") == "The tens digit is wrong."
+    assert verdict("Correct: 37 + 48 is 85.") == "Correct."  # what the hindsight arm is asked with
+
+
+def test_framed_sft_asks_half_inside_uninformative_frames(tmp_path):
+    rng = random.Random(0)
+    plain = [{"prompt": p.text, "completion": p.solution()} for p in world.problems(400, (2, 3), rng)]
+    source = tmp_path / "sft.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in plain))
+    framed = [json.loads(line) for line in framed_sft(source, tmp_path / "out.jsonl", 0.5, rng).read_text().splitlines()]
+    assert [r["completion"] for r in framed] == [r["completion"] for r in plain]  # answers untouched
+    changed = [(a["prompt"], b["prompt"]) for a, b in zip(plain, framed, strict=True) if a != b]
+    assert 150 < len(changed) < 250
+    for question, prompt in changed:
+        assert question in prompt and ("Judgment: " in prompt or prompt.startswith("Instruction: "))
+        expression = question.removeprefix("What is ").removesuffix("?")
+        assert prompt.count(expression) == 1  # a filler never speaks of this problem
+
+
+def test_fit_gives_every_arm_exactly_k_examples(tmp_path):
+    ctx = Context(quick_budget(examples_per_round=5), data=None, seed=0, out=tmp_path)
+    policy = type("P", (), {"record": type("R", (), {"notes": {}})()})()
+    rows = [{"i": i} for i in range(12)]
+    assert len(ctx.fit(policy, rows)) == 5 and len({r["i"] for r in ctx.fit(policy, rows)}) == 5
+    short = ctx.fit(policy, rows[:2])  # repeated when short, and noted
+    assert len(short) == 5 and {r["i"] for r in short} == {0, 1} and policy.record.notes["short_rounds"] == 1
+    assert ctx.fit(policy, []) == []
+
+
+def test_bad_arguments_are_one_line(tmp_path):
+    for args, problem in ((["--methods", "dpo,nope"], "unknown method 'nope'"),
+                          (["--seeds", "0,x"], "--seeds takes comma-separated integers"),
+                          (["--rounds", "0"], "--rounds must be at least 1")):
+        out = subprocess.run([SELFPLAY, "bench", "methods", *args, "--work", str(tmp_path)], capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 2 and problem in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+@pytest.mark.slow
+def test_quick_table_runs_every_arm_and_resumes(tmp_path):
+    work, report = tmp_path / "work", tmp_path / "report"
+    command = [SELFPLAY, "bench", "methods", "--quick", "--work", str(work), "--out", str(report)]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert first.returncode == 0, first.stderr[-3000:]
+    figures = json.loads(first.stdout.strip().splitlines()[-1])
+    assert figures["bench"] == "methods" and set(figures["methods"]) == set(ARMS)
+    budget = quick_budget()
+    per_arm = budget.rounds * budget.examples_per_round
+    for name, row in figures["methods"].items():
+        assert 0.0 <= row["acc"] <= 1.0 and set(row["by_level"]) == {"2", "3", "4"}, name
+        assert len(row["by_round"]) == budget.rounds, name
+        if ARMS[name].group in ("demonstrations", "judgments") and name != "sft-good":
+            assert row["examples"] == per_arm, name  # the same budget for every arm that has data
+    assert figures["methods"]["contrastive-sft"]["variants"].keys() == {"generated negative"}
+
+    table = (report / "methods.md").read_text()
+    assert all(f"| {name} (" in table for name in ARMS) and "SFT start" in table
+    for png in ("accuracy.png", "rounds.png", "rewards.png"):
+        assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    results = json.loads((report / "results.json").read_text())
+    for name in ("spin", "gsil-logistic"):  # r(y_real) and r(y_gen) logged through training
+        trace = results["traces"][name]
+        assert trace["r_real"] and all(math.isfinite(x) for x in trace["r_real"] + trace["r_generated"])
+
+    again = subprocess.run([*command, "--methods", "spin,dpo"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 to run (2 done before)" in again.stderr  # finished arms are reused, not rerun
+    resumed = json.loads(again.stdout.strip().splitlines()[-1])
+    assert resumed["methods"]["spin"] == figures["methods"]["spin"]
