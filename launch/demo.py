@@ -54,6 +54,7 @@ class Plan:
     sft_batch: int = 64
     sft_lr: float = 1e-3
     sft_levels: tuple[int, ...] = (1, 2, 2, 3)  # difficulty mix of the SFT problems
+    sft_max_prompt_length: int = 32  # tokens of an SFT prompt (the methods table's framed prompts need more)
     seeds: int = 2048  # seed prompts of the loop
     seed_levels: tuple[int, ...] = (2, 3)
     eval_per_level: tuple[tuple[int, int], ...] = ((2, 600), (3, 200), (4, 200))  # held-out (level, prompts)
@@ -109,8 +110,9 @@ def prepare_model(plan: Plan, directory: Path, sft_data: Path, say: Say = _log_l
     from trainer.tiny import build_causal_lm, build_tokenizer
 
     recipe = {k: v for k, v in asdict(plan).items() if k in {"hidden", "layers", "seed"} or k.startswith("sft_")}
-    if words:
-        recipe |= {"words": hashlib.sha256("\n".join(words).encode()).hexdigest()[:16], "vocab_size": vocab_size}
+    if words:  # (the demo's own model keeps its marker: a cache built before these options stays valid)
+        recipe |= {"words": hashlib.sha256("\n".join(words).encode()).hexdigest()[:16], "vocab_size": vocab_size,
+                   "sft_data": hashlib.sha256(sft_data.read_bytes()).hexdigest()[:16]}
     marker = directory / "demo-model.json"
     if marker.exists() and json.loads(marker.read_text()) == json.loads(json.dumps(recipe)):
         say(f"[model] reusing the SFT model in {directory}")
@@ -128,7 +130,8 @@ def prepare_model(plan: Plan, directory: Path, sft_data: Path, say: Say = _log_l
     tokenizer.save_pretrained(init)
     sft_out = directory.parent / "model-sft"
     config = TrainConfig(algo="sft", model=str(init), data=str(sft_data), out=str(sft_out), finetune="full",
-                         lr=plan.sft_lr, batch_size=plan.sft_batch, max_length=96, max_prompt_length=32,
+                         lr=plan.sft_lr, batch_size=plan.sft_batch, max_length=plan.sft_max_prompt_length + 64,
+                         max_prompt_length=plan.sft_max_prompt_length,
                          warmup_ratio=0.05, save_every=10**9, log_every=25, tensorboard=False, seed=plan.seed)
     run(config)
     shutil.move(str(sft_out / "model"), str(directory))
