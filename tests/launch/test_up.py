@@ -14,8 +14,8 @@ from tests.reliability.run import write_topology
 pytestmark = pytest.mark.slow
 
 
-def topology(tmp_path, tiny_models, rounds=1, solvers=1):
-    return write_topology(tmp_path, tiny_models, rounds=rounds, solvers=solvers)
+def topology(tmp_path, tiny_models, rounds=1, solvers=1, prompts=8):
+    return write_topology(tmp_path, tiny_models, rounds=rounds, solvers=solvers, prompts=prompts)
 
 
 def _alive(pid):
@@ -33,7 +33,9 @@ def _children(run):
 
 
 def test_up_runs_a_round_with_an_attached_solver_and_leaves_nothing_behind(tmp_path, tiny_models):
-    path = topology(tmp_path, tiny_models)
+    # 48 prompts in tasks of 2 and two rounds: work lasts long enough for a solver that starts as slowly as
+    # solver-0 (on a loaded machine, one round of 8 prompts could be over before it was ready)
+    path = topology(tmp_path, tiny_models, rounds=2, prompts=48)
     run = tmp_path / "run"
     up = subprocess.Popen([SELFPLAY, "up", str(path)], stderr=subprocess.PIPE, text=True)
     pids = {}
@@ -53,7 +55,7 @@ def test_up_runs_a_round_with_an_attached_solver_and_leaves_nothing_behind(tmp_p
         attached.terminate()
         attached.wait(30)
     summary = json.loads((run / "creator-done.json").read_text())
-    assert summary["rounds"] == 1 and summary["policy_version"] == 1
+    assert summary["rounds"] == 2 and summary["policy_version"] == 2
     db = sqlite3.connect(run / "ledger.sqlite")
     agents = {row[0] for row in db.execute("SELECT agent FROM tasks WHERE kind = 'generate' AND state = 'done'")}
     assert "solver-9" in agents, agents  # the attached solver received work

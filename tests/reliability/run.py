@@ -16,11 +16,11 @@ from pathlib import Path
 from tests.launch.test_cli import SELFPLAY
 
 
-def write_topology(tmp_path: Path, models, rounds: int = 4, solvers: int = 1, **hub) -> Path:
+def write_topology(tmp_path: Path, models, rounds: int = 4, solvers: int = 1, prompts: int = 8, **hub) -> Path:
     """eva + DPO over a reward model, settings that make a dead agent noticed within 2 s."""
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text("".join(json.dumps({"prompt": f"What is {i} + {i + 4}?", "answer": str(2 * i + 4)}) + "\n"
-                             for i in range(8)))
+                             for i in range(prompts)))
     hub_settings = {"heartbeat_interval_s": 0.5, "liveness": 4, "lease_s": 30, "max_attempts": 5, **hub}
     path = tmp_path / "topology.toml"
     path.write_text(f"""
