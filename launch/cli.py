@@ -168,20 +168,13 @@ def _add_demo_and_report(commands: argparse._SubParsersAction) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    import json
     import shlex
-    from pathlib import Path
 
-    from launch.methods import budget_from, run_table
+    from launch.methods import run_from_args
 
-    budget, arms = budget_from(args)  # a bad --methods or --seeds is a ValueError: one line, exit 2
     if args.log_level == "info":  # keep the console to the table's own progress lines
         configure_logging("warning")
-    work = Path(args.work)
-    figures = run_table(budget, arms, work, Path(args.out) if args.out else work / "report", jobs=args.jobs,
-                        command="selfplay " + shlex.join(sys.argv[1:]),
-                        say=lambda line: print(line, file=sys.stderr, flush=True))
-    print(json.dumps(figures))
+    run_from_args(args, "selfplay " + shlex.join(sys.argv[1:]))  # a bad argument: ValueError, one line, exit 2
     return 0
 
 

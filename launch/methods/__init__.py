@@ -205,24 +205,32 @@ def _job(job: tuple) -> tuple[str, int, float, float]:
     return arm, seed, exact(record.scores), record.train_s
 
 
-def main(argv: list[str] | None = None, prog: str = "bench/methods.py") -> dict[str, Any]:
+def run_from_args(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """The table for parsed arguments (add_arguments'), progress on stderr, the figures' JSON line on stdout."""
     import sys
 
-    from launch.cli import OneLineParser
-
-    parser = OneLineParser(prog=prog, description=__doc__.split("\n\n")[0].replace("\n", " "))
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        budget, arms = budget_from(args)
-    except ValueError as e:
-        parser.error(str(e))
-    from launch.logs import configure_logging
-
-    configure_logging("warning")
+    budget, arms = budget_from(args)  # a bad --methods or --seeds is a ValueError naming it
     work = Path(args.work)
-    command = " ".join([prog, *(sys.argv[1:] if argv is None else argv)])
     figures = run_table(budget, arms, work, Path(args.out) if args.out else work / "report", jobs=args.jobs,
                         command=command, say=lambda line: print(line, file=sys.stderr, flush=True))
     print(json.dumps(figures))
     return figures
+
+
+def main(argv: list[str] | None = None, prog: str = "bench/methods.py") -> dict[str, Any]:
+    import shlex
+    import sys
+
+    from launch.cli import OneLineParser
+    from launch.logs import configure_logging
+
+    parser = OneLineParser(prog=prog, description=__doc__.split("\n\n")[0].replace("\n", " "))
+    add_arguments(parser)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    try:
+        budget_from(args)  # arguments checked here, so that only they become a usage error
+    except ValueError as e:
+        parser.error(str(e))
+    configure_logging("warning")
+    return run_from_args(args, shlex.join([prog, *argv]))
