@@ -207,7 +207,7 @@ def run_system(models, tmp: Path, args, max_staleness: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=4, help="eva rounds (default 4)")
+    parser.add_argument("--rounds", type=int, default=4, help="eva rounds (default 4; at least 2)")
     parser.add_argument("--prompts", type=int, default=16, help="seed prompts (default 16)")
     parser.add_argument("--hidden", type=int, default=64, help="model width (default 64)")
     parser.add_argument("--layers", type=int, default=2, help="decoder layers (default 2)")
@@ -221,6 +221,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3,
                         help="runs of each kind, interleaved; the median wall time counts (default 3)")
     args = parser.parse_args(argv)
+    if args.rounds < 2:  # weight sync is timed on the solver's loads of versions after the first
+        parser.error(f"--rounds must be at least 2, got {args.rounds}")
 
     import torch
 
