@@ -141,7 +141,8 @@ def run_table(budget: Any, arms: list[str], work: Path, out: Path, *, jobs: int 
               f"generation, judging and training per seed, evaluation excluded.\n")
     out.mkdir(parents=True, exist_ok=True)
     (out / "methods.md").write_text(markdown(rows, start, groups, {a: ARMS[a].about for a in arms}, header))
-    _plots(rows, start, groups, results, budget, out)
+    traces = {a: mean_trace(results[a], ("r_real", "r_generated")) for a in arms if a == "spin" or a.startswith("gsil")}
+    _plots(rows, start, groups, traces, budget, out)
     figures = {"bench": "methods", "minutes": round(minutes, 2), "seeds": list(budget.seeds),
                "rounds": budget.rounds, "examples_per_round": budget.examples_per_round,
                "start": {lv: round(a["acc"], 4) for lv, a in start.items()},
@@ -153,24 +154,18 @@ def run_table(budget: Any, arms: list[str], work: Path, out: Path, *, jobs: int 
                                  "train_s": round(r["train_s"], 1), "examples": r["examples"]}
                            for arm, r in rows.items()}}
     (out / "results.json").write_text(json.dumps({**figures, "budget": asdict(budget), "rows": rows,
-                                                  "traces": {a: mean_trace(results[a], ("r_real", "r_generated"))
-                                                             for a in arms if a == "spin" or a.startswith("gsil")}},
-                                                 indent=1))
+                                                  "traces": traces}, indent=1))
     return figures
 
 
-def _plots(rows: dict, start: dict, groups: dict, results: dict, budget: Any, out: Path) -> None:
+def _plots(rows: dict, start: dict, groups: dict, traces: dict, budget: Any, out: Path) -> None:
     from launch.methods.plots import accuracy_plot, rewards_plot, rounds_plot
-    from launch.methods.table import mean_trace
 
     group_of = {a: g for g, names in groups.items() for a in names}
     accuracy_plot(rows, start, group_of, out / "accuracy.png")
     rounds_plot(rows, start["all"]["acc"], groups, out / "rounds.png")
-    traced = [a for a in rows if a == "spin" or a.startswith("gsil")]
-    if traced:
-        steps = -(-budget.examples_per_round // budget.batch_size)
-        rewards_plot({a: mean_trace(results[a], ("r_real", "r_generated")) for a in traced}, steps,
-                     out / "rewards.png")
+    if traces:  # SPIN's and GSIL's r(y_real), r(y_gen) per step, mean over seeds
+        rewards_plot(traces, -(-budget.examples_per_round // budget.batch_size), out / "rewards.png")
 
 
 def _write_atomic(path: Path, text: str) -> None:

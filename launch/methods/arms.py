@@ -39,6 +39,7 @@ class Context:
     seed: int
     out: Path  # this arm and seed's directory
     pairs_file: Path | None = None  # the seed's offline pairs (pair arms)
+    current: Policy | None = None  # the arm's policy, closed by run_arm
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -219,7 +220,7 @@ def run_arm(name: str, ctx: Context) -> Record:
     try:
         record = ARMS[name].run(ctx)
     finally:
-        if getattr(ctx, "current", None) is not None:
+        if ctx.current is not None:
             ctx.current.close()
     record.train_s = time.perf_counter() - started - record.eval_s
     return record
