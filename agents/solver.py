@@ -20,7 +20,7 @@ import structlog
 import zmq
 
 from agents.agent import AgentLink
-from agents.backends.hf import HFGenerator
+from agents.backends import Generator
 from protocol.codec import decode, encode
 from protocol.messages import Assign, GenerateResult, PolicyFetch, Sample
 from protocol.transport import agent_socket, limits_for
@@ -29,7 +29,7 @@ log = structlog.get_logger("agents.solver")
 
 
 class Solver:
-    def __init__(self, link: AgentLink, generator: HFGenerator, data_endpoint: str | None) -> None:
+    def __init__(self, link: AgentLink, generator: Generator, data_endpoint: str | None) -> None:
         self.link, self.generator, self.data_endpoint = link, generator, data_endpoint
         self._data: zmq.Socket | None = None  # owned by the compute thread (the only one that fetches)
         self.sync_seconds: list[float] = []  # wall time of each fetch + load (benchmarks read it)

@@ -247,12 +247,18 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
+    import importlib.util
     from pathlib import Path
 
     from launch.supervisor import supervisor_for
     from launch.topology import load_topology
 
     topo = load_topology(args.topology)
+    if topo.solver.backend == "vllm" and topo.solver.count and importlib.util.find_spec("vllm") is None:
+        print(f"selfplay up: {args.topology}: solver.backend = 'vllm' needs vLLM on this machine: "
+              "pip install -e '.[gpu]' (or start solvers elsewhere with `selfplay attach`, and count = 0 here)",
+              file=sys.stderr)
+        return 2
     run_dir = Path(topo.run.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "hub.json").unlink(missing_ok=True)  # a stale one would point agents at a dead hub

@@ -84,6 +84,19 @@ class SolverSection(Strict):
     capacity: int = Field(1, ge=1, description="Generation tasks each holds at once.")
     threads: int | None = Field(None, ge=1, description="CPU threads of each solver's torch (None: torch's default; "
                                                         "on a CPU, cores / count avoids oversubscription).")
+    max_lora_rank: int = Field(64, ge=1, description="vllm only: the largest LoRA rank the engine accepts (at least "
+                                                     "the trainer's lora.r).")
+    engine_args: dict[str, Any] = Field(default_factory=dict, description="vllm only: further vllm.LLM arguments "
+                                        "(gpu_memory_utilization, max_model_len, tensor_parallel_size, dtype, ...).")
+
+    @model_validator(mode="after")
+    def _vllm_settings(self) -> SolverSection:
+        if self.backend != "vllm" and {"max_lora_rank", "engine_args"} & self.model_fields_set:
+            raise ValueError("max_lora_rank and engine_args are settings of the vllm backend")
+        if self.backend == "vllm" and (self.threads is not None or not self.device.startswith(("auto", "cuda"))):
+            raise ValueError(f"the vllm backend runs on a GPU: device must be auto or cuda[:N] (got {self.device!r}), "
+                             "and threads is a setting of the hf backend")
+        return self
 
 
 class JudgeSection(Strict):

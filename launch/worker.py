@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -94,10 +95,18 @@ def build_worker(role: str, link, topo, data: str | None):
     from launch.topology import load_object
 
     if role == "solver":
-        if topo.solver.backend == "vllm":
-            raise SystemExit("the vllm backend is not built yet; use backend = \"hf\"")
-        from agents.backends.hf import HFGenerator
         from agents.solver import Solver
+
+        s = topo.solver
+        if s.backend == "vllm":
+            from agents.backends.vllm import VLLMGenerator
+
+            if s.device.startswith("cuda:"):  # vLLM takes the first visible GPU: make it the one asked for
+                os.environ["CUDA_VISIBLE_DEVICES"] = s.device.split(":", 1)[1]
+            adapters = Path(topo.run.dir) / "solver-adapters" / link.config.name
+            return Solver(link, VLLMGenerator(s.model, adapters, max_staleness=topo.hub.max_staleness,
+                                              max_lora_rank=s.max_lora_rank, engine_args=s.engine_args), data)
+        from agents.backends.hf import HFGenerator
 
         if topo.solver.threads is not None:
             import torch

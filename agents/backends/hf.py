@@ -28,6 +28,16 @@ class Generation:
     finish_reason: str  # "stop" | "length"
 
 
+def prompt_ids(tokenizer: Any, prompt: Prompt) -> list[int]:
+    """A prompt's token ids: chat messages through the chat template (whose text already holds the special
+    tokens, so none are added), plain text with the tokenizer's special tokens. Both backends use this."""
+    if prompt.messages:
+        turns = [t.model_dump() for t in prompt.messages]
+        text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(prompt.text, add_special_tokens=True)["input_ids"]
+
+
 class HFGenerator:
     def __init__(self, model_path: str, device: str = "auto", batch_size: int = 16) -> None:
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
@@ -37,13 +47,6 @@ class HFGenerator:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(model_path).to(self.device).eval()
         self.batch_size, self.version = batch_size, 0
-
-    def render(self, prompt: Prompt) -> tuple[str, bool]:
-        """Prompt text and whether the tokenizer should add its special tokens (not for chat templates)."""
-        if prompt.messages:
-            turns = [t.model_dump() for t in prompt.messages]
-            return self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True), False
-        return prompt.text, True
 
     @torch.no_grad()
     def generate(self, prompts: list[Prompt], sampling: SamplingParams) -> list[list[Generation]]:
@@ -55,10 +58,9 @@ class HFGenerator:
 
     def _batch(self, prompts: list[Prompt], sampling: SamplingParams) -> list[list[Generation]]:
         tok = self.tokenizer
-        rendered = [self.render(p) for p in prompts]
+        encoded = [prompt_ids(tok, p) for p in prompts]
         side, tok.padding_side = tok.padding_side, "left"
-        try:  # chat-templated and plain prompts are tokenized apart: special tokens differ
-            encoded = [tok(text, add_special_tokens=special)["input_ids"] for text, special in rendered]
+        try:
             batch = tok.pad({"input_ids": encoded}, return_tensors="pt").to(self.device)
         finally:
             tok.padding_side = side

@@ -23,8 +23,12 @@ def test_sampling_logprobs_are_the_policys_own(tiny_models):
     [[first], [second]] = gen.generate(PROMPTS, SamplingParams(n=1, temperature=0.0, max_new_tokens=6))
     for prompt, g in zip(PROMPTS, (first, second), strict=True):
         assert len(g.token_ids) == len(g.logprobs) > 0 and g.finish_reason in {"stop", "length"}
-        text, special = gen.render(prompt)
-        prompt_ids = gen.tokenizer(text, add_special_tokens=special)["input_ids"]
+        if prompt.messages:  # the chat template's text holds its special tokens; plain text gets the tokenizer's
+            turns = [t.model_dump() for t in prompt.messages]
+            text = gen.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+            prompt_ids = gen.tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            prompt_ids = gen.tokenizer(prompt.text)["input_ids"]
         ids = torch.tensor([prompt_ids + g.token_ids])
         score = torch.tensor([[False] * len(prompt_ids) + [True] * len(g.token_ids)])
         with torch.no_grad():

@@ -26,6 +26,11 @@ def test_configs_demo_toml_is_what_the_demo_runs():
     load_topology(ROOT / "configs" / "demo.toml")  # and it is a valid topology
 
 
+def test_configs_gpu_toml_is_a_valid_vllm_topology():
+    topo = load_topology(ROOT / "configs" / "gpu.toml")
+    assert topo.solver.backend == "vllm" and topo.solver.max_lora_rank >= topo.trainer["lora"]["r"]
+
+
 @pytest.mark.parametrize("section, key, value, problem", [
     ("judge", "checker", "agents.worlds.arithmetic:Nope", "judge.checker: cannot load"),
     ("creator", "mutator", "no_such_module:mutate", "creator.mutator: cannot load"),

@@ -31,6 +31,8 @@ def _one_line_error(capsys, argv) -> str:
     (('mutator = "agents.worlds.arithmetic:mutate"', 'mutator = "agents.worlds.arithmetic:mutant"'),
      "creator.mutator: "),
     (("samples_per_prompt = 3", "samples_per_prompt = 3\nmax_staleness = 2"), "exceeds hub.max_staleness"),
+    (("threads = 1", 'threads = 1\nbackend = "vllm"'), "the vllm backend runs on a GPU"),
+    (("threads = 1", 'threads = 1\nengine_args = { max_model_len = 512 }'), "are settings of the vllm backend"),
 ])
 def test_a_bad_topology_is_one_line_naming_the_problem(tmp_path, tiny_models, capsys, change, named):
     path = write_topology(tmp_path, tiny_models)
