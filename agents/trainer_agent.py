@@ -22,13 +22,14 @@ import threading
 import time
 
 import structlog
+import torch
 import zmq
-from peft import get_peft_model_state_dict
 
 from agents.agent import AgentLink
 from protocol.codec import decode, encode
 from protocol.messages import Assign, PolicyUpdate, TrainingReport
 from protocol.transport import agent_socket
+from trainer.adapters import adapter_parameters, read_adapter
 from trainer.config import TrainConfig
 from trainer.groups import rows_from_groups
 from trainer.recipe import Recipe
@@ -52,6 +53,7 @@ class TrainerAgent:
         self.version = max(link.hub_policy_version, self.trained.get("version", 0))
         self.publish_seconds: list[float] = []  # wall time of each publish (benchmarks read it)
         self._data: zmq.Socket | None = None
+        self._adapter: tuple[torch.nn.Module, dict[str, torch.nn.Parameter]] | None = None  # (model, its LoRA params)
 
     def run(self, stop: threading.Event) -> None:
         try:
@@ -99,7 +101,9 @@ class TrainerAgent:
         update = PolicyUpdate(version=version, parent_version=version - 1, base_model=self.config.model,
                               adapter_config={"r": lora.r, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout,
                                               "target_modules": lora.target_modules})
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(self.recipe.model).items()}
+        if self._adapter is None or self._adapter[0] is not self.recipe.model:
+            self._adapter = (self.recipe.model, adapter_parameters(self.recipe.model))
+        tensors = read_adapter(self._adapter[1])  # live on a CPU: the hub has them before the next step
         if self._data is None:
             self._data = agent_socket(self.link.ctx, self.data_endpoint, "data", name=self.link.config.name)
         self._data.send_multipart(encode(update, sender=self.link.config.name, tensors=tensors), copy=False)

@@ -88,10 +88,9 @@ def warm_up(creator) -> None:
 
 
 def run_local(models, tmp: Path, args) -> dict:
-    from peft import get_peft_model_state_dict
-
     from agents.creator import Creator
     from agents.local import LocalLink
+    from trainer.adapters import adapter_parameters, read_adapter
 
     link = LocalLink()
     solver, judge, trainer = make_workers(link, models, tmp / "local", args.train_batch)
@@ -99,8 +98,10 @@ def run_local(models, tmp: Path, args) -> dict:
     lora = trainer.config.lora
     adapter = {"r": lora.r, "lora_alpha": lora.alpha, "target_modules": lora.target_modules}
 
+    params = adapter_parameters(trainer.recipe.model)
+
     def publish(version: int) -> bool:  # straight into the solver's model: no bus
-        solver.generator.load_policy(version, adapter, get_peft_model_state_dict(trainer.recipe.model))
+        solver.generator.load_policy(version, adapter, read_adapter(params))
         return True
 
     trainer.publish = publish

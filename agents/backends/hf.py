@@ -18,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from protocol.messages import Prompt, SamplingParams
+from trainer.adapters import adapter_parameters, write_adapter
 
 
 @dataclass
@@ -47,6 +48,7 @@ class HFGenerator:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(model_path).to(self.device).eval()
         self.batch_size, self.version = batch_size, 0
+        self._adapter: dict[str, torch.nn.Parameter] | None = None  # LoRA parameters by peft key, once loaded
 
     @torch.no_grad()
     def generate(self, prompts: list[Prompt], sampling: SamplingParams) -> list[list[Generation]]:
@@ -87,12 +89,13 @@ class HFGenerator:
 
     def load_policy(self, version: int, adapter_config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         """Swap in a published LoRA adapter (peft state-dict keys, as the trainer sends them)."""
-        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+        from peft import LoraConfig, get_peft_model
 
-        if not hasattr(self.model, "peft_config"):
+        if self._adapter is None:  # the first version: wrap the model in LoRA, once
             config = LoraConfig(**{k: v for k, v in adapter_config.items() if k in _LORA_KEYS})
             self.model = get_peft_model(self.model, config).eval()
-        set_peft_model_state_dict(self.model, {k: v.to(self.device) for k, v in tensors.items()})
+            self._adapter = adapter_parameters(self.model)
+        write_adapter(self._adapter, tensors)
         self.version = version
 
 

@@ -41,7 +41,7 @@ _MODULE = re.compile(r"\.([^.]+)\.lora_[AB]\.weight$")  # "...self_attn.q_proj.l
 _LORA_KEYS = {"r", "lora_alpha", "lora_dropout", "bias", "use_rslora", "fan_in_fan_out"}
 
 
-def write_adapter(directory: Path, base_model: str, adapter_config: dict[str, Any],
+def save_adapter(directory: Path, base_model: str, adapter_config: dict[str, Any],
                   tensors: dict[str, torch.Tensor]) -> Path:
     """Save published LoRA tensors as a peft adapter directory (what peft and vLLM load).
 
@@ -86,7 +86,7 @@ class AdapterSlots:
             tensors: dict[str, torch.Tensor]) -> Adapter:
         lora_id, self._next_id = self._next_id, self._next_id + 1
         name = f"policy-v{version}-{lora_id}"
-        adapter = Adapter(version, name, lora_id, write_adapter(self.directory / name, base_model, adapter_config,
+        adapter = Adapter(version, name, lora_id, save_adapter(self.directory / name, base_model, adapter_config,
                                                                 tensors))
         self.resident.append(adapter)
         while len(self.resident) > self.keep:

@@ -15,7 +15,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 from transformers import AutoModelForCausalLM
 
 from agents.backends.hf import HFGenerator, prompt_ids
-from agents.backends.vllm import AdapterSlots, VLLMGenerator, to_generation, write_adapter
+from agents.backends.vllm import AdapterSlots, VLLMGenerator, save_adapter, to_generation
 from launch.cli import main
 from protocol.messages import Prompt, SamplingParams
 from tests.reliability.run import write_topology
@@ -38,7 +38,7 @@ def published(policy_path, seed: int = 0) -> tuple[dict, dict[str, torch.Tensor]
 
 def test_a_written_adapter_is_what_peft_loads_and_the_hf_backend_applies(tiny_models, tmp_path):
     config, tensors = published(tiny_models.policy)
-    directory = write_adapter(tmp_path / "v1", str(tiny_models.policy), config, tensors)
+    directory = save_adapter(tmp_path / "v1", str(tiny_models.policy), config, tensors)
     saved = json.loads((directory / "adapter_config.json").read_text())
     assert saved["target_modules"] and saved["target_modules"] != "all-linear"  # spelled out for other loaders
     assert "q_proj" in saved["target_modules"] and saved["r"] == 4 and saved["lora_alpha"] == 8
@@ -55,7 +55,7 @@ def test_a_written_adapter_is_what_peft_loads_and_the_hf_backend_applies(tiny_mo
 
 def test_tensors_without_lora_weights_are_refused(tiny_models, tmp_path):
     with pytest.raises(ValueError, match="no LoRA weights"):
-        write_adapter(tmp_path / "v1", str(tiny_models.policy), {"r": 4}, {"model.embed.weight": torch.zeros(2)})
+        save_adapter(tmp_path / "v1", str(tiny_models.policy), {"r": 4}, {"model.embed.weight": torch.zeros(2)})
 
 
 def test_adapter_names_and_ids_are_never_reused_and_only_the_newest_stay(tiny_models, tmp_path):
