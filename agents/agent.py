@@ -138,8 +138,9 @@ class AgentLink:
         self._outbox[(message.task_id, message.attempt)] = message
         self._send(message)
 
-    def submit(self, tasks: list[TaskPayload], timeout_s: float = 30.0) -> list[str]:
-        return self._request(Submit(tasks=tasks), timeout_s).task_ids
+    def submit(self, tasks: list[TaskPayload], timeout_s: float = 30.0, key: str | None = None) -> list[str]:
+        """Queue tasks at the hub; their ids. Send again with the same `key` after a timeout: nothing is queued twice."""
+        return self._request(Submit(tasks=tasks, key=key), timeout_s).task_ids
 
     def query(self, task_ids: list[str], timeout_s: float = 30.0) -> list[TaskInfo]:
         return self._request(TaskQuery(task_ids=task_ids), timeout_s).tasks

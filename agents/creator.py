@@ -117,15 +117,19 @@ class Creator:
         self.policy_version = link.hub_policy_version  # answers must come from at least this version
         self._training: deque[tuple[int, str]] = deque()  # (round, train task id) submitted, not yet reported
         self.state_path = Path(state_path) if state_path else None
+        self.journal_id = os.urandom(6).hex()  # names this run's train submissions (kept in the journal)
         if self.state_path is not None and self.state_path.exists():
             self._load()
+        else:
+            self._save()  # the journal id is on disk before anything is submitted under it
 
     # ------------------------------------------------------------------ the journal
     def _save(self) -> None:
         if self.state_path is None:
             return
         version, internal, gauss = self.rng.getstate()
-        state = {"round": self.round, "policy_version": self.policy_version, "training": list(self._training),
+        state = {"journal_id": self.journal_id, "round": self.round, "policy_version": self.policy_version,
+                 "training": list(self._training),
                  "eval_rewards": self.eval_rewards, "pool": [p.model_dump(mode="json") for p in self.pool],
                  "rng": [version, list(internal), gauss]}
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,6 +140,7 @@ class Creator:
     def _load(self) -> None:
         state = json.loads(self.state_path.read_text())
         self.round, self.policy_version = state["round"], max(self.policy_version, state["policy_version"])
+        self.journal_id = state.get("journal_id", self.journal_id)
         self._training = deque((r, t) for r, t in state["training"])
         self.eval_rewards = {int(v): reward for v, reward in state["eval_rewards"].items()}
         self.pool = [Prompt.model_validate(p) for p in state["pool"]]
@@ -216,8 +221,9 @@ class Creator:
             self.pool += evolved
         old, new = self.trainable(old), self.trainable(new)
         groups = mix(old, new, total=cfg.train_groups, old_fraction=cfg.old_fraction if new else 1.0, rng=self.rng)
-        # Not retried: were the reply lost after the hub queued it, a second copy would train the groups twice.
-        [task_id] = self.link.submit([TrainTask(groups=groups, round=self.round)])
+        # Keyed by journal and round: a retry after a lost reply, or this round redone by a restarted creator,
+        # gets the task the hub already queued back, so no round is trained twice.
+        [task_id] = self.submit([TrainTask(groups=groups, round=self.round)], key=f"{self.journal_id}:train:{self.round}")
         log.info("round submitted", round=self.round, pool=len(self.pool), evolved=len(new), trained=len(groups),
                  answers_from=self.policy_version)
         self._training.append((self.round, task_id))
@@ -303,13 +309,14 @@ class Creator:
         return [child(p, m, i, texts.get(f"meta-{i}")) for i, (p, m) in enumerate(zip(parents, mutations, strict=True))]
 
     # ------------------------------------------------------------------ talking to the hub
-    def submit(self, tasks: list) -> list[str]:
-        """Queue generate or judge tasks, retrying while the hub is away (a restart). If the hub queued them but
-        its reply was lost, the retry queues them again: the first copies are then done but never used."""
+    def submit(self, tasks: list, key: str | None = None) -> list[str]:
+        """Queue tasks, retrying while the hub is away (a restart). Every try carries the same idempotency key
+        (`key`, else a new random one), so a retry after a lost reply queues nothing twice."""
+        key = key or os.urandom(8).hex()
         deadline = time.monotonic() + self.config.task_timeout_s
         while True:
             try:
-                return self.link.submit(tasks, timeout_s=10.0)
+                return self.link.submit(tasks, timeout_s=10.0, key=key)
             except TimeoutError:
                 if time.monotonic() > deadline:
                     raise RoundFailed(f"round {self.round}: the hub took no tasks for "

@@ -273,7 +273,11 @@ class Hub:
         msg.reply(self, Ack(task_id=m.task_id, attempt=m.attempt, status="accepted"))
 
     def on_submit(self, msg: Incoming) -> None:
-        ids = self.ledger.submit(msg.env.message.tasks, now=msg.now)
+        m = msg.env.message
+        try:
+            ids = self.ledger.submit(m.tasks, key=m.key, now=msg.now)
+        except ValueError as e:  # a key reused for a different submission
+            return self._refuse(msg.sock, msg.identity, "invalid_message", str(e), msg.env.header.msg_id)
         msg.reply(self, Ack(status="queued", task_ids=ids))
 
     def on_policy_update(self, msg: Incoming) -> None:

@@ -65,6 +65,8 @@ CREATE TABLE IF NOT EXISTS samples (
 CREATE INDEX IF NOT EXISTS samples_prompt ON samples (prompt_id);
 CREATE TABLE IF NOT EXISTS verdicts (
     sample_id TEXT PRIMARY KEY, score REAL NOT NULL, judgment TEXT, task_id TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS submits (
+    key TEXT PRIMARY KEY, task_ids TEXT NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS policies (
     version INTEGER PRIMARY KEY, parent_version INTEGER NOT NULL, path TEXT, num_bytes INTEGER NOT NULL,
     created REAL NOT NULL);
@@ -109,10 +111,20 @@ class Ledger:
         self.db.close()
 
     # ------------------------------------------------------------------ tasks
-    def submit(self, tasks: list[TaskPayload], *, priority: int = 0, now: float | None = None) -> list[str]:
+    def submit(self, tasks: list[TaskPayload], *, priority: int = 0, key: str | None = None,
+               now: float | None = None) -> list[str]:
+        """Queue `tasks`; their new ids. With a `key` seen before: that submission's ids, and nothing queued."""
         now = time.time() if now is None else now
         ids = [os.urandom(8).hex() for _ in tasks]
         with self._tx():
+            if key is not None:
+                row = self.db.execute("SELECT task_ids FROM submits WHERE key = ?", (key,)).fetchone()
+                if row is not None:
+                    first = row[0].split(",")
+                    if len(first) != len(tasks):
+                        raise ValueError(f"submit key {key[:64]!r} was used for {len(first)} tasks, not {len(tasks)}")
+                    return first
+                self.db.execute("INSERT INTO submits VALUES (?, ?, ?)", (key, ",".join(ids), now))
             for task_id, task in zip(ids, tasks, strict=True):
                 self.db.execute(
                     "INSERT INTO tasks (task_id, kind, state, attempt, max_attempts, priority, payload, created, updated)"

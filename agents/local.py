@@ -27,8 +27,11 @@ class LocalLink:
         self.config = SimpleNamespace(name="local")
         self.workers: dict[str, Worker] = dict(workers or {})  # task kind ("generate", "judge", "train") -> worker
         self.results: dict[str, TaskInfo] = {}
+        self.submitted: dict[str, list[str]] = {}  # submit key -> task ids
 
-    def submit(self, tasks: list[TaskPayload], timeout_s: float = 30.0) -> list[str]:
+    def submit(self, tasks: list[TaskPayload], timeout_s: float = 30.0, key: str | None = None) -> list[str]:
+        if key is not None and key in self.submitted:  # as the hub does: a repeated key queues nothing
+            return self.submitted[key]
         ids = []
         for task in tasks:
             task_id = os.urandom(6).hex()
@@ -37,6 +40,8 @@ class LocalLink:
             if kind not in self.workers:
                 raise KeyError(f"no local worker for {kind} tasks (have {sorted(self.workers)})")
             self.workers[kind](Assign(task_id=task_id, attempt=1, lease_s=1, deadline_unix_s=0, task=task))
+        if key is not None:
+            self.submitted[key] = ids
         return ids
 
     def complete(self, assign: Assign, result: ResultPayload) -> None:

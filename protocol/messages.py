@@ -256,6 +256,9 @@ class TaskFailed(Wire):
 class Submit(Wire):
     kind: Literal["submit"] = "submit"
     tasks: list[TaskPayload] = Field(min_length=1, description="Tasks to queue (the creator's requests).")
+    key: str | None = Field(None, min_length=1, max_length=128,
+                            description="Idempotency key: a Submit sent again with the same key (its reply was lost, or "
+                                        "its sender restarted) gets the first one's task ids back and queues nothing.")
 
 
 class Ack(Wire):

@@ -120,6 +120,21 @@ def test_credit_limits_what_an_agent_holds(running):
     assert kinds == {"ack", "assign"}  # one result back frees one credit
 
 
+def test_a_submit_sent_again_with_its_key_gets_the_same_tasks(running):
+    creator = running.client("creator-0")
+    creator.ready("creator", kinds=())
+    tasks = [GenerateTask(prompts=[PROMPT])] * 2
+    acks = []
+    for _ in range(2):  # the first reply "lost": the creator sends the same submission again
+        creator.send(Submit(tasks=tasks, key="j1:train:3"))
+        acks.append(creator.recv().message)
+    assert acks[0].task_ids == acks[1].task_ids and len(acks[0].task_ids) == 2
+    creator.send(Submit(tasks=tasks[:1], key="j1:train:3"))  # the key of another submission
+    assert creator.recv().message.code == "invalid_message"
+    creator.send(StatusQuery())
+    assert creator.recv().message.queues["generate"].queued == 2
+
+
 def test_refusals_are_answered_and_counted_and_the_hub_keeps_serving(running):
     stranger = running.client("stranger")
     stranger.sock.send_multipart([b"GET / HTTP/1.1", b"", b""])

@@ -30,6 +30,22 @@ def ledger(tmp_path):
     led.close()
 
 
+def test_a_submit_repeated_with_its_key_queues_nothing_and_gets_the_first_ids(ledger, tmp_path):
+    task = GenerateTask(prompts=[PROMPT])
+    first = ledger.submit([task, task], key="creator:train:1", now=0)
+    assert ledger.submit([task, task], key="creator:train:1", now=1) == first
+    assert ledger.queue_stats()["generate"].queued == 2
+    other = ledger.submit([task, task], key="creator:train:2", now=2)
+    assert set(other).isdisjoint(first) and ledger.queue_stats()["generate"].queued == 4
+    with pytest.raises(ValueError, match="was used for 2 tasks, not 1"):
+        ledger.submit([task], key="creator:train:1", now=3)
+    ledger.close()
+    reopened = Ledger(tmp_path / "ledger.sqlite")  # the keys are in the file: a restarted hub remembers them
+    assert reopened.submit([task, task], key="creator:train:1", now=4) == first
+    assert reopened.queue_stats()["generate"].queued == 4
+    reopened.close()
+
+
 def test_submit_lease_complete(ledger):
     [tid] = ledger.submit([GenerateTask(prompts=[PROMPT])], now=0)
     assert ledger.queue_stats()["generate"].queued == 1

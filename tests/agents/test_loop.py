@@ -205,3 +205,37 @@ def test_a_restarted_creator_resumes_from_its_journal(world, tmp_path):
     trained = [s["sample_id"] for blob, _ in rows for g in msgpack.unpackb(blob)["groups"] for s in g["samples"]]
     assert len(trained) == len(set(trained))
     assert set(second.eval_rewards) == {0, 1, 2}
+
+
+@pytest.mark.parametrize("world", [("dpo", lambda m: RewardModelScorer(str(m.reward)))], indirect=True)
+def test_a_train_task_is_queued_once_when_its_reply_is_lost_or_its_creator_dies(world, tmp_path):
+    """Round 1: the hub queues the train task but its reply is lost; the creator sends it again with the same key.
+    Round 2: the hub queues it, then the creator dies before its journal records it; the creator that takes
+    over redoes round 2 and gets that task back. Without idempotent submits each would train a round twice."""
+    config = CreatorConfig(algo="dpo", samples_per_prompt=3, max_new_tokens=6, evolve=False, train_groups=8, seed=0)
+    journal = tmp_path / "creator" / "creator-0.json"
+    first = Creator(world.link("creator-0", "creator"), config, seeds(), state_path=journal)
+    real_submit, lost = first.link.submit, []
+
+    def submit_then_lose_the_reply(tasks, timeout_s=30.0, key=None):
+        ids = real_submit(tasks, timeout_s=timeout_s, key=key)
+        if tasks[0].kind == "train_task":
+            lost.append(ids)
+            if tasks[0].round == 1 and len(lost) == 1:
+                raise TimeoutError("reply lost")
+            if tasks[0].round == 2:
+                raise KeyboardInterrupt("killed before the journal recorded the task")
+        return ids
+
+    first.link.submit = submit_then_lose_the_reply
+    with pytest.raises(KeyboardInterrupt):
+        first.run(rounds=2)
+    assert lost[0] == lost[1] and len(lost) == 3  # round 1 sent twice, one task
+    second = Creator(world.link("creator-1", "creator"), config, seeds(), state_path=journal)
+    assert second.round == 1 and second.journal_id == first.journal_id
+    reports = second.run(rounds=2)
+    assert [r.policy_version for r in reports] == [2] and reports[0].examples > 0
+    db = world.db()
+    rows = db.execute("SELECT task_id, state FROM tasks WHERE kind = 'train' ORDER BY created").fetchall()
+    db.close()
+    assert rows == [(lost[0][0], "done"), (lost[2][0], "done")]  # the task queued before the death was trained
