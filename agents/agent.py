@@ -142,8 +142,11 @@ class AgentLink:
         """Queue tasks at the hub; their ids. Send again with the same `key` after a timeout: nothing is queued twice."""
         return self._request(Submit(tasks=tasks, key=key), timeout_s).task_ids
 
-    def query(self, task_ids: list[str], timeout_s: float = 30.0) -> list[TaskInfo]:
-        return self._request(TaskQuery(task_ids=task_ids), timeout_s).tasks
+    def query(self, task_ids: list[str], timeout_s: float = 30.0, wait_s: float = 0.0) -> list[TaskInfo]:
+        """The tasks' states and results; with `wait_s`, once they are all done or dead, or after `wait_s`."""
+        if wait_s >= timeout_s:
+            raise ValueError(f"timeout_s ({timeout_s}) must exceed wait_s ({wait_s}): the hub may hold the reply that long")
+        return self._request(TaskQuery(task_ids=task_ids, wait_s=wait_s), timeout_s).tasks
 
     def status(self, timeout_s: float = 10.0) -> StatusReply:
         return self._request(StatusQuery(), timeout_s)

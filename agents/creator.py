@@ -92,7 +92,8 @@ class CreatorConfig(BaseModel):
                                                     "0 waits for each new policy (synchronous); 1 overlaps round "
                                                     "t+1's generation with round t's training.")
     good_score: float = Field(1.0, description="Score at or above which a CUT response counts as good.")
-    poll_s: float = Field(0.2, gt=0, description="How often to ask the hub about submitted tasks.")
+    wait_s: float = Field(5.0, gt=0, le=60, description="How long one query about submitted tasks may wait at the "
+                                                        "hub; the hub answers as soon as they are all finished.")
     task_timeout_s: float = Field(3600.0, gt=0, description="Give up on a round whose tasks take longer.")
     seed: int = Field(0, description="Seed of sampling, mutation choice and mixing.")
     eval_every: int = Field(1, ge=1, description="Evaluate on the held-out prompts every N rounds (and before round 1).")
@@ -324,11 +325,14 @@ class Creator:
                 log.warning("hub not answering; submitting again", round=self.round, tasks=len(tasks))
 
     def wait(self, task_ids: list[str]):
-        """Results of `task_ids` in order, polling the hub; a DEAD task fails the round with its reason."""
+        """Results of `task_ids` in order; a DEAD task fails the round with its reason. Each query waits at the
+        hub (long polling, `wait_s`) until the tasks are finished, so the answer comes as soon as they are."""
+        wait_s = self.config.wait_s
         deadline = time.monotonic() + self.config.task_timeout_s
         while time.monotonic() < deadline:
+            asked = time.monotonic()
             try:
-                infos = self.link.query(task_ids, timeout_s=10.0)
+                infos = self.link.query(task_ids, timeout_s=wait_s + 10.0, wait_s=wait_s)
             except TimeoutError:  # the hub is restarting: the link reconnects, the ledger kept everything
                 log.warning("hub not answering; still waiting", round=self.round, tasks=len(task_ids))
                 continue
@@ -337,5 +341,6 @@ class Creator:
                 raise RoundFailed(f"round {self.round}: task {dead[0].task_id} is {dead[0].state}: {dead[0].reason}")
             if all(i.state == "done" for i in infos):
                 return [i.result for i in infos]
-            time.sleep(self.config.poll_s)
+            if time.monotonic() - asked < wait_s / 2:  # answered early, unfinished (a hub holding too many queries)
+                time.sleep(min(0.1, wait_s))
         raise RoundFailed(f"round {self.round}: tasks not done within {self.config.task_timeout_s:.0f} s")

@@ -26,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from agents.ledger import Ledger
+from agents.waiters import Waiter, Waiters
 from protocol import keys
 from protocol.codec import Envelope, ProtocolError, decode, encode
 from protocol.constants import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS
@@ -109,6 +110,7 @@ class Hub:
         self.started = time.time()
         self._last_heartbeat = 0.0
         self._newest: tuple[PolicyUpdate, dict] | None = None  # every solver fetches it: serve from memory
+        self.waiters = Waiters()  # task queries held until their tasks finish (TaskQuery.wait_s)
 
     # ------------------------------------------------------------------ start / stop
     def start(self) -> None:
@@ -265,12 +267,15 @@ class Hub:
             self.ignored[outcome] += 1
             log.info("result not taken", task_id=m.task_id, attempt=m.attempt, outcome=outcome, agent=msg.agent.name)
         msg.reply(self, Ack(task_id=m.task_id, attempt=m.attempt, status="stale" if outcome == "unknown" else outcome))
+        if outcome == "accepted":
+            self._answer_waiters([m.task_id])
 
     def on_task_failed(self, msg: Incoming) -> None:
         m = msg.env.message
         self.ledger.fail(m.task_id, m.attempt, m.reason, m.retryable, msg.now)
         msg.agent.in_flight.discard((m.task_id, m.attempt))
         msg.reply(self, Ack(task_id=m.task_id, attempt=m.attempt, status="accepted"))
+        self._answer_waiters([m.task_id])  # dead if that was its last attempt
 
     def on_submit(self, msg: Incoming) -> None:
         m = msg.env.message
@@ -316,15 +321,32 @@ class Hub:
         msg.reply(self, update, tensors=load_file(path))
 
     def on_task_query(self, msg: Incoming) -> None:
+        m = msg.env.message
+        if m.wait_s > 0:  # long polling: held until the tasks are finished or the wait is over
+            states = self.ledger.states(m.task_ids)
+            pending = {t for t in m.task_ids if states.get(t) in ("queued", "leased")}
+            if pending and self.waiters.add(Waiter(msg.sock, msg.identity, msg.env.header.msg_id, list(m.task_ids),
+                                                   msg.now + m.wait_s, pending)):
+                return
+        msg.reply(self, self._report(m.task_ids))
+
+    def _report(self, task_ids: list[str]) -> TaskReport:
         infos = []
-        for task_id in msg.env.message.task_ids:
+        for task_id in task_ids:
             record = self.ledger.task(task_id)
             if record is None:
                 infos.append(TaskInfo(task_id=task_id, state="unknown"))
             else:
                 infos.append(TaskInfo(task_id=task_id, state=record["state"], attempt=record["attempt"],
                                       reason=record["reason"], result=record["result"]))
-        msg.reply(self, TaskReport(tasks=infos))
+        return TaskReport(tasks=infos)
+
+    def _answer_waiters(self, task_ids) -> None:
+        """Answer held queries whose tasks are now all finished (done or dead)."""
+        for task_id, state in self.ledger.states(task_ids).items():
+            if state not in ("queued", "leased"):
+                for w in self.waiters.finished(task_id):
+                    self._send(w.sock, w.identity, self._report(w.task_ids), reply_to=w.msg_id)
 
     def on_status_query(self, msg: Incoming) -> None:
         msg.reply(self, self.status(msg.now))
@@ -343,14 +365,19 @@ class Hub:
         silent = now - self.config.heartbeat_interval_s * self.config.liveness
         for identity in [i for i, a in self.agents.items() if a.last_seen < silent]:
             self._bury(identity, now, "silent")
+        for w in self.waiters.due(now):  # the wait is over: what there is
+            self._send(w.sock, w.identity, self._report(w.task_ids), reply_to=w.msg_id)
         if now - self._last_heartbeat >= self.config.heartbeat_interval_s:
             self._last_heartbeat = now
             for a in list(self.agents.values()):
                 self._send(self.control, a.identity, Heartbeat())
+            if self.waiters:  # tasks that died another way (a lease expired on its last attempt, ...)
+                self._answer_waiters(sorted(self.waiters.pending()))
         self.dispatch(now)
 
     def _bury(self, identity: bytes, now: float, why: str) -> None:
         agent = self.agents.pop(identity, None)
+        self.waiters.drop(identity)
         if agent is not None:
             released = self.ledger.release_agent(agent.name, now)
             log.warning("agent gone", name=agent.name, why=why, requeued=len(released))

@@ -279,6 +279,16 @@ class Ledger:
             stats.setdefault(kind, {})[state] = count
         return {kind: QueueStats(**counts) for kind, counts in stats.items()}
 
+    def states(self, task_ids) -> dict[str, str]:
+        """task id -> state, for those of `task_ids` the ledger has."""
+        ids = list(task_ids)
+        found: dict[str, str] = {}
+        for start in range(0, len(ids), 500):  # SQLite caps bound parameters per statement
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            found |= dict(self.db.execute(f"SELECT task_id, state FROM tasks WHERE task_id IN ({marks})", chunk))
+        return found
+
     def task(self, task_id: str) -> dict | None:
         row = self.db.execute("SELECT task_id, kind, state, attempt, agent, deadline, reason, result FROM tasks"
                               " WHERE task_id = ?", (task_id,)).fetchone()

@@ -71,7 +71,7 @@ def creator_config(args, max_staleness: int = 0):
     from agents.creator import CreatorConfig
 
     return CreatorConfig(algo="dpo", samples_per_prompt=args.samples, max_new_tokens=args.new_tokens, sample_fraction=0.5,
-                         rewrites_per_prompt=2, train_groups=args.train_groups, prompts_per_task=4, poll_s=0.02, seed=0,
+                         rewrites_per_prompt=2, train_groups=args.train_groups, prompts_per_task=4, seed=0,
                          max_staleness=max_staleness)
 
 

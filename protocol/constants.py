@@ -11,7 +11,7 @@ from dataclasses import dataclass
 # before anything else is decoded. Minor versions only add optional fields, so peers of the same major
 # version interoperate.
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 1  # 1.1: Submit.key (idempotent submits)
+PROTOCOL_MINOR = 1  # 1.1: Submit.key (idempotent submits), TaskQuery.wait_s (long polling)
 PROTOCOL_VERSION = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 
 # First frame of every message: a fixed prefix and the major version byte. Six bytes are cheap to check

@@ -294,6 +294,9 @@ class PolicyUpdate(Wire):
 class TaskQuery(Wire):
     kind: Literal["task_query"] = "task_query"
     task_ids: list[str] = Field(min_length=1, max_length=1024, description="Tasks whose state (and result) to report.")
+    wait_s: float = Field(0.0, ge=0, le=60, description="Long polling: the hub holds the reply until every listed task "
+                                                        "is done or dead, or this long (0: at once); so a waiter "
+                                                        "learns at once, without polling.")
 
 
 class TaskInfo(Wire):

@@ -52,7 +52,7 @@ def run_creator(ctx: Context, policy: Policy, evolve: bool) -> None:
     config = CreatorConfig(algo="dpo", samples_per_prompt=budget.samples_per_prompt, temperature=budget.temperature,
                            top_p=budget.top_p, max_new_tokens=budget.max_new_tokens, prompts_per_task=10**6, evolve=evolve,
                            pool_per_round=budget.pool_per_round, rewrites_per_prompt=1, min_train_score=1.0,
-                           train_groups=ctx.k, seed=ctx.seed, poll_s=0.001)
+                           train_groups=ctx.k, seed=ctx.seed)
     creator = Creator(link, config, ctx.data.eva_seeds, mutator=world.mutate)
     creator.run(budget.rounds)
     notes["pool"] = len(creator.pool)

@@ -22,6 +22,8 @@ from protocol.messages import (
     Sample,
     StatusQuery,
     Submit,
+    TaskFailed,
+    TaskQuery,
 )
 from protocol.transport import ClientCurve
 from tests.agents.client import Client
@@ -105,6 +107,32 @@ def test_handshake_then_work_flows_and_results_are_idempotent(running):
     solver.send(result)  # an outbox replay
     assert solver.recv().message.status == "duplicate"
     assert running.task(task_id)["state"] == "done"
+
+
+def test_a_held_query_is_answered_when_its_tasks_finish_or_its_wait_ends(running):
+    creator, solver = running.client("creator-0"), running.client("solver-0")
+    creator.ready("creator", kinds=())
+    solver.ready("solver", capacity=2)
+    done_id, dead_id = submit(creator, 2)
+    assigns = {a.message.task_id: a.message for a in (solver.recv(), solver.recv())}
+    creator.send(TaskQuery(task_ids=[done_id, dead_id], wait_s=10))
+    assert creator.recv(timeout_ms=300) is None  # held: nothing is finished
+    solver.send(Result(task_id=done_id, attempt=assigns[done_id].attempt, result=GenerateResult(samples=[sample(0)])))
+    assert solver.recv().message.status == "accepted"
+    assert creator.recv(timeout_ms=300) is None  # one task still leased
+    started = time.monotonic()
+    solver.send(TaskFailed(task_id=dead_id, attempt=assigns[dead_id].attempt, reason="bad prompt", retryable=False))
+    report = creator.recv(timeout_ms=2000).message
+    assert time.monotonic() - started < 1.0  # answered when the last one finished, not at the 10 s wait
+    assert [(t.task_id, t.state) for t in report.tasks] == [(done_id, "done"), (dead_id, "dead")]
+    assert report.tasks[0].result.samples[0].sample_id == "s0"
+
+    [queued] = submit(creator)  # the solver's credit is free again, so it is leased; it never finishes here
+    started = time.monotonic()
+    creator.send(TaskQuery(task_ids=[queued], wait_s=0.5))
+    report = creator.recv(timeout_ms=3000).message
+    assert 0.5 <= time.monotonic() - started < 2.0 and report.tasks[0].state in ("queued", "leased")
+    assert len(running.hub.waiters) == 0
 
 
 def test_credit_limits_what_an_agent_holds(running):

@@ -40,7 +40,6 @@ prompts_per_task = 2
 sample_fraction = 0.5
 rewrites_per_prompt = 1
 train_groups = 8
-poll_s = 0.1
 [solver]
 count = {solvers}
 model = "{models.policy}"
