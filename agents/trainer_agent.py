@@ -82,7 +82,8 @@ class TrainerAgent:
         self.version = report.policy_version
         steps = self.recipe.step_seconds[first_step:] or [0.0]
         log.info("round trained", task_id=assign.task_id, version=self.version, examples=len(rows),
-                 loss=metrics.get("loss"), step_s=round(statistics.median(steps), 4))
+                 loss=metrics.get("loss"), step_s=round(statistics.median(steps), 4),
+                 round_s=round(report.metrics["round_s"], 4))
         self._publish_and_report(assign, report)
 
     def _publish_and_report(self, assign: Assign, report: TrainingReport) -> None:

@@ -21,6 +21,8 @@ is repeated (--repeats, interleaved) and its median wall time counts. Figures:
 - bus_overhead = system (max_staleness 0) wall time / local wall time (target <= 1.10);
 - weight_sync_fraction = (publish + fetch-and-load, median per version) / median optimizer step
   (target <= 0.05); the solver's first load, which also wraps the model in LoRA, is printed apart.
+  The loop makes one version per round, so weight_sync_round_fraction divides the same by the median
+  training time of a round (the share of training time that sync adds).
 The last line is one JSON object.
 """
 
@@ -71,7 +73,7 @@ def creator_config(args, max_staleness: int = 0):
     from agents.creator import CreatorConfig
 
     return CreatorConfig(algo="dpo", samples_per_prompt=args.samples, max_new_tokens=args.new_tokens, sample_fraction=0.5,
-                         rewrites_per_prompt=2, train_groups=args.train_groups, prompts_per_task=4, seed=0,
+                         rewrites_per_prompt=2, train_groups=args.train_groups, prompts_per_task=args.prompts_per_task, seed=0,
                          max_staleness=max_staleness)
 
 
@@ -202,6 +204,7 @@ def run_system(models, tmp: Path, args, max_staleness: int) -> dict:
     loads = [e["seconds"] for e in log_events(run, "solver-0", "policy loaded")]
     return {"seconds": seconds, "versions": [r.policy_version for r in reports],
             "steps": reports[-1].step, "train_share": train_s / seconds, "step_s": statistics.median(e["step_s"] for e in rounds),
+            "round_s": statistics.median(e["round_s"] for e in rounds),
             "publish_s": statistics.median(e["publish_s"] for e in publishes),
             "load_s": statistics.median(loads[1:] or loads), "first_load_s": loads[0]}
 
@@ -214,16 +217,26 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--layers", type=int, default=2, help="decoder layers (default 2)")
     parser.add_argument("--samples", type=int, default=2, help="answers per prompt (default 2)")
     parser.add_argument("--new-tokens", type=int, default=8, help="answer length cap in tokens (default 8)")
+    parser.add_argument("--prompts-per-task", type=int, default=4,
+                        help="prompts per generation/judge task (default 4; the creator's own default is 16)")
     parser.add_argument("--train-groups", type=int, default=64, help="groups per training task (default 64)")
     parser.add_argument("--train-batch", type=int, default=1, help="pairs per training step (default 1)")
     parser.add_argument("--capacity", type=int, default=1,
                         help="generation tasks a solver holds at once (2: the next is queued while one runs)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every process (default 1)")
+    parser.add_argument("--cores", type=lambda s: {int(c) for c in s.split(",")}, default=None,
+                        help="CPU ids to pin this run and every process it starts to, e.g. 0 or 0,1 (default: all). "
+                             "With one core nothing computes concurrently: bus_overhead is then the bus alone")
     parser.add_argument("--repeats", type=int, default=3,
                         help="runs of each kind, interleaved; the median wall time counts (default 3)")
     args = parser.parse_args(argv)
     if args.rounds < 2:  # weight sync is timed on the solver's loads of versions after the first
         parser.error(f"--rounds must be at least 2, got {args.rounds}")
+    if args.cores is not None:
+        try:
+            os.sched_setaffinity(0, args.cores)  # inherited by every process started below
+        except (OSError, ValueError) as e:
+            parser.error(f"--cores {sorted(args.cores)}: {e}")
 
     import torch
 
@@ -246,13 +259,15 @@ def main(argv: list[str] | None = None) -> dict:
     wall = {name: statistics.median(r["seconds"] for r in done) for name, done in runs.items()}
     system = runs["system"]
     median = {key: statistics.median(r[key] for r in system)
-              for key in ("publish_s", "load_s", "first_load_s", "step_s", "train_share")}
+              for key in ("publish_s", "load_s", "first_load_s", "step_s", "round_s", "train_share")}
     share = median["train_share"]
     result = {
         "bench": "loop",
         "async_speedup": round(wall["system"] / wall["overlapped"], 3),
         "bus_overhead": round(wall["system"] / wall["local"], 3),
         "weight_sync_fraction": round((median["publish_s"] + median["load_s"]) / median["step_s"], 3),
+        # one version per round: the share of a round's training that its weight sync adds
+        "weight_sync_round_fraction": round((median["publish_s"] + median["load_s"]) / median["round_s"], 4),
         "async_bound": round(1 / max(share, 1 - share), 3),  # hiding the shorter of training and the rest
         "train_share": round(share, 3),
         **{f"{name}_s": round(seconds, 2) for name, seconds in wall.items()},
@@ -260,8 +275,10 @@ def main(argv: list[str] | None = None) -> dict:
         "train_steps": {name: done[0]["steps"] for name, done in runs.items()},
         "publish_ms": round(median["publish_s"] * 1e3, 1), "load_ms": round(median["load_s"] * 1e3, 1),
         "first_load_ms": round(median["first_load_s"] * 1e3, 1), "train_step_ms": round(median["step_s"] * 1e3, 1),
+        "train_round_s": round(median["round_s"], 3),
         **{key: getattr(args, key) for key in ("rounds", "prompts", "hidden", "layers", "samples", "new_tokens",
-                                                "train_groups", "train_batch", "capacity", "threads", "repeats")},
+                                                "prompts_per_task", "train_groups", "train_batch", "capacity", "threads", "repeats")},
+        "cores": sorted(os.sched_getaffinity(0)),
     }
     print(f"async speedup: max_staleness 0 took {result['system_s']} s, 1 took {result['overlapped_s']} s -> "
           f"{result['async_speedup']}x (target >= 1.3; at most {result['async_bound']}x with training "
@@ -270,7 +287,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"{result['bus_overhead']}x (target <= 1.10)")
     print(f"weight sync: publish {result['publish_ms']} ms + load {result['load_ms']} ms per version (first load "
           f"{result['first_load_ms']} ms) vs {result['train_step_ms']} ms per training step -> "
-          f"{result['weight_sync_fraction']} (target <= 0.05)")
+          f"{result['weight_sync_fraction']} (target <= 0.05); per version, vs the {result['train_round_s']} s of training "
+          f"that made it -> {result['weight_sync_round_fraction']}")
     print(json.dumps(result))
     return result
 
