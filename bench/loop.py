@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.cores is not None:
         try:
             os.sched_setaffinity(0, args.cores)  # inherited by every process started below
-        except (OSError, ValueError) as e:
+        except (AttributeError, OSError, ValueError) as e:  # AttributeError: no CPU affinity on this OS
             parser.error(f"--cores {sorted(args.cores)}: {e}")
 
     import torch
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> dict:
         "train_round_s": round(median["round_s"], 3),
         **{key: getattr(args, key) for key in ("rounds", "prompts", "hidden", "layers", "samples", "new_tokens",
                                                 "prompts_per_task", "train_groups", "train_batch", "capacity", "threads", "repeats")},
-        "cores": sorted(os.sched_getaffinity(0)),
+        "cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,  # Linux only
     }
     print(f"async speedup: max_staleness 0 took {result['system_s']} s, 1 took {result['overlapped_s']} s -> "
           f"{result['async_speedup']}x (target >= 1.3; at most {result['async_bound']}x with training "
