@@ -77,8 +77,17 @@ class LinkConfig(BaseModel):
 
 @dataclass
 class _Pending:
+    message: Any  # the request, sent again after a reconnection when repeating it is harmless
     done: threading.Event = field(default_factory=threading.Event)
     reply: Any = None
+    abandoned: bool = False  # the caller timed out: never send it again
+
+    @property
+    def repeatable(self) -> bool:
+        """Queries, and submits with an idempotency key: a new hub answers them as the old one would have."""
+        kind = self.message.kind
+        repeatable = kind in ("task_query", "status_query") or (kind == "submit" and self.message.key is not None)
+        return repeatable and not self.abandoned
 
 
 class AgentLink:
@@ -171,9 +180,10 @@ class AgentLink:
 
     def _request(self, message: Any, timeout_s: float) -> Any:
         msg_id = new_msg_id()
-        pending = self._pending[msg_id] = _Pending()
+        pending = self._pending[msg_id] = _Pending(message)
         self._send(message, msg_id)
         if not pending.done.wait(timeout_s):
+            pending.abandoned = True
             self._pending.pop(msg_id, None)
             raise TimeoutError(f"{self.config.name}: no reply to {message.kind} in {timeout_s:.0f} s")
         if getattr(pending.reply, "kind", None) == "error":
@@ -269,6 +279,11 @@ class AgentLink:
                 log.info("replaying outbox", agent=self.config.name, results=len(self._outbox), hub_id=m.hub_id)
                 for message in list(self._outbox.values()):  # a snapshot: complete() may add meanwhile
                     self._post(sock, message)
+            # Requests still unanswered (sent to a hub that died, or refused as not_ready) go again, so a
+            # caller waiting on one gets its answer from the new hub instead of a timeout.
+            for msg_id, waiting in list(self._pending.items()):
+                if waiting.repeatable:
+                    self._post(sock, waiting.message, msg_id)
             self.hub_id, self.hub_policy_version = m.hub_id, m.policy_version
             self.connected.set()
         elif m.kind == "assign":
@@ -290,6 +305,9 @@ class AgentLink:
             log.warning("hub error", agent=self.config.name, code=m.code, detail=m.detail)
             if m.code == "not_ready":  # the hub forgot us (restart, or buried while we were stalled)
                 self._post(sock, self._ready())
+                if pending is not None and pending.repeatable:  # asked again once welcomed (above)
+                    self._pending[env.header.reply_to] = pending
+                    pending = None
         if pending is not None:
             pending.reply = m
             pending.done.set()

@@ -105,6 +105,37 @@ def test_results_made_while_the_hub_is_down_reach_the_restarted_hub(tmp_path):
         first.close()
 
 
+def test_a_question_asked_while_the_hub_is_down_is_answered_by_the_restarted_hub(tmp_path):
+    """A query (and a keyed submit) in flight when the hub dies is sent again once the link is welcomed by the
+    new hub: the caller gets its answer, not a timeout or a not_ready refusal."""
+    first = Running(tmp_path, lease_s=30, heartbeat_interval_s=0.1, liveness=5)
+    creator = link(first, "creator-0", "creator", kinds=())
+    [task_id] = creator.submit([GenerateTask(prompts=[PROMPT])], key="k1")
+    first.stop.set()  # the hub dies
+    first.thread.join(5)
+    first.hub.close()
+    answers = {}
+
+    def ask():
+        answers["query"] = creator.query([task_id], timeout_s=20)
+        answers["submit"] = creator.submit([GenerateTask(prompts=[PROMPT])], timeout_s=20, key="k1")
+
+    asking = threading.Thread(target=ask)
+    asking.start()
+    time.sleep(0.8)  # asked while nobody listens; the link notices the silence
+    second = Running(tmp_path, lease_s=30, heartbeat_interval_s=0.1, liveness=5)
+    try:
+        started = time.monotonic()
+        asking.join(20)
+        assert not asking.is_alive() and time.monotonic() - started < 10
+        assert [(t.task_id, t.state) for t in answers["query"]] == [(task_id, "queued")]
+        assert answers["submit"] == [task_id]  # the key: the new hub read it from the ledger, nothing queued twice
+        creator.stop()
+    finally:
+        second.close()
+        first.close()
+
+
 def test_stop_disconnects_at_once(running):
     solver = link(running, "solver-0")
     assert "solver-0" in {a.name for a in running.hub.status(time.time()).agents}
