@@ -22,9 +22,8 @@ from pathlib import Path
 import structlog
 import zmq
 from pydantic import BaseModel, ConfigDict, Field
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
+from agents.adapter_store import AdapterStore
 from agents.ledger import Ledger
 from agents.waiters import Waiter, Waiters
 from protocol import keys
@@ -38,7 +37,6 @@ from protocol.messages import (
     Error,
     Heartbeat,
     PolicyAnnounce,
-    PolicyUpdate,
     StatusReply,
     TaskInfo,
     TaskReport,
@@ -109,13 +107,12 @@ class Hub:
         self._last_allow_check = 0.0
         self.started = time.time()
         self._last_heartbeat = 0.0
-        self._newest: tuple[PolicyUpdate, dict] | None = None  # every solver fetches it: serve from memory
         self.waiters = Waiters()  # task queries held until their tasks finish (TaskQuery.wait_s)
 
     # ------------------------------------------------------------------ start / stop
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "adapters").mkdir(exist_ok=True)
+        self.adapters = AdapterStore(self.run_dir / "adapters", self.config.keep_adapters, self.config.keep_every)
         self.ledger = Ledger(self.run_dir / "ledger.sqlite", max_attempts=self.config.max_attempts)
         requeued = self.ledger.recover(time.time())
         curve, self.auth = None, None
@@ -286,39 +283,22 @@ class Hub:
         msg.reply(self, Ack(status="queued", task_ids=ids))
 
     def on_policy_update(self, msg: Incoming) -> None:
-        m, env, now = msg.env.message, msg.env, msg.now
-        path = self.run_dir / "adapters" / f"v{m.version:06d}.safetensors"
-        tensors = {k: v.clone() for k, v in env.tensors.items()}  # own copies: the frames' memory goes away
-        save_file(tensors, path, metadata={"update": m.model_dump_json()})  # persisted before it is announced
-        num_bytes = sum(t.nbytes for t in tensors.values())
-        if m.version >= self.policy_version:
-            self._newest = (m, tensors)
+        m, now = msg.env.message, msg.now
+        path, num_bytes = self.adapters.save(m, msg.env.tensors)  # persisted before it is acknowledged or announced
         self.ledger.record_policy(m.version, m.parent_version, str(path), num_bytes, now)
         self.policy_version = max(self.policy_version, m.version)
-        self._retire_adapters()  # all disk work done before the acknowledgement
         msg.reply(self, Ack(status="accepted"))
         for other in list(self.agents.values()):
             self._send(self.control, other.identity, PolicyAnnounce(version=m.version, num_bytes=num_bytes))
         log.info("policy published", version=m.version, bytes=num_bytes)
 
-    def _retire_adapters(self) -> None:
-        """Disk stays bounded: keep the newest `keep_adapters` versions and every `keep_every`-th."""
-        files = sorted((self.run_dir / "adapters").glob("v*.safetensors"))
-        for path in files[:-self.config.keep_adapters]:
-            if int(path.stem[1:]) % self.config.keep_every:
-                path.unlink(missing_ok=True)
-
     def on_policy_fetch(self, msg: Incoming) -> None:
         version = msg.env.message.version or self.policy_version
-        if self._newest is not None and self._newest[0].version == version:
-            return msg.reply(self, self._newest[0], tensors=self._newest[1])
-        path = self.run_dir / "adapters" / f"v{version:06d}.safetensors"
-        if not path.exists():
+        found = self.adapters.load(version)
+        if found is None:
             return self._refuse(msg.sock, msg.identity, "unknown_task", f"no policy version {version}",
                                 msg.env.header.msg_id)
-        with safe_open(str(path), "pt") as f:
-            update = PolicyUpdate.model_validate_json(f.metadata()["update"])
-        msg.reply(self, update, tensors=load_file(path))
+        msg.reply(self, found[0], tensors=found[1])
 
     def on_task_query(self, msg: Incoming) -> None:
         m = msg.env.message
