@@ -8,8 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Major version goes on the wire in the signature frame: a peer with another major version is refused
-# before anything else is decoded. Minor versions only add optional fields, so peers of the same major
-# version interoperate.
+# before anything else is decoded. Minor versions only add optional fields: a receiver of a newer minor
+# version fills in the defaults, but messages are strict (extra fields refused), so a receiver of an older
+# one refuses a message carrying a field it does not know. Upgrade the hub before the agents.
 PROTOCOL_MAJOR = 1
 PROTOCOL_MINOR = 1  # 1.1: Submit.key (idempotent submits), TaskQuery.wait_s (long polling)
 PROTOCOL_VERSION = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
