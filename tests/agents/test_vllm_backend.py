@@ -101,7 +101,8 @@ def test_vllm_generates_with_the_published_adapter_and_raw_policy_logprobs(tmp_p
 
     models = save_tiny_models(tmp_path / "m", hidden_size=256, num_heads=4, num_layers=2, intermediate_size=512)
     gen = VLLMGenerator(str(models.policy), tmp_path / "adapters", max_staleness=1, max_lora_rank=8,
-                        engine_args={"gpu_memory_utilization": 0.3, "max_model_len": 256, "dtype": "float32"})
+                        engine_args={"gpu_memory_utilization": 0.3, "max_model_len": 256, "dtype": "float32",
+                                     "enforce_eager": True})  # no CUDA-graph capture: a quick start
     hf = HFGenerator(str(models.policy), device="cuda")
     prompt = Prompt(prompt_id="p", text="What is 2 + 3?")
     sampling = SamplingParams(n=4, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=0)
