@@ -45,6 +45,7 @@ from protocol.messages import (
 from protocol.transport import hub_socket, ipc_endpoint, limits_for, peer_user_id
 
 log = structlog.get_logger("agents.hub")
+_OPEN = ("queued", "leased")  # task states a held query still waits on
 
 
 class HubConfig(BaseModel):
@@ -304,7 +305,7 @@ class Hub:
         m = msg.env.message
         if m.wait_s > 0:  # long polling: held until the tasks are finished or the wait is over
             states = self.ledger.states(m.task_ids)
-            pending = {t for t in m.task_ids if states.get(t) in ("queued", "leased")}
+            pending = {t for t in m.task_ids if states.get(t) in _OPEN}
             if pending and self.waiters.add(Waiter(msg.sock, msg.identity, msg.env.header.msg_id, list(m.task_ids),
                                                    msg.now + m.wait_s, pending)):
                 return
@@ -324,9 +325,12 @@ class Hub:
     def _answer_waiters(self, task_ids) -> None:
         """Answer held queries whose tasks are now all finished (done or dead)."""
         for task_id, state in self.ledger.states(task_ids).items():
-            if state not in ("queued", "leased"):
+            if state not in _OPEN:
                 for w in self.waiters.finished(task_id):
-                    self._send(w.sock, w.identity, self._report(w.task_ids), reply_to=w.msg_id)
+                    self._answer(w)
+
+    def _answer(self, w: Waiter) -> None:
+        self._send(w.sock, w.identity, self._report(w.task_ids), reply_to=w.msg_id)
 
     def on_status_query(self, msg: Incoming) -> None:
         msg.reply(self, self.status(msg.now))
@@ -346,7 +350,7 @@ class Hub:
         for identity in [i for i, a in self.agents.items() if a.last_seen < silent]:
             self._bury(identity, now, "silent")
         for w in self.waiters.due(now):  # the wait is over: what there is
-            self._send(w.sock, w.identity, self._report(w.task_ids), reply_to=w.msg_id)
+            self._answer(w)
         if now - self._last_heartbeat >= self.config.heartbeat_interval_s:
             self._last_heartbeat = now
             for a in list(self.agents.values()):

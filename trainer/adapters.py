@@ -13,8 +13,18 @@ is refused at setup, never published half.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from peft import get_peft_model_state_dict
+from peft import LoraConfig, get_peft_model_state_dict
+
+# The LoraConfig fields a published adapter_config may carry (PolicyUpdate.adapter_config); others are ignored.
+LORA_KEYS = frozenset({"r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "fan_in_fan_out"})
+
+
+def lora_config(adapter_config: dict[str, Any], **fields: Any) -> LoraConfig:
+    """The LoraConfig of a published adapter (both solver backends build theirs here); `fields` override."""
+    return LoraConfig(**({k: v for k, v in adapter_config.items() if k in LORA_KEYS} | fields))
 
 
 def adapter_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:

@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from protocol.messages import Prompt, SamplingParams
-from trainer.adapters import adapter_parameters, write_adapter
+from trainer.adapters import adapter_parameters, lora_config, write_adapter
 
 
 @dataclass
@@ -89,14 +89,11 @@ class HFGenerator:
 
     def load_policy(self, version: int, adapter_config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         """Swap in a published LoRA adapter (peft state-dict keys, as the trainer sends them)."""
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
         if self._adapter is None:  # the first version: wrap the model in LoRA, once
-            config = LoraConfig(**{k: v for k, v in adapter_config.items() if k in _LORA_KEYS})
-            self.model = get_peft_model(self.model, config).eval()
+            self.model = get_peft_model(self.model, lora_config(adapter_config)).eval()
             self._adapter = adapter_parameters(self.model)
         write_adapter(self._adapter, tensors)
         self.version = version
 
-
-_LORA_KEYS = {"r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "fan_in_fan_out"}

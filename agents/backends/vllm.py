@@ -34,11 +34,11 @@ from transformers import AutoTokenizer
 
 from agents.backends.hf import Generation, prompt_ids
 from protocol.messages import Prompt, SamplingParams
+from trainer.adapters import lora_config
 
 log = structlog.get_logger("agents.backends.vllm")
 
 _MODULE = re.compile(r"\.([^.]+)\.lora_[AB]\.weight$")  # "...self_attn.q_proj.lora_A.weight" -> q_proj
-_LORA_KEYS = {"r", "lora_alpha", "lora_dropout", "bias", "use_rslora", "fan_in_fan_out"}
 
 
 def save_adapter(directory: Path, base_model: str, adapter_config: dict[str, Any],
@@ -49,14 +49,13 @@ def save_adapter(directory: Path, base_model: str, adapter_config: dict[str, Any
     writes them. target_modules is taken from those keys, not from the trainer's setting: "all-linear"
     is a peft shorthand that other loaders do not expand.
     """
-    from peft import LoraConfig
     from safetensors.torch import save_file
 
     modules = sorted({m.group(1) for key in tensors if (m := _MODULE.search(key))})
     if not modules:
         raise ValueError(f"no LoRA weights among the {len(tensors)} published tensors")
-    config = LoraConfig(task_type="CAUSAL_LM", base_model_name_or_path=base_model, target_modules=modules,
-                        **{k: v for k, v in adapter_config.items() if k in _LORA_KEYS})
+    config = lora_config(adapter_config, task_type="CAUSAL_LM", base_model_name_or_path=base_model,
+                         target_modules=modules)
     directory.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(str(directory))
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(directory / "adapter_model.safetensors"))
