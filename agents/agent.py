@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 import zmq
@@ -151,11 +151,13 @@ class AgentLink:
         """Queue tasks at the hub; their ids. Send again with the same `key` after a timeout: nothing is queued twice."""
         return self._request(Submit(tasks=tasks, key=key), timeout_s).task_ids
 
-    def query(self, task_ids: list[str], timeout_s: float = 30.0, wait_s: float = 0.0) -> list[TaskInfo]:
-        """The tasks' states and results; with `wait_s`, once they are all done or dead, or after `wait_s`."""
+    def query(self, task_ids: list[str], timeout_s: float = 30.0, wait_s: float = 0.0,
+              wait_for: Literal["all", "any"] = "all") -> list[TaskInfo]:
+        """The tasks' states and results; with `wait_s`, once they are all (or with `wait_for="any"`, once any of
+        them is) done or dead, or after `wait_s`."""
         if wait_s >= timeout_s:
             raise ValueError(f"timeout_s ({timeout_s}) must exceed wait_s ({wait_s}): the hub may hold the reply that long")
-        return self._request(TaskQuery(task_ids=task_ids, wait_s=wait_s), timeout_s).tasks
+        return self._request(TaskQuery(task_ids=task_ids, wait_s=wait_s, wait_for=wait_for), timeout_s).tasks
 
     def status(self, timeout_s: float = 10.0) -> StatusReply:
         return self._request(StatusQuery(), timeout_s)

@@ -5,6 +5,7 @@
 
 Round t (ALGORITHMS §7):
   1. solve:    generate n answers for every prompt of the pool, judge them          -> old groups
+               (each generation task's answers go to the judges as soon as it is done)
   2. estimate: informativeness of each prompt from its rewards (reward_gap)
   3. sample:   25% of the prompts, weighted without replacement
   4. evolve:   chains of rewrites with random mutation kinds; a task world's programmatic mutator,
@@ -32,8 +33,9 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Literal
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
@@ -50,10 +52,12 @@ from agents.eva import (
 )
 from agents.eva import sample_prompts as eva_sample
 from protocol.messages import (
+    GenerateResult,
     GenerateTask,
     JudgedGroup,
     JudgeTask,
     Prompt,
+    ResultPayload,
     SamplingParams,
     TrainingReport,
     TrainTask,
@@ -255,18 +259,24 @@ class Creator:
         size = cfg.prompts_per_task
         chunks = [prompts[i:i + size] for i in range(0, len(prompts), size)]
         ids = self.submit([GenerateTask(prompts=c, sampling=sampling, min_policy_version=version) for c in chunks])
-        samples = [s for result in self.wait(ids) for s in result.samples]
-        by_prompt = {p.prompt_id: [s for s in samples if s.prompt_id == p.prompt_id] for p in prompts}
-        groups = [JudgedGroup(prompt=p, samples=by_prompt[p.prompt_id], verdicts=[]) for p in prompts]
         if judge is None:
             judge = cfg.algo not in DEMONSTRATION_ALGOS
         if not judge:
-            return groups
+            return [g for chunk, result in zip(chunks, self.wait(ids), strict=True) for g in _groups(chunk, result)]
+        # Pipelined: each generation task's groups go to the judges as soon as it is done, so judging overlaps
+        # the generation still running (the same judge tasks as judging everything at the end).
         want_judgment = cfg.algo == "cut"
-        judge_ids = self.submit([JudgeTask(groups=groups[i:i + size], want_judgment=want_judgment)
-                                      for i in range(0, len(groups), size)])
-        verdicts = {v.sample_id: v for result in self.wait(judge_ids) for v in result.verdicts}
-        return [g.model_copy(update={"verdicts": [verdicts[s.sample_id] for s in g.samples]}) for g in groups]
+        groups: dict[int, list[JudgedGroup]] = {}
+        judge_ids: dict[int, str] = {}
+        for done in self.finished(ids, wait_for="any"):
+            for i, result in done:
+                groups[i] = _groups(chunks[i], result)
+            submitted = self.submit([JudgeTask(groups=groups[i], want_judgment=want_judgment) for i, _ in done])
+            judge_ids.update(zip((i for i, _ in done), submitted, strict=True))
+        results = self.wait([judge_ids[i] for i in range(len(chunks))])
+        verdicts = {v.sample_id: v for result in results for v in result.verdicts}
+        return [g.model_copy(update={"verdicts": [verdicts[s.sample_id] for s in g.samples]})
+                for i in range(len(chunks)) for g in groups[i]]
 
     # ------------------------------------------------------------------ evolve
     def evolve(self, parents: list[Prompt]) -> list[Prompt]:
@@ -324,23 +334,44 @@ class Creator:
                                       f"{self.config.task_timeout_s:.0f} s") from None
                 log.warning("hub not answering; submitting again", round=self.round, tasks=len(tasks))
 
-    def wait(self, task_ids: list[str]):
-        """Results of `task_ids` in order; a DEAD task fails the round with its reason. Each query waits at the
-        hub (long polling, `wait_s`) until the tasks are finished, so the answer comes as soon as they are."""
+    def wait(self, task_ids: list[str]) -> list[ResultPayload]:
+        """Results of `task_ids` in order, once all are done; a DEAD task fails the round with its reason."""
+        results: list[ResultPayload | None] = [None] * len(task_ids)
+        for done in self.finished(task_ids, wait_for="all"):
+            for i, result in done:
+                results[i] = result
+        return results  # type: ignore[return-value]  # every index was filled
+
+    def finished(self, task_ids: list[str], wait_for: Literal["all", "any"] = "any"
+                 ) -> Iterator[list[tuple[int, ResultPayload]]]:
+        """(index, result) of `task_ids` as they are done, a batch per answer of the hub; a DEAD task fails the round.
+        Each query waits at the hub (long polling, `wait_s`) until the tasks it names (those not done yet) are
+        all finished, or with `wait_for="any"` until one of them is: the answer comes as soon as they are."""
         wait_s = self.config.wait_s
         deadline = time.monotonic() + self.config.task_timeout_s
-        while time.monotonic() < deadline:
+        left = dict(enumerate(task_ids))  # index -> task id, not done yet
+        while left:
+            if time.monotonic() > deadline:
+                raise RoundFailed(f"round {self.round}: tasks not done within {self.config.task_timeout_s:.0f} s")
             asked = time.monotonic()
             try:
-                infos = self.link.query(task_ids, timeout_s=wait_s + 10.0, wait_s=wait_s)
+                infos = self.link.query(list(left.values()), timeout_s=wait_s + 10.0, wait_s=wait_s, wait_for=wait_for)
             except TimeoutError:  # the hub is restarting: the link reconnects, the ledger kept everything
-                log.warning("hub not answering; still waiting", round=self.round, tasks=len(task_ids))
+                log.warning("hub not answering; still waiting", round=self.round, tasks=len(left))
                 continue
             dead = [i for i in infos if i.state in ("dead", "unknown")]
             if dead:
                 raise RoundFailed(f"round {self.round}: task {dead[0].task_id} is {dead[0].state}: {dead[0].reason}")
-            if all(i.state == "done" for i in infos):
-                return [i.result for i in infos]
-            if time.monotonic() - asked < wait_s / 2:  # answered early, unfinished (a hub holding too many queries)
+            done = [(i, info.result) for i, info in zip(list(left), infos, strict=True) if info.state == "done"]
+            if done:
+                for i, _ in done:
+                    del left[i]
+                yield done
+            elif time.monotonic() - asked < wait_s / 2:  # answered early, unfinished (a hub holding too many queries)
                 time.sleep(min(0.1, wait_s))
-        raise RoundFailed(f"round {self.round}: tasks not done within {self.config.task_timeout_s:.0f} s")
+
+
+def _groups(prompts: list[Prompt], result: GenerateResult) -> list[JudgedGroup]:
+    """One unjudged group per prompt of a generation task, with that prompt's samples from its result."""
+    return [JudgedGroup(prompt=p, samples=[s for s in result.samples if s.prompt_id == p.prompt_id], verdicts=[])
+            for p in prompts]

@@ -306,8 +306,10 @@ class Hub:
         if m.wait_s > 0:  # long polling: held until the tasks are finished or the wait is over
             states = self.ledger.states(m.task_ids)
             pending = {t for t in m.task_ids if states.get(t) in _OPEN}
-            if pending and self.waiters.add(Waiter(msg.sock, msg.identity, msg.env.header.msg_id, list(m.task_ids),
-                                                   msg.now + m.wait_s, pending)):
+            wait_any = m.wait_for == "any"
+            hold = pending == set(m.task_ids) if wait_any else bool(pending)  # "any": one finished already answers
+            if hold and self.waiters.add(Waiter(msg.sock, msg.identity, msg.env.header.msg_id, list(m.task_ids),
+                                                msg.now + m.wait_s, pending, any=wait_any)):
                 return
         msg.reply(self, self._report(m.task_ids))
 
@@ -323,7 +325,7 @@ class Hub:
         return TaskReport(tasks=infos)
 
     def _answer_waiters(self, task_ids) -> None:
-        """Answer held queries whose tasks are now all finished (done or dead)."""
+        """Answer held queries that the tasks now finished (done or dead) complete."""
         for task_id, state in self.ledger.states(task_ids).items():
             if state not in _OPEN:
                 for w in self.waiters.finished(task_id):

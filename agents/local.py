@@ -50,6 +50,7 @@ class LocalLink:
     def fail(self, assign: Assign, reason: str, retryable: bool = True) -> None:
         self.results[assign.task_id] = TaskInfo(task_id=assign.task_id, state="dead", attempt=1, reason=reason)
 
-    def query(self, task_ids: list[str], timeout_s: float = 30.0, wait_s: float = 0.0) -> list[TaskInfo]:
+    def query(self, task_ids: list[str], timeout_s: float = 30.0, wait_s: float = 0.0,
+              wait_for: str = "all") -> list[TaskInfo]:
         """Every task ran at submit: nothing to wait for."""
         return [self.results[t] for t in task_ids]

@@ -1,4 +1,5 @@
-"""Held task queries (long polling): the hub answers a TaskQuery with `wait_s` once its tasks are finished.
+"""Held task queries (long polling): the hub answers a TaskQuery with `wait_s` once its tasks are finished
+(all of them, or with `wait_for="any"` the first of them).
 
     waiters.add(Waiter(sock, identity, msg_id, task_ids, deadline=now + wait_s, pending={...unfinished ids}))
     for w in waiters.finished(task_id): reply(w)     # when a task becomes done or dead
@@ -26,6 +27,7 @@ class Waiter:
     task_ids: list[str]  # as asked, in order: the reply lists them all
     deadline: float  # unix seconds
     pending: set[str] = field(default_factory=set)  # not finished yet
+    any: bool = False  # answered when the first pending task finishes, not the last
 
 
 class Waiters:
@@ -49,11 +51,11 @@ class Waiters:
         return set(self._by_task)
 
     def finished(self, task_id: str) -> list[Waiter]:
-        """`task_id` is done or dead: the waiters with nothing left pending, taken out."""
+        """`task_id` is done or dead: the waiters it completes (nothing left pending, or waiting for any), taken out."""
         ready = []
         for waiter in self._by_task.pop(task_id, []):
             waiter.pending.discard(task_id)
-            if not waiter.pending:
+            if not waiter.pending or waiter.any:
                 ready.append(waiter)
         self._remove(ready)
         return ready

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 # version fills in the defaults, but messages are strict (extra fields refused), so a receiver of an older
 # one refuses a message carrying a field it does not know. Upgrade the hub before the agents.
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 1  # 1.1: Submit.key (idempotent submits), TaskQuery.wait_s (long polling)
+PROTOCOL_MINOR = 2  # 1.1: Submit.key (idempotent submits), TaskQuery.wait_s (long polling); 1.2: TaskQuery.wait_for
 PROTOCOL_VERSION = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 
 # First frame of every message: a fixed prefix and the major version byte. Six bytes are cheap to check

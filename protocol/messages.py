@@ -297,6 +297,10 @@ class TaskQuery(Wire):
     wait_s: float = Field(0.0, ge=0, le=60, description="Long polling: the hub holds the reply until every listed task "
                                                         "is done or dead, or this long (0: at once); so a waiter "
                                                         "learns at once, without polling.")
+    wait_for: Literal["all", "any"] = Field("all", description="With `wait_s`: hold the reply until every listed "
+                                            "task is finished (all), or until one is (any: a creator that "
+                                            "queries the tasks it still waits on hands each result on at once, "
+                                            "e.g. judges one generation task while others still run). 1.2.")
 
 
 class TaskInfo(Wire):

@@ -135,6 +135,25 @@ def test_a_held_query_is_answered_when_its_tasks_finish_or_its_wait_ends(running
     assert len(running.hub.waiters) == 0
 
 
+def test_a_query_waiting_for_any_is_answered_at_the_first_finished_task(running):
+    creator, solver = running.client("creator-0"), running.client("solver-0")
+    creator.ready("creator", kinds=())
+    solver.ready("solver", capacity=2)
+    first, second = submit(creator, 2)
+    assigns = {a.message.task_id: a.message for a in (solver.recv(), solver.recv())}
+    creator.send(TaskQuery(task_ids=[first, second], wait_s=10, wait_for="any"))
+    assert creator.recv(timeout_ms=300) is None  # held: nothing is finished
+    started = time.monotonic()
+    solver.send(Result(task_id=second, attempt=assigns[second].attempt, result=GenerateResult(samples=[sample(0)])))
+    report = creator.recv(timeout_ms=2000).message
+    assert time.monotonic() - started < 1.0  # the first finished task answers it; the other is still leased
+    assert [(t.task_id, t.state) for t in report.tasks] == [(first, "leased"), (second, "done")]
+    started = time.monotonic()
+    creator.send(TaskQuery(task_ids=[first, second], wait_s=10, wait_for="any"))  # one is finished already
+    assert [t.state for t in creator.recv(timeout_ms=2000).message.tasks] == ["leased", "done"]
+    assert time.monotonic() - started < 1.0 and len(running.hub.waiters) == 0
+
+
 def test_credit_limits_what_an_agent_holds(running):
     creator, solver = running.client("creator-0"), running.client("solver-0")
     creator.ready("creator", kinds=())

@@ -102,6 +102,24 @@ def test_eva_dpo_two_rounds(world):
 
 
 @pytest.mark.parametrize("world", [("dpo", lambda m: RewardModelScorer(str(m.reward)))], indirect=True)
+def test_judging_starts_while_generation_still_runs(world):
+    """solve() hands each generation task's answers to the judges as soon as that task is done."""
+    creator = Creator(world.link("creator-0", "creator"), CreatorConfig(
+        algo="dpo", samples_per_prompt=2, max_new_tokens=6, prompts_per_task=1, seed=0), seeds(6))
+    groups = creator.solve(seeds(6))
+    assert [g.prompt.prompt_id for g in groups] == [f"seed{i}" for i in range(6)]  # in prompt order
+    assert all(len(g.samples) == 2 and [v.sample_id for v in g.verdicts] == [s.sample_id for s in g.samples]
+               for g in groups)  # every answer judged, verdicts beside their answers
+    db = world.db()
+    rows = db.execute("SELECT kind, created, updated FROM tasks WHERE state = 'done'").fetchall()
+    db.close()
+    generated = [updated for kind, _, updated in rows if kind == "generate"]
+    judged = sorted(created for kind, created, _ in rows if kind == "judge")
+    assert len(generated) == len(judged) == 6  # one judge task per generation task, as before
+    assert judged[0] < max(generated)  # the first judge task was queued before the last generation finished
+
+
+@pytest.mark.parametrize("world", [("dpo", lambda m: RewardModelScorer(str(m.reward)))], indirect=True)
 def test_a_reached_target_stops_the_run(world):
     creator = Creator(world.link("creator-0", "creator"), CreatorConfig(
         algo="dpo", evolve=False, samples_per_prompt=2, max_new_tokens=4, train_groups=8,

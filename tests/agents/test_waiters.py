@@ -3,9 +3,9 @@
 from agents.waiters import MAX_WAITERS, Waiter, Waiters
 
 
-def waiter(name, tasks, deadline=10.0):
+def waiter(name, tasks, deadline=10.0, any=False):
     return Waiter(sock=None, identity=name.encode(), msg_id=name, task_ids=list(tasks), deadline=deadline,
-                  pending=set(tasks))
+                  pending=set(tasks), any=any)
 
 
 def test_a_waiter_is_ready_once_all_its_tasks_finished_and_only_once():
@@ -15,6 +15,15 @@ def test_a_waiter_is_ready_once_all_its_tasks_finished_and_only_once():
     assert w.finished("t2") == [b]  # b had only t2; a still waits for t1
     assert w.finished("t2") == [] and len(w) == 1
     assert w.finished("t1") == [a] and len(w) == 0 and w.pending() == set()
+
+
+def test_a_waiter_for_any_is_ready_at_its_first_finished_task_and_leaves_no_trace():
+    w = Waiters()
+    first, every = waiter("first", ["t1", "t2"], any=True), waiter("every", ["t1", "t2"])
+    assert w.add(first) and w.add(every)
+    assert w.finished("t2") == [first]  # "every" still waits for t1
+    assert w.pending() == {"t1"}  # first's other task no longer points at it
+    assert w.finished("t1") == [every] and len(w) == 0
 
 
 def test_deadlines_and_departed_peers_take_waiters_out():
