@@ -7,7 +7,9 @@
    the same bytes on the same sockets. Both ends keep a window of messages in flight.
 2. Large payloads: one PolicyUpdate with a float32 tensor of --payload-mib, agent -> hub over tcp
    loopback, decoded at the hub (zero-copy), versus an in-process memcpy of the same bytes; then the
-   same over CURVE (encrypted, authenticated).
+   same over CURVE (encrypted, authenticated). Beside them, the machine's own tcp ceiling: the same bytes
+   through plain kernel sockets to another process (no zmq, no framing), so a ratio below target can be
+   told apart from a loopback that cannot carry more.
 
 The hub runs in a separate process, as in production. The last line is one JSON object.
 """
@@ -196,6 +198,48 @@ def large_payload(sock, nbytes: int, seconds: float) -> tuple[float, float]:
     return rate(typed, typed_check), raw
 
 
+def kernel_sink(port_queue, nbytes: int) -> None:
+    """Plain kernel tcp receiver: reads each payload into one buffer, answers one byte."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port_queue.put(server.getsockname()[1])
+        conn, _ = server.accept()
+        view = memoryview(bytearray(nbytes))
+        with conn:
+            while True:
+                got = 0
+                while got < nbytes:
+                    n = conn.recv_into(view[got:], nbytes - got)
+                    if n == 0:
+                        return
+                    got += n
+                conn.sendall(b"k")
+
+
+def kernel_tcp_gbps(nbytes: int, seconds: float) -> float:
+    """The machine's own ceiling for any tcp transport: the same payload, stop-and-wait, through plain kernel
+    sockets (sendall / recv_into a preallocated buffer, no framing, no zmq) to another process."""
+    import socket
+
+    spawn = mp.get_context("spawn")
+    ports = spawn.Queue()
+    proc = spawn.Process(target=kernel_sink, args=(ports, nbytes), daemon=True)
+    proc.start()
+    payload = memoryview(np.ones(nbytes, dtype=np.uint8))
+    with socket.create_connection(("127.0.0.1", ports.get(timeout=60))) as conn:
+        conn.sendall(payload)  # warm-up
+        conn.recv(1)
+        sent, start = 0, time.perf_counter()
+        while sent == 0 or time.perf_counter() - start < seconds:
+            conn.sendall(payload)
+            conn.recv(1)
+            sent += 1
+        rate = sent * nbytes / (time.perf_counter() - start) / 1e9
+    proc.join(10)
+    return rate
+
+
 def memcpy_gbps(nbytes: int, seconds: float) -> float:
     src = np.ones(nbytes, dtype=np.uint8)
     dst = np.empty_like(src)
@@ -237,12 +281,15 @@ def main(argv: list[str] | None = None) -> dict:
           f"ratio {typed_rate / raw_rate:.2f} (target >= 0.5)")
     copy = memcpy_gbps(nbytes, args.seconds)
     plain, plain_raw = run_phase(None, large_payload, nbytes, args.seconds)
+    kernel = kernel_tcp_gbps(nbytes, args.seconds)
     with tempfile.TemporaryDirectory() as key_dir:
         keys.init_keys(key_dir, [("bench", "observer")])
         curve, curve_raw = run_phase(key_dir, large_payload, nbytes, args.seconds)
     print(f"large payload ({args.payload_mib} MiB): memcpy {copy:.2f} GB/s; tcp typed {plain:.2f} GB/s "
           f"(ratio {plain / copy:.3f}, target >= 0.25; raw pyzmq {plain_raw:.2f} GB/s); tcp+CURVE typed "
           f"{curve:.2f} GB/s (ratio {curve / copy:.3f}, target >= 0.05; raw pyzmq {curve_raw:.2f} GB/s)")
+    print(f"this machine's tcp ceiling: plain kernel sockets {kernel:.2f} GB/s = {kernel / copy:.3f} of memcpy; "
+          f"ours reaches {plain / kernel:.2f} of it")
     result = {
         "bench": "bus",
         "small_msgs_ratio": round(typed_rate / raw_rate, 3),
@@ -251,6 +298,8 @@ def main(argv: list[str] | None = None) -> dict:
         "small_typed_per_s": round(typed_rate), "small_raw_per_s": round(raw_rate),
         "memcpy_gbps": round(copy, 2), "tcp_gbps": round(plain, 2), "curve_gbps": round(curve, 2),
         "tcp_raw_pyzmq_gbps": round(plain_raw, 2), "curve_raw_pyzmq_gbps": round(curve_raw, 2),
+        "tcp_kernel_gbps": round(kernel, 2), "kernel_tcp_memcpy_ratio": round(kernel / copy, 3),
+        "large_vs_kernel_tcp": round(plain / kernel, 3),
         "large_vs_raw_pyzmq": round(plain / plain_raw, 3), "large_curve_vs_raw_pyzmq": round(curve / curve_raw, 3),
         "payload_mib": args.payload_mib,
     }
