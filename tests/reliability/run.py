@@ -114,13 +114,25 @@ class Up:
         raise AssertionError(f"timed out waiting for {what}")
 
     def leased_to(self, agent: str, kind: str) -> list[str]:
-        return [r[0] for r in self.query("SELECT task_id FROM tasks WHERE state = 'leased' AND agent = ? AND kind = ?",
-                                         agent, kind)]
+        return [r[0] for r in self.query("SELECT task_id FROM tasks WHERE state = 'leased' AND agent = ? AND kind = ? "
+                                         "ORDER BY task_id", agent, kind)]
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> int:
         pid = self.wait_for(lambda: self.children().get(name), timeout_s=30, what=f"{name} running")
         os.kill(pid, sig)
         return pid
+
+    def stop_mid_task(self, name: str, kind: str, when=lambda: True) -> tuple[int, list[str]]:
+        """SIGSTOP `name` while it holds `kind` tasks (once `when()` holds too); its pid and those tasks. A result
+        sent just before the stop reaches the hub within the pause below, so tasks still leased to the stopped
+        process after it are surely unfinished (it had just finished one: let it go on and try again)."""
+        while True:
+            tasks = self.wait_for(lambda: when() and self.leased_to(name, kind), what=f"{name} holding a {kind} task")
+            pid = self.kill(name, signal.SIGSTOP)
+            time.sleep(0.3)  # well inside the hub's liveness (4 x 0.5 s): the stop alone buries nobody
+            if self.leased_to(name, kind) == tasks:
+                return pid, tasks
+            os.kill(pid, signal.SIGCONT)
 
     def wait_restarted(self, name: str, old_pid: int) -> int:
         return self.wait_for(lambda: (pid := self.children().get(name)) and pid != old_pid and pid,
