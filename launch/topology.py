@@ -81,9 +81,10 @@ class SolverSection(Strict):
     model: str = Field(description="Policy base model path (the trainer's adapters are applied on top).")
     backend: Literal["hf", "vllm"] = Field("hf", description="hf (CPU/GPU) or vllm (GPU only).")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
-    capacity: int = Field(2, ge=1, description="Generation tasks each holds at once, run one after another (2: the "
-                                               "next one waits at the solver while one runs, so no task waits on a "
-                                               "round trip to the hub).")
+    capacity: int = Field(1, ge=1, description="Generation tasks each holds at once, run one after another. 2 lets "
+                                               "the next wait at the solver, so no task waits on a round trip to the "
+                                               "hub: worth it for short tasks on one solver; with several solvers "
+                                               "a held task can wait while another solver idles.")
     threads: int | None = Field(None, ge=1, description="CPU threads of each solver's torch (None: torch's default; "
                                                         "on a CPU, cores / count avoids oversubscription).")
     max_lora_rank: int = Field(64, ge=1, description="vllm only: the largest LoRA rank the engine accepts (at least "
