@@ -109,12 +109,18 @@ def test_handshake_then_work_flows_and_results_are_idempotent(running):
     assert running.task(task_id)["state"] == "done"
 
 
-def test_a_held_query_is_answered_when_its_tasks_finish_or_its_wait_ends(running):
+def two_leased(running):
+    """A creator, and a solver holding the two tasks it submitted: (creator, solver, task ids, assigns by id)."""
     creator, solver = running.client("creator-0"), running.client("solver-0")
     creator.ready("creator", kinds=())
     solver.ready("solver", capacity=2)
-    done_id, dead_id = submit(creator, 2)
+    ids = submit(creator, 2)
     assigns = {a.message.task_id: a.message for a in (solver.recv(), solver.recv())}
+    return creator, solver, ids, assigns
+
+
+def test_a_held_query_is_answered_when_its_tasks_finish_or_its_wait_ends(running):
+    creator, solver, (done_id, dead_id), assigns = two_leased(running)
     creator.send(TaskQuery(task_ids=[done_id, dead_id], wait_s=10))
     assert creator.recv(timeout_ms=300) is None  # held: nothing is finished
     solver.send(Result(task_id=done_id, attempt=assigns[done_id].attempt, result=GenerateResult(samples=[sample(0)])))
@@ -136,11 +142,7 @@ def test_a_held_query_is_answered_when_its_tasks_finish_or_its_wait_ends(running
 
 
 def test_a_query_waiting_for_any_is_answered_at_the_first_finished_task(running):
-    creator, solver = running.client("creator-0"), running.client("solver-0")
-    creator.ready("creator", kinds=())
-    solver.ready("solver", capacity=2)
-    first, second = submit(creator, 2)
-    assigns = {a.message.task_id: a.message for a in (solver.recv(), solver.recv())}
+    creator, solver, (first, second), assigns = two_leased(running)
     creator.send(TaskQuery(task_ids=[first, second], wait_s=10, wait_for="any"))
     assert creator.recv(timeout_ms=300) is None  # held: nothing is finished
     started = time.monotonic()
