@@ -369,12 +369,29 @@ class Hub:
             log.warning("agent gone", name=agent.name, why=why, requeued=len(released))
 
     def dispatch(self, now: float) -> None:
-        """Credit-based: an agent never holds more tasks than its capacity."""
-        for agent in list(self.agents.values()):
+        """Credit-based: an agent never holds more tasks than its capacity. First every idle agent gets one
+        task. Then a busy agent with credit left gets more (they wait at the agent, so its next task does
+        not wait on a round trip to the hub) only while every other agent of the kind still has a task
+        waiting in the queue: a task held by a busy agent never keeps another agent idle."""
+        agents = list(self.agents.values())
+        for agent in agents:
+            for kind in agent.task_kinds:
+                if agent.in_flight or not self._lease(agent, kind, 1, now):
+                    break  # it has its one, or it is gone or full: nothing more for it now
+        for agent in agents:
+            if not agent.in_flight or self.agents.get(agent.identity) is not agent:  # idle (its queues are
+                continue  # empty), or buried just now
             for kind in agent.task_kinds:
                 free = agent.capacity - len(agent.in_flight)
-                if not self._assign(agent, self.ledger.lease(kind, agent.name, free, self.config.lease_s, now), now):
-                    break  # gone or full: nothing more for it now
+                if free <= 0:
+                    break
+                others = sum(kind in a.task_kinds for a in self.agents.values()) - 1
+                extra = min(free, self.ledger.queued(kind) - others)
+                if extra > 0 and not self._lease(agent, kind, extra, now):
+                    break
+
+    def _lease(self, agent: AgentState, kind: str, limit: int, now: float) -> bool:
+        return self._assign(agent, self.ledger.lease(kind, agent.name, limit, self.config.lease_s, now), now)
 
     def _assign(self, agent: AgentState, leases: list, now: float) -> bool:
         """Send the leases' assignments. At the first that cannot be sent, it and the rest go back to the queue

@@ -107,6 +107,11 @@ class Ledger:
     def _tx(self) -> _Transaction:
         return _Transaction(self.db)
 
+    def _any(self, query: str, args: tuple) -> bool:
+        """Whether a read finds a row. The hub is the ledger's one writer, so what it reads outside a
+        transaction still holds when its next transaction starts."""
+        return self.db.execute(query, args).fetchone() is not None
+
     def close(self) -> None:
         self.db.close()
 
@@ -136,8 +141,8 @@ class Ledger:
 
     def lease(self, kind: TaskKind, agent: str, limit: int, lease_s: float, now: float) -> list[Lease]:
         """Up to `limit` queued tasks of `kind` (highest priority, then oldest) leased to `agent`."""
-        if limit <= 0:
-            return []
+        if limit <= 0 or not self._any("SELECT 1 FROM tasks WHERE kind = ? AND state = 'queued' LIMIT 1", (kind,)):
+            return []  # the hub asks on every turn of its loop: an empty queue costs a read, not a write lock
         with self._tx():
             rows = self.db.execute(
                 "SELECT task_id, attempt, payload FROM tasks WHERE kind = ? AND state = 'queued'"
@@ -148,6 +153,9 @@ class Ledger:
                                 " WHERE task_id = ?", (attempt + 1, agent, now + lease_s, now, task_id))
                 leases.append(Lease(task_id, attempt + 1, now + lease_s, TASK_ADAPTER.validate_python(_unpack(payload))))
         return leases
+
+    def queued(self, kind: TaskKind) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM tasks WHERE kind = ? AND state = 'queued'", (kind,)).fetchone()[0]
 
     def renew(self, task_id: str, attempt: int, agent: str, lease_s: float, now: float) -> float | None:
         """New deadline, or None when the lease is no longer this agent's (expired and re-leased, done)."""
@@ -203,6 +211,8 @@ class Ledger:
 
     def expire(self, now: float) -> list[tuple[str, str]]:
         """Leases past their deadline go back to the queue, or DEAD once out of attempts."""
+        if not self._any("SELECT 1 FROM tasks WHERE state = 'leased' AND deadline < ? LIMIT 1", (now,)):
+            return []  # the usual case, checked on every turn of the hub's loop without taking the write lock
         with self._tx():
             rows = self.db.execute("SELECT task_id, attempt, max_attempts FROM tasks WHERE state = 'leased'"
                                    " AND deadline < ?", (now,)).fetchall()

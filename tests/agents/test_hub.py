@@ -169,6 +169,22 @@ def test_credit_limits_what_an_agent_holds(running):
     assert kinds == {"ack", "assign"}  # one result back frees one credit
 
 
+def test_a_busy_agent_takes_more_only_while_every_other_agent_still_has_one_queued(running):
+    creator, a, b = running.client("creator-0"), running.client("solver-0"), running.client("solver-1")
+    creator.ready("creator", kinds=())
+    a.ready("solver", capacity=2)
+    b.ready("solver", capacity=2)
+    submit(creator, 3)  # one each; the third waits in the queue for whichever finishes first
+    assert [a.recv(timeout_ms=1000) is not None, a.recv(timeout_ms=300) is not None] == [True, False]
+    assert [b.recv(timeout_ms=1000) is not None, b.recv(timeout_ms=300) is not None] == [True, False]
+    creator.send(StatusQuery())
+    assert creator.recv().message.queues["generate"].queued == 1
+    submit(creator)  # two queued: one agent takes a second, and one is left for the other
+    assert sorted(x.recv(timeout_ms=1000) is not None for x in (a, b)) == [False, True]
+    creator.send(StatusQuery())
+    assert creator.recv().message.queues["generate"].queued == 1
+
+
 def test_a_submit_sent_again_with_its_key_gets_the_same_tasks(running):
     creator = running.client("creator-0")
     creator.ready("creator", kinds=())
