@@ -109,6 +109,7 @@ class Hub:
         self.started = time.time()
         self._last_heartbeat = 0.0
         self.waiters = Waiters()  # task queries held until their tasks finish (TaskQuery.wait_s)
+        self.followers: set[bytes] = set()  # data-socket identities pushed every new policy (PolicyFetch.follow)
 
     # ------------------------------------------------------------------ start / stop
     def start(self) -> None:
@@ -291,11 +292,22 @@ class Hub:
         msg.reply(self, Ack(status="accepted"))
         for other in list(self.agents.values()):
             self._send(self.control, other.identity, PolicyAnnounce(version=m.version, num_bytes=num_bytes))
-        log.info("policy published", version=m.version, bytes=num_bytes)
+        newest = self.adapters.newest
+        if newest is not None and newest[0].version == m.version:  # followers have it before a task asks for it
+            for identity in list(self.followers):
+                sent = self._send(self.data, identity, newest[0], tensors=newest[1])
+                if not sent and self._last_send_error == zmq.EHOSTUNREACH:
+                    self.followers.discard(identity)  # gone; a full queue keeps it (it fetches what it missed)
+        log.info("policy published", version=m.version, bytes=num_bytes, pushed_to=len(self.followers))
 
     def on_policy_fetch(self, msg: Incoming) -> None:
-        version = msg.env.message.version or self.policy_version
+        m = msg.env.message
+        if m.follow and msg.agent is not None:
+            self.followers.add(msg.identity)
+        version = m.version or self.policy_version
         found = self.adapters.load(version)
+        if found is None and m.follow and m.version == 0:  # nothing published yet: following is all it asked
+            return msg.reply(self, Ack(status="accepted"))
         if found is None:
             return self._refuse(msg.sock, msg.identity, "unknown_task", f"no policy version {version}",
                                 msg.env.header.msg_id)

@@ -21,7 +21,7 @@ import zmq
 
 from agents.agent import AgentLink
 from agents.backends import Generator
-from protocol.codec import decode, encode
+from protocol.codec import Envelope, decode, encode
 from protocol.messages import Assign, GenerateResult, PolicyFetch, Sample
 from protocol.transport import agent_socket, limits_for
 
@@ -32,6 +32,7 @@ class Solver:
     def __init__(self, link: AgentLink, generator: Generator, data_endpoint: str | None) -> None:
         self.link, self.generator, self.data_endpoint = link, generator, data_endpoint
         self._data: zmq.Socket | None = None  # owned by the compute thread (the only one that fetches)
+        self._following: str | None = None  # the hub incarnation that pushes us new versions
         self.sync_seconds: list[float] = []  # wall time of each fetch + load (benchmarks read it)
 
     def run(self, stop: threading.Event) -> None:
@@ -53,24 +54,55 @@ class Solver:
         self.link.complete(assign, GenerateResult(samples=samples))
 
     def sync_policy(self, at_least: int = 0) -> None:
-        """Fetch the newest announced version (or `at_least`) over the data socket and swap it in."""
-        newest = at_least
-        while not self.link.announcements.empty():
-            newest = max(newest, self.link.announcements.get_nowait().version)
-        if newest <= self.generator.version or self.data_endpoint is None:
+        """Swap in the newest policy. The solver follows the hub (from its first call, and again after the hub
+        restarts), which pushes each version over the data socket as it is published; a version announced or
+        demanded (`at_least`) that has not arrived is waited for a moment, then fetched."""
+        if self.data_endpoint is None:
             return
+        wanted, num_bytes = at_least, 0
+        while not self.link.announcements.empty():
+            announce = self.link.announcements.get_nowait()
+            wanted, num_bytes = max(wanted, announce.version), max(num_bytes, announce.num_bytes)
         started = time.perf_counter()
         if self._data is None:
             self._data = agent_socket(self.link.ctx, self.data_endpoint, "data", name=self.link.config.name)
-        self._data.send_multipart(encode(PolicyFetch(version=newest), sender=self.link.config.name))
-        if not self._data.poll(60_000):
-            log.warning("policy fetch timed out", version=newest)
+        if self._following != self.link.hub_id:  # the reply to this is the newest version, if there is one
+            self._fetch(0)
+            self._following = self.link.hub_id
+        update = self._received(0)  # pushed while it worked
+        fetched = False
+        if wanted > max(self.generator.version, _version(update)):
+            update = self._received(wanted, update, timeout_s=1.0 + num_bytes / 1e8)  # the push is on its way
+            if wanted > _version(update):  # missed (the hub forgot us, or our queue was full): ask for it
+                fetched = True
+                self._fetch(wanted)
+                update = self._received(wanted, update)
+        if update is None or update.message.version <= self.generator.version:
             return
-        env = decode(self._data.recv_multipart(copy=False), limits_for("data"))
-        if env.message.kind != "policy_update":
-            log.warning("policy fetch refused", reply=env.message.model_dump())
-            return
-        self.generator.load_policy(env.message.version, env.message.adapter_config, env.tensors)
+        self.generator.load_policy(update.message.version, update.message.adapter_config, update.tensors)
         self.sync_seconds.append(time.perf_counter() - started)
-        log.info("policy loaded", version=env.message.version, tensors=len(env.tensors),
+        log.info("policy loaded", version=update.message.version, tensors=len(update.tensors), fetched=fetched,
                  seconds=round(self.sync_seconds[-1], 4))
+
+    def _fetch(self, version: int) -> None:
+        self._data.send_multipart(encode(PolicyFetch(version=version, follow=True), sender=self.link.config.name))
+
+    def _received(self, wanted: int, newest: Envelope | None = None, timeout_s: float = 60.0) -> Envelope | None:
+        """The newest policy update waiting on the data socket (pushed, or a reply), or `newest` if none is
+        newer; while it has less than `wanted`, waits up to `timeout_s` for more."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            short = _version(newest) < wanted
+            if not self._data.poll(max(0, int((deadline - time.monotonic()) * 1000)) if short else 0):
+                return newest
+            env = decode(self._data.recv_multipart(copy=False), limits_for("data"))
+            if env.message.kind == "policy_update":
+                if env.message.version > _version(newest):
+                    newest = env
+            elif env.message.kind == "error":  # e.g. the version was retired: keep what there is
+                log.warning("policy fetch refused", reply=env.message.model_dump())
+                wanted = 0
+
+
+def _version(update: Envelope | None) -> int:
+    return update.message.version if update is not None else 0

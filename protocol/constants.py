@@ -12,7 +12,8 @@ from dataclasses import dataclass
 # version fills in the defaults, but messages are strict (extra fields refused), so a receiver of an older
 # one refuses a message carrying a field it does not know. Upgrade the hub before the agents.
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 2  # 1.1: Submit.key (idempotent submits), TaskQuery.wait_s (long polling); 1.2: TaskQuery.wait_for
+PROTOCOL_MINOR = 3  # 1.1: Submit.key (idempotent submits), TaskQuery.wait_s (long polling); 1.2: TaskQuery.wait_for;
+# 1.3: PolicyFetch.follow (adapters pushed to solvers)
 PROTOCOL_VERSION = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 
 # First frame of every message: a fixed prefix and the major version byte. Six bytes are cheap to check

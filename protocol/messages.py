@@ -280,6 +280,9 @@ class PolicyAnnounce(Wire):
 class PolicyFetch(Wire):
     kind: Literal["policy_fetch"] = "policy_fetch"
     version: int = Field(ge=0, description="Version wanted; 0 means the newest.")
+    follow: bool = Field(False, description="Also push every version published from now on (1.3), so the solver "
+                                            "has it before a task asks for it; with none published yet the reply "
+                                            "is an ack.")
 
 
 class PolicyUpdate(Wire):

@@ -278,6 +278,30 @@ def test_policy_update_is_persisted_announced_and_fetched(running):
     assert solver_data.recv().message.code == "unknown_task"
 
 
+def test_a_following_solver_is_pushed_each_new_policy_unasked(running):
+    trainer_control, trainer_data = running.client("trainer-0"), running.client("trainer-0", "data")
+    solver, solver_data = running.client("solver-0"), running.client("solver-0", "data")
+    trainer_control.ready("trainer", kinds=())
+    solver.ready("solver")
+    solver_data.send(PolicyFetch(version=0, follow=True))
+    assert solver_data.recv().message.kind == "ack"  # nothing published yet: following is all it asked
+    weights = {"layer.lora_A": torch.randn(4, 8)}
+    for version in (1, 2):
+        update = PolicyUpdate(version=version, parent_version=version - 1, base_model="tiny")
+        trainer_data.send(update, tensors=weights)
+        assert trainer_data.recv().message.status == "accepted"
+        pushed = solver_data.recv()
+        assert pushed.message == update and torch.equal(pushed.tensors["layer.lora_A"], weights["layer.lora_A"])
+    solver_data.close()
+    for version in range(3, 10):  # once the hub has seen it go, a follower that is gone is no longer pushed
+        time.sleep(0.3)
+        trainer_data.send(PolicyUpdate(version=version, parent_version=version - 1, base_model="tiny"), tensors=weights)
+        assert trainer_data.recv().message.status == "accepted"
+        if not running.hub.followers:
+            break
+    assert not running.hub.followers
+
+
 def test_only_a_trainer_may_publish_weights(running):
     solver, solver_data = running.client("solver-0"), running.client("solver-0", "data")
     solver.ready("solver")

@@ -5,6 +5,7 @@ import time
 
 import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+from structlog.testing import capture_logs
 from transformers import AutoModelForCausalLM
 
 from agents.backends.hf import HFGenerator
@@ -86,6 +87,48 @@ def test_solver_answers_tasks_and_switches_policy_versions(tmp_path, tiny_models
         assert solver.generator.version == 1
     finally:
         stop.set()
+        r.close()
+
+
+def test_a_following_solver_is_pushed_new_policies_and_fetches_what_it_missed(tmp_path, tiny_models):
+    r = Running(tmp_path, heartbeat_interval_s=0.2, liveness=25)
+    try:
+        r.client("trainer-0").ready("trainer", kinds=())
+        trainer = r.client("trainer-0", "data")
+        lora = {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}
+        trained = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_models.policy),
+                                 LoraConfig(**lora, init_lora_weights=False))
+
+        def publish(version):
+            trainer.send(PolicyUpdate(version=version, parent_version=version - 1, base_model=str(tiny_models.policy),
+                                      adapter_config=lora), tensors=get_peft_model_state_dict(trained))
+            assert trainer.recv().message.status == "accepted"
+
+        solver = Solver(r.link("solver-0", "solver", ["generate"]), HFGenerator(str(tiny_models.policy)),
+                        r.hub.endpoints["data"])
+        solver.sync_policy()  # follows from now on; nothing is published yet
+        publish(1)
+        with capture_logs() as logs:
+            deadline = time.monotonic() + 5
+            while solver.generator.version < 1 and time.monotonic() < deadline:  # as its serve loop does
+                solver.sync_policy()
+                time.sleep(0.02)
+        assert solver.generator.version == 1
+        assert [e["fetched"] for e in logs if e["event"] == "policy loaded"] == [False]  # pushed, unasked
+
+        publish(2)
+        late = Solver(r.link("solver-1", "solver", ["generate"]), HFGenerator(str(tiny_models.policy)),
+                      r.hub.endpoints["data"])
+        late.sync_policy(at_least=2)  # not following when 2 was published: the newest comes with following
+        assert late.generator.version == 2
+
+        r.hub.followers.clear()  # as if the push were lost: the solver asks for what was announced
+        publish(3)
+        with capture_logs() as logs:
+            solver.sync_policy(at_least=3)
+        assert solver.generator.version == 3
+        assert [e["fetched"] for e in logs if e["event"] == "policy loaded"] == [True]
+    finally:
         r.close()
 
 
