@@ -221,9 +221,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="prompts per generation/judge task (default 4; the creator's own default is 16)")
     parser.add_argument("--train-groups", type=int, default=64, help="groups per training task (default 64)")
     parser.add_argument("--train-batch", type=int, default=1, help="pairs per training step (default 1)")
-    parser.add_argument("--capacity", type=int, default=1,
-                        help="generation tasks a solver holds at once (default 1, the topology's default; 2: the next "
-                             "waits at the solver while one runs, instead of on a round trip to the hub)")
+    parser.add_argument("--capacity", type=int, default=2,
+                        help="generation tasks a solver holds at once (default 2, the topology's default: the next "
+                             "waits at the solver while one runs; 1: each waits on a round trip to the hub)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every process (default 1)")
     parser.add_argument("--cores", type=lambda s: {int(c) for c in s.split(",")}, default=None,
                         help="CPU ids to pin this run and every process it starts to, e.g. 0 or 0,1 (default: all). "

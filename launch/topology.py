@@ -81,10 +81,10 @@ class SolverSection(Strict):
     model: str = Field(description="Policy base model path (the trainer's adapters are applied on top).")
     backend: Literal["hf", "vllm"] = Field("hf", description="hf (CPU/GPU) or vllm (GPU only).")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
-    capacity: int = Field(1, ge=1, description="Generation tasks each holds at once, run one after another. 2 lets "
-                                               "the next wait at the solver, so no task waits on a round trip to the "
-                                               "hub: worth it for short tasks on one solver; with several solvers "
-                                               "a held task can wait while another solver idles.")
+    capacity: int = Field(2, ge=1, description="Generation tasks each holds at once, run one after another: the "
+                                               "next waits at the solver, not on a round trip to the hub. The hub "
+                                               "gives a busy solver a task to hold only while every other solver "
+                                               "still has one queued, so a held task never keeps a solver idle.")
     threads: int | None = Field(None, ge=1, description="CPU threads of each solver's torch (None: torch's default; "
                                                         "on a CPU, cores / count avoids oversubscription).")
     max_lora_rank: int = Field(64, ge=1, description="vllm only: the largest LoRA rank the engine accepts (at least "
