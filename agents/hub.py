@@ -390,6 +390,7 @@ class Hub:
             for kind in agent.task_kinds:
                 if agent.in_flight or not self._lease(agent, kind, 1, now):
                     break  # it has its one, or it is gone or full: nothing more for it now
+        serving = Counter(kind for a in agents for kind in a.task_kinds)  # agents per task kind
         for agent in agents:
             if not agent.in_flight or self.agents.get(agent.identity) is not agent:  # idle (its queues are
                 continue  # empty), or buried just now
@@ -397,8 +398,7 @@ class Hub:
                 free = agent.capacity - len(agent.in_flight)
                 if free <= 0:
                     break
-                others = sum(kind in a.task_kinds for a in self.agents.values()) - 1
-                extra = min(free, self.ledger.queued(kind) - others)
+                extra = min(free, self.ledger.queued(kind) - (serving[kind] - 1))  # one left for each other
                 if extra > 0 and not self._lease(agent, kind, extra, now):
                     break
 
