@@ -77,6 +77,8 @@ class Solver:
                 fetched = True
                 self._fetch(wanted)
                 update = self._received(wanted, update)
+                if wanted > _version(update):
+                    log.warning("policy fetch timed out", version=wanted)
         if update is None or update.message.version <= self.generator.version:
             return
         self.generator.load_policy(update.message.version, update.message.adapter_config, update.tensors)
