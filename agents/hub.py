@@ -73,6 +73,7 @@ class AgentState:
     last_seen: float
     policy_version: int | None = None
     in_flight: set[tuple[str, int]] = field(default_factory=set)  # (task_id, attempt)
+    overdue: set[tuple[str, int]] = field(default_factory=set)  # of in_flight, leases that expired on it
     bound: str | None = None  # "name:role" of its CURVE key (None over ipc)
 
 
@@ -259,7 +260,7 @@ class Hub:
             outcome = "stale"
         else:
             outcome = self.ledger.complete(m.task_id, m.attempt, m.result, now)  # committed before the ack
-        msg.agent.in_flight.discard((m.task_id, m.attempt))
+        self._settled(msg.agent, m.task_id, m.attempt)
         if outcome == "accepted":
             self.done[m.result.kind] += 1
         else:  # a repeat, or an attempt the hub took back: acknowledged so the sender drops it, never recorded
@@ -272,9 +273,14 @@ class Hub:
     def on_task_failed(self, msg: Incoming) -> None:
         m = msg.env.message
         self.ledger.fail(m.task_id, m.attempt, m.reason, m.retryable, msg.now)
-        msg.agent.in_flight.discard((m.task_id, m.attempt))
+        self._settled(msg.agent, m.task_id, m.attempt)
         msg.reply(self, Ack(task_id=m.task_id, attempt=m.attempt, status="accepted"))
         self._answer_waiters([m.task_id])  # dead if that was its last attempt
+
+    @staticmethod
+    def _settled(agent: AgentState, task_id: str, attempt: int) -> None:
+        agent.in_flight.discard((task_id, attempt))
+        agent.overdue.discard((task_id, attempt))
 
     def on_submit(self, msg: Incoming) -> None:
         m = msg.env.message
@@ -356,10 +362,15 @@ class Hub:
             self._allowed = {k.user_id for k in self.auth.allow_list.agents()}
             for identity in [i for i, a in self.agents.items() if a.bound and a.bound not in self._allowed]:
                 self._bury(identity, now, "key revoked")
-        for task_id, state in self.ledger.expire(now):
-            # The holder keeps the credit: it is presumably still busy on the task (stuck, not dead),
-            # so it gets no new work until it answers (its late result is acked stale) or is buried.
+        expired = self.ledger.expire(now)
+        for task_id, state in expired:
             log.warning("lease expired", task_id=task_id, now_state=state)
+        if expired:
+            # The holder keeps the credit: it is presumably still busy on the task (stuck, not dead), so it
+            # gets no new work (not even its own task back) until it answers (acked stale) or is buried.
+            ids = {task_id for task_id, _ in expired}
+            for agent in self.agents.values():
+                agent.overdue |= {key for key in agent.in_flight if key[0] in ids}
         silent = now - self.config.heartbeat_interval_s * self.config.liveness
         for identity in [i for i, a in self.agents.items() if a.last_seen < silent]:
             self._bury(identity, now, "silent")
@@ -384,8 +395,9 @@ class Hub:
         """Credit-based: an agent never holds more tasks than its capacity. First every idle agent gets one
         task. Then a busy agent with credit left gets more (they wait at the agent, so its next task does
         not wait on a round trip to the hub) only while every other agent of the kind still has a task
-        waiting in the queue: a task held by a busy agent never keeps another agent idle."""
-        agents = list(self.agents.values())
+        waiting in the queue: a task held by a busy agent never keeps another agent idle. An agent that let a
+        lease expire gets nothing until it answers for it."""
+        agents = [a for a in self.agents.values() if not a.overdue]
         for agent in agents:
             for kind in agent.task_kinds:
                 if agent.in_flight or not self._lease(agent, kind, 1, now):

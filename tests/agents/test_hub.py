@@ -236,6 +236,25 @@ def test_expired_lease_goes_to_another_agent_and_the_late_result_is_stale(tmp_pa
         r.close()
 
 
+def test_an_agent_that_let_a_lease_expire_gets_no_work_until_it_answers_for_it(tmp_path):
+    r = Running(tmp_path, lease_s=0.4, heartbeat_interval_s=0.1, liveness=100)
+    try:
+        creator, stuck = r.client("creator-0"), r.client("solver-0")
+        creator.ready("creator", kinds=())
+        stuck.ready("solver", capacity=2)  # credit left for another task, even its own one back
+        [task_id] = submit(creator)
+        assert stuck.recv().message.attempt == 1
+        assert stuck.recv(timeout_ms=1500) is None  # the lease expired and the task waits for someone else
+        assert r.task(task_id)["state"] == "queued"
+        stuck.send(Result(task_id=task_id, attempt=1, result=GenerateResult(samples=[sample(1)])))
+        assert stuck.recv().message.status == "accepted"  # late, but nobody else had started it
+        assert r.task(task_id)["state"] == "done"
+        [next_id] = submit(creator)
+        assert stuck.recv(timeout_ms=1000).message.task_id == next_id  # answered: trusted with work again
+    finally:
+        r.close()
+
+
 def test_silent_agent_is_buried_and_its_task_requeued(tmp_path):
     r = Running(tmp_path, lease_s=60, heartbeat_interval_s=0.1, liveness=8)
     try:

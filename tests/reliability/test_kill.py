@@ -85,7 +85,8 @@ def test_a_solver_stopped_past_its_lease_loses_the_task_and_its_late_result_is_i
         late = up.wait_for(lambda: [e for e in up.events("hub-0", "result not taken") if e["task_id"] in tasks],
                            what="solver-0's late result")
         summary = up.finish()
-    assert all(e["attempt"] == 1 and e["outcome"] == "stale" and e["agent"] == "solver-0" for e in late)
-    assert all(up.query("SELECT attempt, agent FROM tasks WHERE task_id = ?", t) == [(2, "solver-1")] for t in tasks)
+    assert all(e["attempt"] == 1 and e["outcome"] == "stale" and e["agent"] == "solver-0" for e in late), (late, tasks)
+    holders = {t: up.query("SELECT attempt, agent FROM tasks WHERE task_id = ?", t) for t in tasks}
+    assert all(h == [(2, "solver-1")] for h in holders.values()), (holders, up.events("hub-0", "lease expired"))
     check_nothing_lost(up)  # the samples recorded for it are attempt 2's
     assert summary["rounds"] == 3
