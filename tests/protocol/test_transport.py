@@ -147,6 +147,9 @@ def test_allow_list_reloads_added_and_revoked_keys(hub, key_dir):
 
 def test_stopped_authenticator_refuses_everyone(hub, key_dir):
     hub.auth.stop()
+    # libzmq unbinds the handler's inproc endpoint on its own thread a moment after the stop; a handshake in
+    # that moment asks a closing socket and hangs unanswered (not let in either, but no event to assert on)
+    time.sleep(0.2)
     agent = _agent(hub, "solver-0", _client_curve(key_dir, "solver-0", hub))
     assert hub.handshake_events() & _FAILED
     assert hub.receive() is None
