@@ -101,6 +101,7 @@ class AgentLink:
         self.hub_policy_version = 0  # newest policy version the hub knew at the last WELCOME
         self._outbox: dict[tuple[str, int], Any] = {}  # unacknowledged Result / TaskFailed
         self._leases: dict[tuple[str, int], tuple[float, float]] = {}  # -> (renew_at, lease_s)
+        self._resend_at: dict[tuple[str, int], float] = {}  # outbox entries on the wire (I/O thread only)
         self._commands: queue.Queue[tuple[Any, str | None]] = queue.Queue()
         self._pending: dict[str, _Pending] = {}
         self._stop = threading.Event()
@@ -219,6 +220,7 @@ class AgentLink:
                 self._post(sock, Heartbeat())
                 last_beat = now
             self._renew_leases(sock, now)
+            self._resend_unacknowledged(sock, now)
             if now - last_heard > cfg.heartbeat_interval_s * cfg.liveness:  # the hub is gone: reconnect
                 self.connected.clear()
                 sock.close(linger=0)
@@ -258,6 +260,7 @@ class AgentLink:
                 return
             if message.kind in ("result", "task_failed"):  # no more renewals for a finished lease
                 self._leases.pop((message.task_id, message.attempt), None)
+                self._resend_at[(message.task_id, message.attempt)] = time.monotonic() + self._ack_window_s
             self._post(sock, message, msg_id)
 
     def _renew_leases(self, sock: zmq.Socket, now: float) -> None:
@@ -265,6 +268,24 @@ class AgentLink:
             if now >= renew_at:
                 self._post(sock, Renew(task_id=key[0], attempt=key[1]))
                 self._leases[key] = (now + lease_s / 2, lease_s)
+
+    @property
+    def _ack_window_s(self) -> float:
+        return self.config.heartbeat_interval_s * self.config.liveness
+
+    def _resend_unacknowledged(self, sock: zmq.Socket, now: float) -> None:
+        """A result the hub has not acknowledged within its liveness window, while we still hear from it, was
+        lost on the way (a full send queue): send it again (results are idempotent). Until the hub has it, the
+        task's lease expires and the hub gives this agent no new work."""
+        for key, at in list(self._resend_at.items()):
+            message = self._outbox.get(key)
+            if message is None:
+                del self._resend_at[key]
+            elif now >= at:
+                log.warning("result unacknowledged; sending it again", agent=self.config.name, task_id=key[0],
+                            attempt=key[1])
+                self._post(sock, message)
+                self._resend_at[key] = now + self._ack_window_s
 
     def _handle(self, sock: zmq.Socket, frames: list) -> None:
         try:
@@ -279,8 +300,9 @@ class AgentLink:
             # may have refused it while it had us for dead; repeats are acknowledged as duplicates.
             if self._outbox:
                 log.info("replaying outbox", agent=self.config.name, results=len(self._outbox), hub_id=m.hub_id)
-                for message in list(self._outbox.values()):  # a snapshot: complete() may add meanwhile
+                for key, message in list(self._outbox.items()):  # a snapshot: complete() may add meanwhile
                     self._post(sock, message)
+                    self._resend_at[key] = time.monotonic() + self._ack_window_s
             # Requests still unanswered (sent to a hub that died, or refused as not_ready) go again, so a
             # caller waiting on one gets its answer from the new hub instead of a timeout.
             for msg_id, waiting in list(self._pending.items()):

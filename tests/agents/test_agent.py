@@ -166,3 +166,21 @@ def test_a_handler_that_raises_fails_its_task_and_the_agent_keeps_serving(tmp_pa
         assert not thread.is_alive()
     finally:
         r.close()
+
+
+def test_a_result_lost_on_the_way_is_sent_again_while_the_hub_is_heard(running):
+    hub, dropped = running.hub, []
+    on_result = hub.on_result
+
+    def lose_the_first(msg):  # as if the agent's send queue had been full: the hub never sees it
+        if not dropped:
+            dropped.append(msg.env.message.task_id)
+            return None
+        return on_result(msg)
+
+    hub.on_result = lose_the_first
+    creator, solver = link(running, "creator-0", "creator", kinds=()), link(running, "solver-0")
+    [task_id] = creator.submit([GenerateTask(prompts=[PROMPT])])
+    solver.complete(solver.next_task(timeout_s=5), result())
+    assert wait_for(lambda: solver.pending_results() == 0, timeout_s=5)  # resent after 0.5 s without an ack
+    assert dropped == [task_id] and running.task(task_id)["state"] == "done"
