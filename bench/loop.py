@@ -1,6 +1,6 @@
 """Loop benchmark: the live system against the same work done in one process without the bus.
 
-    python bench/loop.py [--rounds 4] [--prompts 16] [--hidden 64] [--layers 2] [--repeats 3] ...  (--help)
+    python bench/loop.py [--rounds 4] [--prompts 16] [--hidden 256] [--train-batch 64] [--repeats 3] ...  (--help)
 
 Three runs execute the same creator (eva + DPO, a programmatic arithmetic mutator, fixed seeds) on
 fresh copies of the same solver (hf), judge (reward model) and trainer, for the same rounds:
@@ -12,18 +12,24 @@ fresh copies of the same solver (hf), judge (reward model) and trainer, for the 
 The system's hub, solver, judge and trainer are processes (`python -m launch.worker`, as `selfplay up`
 starts them); the creator runs here in both cases and is timed once every worker is ready. Every
 process runs `--threads` torch threads (1: when generation and training overlap, each has a core).
-The default workload is balanced (2 short answers per prompt, one training step per pair): training
-takes about 40% of the synchronous loop, as it does when a GPU generates with vLLM. Each kind of run
-is repeated (--repeats, interleaved) and its median wall time counts. Figures:
+The default workload is balanced: 2 short answers per prompt from a width-256 model, and each round's
+pairs trained as one batch, so every policy version is one optimizer step (as in TRL's online DPO,
+where each generated batch makes one update that is then synced); training takes about 40% of the
+synchronous loop, as it does when a GPU generates with vLLM. `--hidden 64 --train-batch 1` is the
+other extreme: 64 tiny steps per version. Each kind of run is repeated (--repeats, interleaved) and
+its median wall time counts. Figures:
 - async_speedup = wall time at max_staleness 0 / at 1, with the training steps of both printed
-  (target >= 1.3 when generation and training have separate cores); async_bound is what hiding the
-  shorter of training and the rest would give. It is a yardstick, not a ceiling: overlap also fills
-  the synchronous loop's bubbles (the tail of each batch, where one worker waits for the other);
+  (target >= 1.3 when generation and training have separate cores); async_bound is what the
+  synchronous run would take if each round's training ran beside the next round's generation with
+  nothing slowed down (G1 + max(T1, G2) + ... + T_last, from its ledger), a yardstick rather than a
+  ceiling: overlap also fills the synchronous loop's bubbles, and on a machine with fewer cores than
+  busy processes it slows both sides down;
 - bus_overhead = system (max_staleness 0) wall time / local wall time (target <= 1.10);
 - weight_sync_fraction = (publish + fetch-and-load, median per version) / median optimizer step
   (target <= 0.05); the solver's first load, which also wraps the model in LoRA, is printed apart.
   The loop makes one version per round, so weight_sync_round_fraction divides the same by the median
-  training time of a round (the share of training time that sync adds).
+  training time of a round (the same figure when a round is one step; with many small steps per
+  version it is the share of training time that sync adds).
 The last line is one JSON object.
 """
 
@@ -75,7 +81,7 @@ def creator_config(args, max_staleness: int = 0):
 
     return CreatorConfig(algo="dpo", samples_per_prompt=args.samples, max_new_tokens=args.new_tokens, sample_fraction=0.5,
                          rewrites_per_prompt=2, train_groups=args.train_groups, prompts_per_task=args.prompts_per_task, seed=0,
-                         max_staleness=max_staleness)
+                         pool_per_round=args.pool_per_round, max_staleness=max_staleness)
 
 
 def seeds(n: int):
@@ -158,6 +164,17 @@ def log_events(run: Path, name: str, event: str) -> list[dict]:
     return [e for e in map(json.loads, path.read_text().splitlines()) if e.get("event") == event]
 
 
+def pipelined(trains: list[tuple[float, float]], started_at: float, seconds: float) -> float:
+    """What the synchronous loop of these train tasks (submitted, done) would take if each round's training
+    ran beside the next round's generation with nothing slowed down: G1 + max(T1, G2) + ... + T_last,
+    where G is the time from the previous round's policy (or the start) to the round's train task."""
+    ends = [started_at] + [done for _, done in trains]
+    rest = [submitted - end for (submitted, _), end in zip(trains, ends, strict=False)]
+    train = [done - submitted for submitted, done in trains]
+    tail = started_at + seconds - ends[-1]  # after the last policy: the creator's last collect
+    return rest[0] + sum(max(t, g) for t, g in zip(train, rest[1:], strict=False)) + train[-1] + tail
+
+
 def run_system(models, tmp: Path, args, max_staleness: int) -> dict:
     """Hub, solver, judge and trainer as processes (`python -m launch.worker`, what `selfplay up` starts),
     each with `--threads` torch threads; the creator here, timed once the workers are all ready."""
@@ -188,7 +205,7 @@ def run_system(models, tmp: Path, args, max_staleness: int) -> dict:
             time.sleep(0.2)
         creator = Creator(link, creator_config(args, max_staleness), seeds(args.prompts), mutator=add_operand)
         warm_up(creator)  # an agent is READY before its model is loaded: wait for that, and for first calls
-        started = time.perf_counter()
+        started, started_at = time.perf_counter(), time.time()  # the ledger's clock is time.time()
         reports = creator.run(args.rounds)
         seconds = time.perf_counter() - started
     finally:
@@ -198,13 +215,14 @@ def run_system(models, tmp: Path, args, max_staleness: int) -> dict:
             proc.terminate()
         for proc in procs:
             proc.wait(30)
-    with sqlite3.connect(run / "ledger.sqlite") as db:  # training's share of the wall time bounds what overlap can win
-        train_s = db.execute("SELECT SUM(updated - created) FROM tasks WHERE kind = 'train'").fetchone()[0]
+    with sqlite3.connect(run / "ledger.sqlite") as db:  # each train task: submitted, then done
+        trains = db.execute("SELECT created, updated FROM tasks WHERE kind = 'train' ORDER BY created").fetchall()
     rounds = log_events(run, "trainer-0", "round trained")
     publishes = log_events(run, "trainer-0", "policy published")
     loads = [e["seconds"] for e in log_events(run, "solver-0", "policy loaded")]
     return {"seconds": seconds, "versions": [r.policy_version for r in reports],
-            "steps": reports[-1].step, "train_share": train_s / seconds, "step_s": statistics.median(e["step_s"] for e in rounds),
+            "steps": reports[-1].step, "train_share": sum(done - submitted for submitted, done in trains) / seconds,
+            "pipelined_s": pipelined(trains, started_at, seconds), "step_s": statistics.median(e["step_s"] for e in rounds),
             "round_s": statistics.median(e["round_s"] for e in rounds),
             "publish_s": statistics.median(e["publish_s"] for e in publishes),
             "load_s": statistics.median(loads[1:] or loads), "first_load_s": loads[0]}
@@ -214,14 +232,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=4, help="eva rounds (default 4; at least 2)")
     parser.add_argument("--prompts", type=int, default=16, help="seed prompts (default 16)")
-    parser.add_argument("--hidden", type=int, default=64, help="model width (default 64)")
+    parser.add_argument("--pool-per-round", type=int, default=None,
+                        help="pool prompts solved per round, drawn at random (default: the whole pool, which grows "
+                             "by the evolved prompts every round)")
+    parser.add_argument("--hidden", type=int, default=256, help="model width (default 256)")
     parser.add_argument("--layers", type=int, default=2, help="decoder layers (default 2)")
     parser.add_argument("--samples", type=int, default=2, help="answers per prompt (default 2)")
     parser.add_argument("--new-tokens", type=int, default=8, help="answer length cap in tokens (default 8)")
     parser.add_argument("--prompts-per-task", type=int, default=4,
                         help="prompts per generation/judge task (default 4; the creator's own default is 16)")
     parser.add_argument("--train-groups", type=int, default=64, help="groups per training task (default 64)")
-    parser.add_argument("--train-batch", type=int, default=1, help="pairs per training step (default 1)")
+    parser.add_argument("--train-batch", type=int, default=64,
+                        help="pairs per optimizer step (default 64: a round's pairs, one step per policy version)")
     parser.add_argument("--capacity", type=int, default=2,
                         help="generation tasks a solver holds at once (default 2, the topology's default: the next "
                              "waits at the solver while one runs; 1: each waits on a round trip to the hub)")
@@ -263,6 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
     median = {key: statistics.median(r[key] for r in system)
               for key in ("publish_s", "load_s", "first_load_s", "step_s", "round_s", "train_share")}
     share = median["train_share"]
+    bound = statistics.median(r["seconds"] / r["pipelined_s"] for r in system)
     result = {
         "bench": "loop",
         "async_speedup": round(wall["system"] / wall["overlapped"], 3),
@@ -270,7 +293,7 @@ def main(argv: list[str] | None = None) -> dict:
         "weight_sync_fraction": round((median["publish_s"] + median["load_s"]) / median["step_s"], 3),
         # one version per round: the share of a round's training that its weight sync adds
         "weight_sync_round_fraction": round((median["publish_s"] + median["load_s"]) / median["round_s"], 4),
-        "async_bound": round(1 / max(share, 1 - share), 3),  # hiding the shorter of training and the rest
+        "async_bound": round(bound, 3),  # each round's training beside the next round's generation, nothing slowed
         "train_share": round(share, 3),
         **{f"{name}_s": round(seconds, 2) for name, seconds in wall.items()},
         "all_s": {name: [round(r["seconds"], 2) for r in done] for name, done in runs.items()},
@@ -278,13 +301,14 @@ def main(argv: list[str] | None = None) -> dict:
         "publish_ms": round(median["publish_s"] * 1e3, 1), "load_ms": round(median["load_s"] * 1e3, 1),
         "first_load_ms": round(median["first_load_s"] * 1e3, 1), "train_step_ms": round(median["step_s"] * 1e3, 1),
         "train_round_s": round(median["round_s"], 3),
-        **{key: getattr(args, key) for key in ("rounds", "prompts", "hidden", "layers", "samples", "new_tokens",
+        **{key: getattr(args, key) for key in ("rounds", "prompts", "pool_per_round", "hidden", "layers", "samples", "new_tokens",
                                                 "prompts_per_task", "train_groups", "train_batch", "capacity", "threads", "repeats")},
         "cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,  # Linux only
     }
     print(f"async speedup: max_staleness 0 took {result['system_s']} s, 1 took {result['overlapped_s']} s -> "
-          f"{result['async_speedup']}x (target >= 1.3; hiding training, {share:.0%} of the synchronous loop, "
-          f"would give {result['async_bound']}x); training steps {result['train_steps']}")
+          f"{result['async_speedup']}x (target >= 1.3; training is {share:.0%} of the synchronous loop, and running "
+          f"each round's beside the next round's generation with nothing slowed would give {result['async_bound']}x); "
+          f"training steps {result['train_steps']}")
     print(f"bus overhead: system {result['system_s']} s vs one process {result['local_s']} s -> "
           f"{result['bus_overhead']}x (target <= 1.10)")
     print(f"weight sync: publish {result['publish_ms']} ms + load {result['load_ms']} ms per version (first load "
