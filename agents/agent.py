@@ -221,7 +221,7 @@ class AgentLink:
                 last_beat = now
             self._renew_leases(sock, now)
             self._resend_unacknowledged(sock, now)
-            if now - last_heard > cfg.heartbeat_interval_s * cfg.liveness:  # the hub is gone: reconnect
+            if now - last_heard > self._liveness_s:  # the hub is gone: reconnect
                 self.connected.clear()
                 sock.close(linger=0)
                 delay = min(cfg.reconnect_max_s, cfg.reconnect_min_s * 2 ** attempt) * random.uniform(0.5, 1.0)
@@ -260,7 +260,7 @@ class AgentLink:
                 return
             if message.kind in ("result", "task_failed"):  # no more renewals for a finished lease
                 self._leases.pop((message.task_id, message.attempt), None)
-                self._resend_at[(message.task_id, message.attempt)] = time.monotonic() + self._ack_window_s
+                self._resend_at[(message.task_id, message.attempt)] = time.monotonic() + self._liveness_s
             self._post(sock, message, msg_id)
 
     def _renew_leases(self, sock: zmq.Socket, now: float) -> None:
@@ -270,7 +270,8 @@ class AgentLink:
                 self._leases[key] = (now + lease_s / 2, lease_s)
 
     @property
-    def _ack_window_s(self) -> float:
+    def _liveness_s(self) -> float:
+        """Silence from the hub this long means it is gone; no ack this long means the result was lost."""
         return self.config.heartbeat_interval_s * self.config.liveness
 
     def _resend_unacknowledged(self, sock: zmq.Socket, now: float) -> None:
@@ -285,7 +286,7 @@ class AgentLink:
                 log.warning("result unacknowledged; sending it again", agent=self.config.name, task_id=key[0],
                             attempt=key[1])
                 self._post(sock, message)
-                self._resend_at[key] = now + self._ack_window_s
+                self._resend_at[key] = now + self._liveness_s
 
     def _handle(self, sock: zmq.Socket, frames: list) -> None:
         try:
@@ -302,7 +303,7 @@ class AgentLink:
                 log.info("replaying outbox", agent=self.config.name, results=len(self._outbox), hub_id=m.hub_id)
                 for key, message in list(self._outbox.items()):  # a snapshot: complete() may add meanwhile
                     self._post(sock, message)
-                    self._resend_at[key] = time.monotonic() + self._ack_window_s
+                    self._resend_at[key] = time.monotonic() + self._liveness_s
             # Requests still unanswered (sent to a hub that died, or refused as not_ready) go again, so a
             # caller waiting on one gets its answer from the new hub instead of a timeout.
             for msg_id, waiting in list(self._pending.items()):
