@@ -70,6 +70,7 @@ class ProtocolError(Exception):
         super().__init__(f"{code}: {detail}")
         self.code: ErrorCode = code
         self.detail = detail
+        self.msg_id: str | None = None  # the refused message's id, once its header was read: the Error replies to it
 
     def to_message(self) -> Error:
         return Error(code=self.code, detail=self.detail[:4096])
@@ -172,6 +173,14 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Envelope:
         _bad_signature(bytes(sig[: len(SIGNATURE) + 1]))
 
     header = _parse_header(_unpack(head, "header"))
+    try:
+        return _decode_body(header, raw_body, buffers, limits)
+    except ProtocolError as e:
+        e.msg_id = header.msg_id
+        raise
+
+
+def _decode_body(header: Header, raw_body: Any, buffers: list[memoryview], limits: Limits) -> Envelope:
     kind = header.kind
     if kind not in MESSAGE_TYPES:
         raise ProtocolError("unknown_kind", f"unknown message kind {kind[:64]!r}")

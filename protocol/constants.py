@@ -12,8 +12,8 @@ from dataclasses import dataclass
 # version fills in the defaults, but messages are strict (extra fields refused), so a receiver of an older
 # one refuses a message carrying a field it does not know. Upgrade the hub before the agents.
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 3  # 1.1: Submit.key (idempotent submits), TaskQuery.wait_s (long polling); 1.2: TaskQuery.wait_for;
-# 1.3: PolicyFetch.follow (adapters pushed to solvers)
+PROTOCOL_MINOR = 4  # 1.1: Submit.key (idempotent submits), TaskQuery.wait_s (long polling); 1.2: TaskQuery.wait_for;
+# 1.3: PolicyFetch.follow (adapters pushed to solvers); 1.4: every number and size bounded (no new fields)
 PROTOCOL_VERSION = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 
 # First frame of every message: a fixed prefix and the major version byte. Six bytes are cheap to check
@@ -48,6 +48,17 @@ DATA_HWM = 8
 KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
+
+# Bounds on every number and size a message carries (protocol/messages.py), so that a well-formed message
+# from an allowed key cannot break its receiver. SQLite stores INTEGER as signed 64 bits and raises
+# OverflowError on a larger one, while msgpack carries integers up to 2**64 - 1; counts and versions stay
+# below 2**53, exact as a float and in JSON too. Floats must be finite everywhere (Wire's allow_inf_nan).
+MAX_COUNT = 2**53 - 1  # versions, steps, examples, byte counts, queue depths
+MAX_ATTEMPT = 1_000_000  # lease attempts (a task gets max_attempts of them, a small number)
+MAX_SMALL_INT = 2**31 - 1  # token ids, difficulty levels, ranks
+MAX_ID_CHARS = 128  # task, prompt and sample ids, agent names, metric names
+MAX_TEXT_CHARS = 4 * MiB  # one prompt, answer or judgment; a control message is at most 16 MiB in all
+MAX_ITEMS = 1 << 17  # entries of one list: prompts of a task, samples of a result, tokens of a sample
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ certificate format so zmq tools read it too:
       agents/NAME.key_secret  agent secret key (0600): copy it to the machine that runs the agent
 
 Revoking an agent is deleting `allowed/NAME.key` (or `selfplay keys revoke`); the hub re-reads the
-directory whenever it changes, so no restart is needed.
+directory whenever it changes, so no restart is needed. An agents' machine gets a directory of its own
+with only hub.key and its agents' secrets (`selfplay keys export DIR OUT --agent NAME ...`).
 """
 
 from __future__ import annotations
@@ -94,7 +95,35 @@ def load_keypair(path: str | os.PathLike) -> KeyPair:
 
 
 def hub_keypair(directory: str | os.PathLike) -> KeyPair:
+    """The hub's own keys (hub.key_secret): only the hub's machine has them."""
     return load_keypair(Path(directory) / "hub.key_secret")
+
+
+def hub_public(directory: str | os.PathLike) -> bytes:
+    """The hub's public key, as an agent's machine has it: `hub.key` (the public certificate)."""
+    path = Path(directory) / "hub.key"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: the hub's public key is missing (copy hub.key from the hub's key directory, "
+                                "or use `selfplay keys export`)")
+    return load_keypair(path).public
+
+
+def export_keys(directory: str | os.PathLike, out: str | os.PathLike, names: list[str]) -> list[Path]:
+    """Write what an agents' machine needs into `out`, a key directory of its own: hub.key (the hub's public key)
+    and agents/NAME.key_secret for each of `names`. Nothing else: not the hub's secret, not the allow-list."""
+    src, dst = Path(directory), Path(out)
+    missing = [n for n in names if not (src / "agents" / f"{n}.key_secret").exists()]
+    if not (src / "hub.key").exists() or missing:
+        raise ValueError(f"{src} has no {'hub.key' if not (src / 'hub.key').exists() else 'key for ' + ', '.join(missing)}"
+                         " (create keys with `selfplay keys init DIR --agent NAME:ROLE`)")
+    _private_dir(dst)
+    _private_dir(dst / "agents")
+    written = [dst / "hub.key"]
+    _copy(src / "hub.key", written[0], 0o644)
+    for name in names:
+        written.append(dst / "agents" / f"{name}.key_secret")
+        _copy(src / "agents" / f"{name}.key_secret", written[-1], 0o600)
+    return written
 
 
 def agent_keypair(directory: str | os.PathLike, name: str) -> KeyPair:
@@ -200,6 +229,15 @@ def _write_pair(public_dir: Path, secret_dir: Path, name: str, metadata: dict[st
     _write_cert(sec_path, public, secret, metadata)
     _write_cert(pub_path, public, None, metadata)
     return [pub_path, sec_path]
+
+
+def _copy(src: Path, dst: Path, mode: int) -> None:
+    """Copy a key file, created with `mode` from the start (a secret is never readable by others, even briefly)."""
+    data = src.read_bytes()
+    dst.unlink(missing_ok=True)
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def _write_cert(path: Path, public: bytes, secret: bytes | None, metadata: dict[str, str]) -> None:

@@ -21,7 +21,15 @@ from typing import Annotated, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter
 
-from protocol.constants import PROTOCOL_VERSION
+from protocol.constants import (
+    MAX_ATTEMPT,
+    MAX_COUNT,
+    MAX_ID_CHARS,
+    MAX_ITEMS,
+    MAX_SMALL_INT,
+    MAX_TEXT_CHARS,
+    PROTOCOL_VERSION,
+)
 
 Role = Literal["hub", "creator", "solver", "judge", "trainer", "observer"]
 AGENT_ROLES: tuple[Role, ...] = ("creator", "solver", "judge", "trainer", "observer")
@@ -34,9 +42,26 @@ ErrorCode = Literal[
 
 
 class Wire(BaseModel):
-    """Base of every wire model: unknown fields are errors, instances are immutable values."""
+    """Base of every wire model: unknown fields are errors, instances are immutable values, and no float is
+    NaN or infinite (a NaN score would pass every comparison as false and break a NOT NULL column)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# Bounded field types (limits in protocol/constants.py): every number, string and list of every message is
+# checked on receipt, so a well-formed message from an allowed key cannot overflow the ledger's integers or
+# grow without bound.
+Id = Annotated[str, Field(max_length=MAX_ID_CHARS)]
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+Version = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+Attempt = Annotated[int, Field(ge=1, le=MAX_ATTEMPT)]
+SmallInt = Annotated[int, Field(ge=-MAX_SMALL_INT, le=MAX_SMALL_INT)]
+TokenId = Annotated[int, Field(ge=0, le=MAX_SMALL_INT)]
+Metrics = Annotated[dict[Id, float], Field(max_length=1024)]
+# A log-prob may be -inf (a token the policy gives no mass); never NaN or +inf. (Not `le=0`: rounding may leave
+# a log-prob a hair above zero.)
+LogProb = Annotated[float, Field(allow_inf_nan=True, le=1.0)]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -45,79 +70,82 @@ class Wire(BaseModel):
 
 class ChatTurn(Wire):
     role: Literal["system", "user", "assistant"] = Field(description="Speaker, as in chat templates.")
-    content: str = Field(description="The turn's text.")
+    content: Text = Field(description="The turn's text.")
 
 
 class Prompt(Wire):
-    prompt_id: str = Field(description="Stable id in the ledger; samples and verdicts refer to it.")
-    text: str = Field(description="The instruction as plain text (used when `messages` is empty).")
-    messages: list[ChatTurn] = Field(default_factory=list,
+    prompt_id: Id = Field(description="Stable id in the ledger; samples and verdicts refer to it.")
+    text: Text = Field(description="The instruction as plain text (used when `messages` is empty).")
+    messages: list[ChatTurn] = Field(default_factory=list, max_length=1024,
                                      description="Conversational form, rendered with the model's chat template.")
-    demonstration: str | None = Field(None, description="A reference answer y_real (GSIL/SPIN/SFT).")
-    answer: str | None = Field(None, description="Ground truth a programmatic verifier checks against.")
+    demonstration: Text | None = Field(None, description="A reference answer y_real (GSIL/SPIN/SFT).")
+    answer: Text | None = Field(None, description="Ground truth a programmatic verifier checks against.")
     source: Literal["seed", "evolved", "eval"] = Field(
         "seed", description="Seed set, evolved by the creator (eva), or held-out evaluation (never trained on).")
-    parent_id: str | None = Field(None, description="Prompt this one was evolved from (lineage).")
-    mutation: str | None = Field(None, description="eva mutation that produced it, e.g. 'deepen'.")
-    difficulty: int | None = Field(None, description="Task-world difficulty level, for per-level reports.")
+    parent_id: Id | None = Field(None, description="Prompt this one was evolved from (lineage).")
+    mutation: Id | None = Field(None, description="eva mutation that produced it, e.g. 'deepen'.")
+    difficulty: SmallInt | None = Field(None, description="Task-world difficulty level, for per-level reports.")
 
 
 class SamplingParams(Wire):
-    n: int = Field(6, ge=1, description="Responses per prompt (eva: 6).")
-    temperature: float = Field(0.7, ge=0.0, description="Softmax temperature; 0 means greedy.")
+    n: int = Field(6, ge=1, le=4096, description="Responses per prompt (eva: 6).")
+    temperature: float = Field(0.7, ge=0.0, le=1000.0, description="Softmax temperature; 0 means greedy.")
     top_p: float = Field(0.9, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    max_new_tokens: int = Field(256, ge=1, description="Generation length cap.")
-    seed: int | None = Field(None, description="Sampling seed for reproducible runs.")
+    max_new_tokens: int = Field(256, ge=1, le=MAX_ITEMS, description="Generation length cap.")
+    seed: Count | None = Field(None, description="Sampling seed for reproducible runs.")
 
 
 class Sample(Wire):
-    sample_id: str = Field(description="Unique id; judges and the trainer refer to it.")
-    prompt_id: str = Field(description="The prompt it answers.")
-    text: str = Field(description="The decoded response.")
-    token_ids: list[int] = Field(default_factory=list, description="Response token ids, as generated.")
-    logprobs: list[float] = Field(default_factory=list,
+    sample_id: Id = Field(description="Unique id; judges and the trainer refer to it (solvers: TASK_ID.ATTEMPT.I.J). "
+                                      "The hub refuses a result with an id another task's sample has.")
+    prompt_id: Id = Field(description="The prompt it answers.")
+    text: Text = Field(description="The decoded response.")
+    token_ids: list[TokenId] = Field(default_factory=list, max_length=MAX_ITEMS,
+                                     description="Response token ids, as generated.")
+    logprobs: list[LogProb] = Field(default_factory=list, max_length=MAX_ITEMS,
                                   description="Sampling log-prob of each response token (off-policy checks).")
-    policy_version: int = Field(ge=0, description="Policy version that generated it; staleness is checked on it.")
+    policy_version: Version = Field(description="Policy version that generated it; staleness is checked on it.")
     finish_reason: Literal["stop", "length"] = Field("stop", description="Why generation ended.")
 
 
 class Verdict(Wire):
-    sample_id: str = Field(description="The sample judged.")
-    score: float = Field(description="Scalar reward (verifier grade, reward-model score or LLM-judge score).")
-    judgment: str | None = Field(None, description="Written critique or praise (CUT trains on it).")
+    sample_id: Id = Field(description="The sample judged.")
+    score: float = Field(description="Scalar reward (verifier grade, reward-model score or LLM-judge score); finite.")
+    judgment: Text | None = Field(None, description="Written critique or praise (CUT trains on it).")
 
 
 class JudgedGroup(Wire):
     prompt: Prompt = Field(description="The prompt all samples answer.")
-    samples: list[Sample] = Field(description="The n responses.")
-    verdicts: list[Verdict] = Field(description="One verdict per sample, same order.")
+    samples: list[Sample] = Field(max_length=MAX_ITEMS, description="The n responses.")
+    verdicts: list[Verdict] = Field(max_length=MAX_ITEMS, description="One verdict per sample, same order.")
 
 
 class TensorMeta(Wire):
-    name: str = Field(description="State-dict key, e.g. a LoRA matrix's parameter name.")
-    dtype: str = Field(description="torch dtype name without the prefix, e.g. 'bfloat16'.")
-    shape: list[int] = Field(description="Tensor shape; the frame holds prod(shape) * itemsize bytes.")
+    name: str = Field(max_length=512, description="State-dict key, e.g. a LoRA matrix's parameter name.")
+    dtype: str = Field(max_length=16, description="torch dtype name without the prefix, e.g. 'bfloat16'.")
+    shape: list[Annotated[int, Field(ge=0, le=MAX_COUNT)]] = Field(
+        max_length=8, description="Tensor shape; the frame holds prod(shape) * itemsize bytes.")
 
 
 class AgentInfo(Wire):
-    name: str = Field(description="Agent name (unique per run).")
+    name: Id = Field(description="Agent name (unique per run).")
     role: Role = Field(description="Its role.")
-    capacity: int = Field(description="Tasks it may hold at once (credit).")
-    in_flight: int = Field(description="Tasks it holds now.")
+    capacity: Count = Field(description="Tasks it may hold at once (credit).")
+    in_flight: Count = Field(description="Tasks it holds now.")
     last_seen_s: float = Field(description="Seconds since its last message.")
-    policy_version: int | None = Field(None, description="Policy version it runs (solvers).")
+    policy_version: Version | None = Field(None, description="Policy version it runs (solvers).")
 
 
 class LeaseRef(Wire):
-    task_id: str = Field(description="A task the agent leased.")
-    attempt: int = Field(ge=1, description="The attempt it leased.")
+    task_id: Id = Field(description="A task the agent leased.")
+    attempt: Attempt = Field(description="The attempt it leased.")
 
 
 class QueueStats(Wire):
-    queued: int = Field(0, description="Waiting for an agent.")
-    leased: int = Field(0, description="Held by an agent under a lease.")
-    done: int = Field(0, description="Finished.")
-    dead: int = Field(0, description="Given up after the maximum number of attempts.")
+    queued: Count = Field(0, description="Waiting for an agent.")
+    leased: Count = Field(0, description="Held by an agent under a lease.")
+    done: Count = Field(0, description="Finished.")
+    dead: Count = Field(0, description="Given up after the maximum number of attempts.")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -126,54 +154,56 @@ class QueueStats(Wire):
 
 class GenerateTask(Wire):
     kind: Literal["generate_task"] = "generate_task"
-    prompts: list[Prompt] = Field(description="Prompts to answer.")
+    prompts: list[Prompt] = Field(max_length=MAX_ITEMS, description="Prompts to answer.")
     sampling: SamplingParams = Field(default_factory=SamplingParams, description="How to sample.")
     purpose: Literal["train", "evolve", "eval"] = Field(
         "train", description="What the answers are for; 'evolve' prompts are eva meta-prompts.")
-    min_policy_version: int = Field(0, ge=0, description="Solver must hold at least this version.")
+    min_policy_version: Version = Field(0, description="Solver must hold at least this version.")
 
 
 class JudgeTask(Wire):
     kind: Literal["judge_task"] = "judge_task"
-    groups: list[JudgedGroup] = Field(description="Groups to judge; incoming verdict lists are empty.")
+    groups: list[JudgedGroup] = Field(max_length=MAX_ITEMS, description="Groups to judge; incoming verdict lists are empty.")
     want_judgment: bool = Field(False, description="Also write a critique per sample (for CUT).")
 
 
 class TrainTask(Wire):
     kind: Literal["train_task"] = "train_task"
-    groups: list[JudgedGroup] = Field(description="Judged groups to build this algorithm's examples from.")
-    round: int = Field(0, ge=0, description="Creator round the groups belong to.")
+    groups: list[JudgedGroup] = Field(max_length=MAX_ITEMS,
+                                      description="Judged groups to build this algorithm's examples from.")
+    round: Count = Field(0, description="Creator round the groups belong to.")
 
 
 class CreateTask(Wire):
     kind: Literal["create_task"] = "create_task"
-    groups: list[JudgedGroup] = Field(description="Judged groups the creator estimates informativeness on.")
-    round: int = Field(0, ge=0, description="Round these groups close.")
+    groups: list[JudgedGroup] = Field(max_length=MAX_ITEMS,
+                                      description="Judged groups the creator estimates informativeness on.")
+    round: Count = Field(0, description="Round these groups close.")
 
 
 class GenerateResult(Wire):
     kind: Literal["generate_result"] = "generate_result"
-    samples: list[Sample] = Field(description="n samples per prompt, grouped by prompt in task order.")
+    samples: list[Sample] = Field(max_length=MAX_ITEMS, description="n samples per prompt, grouped by prompt in task order.")
 
 
 class JudgeResult(Wire):
     kind: Literal["judge_result"] = "judge_result"
-    verdicts: list[Verdict] = Field(description="One verdict per judged sample.")
+    verdicts: list[Verdict] = Field(max_length=MAX_ITEMS, description="One verdict per judged sample.")
 
 
 class TrainingReport(Wire):
     kind: Literal["training_report"] = "training_report"
-    policy_version: int = Field(ge=0, description="Version produced by this training step(s).")
-    step: int = Field(ge=0, description="Optimizer steps taken so far.")
-    examples: int = Field(ge=0, description="Training examples consumed by this report.")
-    tokens_per_s: float = Field(0.0, description="Training throughput.")
-    metrics: dict[str, float] = Field(default_factory=dict, description="Loss terms, rewards, margins, KL proxy.")
+    policy_version: Version = Field(description="Version produced by this training step(s).")
+    step: Count = Field(description="Optimizer steps taken so far.")
+    examples: Count = Field(description="Training examples consumed by this report.")
+    tokens_per_s: float = Field(0.0, ge=0.0, description="Training throughput.")
+    metrics: Metrics = Field(default_factory=dict, description="Loss terms, rewards, margins, KL proxy (finite).")
 
 
 class CreateResult(Wire):
     kind: Literal["create_result"] = "create_result"
-    prompts: list[Prompt] = Field(description="New (evolved) prompts for the next round.")
-    round: int = Field(0, ge=0, description="Round they open.")
+    prompts: list[Prompt] = Field(max_length=MAX_ITEMS, description="New (evolved) prompts for the next round.")
+    round: Count = Field(0, description="Round they open.")
 
 
 TaskPayload = Annotated[Union[GenerateTask, JudgeTask, TrainTask, CreateTask], Field(discriminator="kind")]
@@ -190,22 +220,23 @@ TASK_KIND_OF: dict[str, TaskKind] = {
 class Ready(Wire):
     kind: Literal["ready"] = "ready"
     role: Role = Field(description="Claimed role; the hub checks it against the role bound to the CURVE key.")
-    name: str = Field(min_length=1, max_length=128, description="Agent name, unique per run (logs, ledger).")
+    name: str = Field(min_length=1, max_length=MAX_ID_CHARS, description="Agent name, unique per run (logs, ledger).")
     capacity: int = Field(1, ge=1, le=1024, description="Tasks it may hold at once (credit-based flow control).")
-    protocol_version: str = Field(PROTOCOL_VERSION, description="Sender's full protocol version.")
-    task_kinds: list[TaskKind] = Field(default_factory=list, description="Queues it leases from.")
-    policy_version: int | None = Field(None, description="Policy version it already holds, if any.")
-    holding: list[LeaseRef] = Field(default_factory=list, description=(
+    protocol_version: str = Field(PROTOCOL_VERSION, max_length=32, description="Sender's full protocol version.")
+    task_kinds: list[TaskKind] = Field(default_factory=list, max_length=4, description=(
+        "Queues it leases from; only those of its role (ROLE_TASK_KINDS), or the hub refuses it."))
+    policy_version: Version | None = Field(None, description="Policy version it already holds, if any.")
+    holding: list[LeaseRef] = Field(default_factory=list, max_length=1024, description=(
         "Leases whose results wait in its outbox (a reconnect): the hub hands them back instead of "
         "re-dispatching, so the replayed results still count."))
 
 
 class Welcome(Wire):
     kind: Literal["welcome"] = "welcome"
-    hub_id: str = Field(description="Hub incarnation; changes on restart so agents replay their outboxes.")
-    protocol_version: str = Field(PROTOCOL_VERSION, description="Hub's protocol version.")
-    heartbeat_interval_s: float = Field(description="Interval the agent must heartbeat at.")
-    policy_version: int = Field(0, ge=0, description="Newest policy version; a solver fetches it if behind.")
+    hub_id: Id = Field(description="Hub incarnation; changes on restart so agents replay their outboxes.")
+    protocol_version: str = Field(PROTOCOL_VERSION, max_length=32, description="Hub's protocol version.")
+    heartbeat_interval_s: float = Field(gt=0, le=3600, description="Interval the agent must heartbeat at.")
+    policy_version: Version = Field(0, description="Newest policy version; a solver fetches it if behind.")
 
 
 class Heartbeat(Wire):
@@ -214,7 +245,7 @@ class Heartbeat(Wire):
 
 class Disconnect(Wire):
     kind: Literal["disconnect"] = "disconnect"
-    reason: str = Field("", description="Why (shutdown, protocol error), for the other side's log.")
+    reason: str = Field("", max_length=4096, description="Why (shutdown, protocol error), for the other side's log.")
 
 
 class Error(Wire):
@@ -225,61 +256,61 @@ class Error(Wire):
 
 class Assign(Wire):
     kind: Literal["assign"] = "assign"
-    task_id: str = Field(description="Task id in the ledger (also carried in the header).")
-    attempt: int = Field(ge=1, description="Attempt number; results of older attempts are ignored.")
-    lease_s: float = Field(gt=0, description="Lease length; renew before it runs out.")
+    task_id: Id = Field(description="Task id in the ledger (also carried in the header).")
+    attempt: Attempt = Field(description="Attempt number; results of older attempts are ignored.")
+    lease_s: float = Field(gt=0, le=1e7, description="Lease length; renew before it runs out.")
     deadline_unix_s: float = Field(description="Hub's wall-clock deadline of this lease, for logs.")
     task: TaskPayload = Field(description="The work.")
 
 
 class Renew(Wire):
     kind: Literal["renew"] = "renew"
-    task_id: str = Field(description="Task whose lease to extend.")
-    attempt: int = Field(ge=1, description="Attempt it holds; a stale attempt is refused.")
+    task_id: Id = Field(description="Task whose lease to extend.")
+    attempt: Attempt = Field(description="Attempt it holds; a stale attempt is refused.")
 
 
 class Result(Wire):
     kind: Literal["result"] = "result"
-    task_id: str = Field(description="Task it finishes.")
-    attempt: int = Field(ge=1, description="Attempt it finishes; (task_id, attempt) makes results idempotent.")
+    task_id: Id = Field(description="Task it finishes.")
+    attempt: Attempt = Field(description="Attempt it finishes; (task_id, attempt) makes results idempotent.")
     result: ResultPayload = Field(description="The output.")
 
 
 class TaskFailed(Wire):
     kind: Literal["task_failed"] = "task_failed"
-    task_id: str = Field(description="Task the agent gives up on.")
-    attempt: int = Field(ge=1, description="Attempt it gives up on.")
-    reason: str = Field(description="Why; kept in the ledger when the task goes DEAD.")
+    task_id: Id = Field(description="Task the agent gives up on.")
+    attempt: Attempt = Field(description="Attempt it gives up on.")
+    reason: str = Field(max_length=4096, description="Why; kept in the ledger when the task goes DEAD.")
     retryable: bool = Field(True, description="False: no other agent can do better (bad input); go DEAD now.")
 
 
 class Submit(Wire):
     kind: Literal["submit"] = "submit"
-    tasks: list[TaskPayload] = Field(min_length=1, description="Tasks to queue (the creator's requests).")
-    key: str | None = Field(None, min_length=1, max_length=128,
+    tasks: list[TaskPayload] = Field(min_length=1, max_length=MAX_ITEMS, description="Tasks to queue (the creator's requests).")
+    key: str | None = Field(None, min_length=1, max_length=MAX_ID_CHARS,
                             description="Idempotency key: a Submit sent again with the same key (its reply was lost, or "
                                         "its sender restarted) gets the first one's task ids back and queues nothing.")
 
 
 class Ack(Wire):
     kind: Literal["ack"] = "ack"
-    task_id: str | None = Field(None, description="Task acknowledged (results, renewals).")
-    attempt: int | None = Field(None, description="Attempt acknowledged.")
+    task_id: Id | None = Field(None, description="Task acknowledged (results, renewals).")
+    attempt: Attempt | None = Field(None, description="Attempt acknowledged.")
     status: Literal["accepted", "duplicate", "stale", "renewed", "queued"] = Field(
         description="accepted: persisted; duplicate/stale: already had it or superseded, drop it from the outbox.")
-    task_ids: list[str] = Field(default_factory=list, description="Ids given to submitted tasks.")
+    task_ids: list[Id] = Field(default_factory=list, max_length=MAX_ITEMS, description="Ids given to submitted tasks.")
     deadline_unix_s: float | None = Field(None, description="New lease deadline after a renewal.")
 
 
 class PolicyAnnounce(Wire):
     kind: Literal["policy_announce"] = "policy_announce"
-    version: int = Field(ge=1, description="New policy version, fetched over the data socket.")
-    num_bytes: int = Field(ge=0, description="Size of its tensors, for the solver's memory planning.")
+    version: int = Field(ge=1, le=MAX_COUNT, description="New policy version, fetched over the data socket.")
+    num_bytes: Count = Field(description="Size of its tensors, for the solver's memory planning.")
 
 
 class PolicyFetch(Wire):
     kind: Literal["policy_fetch"] = "policy_fetch"
-    version: int = Field(ge=0, description="Version wanted; 0 means the newest.")
+    version: Version = Field(description="Version wanted; 0 means the newest.")
     follow: bool = Field(False, description="Also push every version published from now on (1.3), so the solver "
                                             "has it before a task asks for it; with none published yet the reply "
                                             "is an ack.")
@@ -287,16 +318,16 @@ class PolicyFetch(Wire):
 
 class PolicyUpdate(Wire):
     kind: Literal["policy_update"] = "policy_update"
-    version: int = Field(ge=1, description="Version these tensors are.")
-    parent_version: int = Field(ge=0, description="Version it was trained from.")
-    base_model: str = Field(description="Base model path or id the adapter applies to.")
-    adapter_config: dict[str, JsonValue] = Field(default_factory=dict,
-                                                 description="peft adapter config (rank, alpha, targets).")
+    version: int = Field(ge=1, le=MAX_COUNT, description="Version these tensors are.")
+    parent_version: Version = Field(description="Version it was trained from.")
+    base_model: str = Field(max_length=4096, description="Base model path or id the adapter applies to.")
+    adapter_config: dict[Id, JsonValue] = Field(default_factory=dict, max_length=256,
+                                                description="peft adapter config (rank, alpha, targets).")
 
 
 class TaskQuery(Wire):
     kind: Literal["task_query"] = "task_query"
-    task_ids: list[str] = Field(min_length=1, max_length=1024, description="Tasks whose state (and result) to report.")
+    task_ids: list[Id] = Field(min_length=1, max_length=1024, description="Tasks whose state (and result) to report.")
     wait_s: float = Field(0.0, ge=0, le=60, description="Long polling: the hub holds the reply until every listed task "
                                                         "is done or dead, or this long (0: at once); so a waiter "
                                                         "learns at once, without polling.")
@@ -307,16 +338,16 @@ class TaskQuery(Wire):
 
 
 class TaskInfo(Wire):
-    task_id: str = Field(description="The task.")
+    task_id: Id = Field(description="The task.")
     state: Literal["queued", "leased", "done", "dead", "unknown"] = Field(description="Where it is in its life.")
-    attempt: int = Field(0, ge=0, description="Leases it has had.")
-    reason: str | None = Field(None, description="Why it is DEAD (or was last requeued).")
+    attempt: int = Field(0, ge=0, le=MAX_ATTEMPT, description="Leases it has had.")
+    reason: str | None = Field(None, max_length=4096, description="Why it is DEAD (or was last requeued).")
     result: ResultPayload | None = Field(None, description="Its result, once DONE.")
 
 
 class TaskReport(Wire):
     kind: Literal["task_report"] = "task_report"
-    tasks: list[TaskInfo] = Field(description="One entry per queried task, in query order.")
+    tasks: list[TaskInfo] = Field(max_length=1024, description="One entry per queried task, in query order.")
 
 
 class StatusQuery(Wire):
@@ -325,11 +356,12 @@ class StatusQuery(Wire):
 
 class StatusReply(Wire):
     kind: Literal["status_reply"] = "status_reply"
-    hub_id: str = Field(description="Hub incarnation.")
-    policy_version: int = Field(description="Newest policy version.")
-    agents: list[AgentInfo] = Field(default_factory=list, description="Live agents.")
-    queues: dict[str, QueueStats] = Field(default_factory=dict, description="Per task kind.")
-    metrics: dict[str, float] = Field(default_factory=dict, description="Latest throughput, reward and eval figures.")
+    hub_id: Id = Field(description="Hub incarnation.")
+    policy_version: Version = Field(description="Newest policy version.")
+    agents: list[AgentInfo] = Field(default_factory=list, max_length=MAX_ITEMS, description="Live agents.")
+    queues: dict[Id, QueueStats] = Field(default_factory=dict, max_length=64, description="Per task kind.")
+    metrics: dict[Id, float] = Field(default_factory=dict, max_length=MAX_ITEMS,
+                                     description="Latest throughput, reward and eval figures.")
 
 
 Message = Annotated[
@@ -359,3 +391,12 @@ ALLOWED_SENDERS: dict[str, frozenset[str]] = {
     "policy_announce": frozenset({"hub"}), "status_reply": frozenset({"hub"}),
 }
 assert ALLOWED_SENDERS.keys() == MESSAGE_TYPES.keys(), "every kind needs a sender rule"
+
+# Which queues each role may lease from: the hub refuses a Ready asking for others, so a judge's key cannot
+# take (and answer) generation or training work, nor an observer's any.
+ROLE_TASK_KINDS: dict[str, frozenset[str]] = {
+    "creator": frozenset({"create"}), "solver": frozenset({"generate"}), "judge": frozenset({"judge"}),
+    "trainer": frozenset({"train"}), "observer": frozenset()}
+# The result kind that finishes each task kind: a task is completed only by its own kind of result.
+RESULT_KIND_OF: dict[str, str] = {
+    "generate": "generate_result", "judge": "judge_result", "train": "training_report", "create": "create_result"}

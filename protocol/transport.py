@@ -3,14 +3,18 @@
     hub:    ctx = zmq.Context(); auth = Authenticator(ctx, AllowList(keys_dir)); auth.start()
             control = hub_socket(ctx, "tcp://0.0.0.0:5555", "control", curve=hub_keypair(keys_dir))
     agent:  sock = agent_socket(ctx, "tcp://hub:5555", "control", name="solver-0",
-                                curve=ClientCurve(agent_keypair(keys_dir, "solver-0"), hub_public))
+                                curve=ClientCurve(agent_keypair(keys_dir, "solver-0"), hub_public(keys_dir)))
 
 Rules enforced here rather than remembered by callers:
 - a tcp bind needs CURVE (hub secret key) and enforces the ZAP domain: no authenticator, no connection;
   plain tcp exists only for loopback benchmarks and must be asked for with `insecure_loopback=True`;
 - ipc endpoints live in a 0700 directory owned by us (`ipc_endpoint`);
-- ROUTER_MANDATORY (unroutable sends raise instead of vanishing), ROUTER_HANDOVER (a restarted agent
-  takes over its identity), bounded HWMs, MAXMSGSIZE, linger, ZMTP heartbeats.
+- ROUTER_MANDATORY (unroutable sends raise instead of vanishing), bounded HWMs, MAXMSGSIZE, linger, ZMTP
+  heartbeats;
+- an agent's routing id is `NAME/CHANNEL/RANDOM`: new for every socket, so no connection can take over
+  another's (ROUTER_HANDOVER stays off: a duplicate id is refused by libzmq, never handed the live
+  connection). The hub finds a restarted agent by its name, and over tcp checks NAME against the name
+  bound to the connection's CURVE key: the key, not the routing id, is the agent's identity.
 """
 
 from __future__ import annotations
@@ -62,7 +66,6 @@ def hub_socket(ctx: zmq.Context, endpoint: str, channel: Channel, *, curve: KeyP
     sock = ctx.socket(zmq.ROUTER)
     _common_options(sock, channel, limits)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
     if curve is not None:
         if curve.secret is None:
             raise TransportError("hub CURVE keypair has no secret key")
@@ -78,11 +81,11 @@ def hub_socket(ctx: zmq.Context, endpoint: str, channel: Channel, *, curve: KeyP
 def agent_socket(ctx: zmq.Context, endpoint: str, channel: Channel, *, name: str,
                  curve: ClientCurve | None = None, insecure_loopback: bool = False,
                  limits: Limits | None = None) -> zmq.Socket:
-    """Connect a DEALER named `name` (its ROUTER identity) to the hub's `channel` socket."""
+    """Connect a DEALER named `name` to the hub's `channel` socket, as routing id `NAME/CHANNEL/RANDOM`."""
     _check_security(endpoint, curve is not None, insecure_loopback)
     sock = ctx.socket(zmq.DEALER)
     _common_options(sock, channel, limits)
-    sock.setsockopt(zmq.ROUTING_ID, f"{name}/{channel}".encode())
+    sock.setsockopt(zmq.ROUTING_ID, routing_id(name, channel))
     # libzmq backs off reconnects exponentially from 100 ms up to 5 s by itself.
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5_000)
@@ -94,6 +97,16 @@ def agent_socket(ctx: zmq.Context, endpoint: str, channel: Channel, *, name: str
         sock.curve_secretkey = curve.keypair.secret
     sock.connect(endpoint)
     return sock
+
+
+def routing_id(name: str, channel: Channel) -> bytes:
+    """`NAME/CHANNEL/RANDOM`: the random part keeps every socket's id its own (see the module docstring)."""
+    return f"{name}/{channel}/{os.urandom(6).hex()}".encode()
+
+
+def routing_name(identity: bytes) -> str:
+    """The NAME part of a routing id (what the agent calls itself; checked against its key over tcp)."""
+    return identity.split(b"/", 1)[0].decode(errors="replace")
 
 
 def peer_user_id(frame: Any) -> str | None:

@@ -66,6 +66,32 @@ def test_constraints_hold():
         m.Result(task_id="t", attempt=0, result=m.JudgeResult(verdicts=[]))
 
 
+@pytest.mark.parametrize("build", [
+    lambda: m.Verdict(sample_id="s", score=float("nan")),
+    lambda: m.Verdict(sample_id="s", score=float("inf")),
+    lambda: m.TrainingReport(policy_version=1, step=1, examples=1, metrics={"loss": float("nan")}),
+    lambda: m.Sample(sample_id="s", prompt_id="p", text="", policy_version=0, logprobs=[float("nan")]),
+    lambda: m.Sample(sample_id="s", prompt_id="p", text="", policy_version=0, logprobs=[float("inf")]),
+    lambda: m.Sample(sample_id="s", prompt_id="p", text="", policy_version=2**63),
+    lambda: m.LeaseRef(task_id="t", attempt=2**63),
+    lambda: m.Renew(task_id="t", attempt=2**64 - 1),
+    lambda: m.Prompt(prompt_id="p", text="x", difficulty=2**63),
+    lambda: m.PolicyUpdate(version=2**63, parent_version=0, base_model="m"),
+    lambda: m.PolicyUpdate(version=1, parent_version=0, base_model="m", adapter_config={"lora_alpha": float("nan")}),
+    lambda: m.TaskFailed(task_id="t" * 129, attempt=1, reason="x"),
+    lambda: m.SamplingParams(seed=2**64 - 1),
+])
+def test_numbers_and_sizes_that_would_break_a_receiver_are_refused(build):
+    """Every number a message carries is bounded: nothing SQLite cannot store (integers past 2**63) and no NaN or
+    infinity where a number is compared or stored; ids are short."""
+    with pytest.raises(ValidationError):
+        build()
+
+
+def test_a_log_prob_may_be_minus_infinity():
+    assert m.Sample(sample_id="s", prompt_id="p", text="", policy_version=0, logprobs=[float("-inf")]).logprobs
+
+
 def test_every_kind_has_a_sender_rule():
     assert set(m.ALLOWED_SENDERS) == set(m.MESSAGE_TYPES)
     assert m.ALLOWED_SENDERS["policy_update"] == {"trainer", "hub"}
@@ -73,11 +99,12 @@ def test_every_kind_has_a_sender_rule():
 
 
 _text = st.text(max_size=200)
-_floats = st.floats(allow_nan=False, allow_infinity=True, width=64)
+_floats = st.floats(allow_nan=False, allow_infinity=False, width=64)
+_logprobs = st.floats(max_value=0.0, allow_nan=False, width=64)  # -inf included: a token given no mass
 
 
 @given(text=_text, demo=st.none() | _text, score=_floats, judgment=st.none() | _text,
-       logprobs=st.lists(_floats, max_size=20), tokens=st.lists(st.integers(0, 2**31 - 1), max_size=20))
+       logprobs=st.lists(_logprobs, max_size=20), tokens=st.lists(st.integers(0, 2**31 - 1), max_size=20))
 def test_payload_values_round_trip(text, demo, score, judgment, logprobs, tokens):
     prompt = PROMPT.model_copy(update={"text": text, "demonstration": demo})
     sample = SAMPLE.model_copy(update={"text": text, "logprobs": logprobs, "token_ids": tokens})
