@@ -9,11 +9,12 @@
             link.complete(assign, do_the_work(assign.task))
     link.stop()                                    # DISCONNECT, thread joined
 
-The compute thread never touches the socket. The I/O thread (vLLM's engine-core pattern, zguide's
+The compute thread never touches the control socket. The I/O thread (vLLM's engine-core pattern, zguide's
 Paranoid Pirate worker) sends heartbeats even while a model step holds the compute thread for
 minutes, renews leases at half their length, keeps every result in an outbox until the hub
 acknowledges it, reconnects with exponential backoff and jitter when the hub falls silent, and
-replays the outbox after every (re)connection.
+replays the outbox after every (re)connection. The link also owns the agent's credentials: the data
+channel (weight sync) is opened with `link.data_socket()`, keyed like the control channel.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ class LinkConfig(BaseModel):
     data: str | None = Field(None, description="The hub's data endpoint, for weight sync.")
     capacity: int = Field(1, ge=1, description="Tasks held at once.")
     task_kinds: list[TaskKind] = Field(default_factory=list, description="Queues to take work from.")
-    keys_dir: str | None = Field(None, description="Key directory with agents/NAME.key_secret and hub.key.")
+    keys_dir: str | None = Field(None, description="Key directory with agents/NAME.key_secret and hub.key (both "
+                                                   "channels use them; required for tcp endpoints).")
     heartbeat_interval_s: float = Field(HEARTBEAT_INTERVAL_S, gt=0, description="Heartbeat period.")
     liveness: int = Field(HEARTBEAT_LIVENESS, ge=1, description="Silent hub intervals before reconnecting.")
     reconnect_min_s: float = Field(0.1, gt=0, description="First reconnect delay; doubles up to the max.")
@@ -102,6 +104,7 @@ class AgentLink:
         self._outbox: dict[tuple[str, int], Any] = {}  # unacknowledged Result / TaskFailed
         self._leases: dict[tuple[str, int], tuple[float, float]] = {}  # -> (renew_at, lease_s)
         self._resend_at: dict[tuple[str, int], float] = {}  # outbox entries on the wire (I/O thread only)
+        self._outbox_sent: dict[str, tuple[str, int]] = {}  # msg id of each outbox send -> its entry (I/O thread)
         self._commands: queue.Queue[tuple[Any, str | None]] = queue.Queue()
         self._pending: dict[str, _Pending] = {}
         self._stop = threading.Event()
@@ -127,7 +130,10 @@ class AgentLink:
         with the error as its reason) instead of killing the agent."""
         while not stop.is_set():
             if each is not None:
-                each()
+                try:
+                    each()
+                except Exception:  # e.g. a policy that does not load: logged; the agent keeps serving
+                    log.exception("housekeeping failed", agent=self.config.name)
             assign = self.next_task(timeout_s=0.2)
             if assign is None:
                 continue
@@ -165,6 +171,20 @@ class AgentLink:
 
     def pending_results(self) -> int:
         return len(self._outbox)
+
+    def credentials(self) -> ClientCurve | None:
+        """CURVE credentials of both channels: this agent's secret key and the hub's public key (None over ipc)."""
+        cfg = self.config
+        if not cfg.keys_dir:
+            return None
+        return ClientCurve(keys.agent_keypair(cfg.keys_dir, cfg.name), keys.hub_public(cfg.keys_dir))
+
+    def data_socket(self) -> zmq.Socket:
+        """A new DEALER on the hub's data channel (weight sync), keyed like the control channel. It belongs to the
+        calling thread (a solver's or trainer's compute thread), which closes it."""
+        if self.config.data is None:
+            raise ValueError(f"{self.config.name}: no data endpoint configured")
+        return agent_socket(self.ctx, self.config.data, "data", name=self.config.name, curve=self.credentials())
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Send DISCONNECT, join the I/O thread, release the wake-up pipe. Safe to call twice."""
@@ -234,10 +254,8 @@ class AgentLink:
         sock.close(linger=500)
 
     def _connect(self) -> zmq.Socket:
-        cfg, curve = self.config, None
-        if cfg.keys_dir:
-            curve = ClientCurve(keys.agent_keypair(cfg.keys_dir, cfg.name), keys.hub_keypair(cfg.keys_dir).public)
-        sock = agent_socket(self.ctx, cfg.control, "control", name=cfg.name, curve=curve)
+        cfg = self.config
+        sock = agent_socket(self.ctx, cfg.control, "control", name=cfg.name, curve=self.credentials())
         self._post(sock, self._ready())
         return sock
 
@@ -260,7 +278,8 @@ class AgentLink:
                 return
             if message.kind in ("result", "task_failed"):  # no more renewals for a finished lease
                 self._leases.pop((message.task_id, message.attempt), None)
-                self._resend_at[(message.task_id, message.attempt)] = time.monotonic() + self._liveness_s
+                self._post_outbox(sock, (message.task_id, message.attempt), message)
+                continue
             self._post(sock, message, msg_id)
 
     def _renew_leases(self, sock: zmq.Socket, now: float) -> None:
@@ -285,8 +304,34 @@ class AgentLink:
             elif now >= at:
                 log.warning("result unacknowledged; sending it again", agent=self.config.name, task_id=key[0],
                             attempt=key[1])
-                self._post(sock, message)
-                self._resend_at[key] = now + self._liveness_s
+                self._post_outbox(sock, key, message)
+
+    def _post_outbox(self, sock: zmq.Socket, key: tuple[str, int], message: Any) -> None:
+        """Send an outbox entry under a msg id of its own, so that an Error replying to it finds it (below)."""
+        msg_id = new_msg_id()
+        self._outbox_sent[msg_id] = key
+        if len(self._outbox_sent) > 4 * len(self._outbox) + 64:  # ids of acknowledged sends: keep the map small
+            self._outbox_sent = {i: k for i, k in self._outbox_sent.items() if k in self._outbox}
+        self._post(sock, message, msg_id)
+        self._resend_at[key] = time.monotonic() + self._liveness_s
+
+    def _refused(self, sock: zmq.Socket, key: tuple[str, int], error: Any) -> None:
+        """The hub answered an outbox entry with an Error. `internal` (say, its disk is full) is passing: the entry
+        stays and is sent again after the liveness window. Any other code will not change on a resend, so a refused
+        result becomes a failure of the task (retryable: the hub can re-dispatch it), and a refused failure is
+        dropped: the agent answers for its lease either way instead of resending one message forever."""
+        message = self._outbox.get(key)
+        if message is None or error.code == "internal":
+            return
+        log.error("hub refused a result", agent=self.config.name, task_id=key[0], attempt=key[1], code=error.code,
+                  detail=error.detail)
+        if message.kind == "result":
+            failed = TaskFailed(task_id=key[0], attempt=key[1], retryable=True,
+                                reason=f"the hub refused the result: {error.code}: {error.detail}"[:4096])
+            self._outbox[key] = failed
+            self._post_outbox(sock, key, failed)
+        else:
+            self._outbox.pop(key, None)
 
     def _handle(self, sock: zmq.Socket, frames: list) -> None:
         try:
@@ -302,8 +347,7 @@ class AgentLink:
             if self._outbox:
                 log.info("replaying outbox", agent=self.config.name, results=len(self._outbox), hub_id=m.hub_id)
                 for key, message in list(self._outbox.items()):  # a snapshot: complete() may add meanwhile
-                    self._post(sock, message)
-                    self._resend_at[key] = time.monotonic() + self._liveness_s
+                    self._post_outbox(sock, key, message)
             # Requests still unanswered (sent to a hub that died, or refused as not_ready) go again, so a
             # caller waiting on one gets its answer from the new hub instead of a timeout.
             for msg_id, waiting in list(self._pending.items()):
@@ -328,7 +372,10 @@ class AgentLink:
             self.announcements.put(m)
         elif m.kind == "error":
             log.warning("hub error", agent=self.config.name, code=m.code, detail=m.detail)
-            if m.code == "not_ready":  # the hub forgot us (restart, or buried while we were stalled)
+            refused = self._outbox_sent.pop(env.header.reply_to, None) if env.header.reply_to else None
+            if refused is not None and m.code != "not_ready":
+                self._refused(sock, refused, m)
+            elif m.code == "not_ready":  # the hub forgot us (restart, or buried while we were stalled)
                 self._post(sock, self._ready())
                 if pending is not None and pending.repeatable:  # asked again once welcomed (above)
                     self._pending[env.header.reply_to] = pending

@@ -24,6 +24,10 @@ also journals what it needs to go on (round, pool, outstanding train tasks, poli
 rewards, its random state) after every round it submits or collects; a restarted creator resumes from
 there: it waits for the train tasks it had submitted and redoes only the round it was in the middle of
 (those answers are then unused, never trained on), with the same random draws.
+A round fails when one of its tasks goes DEAD (or takes longer than `task_timeout_s`): it is logged,
+journaled and listed in the run's summary, and then the creator goes on with the next round or, with
+`on_failed_round = "stop"` or after `max_failed_rounds`, stops the run (`RunStopped`), never a crash
+that a supervisor would restart into the same failure.
 """
 
 from __future__ import annotations
@@ -103,10 +107,20 @@ class CreatorConfig(BaseModel):
     eval_every: int = Field(1, ge=1, description="Evaluate on the held-out prompts every N rounds (and before round 1).")
     max_wall_s: float | None = Field(None, gt=0, description="Stop starting rounds after this many seconds.")
     target_eval_reward: float | None = Field(None, description="Stop once the held-out mean reward reaches this.")
+    on_failed_round: Literal["continue", "stop"] = Field(
+        "continue", description="A round whose task went DEAD or timed out is recorded (log, journal, summary); then "
+                                "the creator goes on with the next round (continue) or ends the run (stop).")
+    max_failed_rounds: int = Field(3, ge=1, description="End the run once this many rounds failed, even with continue: "
+                                                        "a cause that persists (a policy no solver loads) should stop "
+                                                        "the run, not spin through its rounds.")
 
 
 class RoundFailed(RuntimeError):
-    pass
+    """A task of the round went DEAD or took too long; the message says which and why."""
+
+
+class RunStopped(RuntimeError):
+    """The creator ends the run after failed rounds (on_failed_round = "stop", or max_failed_rounds reached)."""
 
 
 class Creator:
@@ -121,6 +135,7 @@ class Creator:
         self.round = 0
         self.policy_version = link.hub_policy_version  # answers must come from at least this version
         self._training: deque[tuple[int, str]] = deque()  # (round, train task id) submitted, not yet reported
+        self.failures: list[dict] = []  # {"round", "reason"} of each failed round
         self.state_path = Path(state_path) if state_path else None
         self.journal_id = os.urandom(6).hex()  # names this run's train submissions (kept in the journal)
         if self.state_path is not None and self.state_path.exists():
@@ -134,7 +149,7 @@ class Creator:
             return
         version, internal, gauss = self.rng.getstate()
         state = {"journal_id": self.journal_id, "round": self.round, "policy_version": self.policy_version,
-                 "training": list(self._training),
+                 "training": list(self._training), "failures": self.failures,
                  "eval_rewards": self.eval_rewards, "pool": [p.model_dump(mode="json") for p in self.pool],
                  "rng": [version, list(internal), gauss]}
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
@@ -147,6 +162,7 @@ class Creator:
         self.round, self.policy_version = state["round"], max(self.policy_version, state["policy_version"])
         self.journal_id = state.get("journal_id", self.journal_id)
         self._training = deque((r, t) for r, t in state["training"])
+        self.failures = state.get("failures", [])
         self.eval_rewards = {int(v): reward for v, reward in state["eval_rewards"].items()}
         self.pool = [Prompt.model_validate(p) for p in state["pool"]]
         version, internal, gauss = state["rng"]
@@ -160,18 +176,37 @@ class Creator:
         Every submitted train task is waited for before it returns, whichever stop ended the rounds."""
         cfg, started, reports = self.config, time.monotonic(), []
         if self.policy_version not in self.eval_rewards:
-            self.evaluate()
+            self._unless_failed(self.round, self.evaluate)
         while self.round < rounds:
             if cfg.max_wall_s is not None and time.monotonic() - started > cfg.max_wall_s:
                 log.info("stopping: wall time reached", rounds=self.round)
                 break
-            self.start_round()
-            if self._collect(reports, keep=cfg.max_staleness):
+            if self._unless_failed(self.round + 1, lambda: self._next_round(reports)):
                 break
-        self._collect(reports, keep=0)
+        while self._training:  # each failure gives up one outstanding train task
+            self._unless_failed(self._training[0][0], lambda: self._collect(reports, keep=0))
         if self.eval_prompts and self.policy_version not in self.eval_rewards:
-            self.evaluate()  # the final policy is always evaluated, whatever eval_every or the stop
+            # the final policy is always evaluated, whatever eval_every or the stop
+            self._unless_failed(self.round, self.evaluate)
         return reports
+
+    def _next_round(self, reports: list[TrainingReport]) -> bool:
+        """One round submitted, and train tasks collected down to max_staleness; True once the target is reached."""
+        self.start_round()
+        return self._collect(reports, keep=self.config.max_staleness)
+
+    def _unless_failed(self, round_: int, step: Callable[[], object]) -> object:
+        """`step()`; when it fails the round, record that and go on (None), or raise RunStopped."""
+        try:
+            return step()
+        except RoundFailed as e:
+            self.failures.append({"round": round_, "reason": str(e)[:2000]})
+            self._save()
+            log.error("round failed", round=round_, reason=str(e), failed_rounds=len(self.failures))
+            cfg = self.config
+            if cfg.on_failed_round == "stop" or len(self.failures) >= cfg.max_failed_rounds:
+                raise RunStopped(f"{len(self.failures)} failed round(s); the last, round {round_}: {e}") from None
+            return None
 
     def _collect(self, reports: list[TrainingReport], keep: int) -> bool:
         """Wait for outstanding train tasks until at most `keep` remain; evaluate on schedule.
@@ -179,9 +214,15 @@ class Creator:
         reached = False
         while len(self._training) > keep:
             round_, task_id = self._training[0]
-            reports.append(self._finish(round_, task_id))
+            try:
+                report = self._finish(round_, task_id)
+            except RoundFailed:  # DEAD, or too long: given up, no longer outstanding
+                self._training.popleft()
+                self._save()
+                raise
             self._training.popleft()
             self._save()
+            reports.append(report)
             if round_ % self.config.eval_every == 0:
                 reward = self.evaluate()
                 target = self.config.target_eval_reward

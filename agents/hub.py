@@ -5,9 +5,17 @@
 
 Loop (zguide): poll both sockets -> decode -> one handler per message kind -> housekeeping
 (expire leases, bury silent agents, send heartbeats, hand queued tasks to agents with free credit).
-Every message is checked against the role bound to its sender (the CURVE key's role over tcp, the
-READY role over the private ipc directory); malformed input is answered with an Error and counted,
-never allowed to stop the loop.
+
+Who may do what, on both sockets alike:
+- over tcp the sender *is* its CURVE key: the name in its routing id must be the key's name, and its
+  role is the key's role, whatever READY claims (over ipc, inside the private 0700 run directory, the
+  READY name and role are taken as they are);
+- a role may send only some kinds (ALLOWED_SENDERS) and lease only its own queues (ROLE_TASK_KINDS);
+- a result, renewal or failure counts only from the agent holding that lease, and a result only if it
+  is of the task's kind and its samples or verdicts are the task's own;
+- a policy version is written once, in the layout of the versions before it.
+Malformed input is answered with an Error and counted; so is any message whose handler fails (a bug,
+a full disk): no message, however well-formed, stops the loop.
 """
 
 from __future__ import annotations
@@ -24,13 +32,14 @@ import zmq
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.adapter_store import AdapterStore
-from agents.ledger import Ledger
+from agents.ledger import InvalidResult, open_run_ledger
 from agents.waiters import Waiter, Waiters
 from protocol import keys
 from protocol.codec import Envelope, ProtocolError, decode, encode
 from protocol.constants import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS
 from protocol.messages import (
     ALLOWED_SENDERS,
+    ROLE_TASK_KINDS,
     Ack,
     AgentInfo,
     Assign,
@@ -42,10 +51,11 @@ from protocol.messages import (
     TaskReport,
     Welcome,
 )
-from protocol.transport import hub_socket, ipc_endpoint, limits_for, peer_user_id
+from protocol.transport import hub_socket, ipc_endpoint, limits_for, peer_user_id, routing_name
 
 log = structlog.get_logger("agents.hub")
 _OPEN = ("queued", "leased")  # task states a held query still waits on
+_DATA_KINDS = frozenset({"policy_fetch", "policy_update"})  # what the data socket takes: weight sync only
 
 
 class HubConfig(BaseModel):
@@ -61,6 +71,8 @@ class HubConfig(BaseModel):
     max_staleness: int = Field(0, ge=0, description="Policy versions a sample may lag behind and still count.")
     keep_adapters: int = Field(5, ge=1, description="Newest published adapters kept on disk.")
     keep_every: int = Field(10, ge=1, description="Also keep every M-th version (for later evaluation).")
+    check_ledger: bool = Field(True, description="Run SQLite's quick_check on the ledger at start (reads it once; "
+                                                 "a damaged ledger stops the hub with one line instead of serving).")
 
 
 @dataclass
@@ -103,6 +115,7 @@ class Hub:
         self.done: Counter[str] = Counter()  # accepted results by task kind
         self.ignored: Counter[str] = Counter()  # results not taken, by outcome (duplicate, stale)
         self.send_failed = 0  # messages a peer could not take (gone, or its queue full)
+        self.errors = 0  # housekeeping turns that failed (a full disk, ...), shown by status
         self.received = 0  # messages handled, refused ones included
         self._last_send_error: int | None = None  # errno of the last failed send
         self._allowed: set[str] | None = None  # "name:role" of the allow-listed keys, re-read in housekeeping
@@ -115,8 +128,9 @@ class Hub:
     # ------------------------------------------------------------------ start / stop
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.ledger = open_run_ledger(self.run_dir, max_attempts=self.config.max_attempts,
+                                      check=self.config.check_ledger)  # LedgerError: refuse to start, one line
         self.adapters = AdapterStore(self.run_dir / "adapters", self.config.keep_adapters, self.config.keep_every)
-        self.ledger = Ledger(self.run_dir / "ledger.sqlite", max_attempts=self.config.max_attempts)
         requeued = self.ledger.recover(time.time())
         curve, self.auth = None, None
         if self.config.keys_dir:
@@ -160,7 +174,12 @@ class Hub:
                         except zmq.Again:
                             break
                         self.handle(sock, frames)
-            self.housekeeping(time.time())
+            try:
+                self.housekeeping(time.time())
+            except Exception:  # a full disk, say: the next turn tries again; the hub stays up and answers
+                self.errors += 1
+                if self.errors <= 10 or self.errors % 1000 == 0:
+                    log.exception("housekeeping failed", errors=self.errors)
 
     def handle(self, sock: zmq.Socket, frames: list) -> None:
         self.received += 1
@@ -171,33 +190,45 @@ class Hub:
         except ProtocolError as e:
             self.rejected[e.code] += 1
             log.warning("message refused", code=e.code, detail=e.detail, peer=identity[:64])
-            self._send(sock, identity, e.to_message())
+            self._send(sock, identity, e.to_message(), reply_to=e.msg_id)
             return
-        now = time.time()
-        agent = self._agent_for(identity, channel)
-        kind = env.message.kind
-        if kind != "ready" and kind != "status_query" and agent is None:
-            return self._refuse(sock, identity, "not_ready", f"{kind} before ready", env.header.msg_id)
-        role = agent.role if agent is not None else env.message.role if kind == "ready" else "observer"
-        bound = peer_user_id(body[0])
-        if bound is not None:
+        try:
+            self._route(sock, identity, channel, env, peer_user_id(body[0]))
+        except Exception as e:  # a bug, a full disk: this message fails with an Error, the hub goes on
+            self.rejected["internal"] += 1
+            log.exception("message failed", kind=env.message.kind, peer=identity[:64])
+            self._send(sock, identity, Error(code="internal", detail=f"{type(e).__name__}: {e}"[:4096]),
+                       reply_to=env.header.msg_id)
+
+    def _route(self, sock: zmq.Socket, identity: bytes, channel: str, env: Envelope, bound: str | None) -> None:
+        """Who sent it (its key over tcp), whether it may, then its handler."""
+        kind, msg_id, name = env.message.kind, env.header.msg_id, routing_name(identity)
+        if channel == "data" and kind not in _DATA_KINDS:
+            return self._refuse(sock, identity, "invalid_message", f"the data socket does not take {kind}", msg_id)
+        if bound is not None:  # tcp: the key is the identity
             if self._allowed is not None and bound not in self._allowed:  # revoked since it connected
-                return self._refuse(sock, identity, "forbidden", f"the key of {bound} was revoked",
-                                    env.header.msg_id)
+                return self._refuse(sock, identity, "forbidden", f"the key of {bound} was revoked", msg_id)
+            if name != bound.partition(":")[0]:
+                return self._refuse(sock, identity, "forbidden", f"the key of {bound} cannot speak as {name[:64]!r}",
+                                    msg_id)
+        agent = self.agents.get(identity) if channel == "control" else self._agent_named(name)
+        if kind != "ready" and kind != "status_query" and agent is None:
+            return self._refuse(sock, identity, "not_ready", f"{kind} before ready", msg_id)
+        if bound is not None:
             role = bound.partition(":")[2]
+        else:
+            role = agent.role if agent is not None else env.message.role if kind == "ready" else "observer"
         if role not in ALLOWED_SENDERS[kind]:
-            return self._refuse(sock, identity, "forbidden", f"a {role} may not send {kind}", env.header.msg_id)
+            return self._refuse(sock, identity, "forbidden", f"a {role} may not send {kind}", msg_id)
+        now = time.time()
         if agent is not None:
             agent.last_seen = now
         handler = getattr(self, f"on_{kind}", None)
         if handler is None:
-            return self._refuse(sock, identity, "invalid_message", f"the hub does not take {kind}", env.header.msg_id)
+            return self._refuse(sock, identity, "invalid_message", f"the hub does not take {kind}", msg_id)
         handler(Incoming(sock, identity, env, agent, now, bound))
 
-    def _agent_for(self, identity: bytes, channel: str) -> AgentState | None:
-        if channel == "control":
-            return self.agents.get(identity)
-        name = identity.decode(errors="replace").removesuffix("/data")
+    def _agent_named(self, name: str) -> AgentState | None:
         return next((a for a in self.agents.values() if a.name == name), None)
 
     def _refuse(self, sock: zmq.Socket, identity: bytes, code: str, detail: str, reply_to: str | None) -> None:
@@ -222,12 +253,21 @@ class Hub:
 
     # ------------------------------------------------------------------ handlers
     def on_ready(self, msg: Incoming) -> None:
-        m, now = msg.env.message, msg.now
+        m, now, msg_id = msg.env.message, msg.now, msg.env.header.msg_id
         if msg.bound is not None and msg.bound != f"{m.name}:{m.role}":
+            return self._refuse(msg.sock, msg.identity, "forbidden", f"key is bound to {msg.bound}, not {m.name}:{m.role}",
+                                msg_id)
+        if routing_name(msg.identity) != m.name:
             return self._refuse(msg.sock, msg.identity, "forbidden",
-                                f"key is bound to {msg.bound}, not {m.name}:{m.role}", msg.env.header.msg_id)
-        if msg.agent is not None:  # a restarted agent: its old leases go back to the queue
-            self.ledger.release_agent(msg.agent.name, now)
+                                f"a connection named {routing_name(msg.identity)[:64]!r} says it is {m.name!r}", msg_id)
+        if not set(m.task_kinds) <= ROLE_TASK_KINDS[m.role]:
+            return self._refuse(msg.sock, msg.identity, "forbidden",
+                                f"a {m.role} may not take {', '.join(m.task_kinds)} tasks", msg_id)
+        previous = msg.agent or self._agent_named(m.name)
+        if previous is not None:  # restarted or reconnected (a new connection): its old leases go back to the queue
+            self.agents.pop(previous.identity, None)
+            self.waiters.drop(previous.identity)
+            self.ledger.release_agent(previous.name, now)
         state = AgentState(m.name, m.role, msg.identity, m.capacity, list(m.task_kinds), now, m.policy_version,
                            bound=msg.bound)
         for ref in m.holding:  # results waiting in its outbox: give those leases back before any dispatch
@@ -251,15 +291,24 @@ class Hub:
         msg.reply(self, Ack(task_id=m.task_id, attempt=m.attempt, status=status, deadline_unix_s=deadline))
 
     def on_result(self, msg: Incoming) -> None:
-        m, now = msg.env.message, msg.now
-        samples = getattr(m.result, "samples", [])
-        oldest = min((s.policy_version for s in samples), default=self.policy_version)
-        if oldest < self.policy_version - self.config.max_staleness:
-            self.ledger.fail(m.task_id, m.attempt, f"samples from policy {oldest}, hub at {self.policy_version}",
-                             retryable=True, now=now)
-            outcome = "stale"
+        m, now, name = msg.env.message, msg.now, msg.agent.name
+        versions = [s.policy_version for s in getattr(m.result, "samples", [])]
+        if versions and max(versions) > self.policy_version:
+            return self._refuse(msg.sock, msg.identity, "invalid_message", f"samples claim policy v{max(versions)}; "
+                                f"the newest is v{self.policy_version}", msg.env.header.msg_id)
+        if versions and min(versions) < self.policy_version - self.config.max_staleness:
+            failed = self.ledger.fail(m.task_id, m.attempt, f"samples from policy {min(versions)}, hub at "
+                                      f"{self.policy_version}", retryable=True, now=now, agent=name)
+            outcome = "forbidden" if failed == "forbidden" else "stale"
         else:
-            outcome = self.ledger.complete(m.task_id, m.attempt, m.result, now)  # committed before the ack
+            try:
+                outcome = self.ledger.complete(m.task_id, m.attempt, m.result, now, agent=name)  # committed first
+            except InvalidResult as e:
+                return self._refuse(msg.sock, msg.identity, "invalid_message", f"task {m.task_id}: {e}",
+                                    msg.env.header.msg_id)
+        if outcome == "forbidden":
+            return self._refuse(msg.sock, msg.identity, "forbidden", f"task {m.task_id} attempt {m.attempt} is not "
+                                f"leased to {name}", msg.env.header.msg_id)
         self._settled(msg.agent, m.task_id, m.attempt)
         if outcome == "accepted":
             self.done[m.result.kind] += 1
@@ -272,7 +321,9 @@ class Hub:
 
     def on_task_failed(self, msg: Incoming) -> None:
         m = msg.env.message
-        self.ledger.fail(m.task_id, m.attempt, m.reason, m.retryable, msg.now)
+        if self.ledger.fail(m.task_id, m.attempt, m.reason, m.retryable, msg.now, agent=msg.agent.name) == "forbidden":
+            return self._refuse(msg.sock, msg.identity, "forbidden", f"task {m.task_id} attempt {m.attempt} is not "
+                                f"leased to {msg.agent.name}", msg.env.header.msg_id)
         self._settled(msg.agent, m.task_id, m.attempt)
         msg.reply(self, Ack(task_id=m.task_id, attempt=m.attempt, status="accepted"))
         self._answer_waiters([m.task_id])  # dead if that was its last attempt
@@ -291,7 +342,22 @@ class Hub:
         msg.reply(self, Ack(status="queued", task_ids=ids))
 
     def on_policy_update(self, msg: Incoming) -> None:
-        m, now = msg.env.message, msg.now
+        """A version is written once: the same adapter again (a trainer that restarted before it heard the ack) is
+        a duplicate, anything else under a published version is refused, and a new version must be the next one,
+        a LoRA adapter in the layout of the version before it (AdapterStore.check)."""
+        m, now, msg_id = msg.env.message, msg.now, msg.env.header.msg_id
+        if m.version <= self.policy_version:
+            if m.version == self.policy_version and self.adapters.same(m, msg.env.tensors):
+                return msg.reply(self, Ack(status="duplicate"))
+            return self._refuse(msg.sock, msg.identity, "forbidden", f"policy v{m.version} is published already "
+                                f"(newest v{self.policy_version}); a version is written once", msg_id)
+        if (m.version, m.parent_version) != (self.policy_version + 1, self.policy_version):
+            return self._refuse(msg.sock, msg.identity, "invalid_message", f"the next policy is v{self.policy_version + 1}"
+                                f" from v{self.policy_version}, not v{m.version} from v{m.parent_version}", msg_id)
+        try:
+            self.adapters.check(m, msg.env.tensors, self.policy_version)
+        except ValueError as e:
+            return self._refuse(msg.sock, msg.identity, "invalid_message", f"policy v{m.version}: {e}", msg_id)
         path, num_bytes = self.adapters.save(m, msg.env.tensors)  # persisted before it is acknowledged or announced
         self.ledger.record_policy(m.version, m.parent_version, str(path), num_bytes, now)
         self.policy_version = max(self.policy_version, m.version)
@@ -442,6 +508,7 @@ class Hub:
         metrics |= {f"ignored.{outcome}": float(n) for outcome, n in self.ignored.items()}
         metrics["results_per_s"] = sum(self.done.values()) / uptime
         metrics["send_failed"], metrics["received"] = float(self.send_failed), float(self.received)
+        metrics["housekeeping_errors"] = float(self.errors)
         for version, (mean, count) in self.ledger.reward_by_version().items():
             metrics[f"reward_mean.v{version}"] = mean
             metrics[f"reward_count.v{version}"] = float(count)

@@ -5,10 +5,16 @@ before it returns, so the hub can acknowledge right after: an acknowledged resul
 
 Task life: QUEUED -> LEASED(attempt k, deadline) -> DONE, or back to QUEUED when the lease expires or
 its agent dies, or DEAD after `max_attempts` leases (or a non-retryable failure), with the reason.
-A result counts only for the task's latest attempt: a late result from a superseded lease is
-"stale" and ignored; the same result twice is a "duplicate". After a hub restart every LEASED task is
-QUEUED again with its attempt kept, so an agent replaying its outbox still lands its result if nobody
-has leased the task again meanwhile.
+A result counts only for the task's latest attempt, and only from the agent that holds it (`agent` is
+kept when a lease goes back to the queue): a late result from a superseded lease is "stale" and
+ignored; the same result twice is a "duplicate"; another agent's is "forbidden", and a result of the
+wrong kind, or whose samples or verdicts are not the task's own, is refused (`InvalidResult`). After a
+hub restart every LEASED task is QUEUED again with its attempt and holder kept, so an agent replaying
+its outbox still lands its result if nobody has leased the task again meanwhile.
+
+A run directory's ledger is opened with `open_run_ledger`, which refuses to start on a ledger that is
+missing or empty where the run had one (RUN/ledger.id names it), damaged (SQLite's quick_check), or
+another run's: a hub never starts an empty ledger in place of a lost one without a word.
 
     ledger = Ledger("run/ledger.sqlite")
     [task_id] = ledger.submit([GenerateTask(prompts=[...])])
@@ -32,6 +38,7 @@ import msgpack
 from pydantic import TypeAdapter
 
 from protocol.messages import (
+    RESULT_KIND_OF,
     TASK_KIND_OF,
     CreateResult,
     GenerateResult,
@@ -46,7 +53,16 @@ from protocol.messages import (
 
 TASK_ADAPTER: TypeAdapter[TaskPayload] = TypeAdapter(TaskPayload)
 RESULT_ADAPTER: TypeAdapter[ResultPayload] = TypeAdapter(ResultPayload)
-Outcome = Literal["accepted", "duplicate", "stale", "unknown"]
+Outcome = Literal["accepted", "duplicate", "stale", "unknown", "forbidden"]
+MARKER = "ledger.id"  # in the run directory: the id of the run's ledger, written when the ledger is created
+
+
+class LedgerError(RuntimeError):
+    """The run's ledger cannot be used as it is (missing, emptied, damaged, another run's); one line says why."""
+
+
+class InvalidResult(ValueError):
+    """A result that does not belong to its task: the wrong kind, or samples and verdicts of other tasks."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -86,23 +102,43 @@ class Lease:
 
 
 class Ledger:
-    def __init__(self, path: str | os.PathLike, *, max_attempts: int = 3, durable: bool = False) -> None:
-        """`durable=True` also fsyncs every commit (synchronous=FULL): survives power loss, not just crashes."""
+    def __init__(self, path: str | os.PathLike, *, max_attempts: int = 3, durable: bool = False,
+                 check: bool = True) -> None:
+        """`durable=True` also fsyncs every commit (synchronous=FULL): survives power loss, not just crashes.
+        `check` runs SQLite's quick_check first (it reads the whole file once): a damaged ledger raises LedgerError."""
         self.path, self.max_attempts = Path(path), max_attempts
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # One owner at a time (the hub opens it in start() and hands it to its loop thread), so the
         # same-thread check would only forbid that hand-over; transactions are explicit below.
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            self._setup(durable, check)
+        except sqlite3.DatabaseError as e:  # "file is not a database", "database disk image is malformed", ...
+            self.db.close()
+            raise LedgerError(f"{self.path} is damaged and cannot be used as a ledger ({e}); restore it from a "
+                              "copy, or start a new run in another directory") from None
+        except LedgerError:
+            self.db.close()
+            raise
+
+    def _setup(self, durable: bool, check: bool) -> None:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self.db.execute("PRAGMA foreign_keys=ON")
+        if check:
+            problems = [row[0] for row in self.db.execute("PRAGMA quick_check(3)")]
+            if problems != ["ok"]:
+                raise LedgerError(f"{self.path} is damaged (SQLite quick_check: {'; '.join(problems)[:300]}); "
+                                  "restore it from a copy, or start a new run in another directory")
         with self._tx():  # statement by statement: executescript would commit outside the transaction
             for statement in filter(str.strip, SCHEMA.split(";")):
                 self.db.execute(statement)
             self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('ledger_id', ?)", (os.urandom(8).hex(),))
         found = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
         if found != SCHEMA_VERSION:
-            raise RuntimeError(f"{self.path}: ledger schema {found}, this selfplay reads {SCHEMA_VERSION}")
+            raise LedgerError(f"{self.path}: ledger schema {found}, this selfplay reads {SCHEMA_VERSION}")
+        self.ledger_id: str = self.db.execute("SELECT value FROM meta WHERE key = 'ledger_id'").fetchone()[0]
 
     def _tx(self) -> _Transaction:
         return _Transaction(self.db)
@@ -174,37 +210,49 @@ class Ledger:
                             (now, task_id, attempt))
 
     def reclaim(self, task_id: str, attempt: int, agent: str, lease_s: float, now: float) -> bool:
-        """Give a requeued lease back to the agent that holds its result (same attempt), if nobody
-        else has leased it since. Used when an agent reconnects after a hub restart."""
+        """Give a requeued lease back to the agent that held it and holds its result (same attempt), if nobody
+        else has leased it since. Used when an agent reconnects (after a hub restart, or a partition)."""
         with self._tx():
             changed = self.db.execute(
-                "UPDATE tasks SET state = 'leased', agent = ?, deadline = ?, updated = ? WHERE task_id = ?"
-                " AND attempt = ? AND state = 'queued'", (agent, now + lease_s, now, task_id, attempt)).rowcount
+                "UPDATE tasks SET state = 'leased', deadline = ?, updated = ? WHERE task_id = ?"
+                " AND attempt = ? AND state = 'queued' AND agent = ?", (now + lease_s, now, task_id, attempt, agent)
+            ).rowcount
         return bool(changed)
 
-    def complete(self, task_id: str, attempt: int, result: ResultPayload, now: float) -> Outcome:
-        """Record a result: committed (with its samples, verdicts, prompts or metrics) before returning."""
+    def complete(self, task_id: str, attempt: int, result: ResultPayload, now: float,
+                 agent: str | None = None) -> Outcome:
+        """Record a result: committed (with its samples, verdicts, prompts or metrics) before returning. With an
+        `agent`, only that agent's, if it holds the attempt ("forbidden" otherwise). A result of the wrong kind, or
+        whose samples or verdicts are not its task's, raises InvalidResult and changes nothing."""
         with self._tx():
-            row = self.db.execute("SELECT state, attempt FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+            row = self.db.execute("SELECT state, attempt, agent, kind, payload FROM tasks WHERE task_id = ?",
+                                  (task_id,)).fetchone()
             if row is None:
                 return "unknown"
-            state, current = row
+            state, current, holder, kind, payload = row
             if state == "done":
                 return "duplicate" if current == attempt else "stale"
             if attempt != current or state not in ("leased", "queued"):
                 return "stale"
+            if agent is not None and holder != agent:
+                return "forbidden"
+            _check_result(kind, payload, result, self.policy_version())
             self.db.execute("UPDATE tasks SET state = 'done', result = ?, deadline = NULL, updated = ?"
                             " WHERE task_id = ?", (_pack(result), now, task_id))  # agent kept: who did it
             self._record_result(task_id, result, now)
         return "accepted"
 
-    def fail(self, task_id: str, attempt: int, reason: str, retryable: bool, now: float) -> str | None:
-        """An agent gives up: back to the queue (retryable, attempts left) or DEAD. Returns the new state."""
+    def fail(self, task_id: str, attempt: int, reason: str, retryable: bool, now: float,
+             agent: str | None = None) -> str | None:
+        """An agent gives up: back to the queue (retryable, attempts left) or DEAD. Returns the new state; None when
+        the attempt is no longer leased; "forbidden" when another agent holds it (with `agent` given)."""
         with self._tx():
-            row = self.db.execute("SELECT attempt, max_attempts FROM tasks WHERE task_id = ? AND state = 'leased'",
+            row = self.db.execute("SELECT attempt, max_attempts, agent FROM tasks WHERE task_id = ? AND state = 'leased'",
                                   (task_id,)).fetchone()
             if row is None or row[0] != attempt:
                 return None
+            if agent is not None and row[2] != agent:
+                return "forbidden"
             state = "queued" if retryable and row[0] < row[1] else "dead"
             self._set_state(task_id, state, reason, now)
         return state
@@ -228,9 +276,9 @@ class Ledger:
                     for task_id, attempt, limit in rows]
 
     def recover(self, now: float) -> int:
-        """At hub start: leases held by the previous incarnation return to the queue, attempts kept."""
+        """At hub start: leases held by the previous incarnation return to the queue, attempts and holders kept."""
         with self._tx():
-            return self.db.execute("UPDATE tasks SET state = 'queued', agent = NULL, deadline = NULL, updated = ?"
+            return self.db.execute("UPDATE tasks SET state = 'queued', deadline = NULL, updated = ?"
                                    " WHERE state = 'leased'", (now,)).rowcount
 
     def _requeue_or_bury(self, task_id: str, attempt: int, max_attempts: int, reason: str, now: float) -> str:
@@ -239,7 +287,8 @@ class Ledger:
         return state
 
     def _set_state(self, task_id: str, state: str, reason: str, now: float) -> None:
-        self.db.execute("UPDATE tasks SET state = ?, reason = ?, agent = NULL, deadline = NULL, updated = ?"
+        """Requeue or bury; `agent` keeps the last holder, whose late result of the same attempt still counts."""
+        self.db.execute("UPDATE tasks SET state = ?, reason = ?, deadline = NULL, updated = ?"
                         " WHERE task_id = ?", (state, reason, now, task_id))
 
     # ------------------------------------------------------------------ domain records
@@ -252,8 +301,11 @@ class Ledger:
     def _record_result(self, task_id: str, result: ResultPayload, now: float) -> None:
         if isinstance(result, GenerateResult):
             for s in result.samples:
-                self.db.execute("INSERT OR IGNORE INTO samples VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                (s.sample_id, s.prompt_id, task_id, s.policy_version, s.text, _pack(s), now))
+                try:  # not OR IGNORE: a sample id another task holds is refused, never shadowed
+                    self.db.execute("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                    (s.sample_id, s.prompt_id, task_id, s.policy_version, s.text, _pack(s), now))
+                except sqlite3.IntegrityError:
+                    raise InvalidResult(f"sample id {s.sample_id!r} belongs to another task") from None
         elif isinstance(result, JudgeResult):
             for v in result.verdicts:
                 self.db.execute("INSERT OR IGNORE INTO verdicts VALUES (?, ?, ?, ?, ?)",
@@ -327,7 +379,62 @@ class _Transaction:
         return self.db
 
     def __exit__(self, exc_type: object, *_: object) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type:
+            if self.db.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
+                self.db.execute("ROLLBACK")
+            return
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.Error:  # a full disk, say: SQLite may leave the transaction open, and then every later
+            if self.db.in_transaction:  # BEGIN would fail too
+                self.db.execute("ROLLBACK")
+            raise
+
+
+def open_run_ledger(run_dir: str | os.PathLike, *, max_attempts: int = 3, check: bool = True) -> Ledger:
+    """The ledger of a run directory (RUN/ledger.sqlite), created with the directory's marker (RUN/ledger.id) when
+    the run is new. Raises LedgerError, in one line, when the marker names a ledger that is missing, empty or
+    another one: SQLite would silently start an empty database in its place, and every acknowledged task with it."""
+    run_dir = Path(run_dir)
+    path, marker = run_dir / "ledger.sqlite", run_dir / MARKER
+    recorded = marker.read_text().strip() if marker.exists() else None
+    size = path.stat().st_size if path.exists() else None
+    if recorded and not size:
+        state = "missing" if size is None else "empty (0 bytes)"
+        raise LedgerError(f"{path} is {state}, but {marker} says this run has ledger {recorded}: restore the ledger "
+                          "from a copy, or start a new run in another directory (the hub will not start an empty "
+                          "ledger in its place)")
+    ledger = Ledger(path, max_attempts=max_attempts, check=check)
+    if recorded and recorded != ledger.ledger_id:
+        ledger.close()
+        raise LedgerError(f"{path} is ledger {ledger.ledger_id}, but {marker} names ledger {recorded}: it belongs to "
+                          "another run")
+    if not recorded:
+        tmp = marker.with_name(MARKER + ".tmp")
+        tmp.write_text(ledger.ledger_id + "\n")
+        os.replace(tmp, marker)
+    return ledger
+
+
+def _check_result(kind: str, payload: bytes, result: ResultPayload, newest: int) -> None:
+    """A result finishes only its own task: the right kind, samples answering the task's prompts, verdicts on exactly
+    the task's samples, a report of a version the hub has. Raises InvalidResult."""
+    if RESULT_KIND_OF[kind] != result.kind:
+        raise InvalidResult(f"a {kind} task is finished by a {RESULT_KIND_OF[kind]}, not a {result.kind}")
+    task = _unpack(payload)
+    if isinstance(result, GenerateResult):  # (that no sample id is another task's, the INSERT checks)
+        prompts = {p["prompt_id"] for p in task["prompts"]}
+        if len({s.sample_id for s in result.samples}) != len(result.samples):
+            raise InvalidResult("two samples have the same id")
+        if not all(s.prompt_id in prompts for s in result.samples):
+            raise InvalidResult("a sample answers a prompt that is not in the task")
+    elif isinstance(result, JudgeResult):
+        wanted = {s["sample_id"] for g in task["groups"] for s in g["samples"]}
+        ids = [v.sample_id for v in result.verdicts]
+        if len(set(ids)) != len(ids) or set(ids) != wanted:
+            raise InvalidResult(f"verdicts must judge the task's {len(wanted)} samples, each once")
+    elif isinstance(result, TrainingReport) and result.policy_version > newest:
+        raise InvalidResult(f"the report names policy v{result.policy_version}; the newest published is v{newest}")
 
 
 def _pack(model: object) -> bytes:

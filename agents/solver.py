@@ -1,14 +1,18 @@
 """The solver process: answers generation tasks with the newest policy, n samples per prompt.
 
-    link = AgentLink(LinkConfig(name="solver-0", role="solver", task_kinds=["generate"], control=HUB_CONTROL))
+    link = AgentLink(LinkConfig(name="solver-0", role="solver", task_kinds=["generate"], control=HUB_CONTROL,
+                                data=HUB_DATA))
     link.start()
-    Solver(link, HFGenerator("./tiny/policy"), data_endpoint=HUB_DATA).run(stop_event)
+    Solver(link, HFGenerator("./tiny/policy")).run(stop_event)
 
-(`selfplay up` / `selfplay attach solver` will start it as a process; they land with the launch work.)
+(`selfplay up` and `selfplay attach solver` start it as a process: launch/worker.py.)
 
 Loop: bring the policy up to date (announcements from the hub; a task may demand a minimum
 version) -> take a task -> generate -> tag every sample with the policy version that made it ->
-complete. Heartbeats, leases and the outbox live on the AgentLink's I/O thread.
+complete. Heartbeats, leases and the outbox live on the AgentLink's I/O thread; the data channel
+(weight sync) is the link's too, keyed with the same credentials. A policy that does not load (its
+tensors fit no model) is logged and skipped: the solver keeps the one it has, and a task that needs
+the new one fails with the reason, so no solver exits over a bad adapter.
 """
 
 from __future__ import annotations
@@ -21,18 +25,20 @@ import zmq
 
 from agents.agent import AgentLink
 from agents.backends import Generator
-from protocol.codec import Envelope, decode, encode
+from protocol.codec import Envelope, ProtocolError, decode, encode
 from protocol.messages import Assign, GenerateResult, PolicyFetch, Sample
-from protocol.transport import agent_socket, limits_for
+from protocol.transport import limits_for
 
 log = structlog.get_logger("agents.solver")
 
 
 class Solver:
-    def __init__(self, link: AgentLink, generator: Generator, data_endpoint: str | None) -> None:
-        self.link, self.generator, self.data_endpoint = link, generator, data_endpoint
+    def __init__(self, link: AgentLink, generator: Generator) -> None:
+        self.link, self.generator = link, generator
+        self.data_endpoint: str | None = getattr(link.config, "data", None)  # None: no weight sync (in-process runs)
         self._data: zmq.Socket | None = None  # owned by the compute thread (the only one that fetches)
         self._following: str | None = None  # the hub incarnation that pushes us new versions
+        self.unloadable: dict[int, str] = {}  # policy versions that failed to load -> why
         self.sync_seconds: list[float] = []  # wall time of each fetch + load (benchmarks read it)
 
     def run(self, stop: threading.Event) -> None:
@@ -44,6 +50,10 @@ class Solver:
             return self.link.fail(assign, f"a solver does not take {task.kind}", retryable=True)
         if self.generator.version < task.min_policy_version:
             self.sync_policy(task.min_policy_version)
+        if self.generator.version < task.min_policy_version:  # never answer with an older policy than asked
+            why = next((f"policy v{v} does not load: {reason}" for v, reason in self.unloadable.items()
+                        if v <= task.min_policy_version), f"policy v{task.min_policy_version} did not arrive")
+            return self.link.fail(assign, f"{self.link.config.name} holds v{self.generator.version}; {why}"[:4096])
         version = self.generator.version
         outputs = self.generator.generate(task.prompts, task.sampling)
         samples = [Sample(sample_id=f"{assign.task_id}.{assign.attempt}.{i}.{j}", prompt_id=prompt.prompt_id,
@@ -65,7 +75,7 @@ class Solver:
             wanted, num_bytes = max(wanted, announce.version), max(num_bytes, announce.num_bytes)
         started = time.perf_counter()
         if self._data is None:
-            self._data = agent_socket(self.link.ctx, self.data_endpoint, "data", name=self.link.config.name)
+            self._data = self.link.data_socket()
         if self._following != self.link.hub_id:  # the reply to this is the newest version, if there is one
             self._fetch(0)
             self._following = self.link.hub_id
@@ -81,7 +91,16 @@ class Solver:
                     log.warning("policy fetch timed out", version=wanted)
         if update is None or update.message.version <= self.generator.version:
             return
-        self.generator.load_policy(update.message.version, update.message.adapter_config, update.tensors)
+        version = update.message.version
+        if version in self.unloadable:
+            return
+        try:
+            self.generator.load_policy(version, update.message.adapter_config, update.tensors)
+        except Exception as e:  # it fits no model here: keep the policy we have, say why once
+            self.unloadable[version] = f"{type(e).__name__}: {e}"[:1000]
+            log.error("policy does not load; keeping the current one", version=version,
+                      current=self.generator.version, error=self.unloadable[version])
+            return
         self.sync_seconds.append(time.perf_counter() - started)
         log.info("policy loaded", version=update.message.version, tensors=len(update.tensors), fetched=fetched,
                  seconds=round(self.sync_seconds[-1], 4))
@@ -97,7 +116,11 @@ class Solver:
             short = _version(newest) < wanted
             if not self._data.poll(max(0, int((deadline - time.monotonic()) * 1000)) if short else 0):
                 return newest
-            env = decode(self._data.recv_multipart(copy=False), limits_for("data"))
+            try:
+                env = decode(self._data.recv_multipart(copy=False), limits_for("data"))
+            except ProtocolError as e:
+                log.warning("bad message on the data channel", code=e.code, detail=e.detail)
+                continue
             if env.message.kind == "policy_update":
                 if env.message.version > _version(newest):
                     newest = env

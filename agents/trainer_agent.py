@@ -1,14 +1,13 @@
 """The trainer process: judged groups in, a new policy version out.
 
-    agent = TrainerAgent(link, load_config(algo="dpo", model="./tiny/policy", data="-", out="run/trainer"),
-                         data_endpoint=HUB_DATA)
-    agent.run(stop_event)
+    agent = TrainerAgent(link, load_config(algo="dpo", model="./tiny/policy", data="-", out="run/trainer"))
+    agent.run(stop_event)            # link: an AgentLink with the hub's data endpoint (weight sync)
 
 Per train task: the algorithm's rows from the groups (best/worst pairs, real/generated, judged
 triples: trainer.groups) -> one pass of the same recipe `selfplay train` runs, with the reference
 taken as the policy at the start of the round (ALGORITHMS §3-4: each iteration's policy is the next
 one's reference) -> checkpoint, recording the task and version v+1 -> publish the adapter as v+1 over
-the data socket and wait for the hub to persist it -> report.
+the link's data socket (keyed like its control socket) and wait for the hub to persist it -> report.
 
 A crash anywhere loses nothing and trains nothing twice: before the checkpoint, the retried task is
 trained again from the previous checkpoint; after it, the restarted trainer resumes from it, sees
@@ -17,6 +16,7 @@ that the retried task is the one it recorded, and only publishes (again) and rep
 
 from __future__ import annotations
 
+import math
 import statistics
 import threading
 import time
@@ -26,9 +26,9 @@ import torch
 import zmq
 
 from agents.agent import AgentLink
-from protocol.codec import decode, encode
+from protocol.codec import ProtocolError, decode, encode, new_msg_id
 from protocol.messages import Assign, PolicyUpdate, TrainingReport
-from protocol.transport import agent_socket
+from protocol.transport import limits_for
 from trainer.adapters import adapter_parameters, read_adapter
 from trainer.config import TrainConfig
 from trainer.groups import rows_from_groups
@@ -38,14 +38,14 @@ log = structlog.get_logger("agents.trainer")
 
 
 class TrainerAgent:
-    def __init__(self, link: AgentLink, config: TrainConfig, data_endpoint: str, *, good_score: float = 1.0,
+    def __init__(self, link: AgentLink, config: TrainConfig, *, good_score: float = 1.0,
                  publish_timeout_s: float = 120.0) -> None:
         if config.finetune != "lora":
             raise ValueError("the live trainer publishes LoRA adapters: finetune must be 'lora'")
         # Online: one pass per round, a constant learning rate, the round's starting policy as reference.
         self.config = config.model_copy(update={"scheduler": "constant", "warmup_ratio": 0.0, "reference": "current",
                                                 "save_every": 10**9, "tensorboard": False})
-        self.link, self.data_endpoint = link, data_endpoint
+        self.link = link
         self.good_score, self.publish_timeout_s = good_score, publish_timeout_s
         self.recipe = Recipe(self.config, resume=True, rows=[])
         self.recipe.setup()
@@ -73,7 +73,7 @@ class TrainerAgent:
             log.info("round already trained; publishing it", task_id=assign.task_id, version=self.trained["version"])
             return self._publish_and_report(assign, TrainingReport.model_validate(self.trained["report"]))
         started, first_step = time.perf_counter(), len(self.recipe.step_seconds)
-        metrics = self.recipe.train_round(rows)
+        metrics = _finite(self.recipe.train_round(rows), assign.task_id)
         tokens_per_s = metrics.pop("tokens_per_s", 0.0)
         report = TrainingReport(policy_version=self.version + 1, step=self.recipe.cursor.step, examples=len(rows),
                                 tokens_per_s=tokens_per_s, metrics={**metrics, "round_s": time.perf_counter() - started})
@@ -97,7 +97,9 @@ class TrainerAgent:
         self.link.complete(assign, report)
 
     def publish(self, version: int) -> bool:
-        """Send the adapter as `version`; True once the hub acknowledged (it saved it first)."""
+        """Send the adapter as `version`; True once the hub acknowledged it (it saved it first). Without an answer
+        it is sent again (the connection may have dropped, say in a network partition): the hub acknowledges a
+        repeat of the adapter it has as a duplicate, so a resend never publishes twice."""
         lora = self.config.lora
         update = PolicyUpdate(version=version, parent_version=version - 1, base_model=self.config.model,
                               adapter_config={"r": lora.r, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout,
@@ -106,10 +108,43 @@ class TrainerAgent:
             self._adapter = (self.recipe.model, adapter_parameters(self.recipe.model))
         tensors = read_adapter(self._adapter[1])  # live on a CPU: the hub has them before the next step
         if self._data is None:
-            self._data = agent_socket(self.link.ctx, self.data_endpoint, "data", name=self.link.config.name)
-        self._data.send_multipart(encode(update, sender=self.link.config.name, tensors=tensors), copy=False)
-        if not self._data.poll(int(self.publish_timeout_s * 1000)):
-            log.warning("publish timed out", version=version)
-            return False
-        reply = decode(self._data.recv_multipart()).message
-        return reply.kind == "ack" and reply.status == "accepted"
+            self._data = self.link.data_socket()
+        num_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
+        # Resend after the liveness window, or longer for a big adapter (it must have time to arrive and be saved).
+        resend_s = max(self.link.config.heartbeat_interval_s * self.link.config.liveness, num_bytes / 20e6)
+        deadline, sent = time.monotonic() + self.publish_timeout_s, set()
+        while (left := deadline - time.monotonic()) > 0:
+            msg_id = new_msg_id()
+            try:
+                self._data.send_multipart(encode(update, sender=self.link.config.name, msg_id=msg_id, tensors=tensors),
+                                          zmq.NOBLOCK, copy=False)
+                sent.add(msg_id)
+            except zmq.Again:  # no connection and the queue full: wait for one
+                pass
+            answer_by = time.monotonic() + min(left, resend_s)
+            while (wait := answer_by - time.monotonic()) > 0 and self._data.poll(int(wait * 1000) + 1):
+                try:
+                    env = decode(self._data.recv_multipart(copy=False), limits_for("data"))
+                except ProtocolError as e:
+                    log.warning("bad message on the data channel", code=e.code, detail=e.detail)
+                    continue
+                if env.header.reply_to not in sent:
+                    continue  # the answer to an earlier try, already settled
+                reply = env.message
+                if reply.kind == "ack":
+                    return reply.status in ("accepted", "duplicate")
+                log.error("the hub refused the policy", version=version, code=reply.code, detail=reply.detail)
+                return False
+            if left > resend_s:
+                log.warning("no answer to the publish; sending it again", version=version)
+        log.warning("publish timed out", version=version)
+        return False
+
+
+def _finite(metrics: dict[str, float], task_id: str) -> dict[str, float]:
+    """The round's metrics without NaN or infinite values (a diverging loss): the report carries only finite
+    numbers (the hub refuses others), and the log says which were dropped."""
+    bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+    if bad:
+        log.warning("non-finite training metrics left out of the report", task_id=task_id, metrics=bad)
+    return {k: v for k, v in metrics.items() if k not in bad}

@@ -107,7 +107,7 @@ def connect(endpoint: str, key_dir: str | None):
     ctx = zmq.Context()
     curve = None
     if key_dir:
-        curve = ClientCurve(keys.agent_keypair(key_dir, "bench"), keys.hub_keypair(key_dir).public)
+        curve = ClientCurve(keys.agent_keypair(key_dir, "bench"), keys.hub_public(key_dir))
     sock = agent_socket(ctx, endpoint, "data", name="bench", curve=curve, insecure_loopback=curve is None)
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.RCVHWM, 0)

@@ -70,9 +70,9 @@ def make_workers(link, models, out: Path, train_batch: int):
 
     config = TrainConfig(algo="dpo", model=str(models.policy), data="-", out=str(out), batch_size=train_batch, lr=1e-3,
                          lora={"r": 8, "alpha": 16}, max_length=96, max_prompt_length=48)
-    solver = Solver(link, HFGenerator(str(models.policy)), None)
+    solver = Solver(link, HFGenerator(str(models.policy)))
     judge = Judge(link, RewardModelScorer(str(models.reward)))
-    trainer = TrainerAgent(link, config, "inproc://unused")
+    trainer = TrainerAgent(link, config)
     return solver, judge, trainer
 
 

@@ -51,5 +51,9 @@ def write_adapter(params: dict[str, torch.nn.Parameter], tensors: dict[str, torc
     if tensors.keys() != params.keys():
         extra, missing = sorted(tensors.keys() - params.keys())[:3], sorted(params.keys() - tensors.keys())[:3]
         raise ValueError(f"the adapter does not fit this model's LoRA layout: unexpected {extra}, missing {missing}")
+    misfits = [f"{key}: {tuple(t.shape)} for {tuple(params[key].shape)}" for key, t in tensors.items()
+               if t.shape != params[key].shape or not t.dtype.is_floating_point]
+    if misfits:  # checked before any copy: a misfit leaves the parameters as they were, not half written
+        raise ValueError(f"the adapter does not fit this model's LoRA layout: {misfits[:3]}")
     for key, tensor in tensors.items():
         params[key].copy_(tensor)

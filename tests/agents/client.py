@@ -2,9 +2,22 @@
 
 import time
 
+import torch
+
 from protocol.codec import decode, encode
-from protocol.messages import Ready
+from protocol.messages import PolicyUpdate, Ready
 from protocol.transport import agent_socket
+
+
+def lora_tensors(seed=0, rank=4, dims=(8, 8), dtype=torch.float32):
+    """A small, well-formed LoRA adapter in peft's state-dict keys: what the hub accepts as a policy."""
+    g = torch.Generator().manual_seed(seed)
+    return {"model.q_proj.lora_A.weight": torch.randn(rank, dims[1], generator=g).to(dtype),
+            "model.q_proj.lora_B.weight": torch.randn(dims[0], rank, generator=g).to(dtype)}
+
+
+def policy_update(version, base_model="tiny", rank=4):
+    return PolicyUpdate(version=version, parent_version=version - 1, base_model=base_model, adapter_config={"r": rank})
 
 
 class Client:

@@ -184,3 +184,42 @@ def test_a_result_lost_on_the_way_is_sent_again_while_the_hub_is_heard(running):
     solver.complete(solver.next_task(timeout_s=5), result())
     assert wait_for(lambda: solver.pending_results() == 0, timeout_s=5)  # resent after 0.5 s without an ack
     assert dropped == [task_id] and running.task(task_id)["state"] == "done"
+
+
+def test_an_exception_in_the_loops_housekeeping_is_logged_and_the_agent_keeps_serving(running):
+    """serve()'s per-turn callback (a solver's policy sync) used to kill the agent when it raised."""
+    creator, solver = link(running, "creator-0", "creator", kinds=()), link(running, "solver-0")
+    turns, handled, stop = [], [], threading.Event()
+
+    def each():
+        turns.append(1)
+        if len(turns) == 1:
+            raise RuntimeError("the new policy does not load")
+
+    def handle(assign):
+        handled.append(assign.task_id)
+        solver.complete(assign, result())
+
+    thread = threading.Thread(target=solver.serve, args=(handle, stop, each), daemon=True)
+    thread.start()
+    [task_id] = creator.submit([GenerateTask(prompts=[PROMPT])])
+    try:
+        assert wait_for(lambda: handled == [task_id]) and thread.is_alive() and len(turns) > 1
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def test_a_result_the_hub_refuses_becomes_a_failure_of_its_task_not_a_resend_loop(running):
+    """A result the hub will never take (here: a sample for a prompt the task does not have) is answered with an
+    Error; the link then fails the task with the hub's reason, so the lease is answered for and the task retried,
+    instead of sending the result again forever."""
+    creator, solver = link(running, "creator-0", "creator", kinds=()), link(running, "solver-0")
+    [task_id] = creator.submit([GenerateTask(prompts=[PROMPT])])
+    assign = solver.next_task(timeout_s=5)
+    wrong = GenerateResult(samples=[Sample(sample_id="x", prompt_id="not-in-the-task", text="85", policy_version=0)])
+    solver.complete(assign, wrong)
+    assert wait_for(lambda: solver.pending_results() == 0)
+    again = solver.next_task(timeout_s=5)  # offered again as attempt 2: the first was given up, not left to expire
+    assert (again.task_id, again.attempt) == (task_id, 2)
+    assert "refused the result: invalid_message" in running.task(task_id)["reason"]

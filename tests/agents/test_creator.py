@@ -36,3 +36,65 @@ def test_a_local_link_names_a_missing_worker():
 
     with pytest.raises(KeyError, match="no local worker for train"):
         LocalLink({"generate": lambda a: None}).submit([TrainTask(groups=[])])
+
+
+class Workers:
+    """Local generate / judge / train workers; the judge lets its tasks die while `dead` says so."""
+
+    def __init__(self, link):
+        self.link, self.dead, self.trained = link, lambda: False, []
+
+    def generate(self, assign):
+        from protocol.messages import GenerateResult
+
+        samples = [Sample(sample_id=f"{assign.task_id}.{p.prompt_id}.{j}", prompt_id=p.prompt_id, text=str(j),
+                          policy_version=0) for p in assign.task.prompts for j in range(2)]
+        self.link.complete(assign, GenerateResult(samples=samples))
+
+    def judge(self, assign):
+        from protocol.messages import JudgeResult
+
+        if self.dead():
+            return self.link.fail(assign, "the checker raised ValueError: no answer", retryable=False)
+        verdicts = [Verdict(sample_id=s.sample_id, score=float(s.text)) for g in assign.task.groups for s in g.samples]
+        self.link.complete(assign, JudgeResult(verdicts=verdicts))
+
+    def train(self, assign):
+        from protocol.messages import TrainingReport
+
+        self.trained.append(assign.task.round)
+        self.link.complete(assign, TrainingReport(policy_version=len(self.trained), step=1, examples=1))
+
+
+def _creator(tmp_path, **settings):
+    link = LocalLink()
+    workers = Workers(link)
+    link.workers = {"generate": workers.generate, "judge": workers.judge, "train": workers.train}
+    seeds = [Prompt(prompt_id=f"s{i}", text=f"What is {i} + 1?", answer=str(i + 1)) for i in range(4)]
+    config = CreatorConfig(algo="dpo", evolve=False, samples_per_prompt=2, **settings)
+    return Creator(link, config, seeds, state_path=tmp_path / "journal.json"), workers
+
+
+def test_a_round_with_a_dead_task_is_recorded_and_the_next_one_runs(tmp_path):
+    creator, workers = _creator(tmp_path)
+    workers.dead = lambda: creator.round == 2
+    creator.run(rounds=3)
+    assert workers.trained == [1, 3]  # round 2 failed; 1 and 3 trained
+    assert [f["round"] for f in creator.failures] == [2] and "the checker raised" in creator.failures[0]["reason"]
+    resumed, _ = _creator(tmp_path)  # the journal keeps them
+    assert resumed.failures == creator.failures
+
+
+def test_a_failed_round_stops_the_run_when_asked_or_after_too_many(tmp_path):
+    from agents.creator import RunStopped
+
+    creator, workers = _creator(tmp_path / "a", on_failed_round="stop")
+    workers.dead = lambda: creator.round == 2
+    with pytest.raises(RunStopped, match="round 2"):
+        creator.run(rounds=3)
+    assert workers.trained == [1]
+    creator, workers = _creator(tmp_path / "b", max_failed_rounds=2)
+    workers.dead = lambda: True
+    with pytest.raises(RunStopped, match="2 failed round"):
+        creator.run(rounds=5)
+    assert workers.trained == [] and creator.round == 2  # not spinning through all five

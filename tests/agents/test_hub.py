@@ -15,7 +15,6 @@ from protocol.messages import (
     GenerateTask,
     Heartbeat,
     PolicyFetch,
-    PolicyUpdate,
     Ready,
     Renew,
     Result,
@@ -26,7 +25,7 @@ from protocol.messages import (
     TaskQuery,
 )
 from protocol.transport import ClientCurve
-from tests.agents.client import Client
+from tests.agents.client import Client, lora_tensors, policy_update
 from tests.protocol.examples import PROMPT
 
 
@@ -53,8 +52,8 @@ class Running:
         """A started AgentLink against this hub (stopped on close)."""
         from agents.agent import AgentLink, LinkConfig
 
-        agent = AgentLink(LinkConfig(name=name, role=role, task_kinds=list(kinds), control=self.hub.endpoints["control"]),
-                          self.ctx)
+        agent = AgentLink(LinkConfig(name=name, role=role, task_kinds=list(kinds), control=self.hub.endpoints["control"],
+                                     data=self.hub.endpoints["data"]), self.ctx)
         self.links.append(agent)
         agent.start()
         return agent
@@ -281,8 +280,8 @@ def test_policy_update_is_persisted_announced_and_fetched(running):
     solver, solver_data = running.client("solver-0"), running.client("solver-0", "data")
     trainer_control.ready("trainer", kinds=())
     solver.ready("solver")
-    weights = {"layer.lora_A": torch.randn(4, 8, dtype=torch.bfloat16), "layer.lora_B": torch.zeros(8, 4)}
-    update = PolicyUpdate(version=1, parent_version=0, base_model="tiny", adapter_config={"r": 4})
+    weights = lora_tensors() | {"model.q_proj.lora_A.weight": torch.randn(4, 8, dtype=torch.bfloat16)}
+    update = policy_update(1)
     trainer_data.send(update, tensors=weights)
     assert trainer_data.recv().message.status == "accepted"
     announce = solver.recv(skip=("heartbeat",))
@@ -304,17 +303,17 @@ def test_a_following_solver_is_pushed_each_new_policy_unasked(running):
     solver.ready("solver")
     solver_data.send(PolicyFetch(version=0, follow=True))
     assert solver_data.recv().message.kind == "ack"  # nothing published yet: following is all it asked
-    weights = {"layer.lora_A": torch.randn(4, 8)}
+    weights = lora_tensors()
     for version in (1, 2):
-        update = PolicyUpdate(version=version, parent_version=version - 1, base_model="tiny")
+        update = policy_update(version)
         trainer_data.send(update, tensors=weights)
         assert trainer_data.recv().message.status == "accepted"
         pushed = solver_data.recv()
-        assert pushed.message == update and torch.equal(pushed.tensors["layer.lora_A"], weights["layer.lora_A"])
+        assert pushed.message == update and all(torch.equal(pushed.tensors[k], t) for k, t in weights.items())
     solver_data.close()
     for version in range(3, 10):  # once the hub has seen it go, a follower that is gone is no longer pushed
         time.sleep(0.3)
-        trainer_data.send(PolicyUpdate(version=version, parent_version=version - 1, base_model="tiny"), tensors=weights)
+        trainer_data.send(policy_update(version), tensors=weights)
         assert trainer_data.recv().message.status == "accepted"
         if not running.hub.followers:
             break
@@ -324,7 +323,7 @@ def test_a_following_solver_is_pushed_each_new_policy_unasked(running):
 def test_only_a_trainer_may_publish_weights(running):
     solver, solver_data = running.client("solver-0"), running.client("solver-0", "data")
     solver.ready("solver")
-    solver_data.send(PolicyUpdate(version=9, parent_version=0, base_model="x"), tensors={"w": torch.zeros(2)})
+    solver_data.send(policy_update(1), tensors=lora_tensors())
     assert solver_data.recv().message.code == "forbidden"
 
 
@@ -334,7 +333,7 @@ def test_samples_older_than_the_staleness_bound_are_refused(running):
     running.client("trainer-0").ready("trainer", kinds=())
     creator.ready("creator", kinds=())
     solver.ready("solver")
-    trainer_data.send(PolicyUpdate(version=1, parent_version=0, base_model="x"), tensors={"w": torch.zeros(1)})
+    trainer_data.send(policy_update(1), tensors=lora_tensors())
     assert trainer_data.recv().message.status == "accepted"
     [task_id] = submit(creator)
     assign = solver.recv().message
@@ -385,8 +384,7 @@ def test_old_adapters_are_retired(tmp_path):
         r.client("trainer-0").ready("trainer", kinds=())
         data = r.client("trainer-0", "data")
         for version in range(1, 8):
-            data.send(PolicyUpdate(version=version, parent_version=version - 1, base_model="x"),
-                      tensors={"w": torch.zeros(2)})
+            data.send(policy_update(version), tensors=lora_tensors(version))
             assert data.recv().message.status == "accepted"
         kept = sorted(p.name for p in (r.hub.run_dir / "adapters").iterdir())
         assert kept == ["v000003.safetensors", "v000006.safetensors", "v000007.safetensors"]

@@ -7,13 +7,16 @@ import pytest
 from agents.ledger import Ledger
 from protocol.messages import (
     CreateResult,
+    CreateTask,
     GenerateResult,
     GenerateTask,
+    JudgedGroup,
     JudgeResult,
     JudgeTask,
     Prompt,
     Sample,
     TrainingReport,
+    TrainTask,
     Verdict,
 )
 from tests.protocol.examples import GROUP, PROMPT
@@ -132,9 +135,11 @@ def test_restart_requeues_leases_and_accepts_replayed_results(tmp_path):
 def test_results_fill_the_domain_tables(ledger):
     evolved = Prompt(prompt_id="p2", text="What is 37 + 48 + 5?", source="evolved", parent_id="p1",
                      mutation="add_constraint")
-    t_create, t_judge, t_train = ledger.submit([JudgeTask(groups=[GROUP])] * 3, now=0)
+    t_create, t_judge, t_train = ledger.submit([CreateTask(groups=[GROUP]), JudgeTask(groups=[GROUP]),
+                                                TrainTask(groups=[GROUP])], now=0)
     for t in (t_create, t_judge, t_train):
         ledger.db.execute("UPDATE tasks SET state = 'leased', attempt = 1 WHERE task_id = ?", (t,))
+    ledger.record_policy(3, 2, "adapters/v3", 1024, now=0)
     ledger.complete(t_create, 1, CreateResult(prompts=[evolved], round=1), now=1)
     ledger.complete(t_judge, 1, JudgeResult(verdicts=[Verdict(sample_id="s1", score=0.5, judgment="close")]), now=1)
     ledger.complete(t_train, 1, TrainingReport(policy_version=3, step=7, examples=8, metrics={"loss": 0.6}), now=1)
@@ -143,7 +148,6 @@ def test_results_fill_the_domain_tables(ledger):
     assert ledger.prompts("evolved") == [evolved]
     assert ledger.db.execute("SELECT score, judgment FROM verdicts").fetchall() == [(0.5, "close")]
     assert ledger.db.execute("SELECT name, value, step, policy_version FROM metrics").fetchall() == [("loss", 0.6, 7, 3)]
-    ledger.record_policy(3, 2, "adapters/v3", 1024, now=2)
     assert ledger.policy_version() == 3
 
 
@@ -183,10 +187,11 @@ def test_reclaim_gives_a_requeued_lease_back_only_if_nobody_took_it(ledger):
 
 
 def test_reward_by_policy_version(ledger):
-    gen, judge = (ledger.submit([GenerateTask(prompts=[PROMPT])], now=t)[0] for t in (0, 1))
+    [gen] = ledger.submit([GenerateTask(prompts=[PROMPT])], now=0)
     ledger.lease("generate", "s", 2, 30, now=2)
     samples = [Sample(sample_id=f"v{v}-{i}", prompt_id="p1", text="x", policy_version=v) for v in (0, 1) for i in (0, 1)]
     ledger.complete(gen, 1, GenerateResult(samples=samples), now=3)
+    [judge] = ledger.submit([JudgeTask(groups=[JudgedGroup(prompt=PROMPT, samples=samples, verdicts=[])])], now=1)
     ledger.db.execute("UPDATE tasks SET state = 'leased', attempt = 1 WHERE task_id = ?", (judge,))
     scores = {"v0-0": 0.0, "v0-1": 0.5, "v1-0": 1.0, "v1-1": 1.0}
     ledger.complete(judge, 1, JudgeResult(verdicts=[Verdict(sample_id=k, score=v) for k, v in scores.items()]), now=4)

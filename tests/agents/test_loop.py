@@ -38,14 +38,13 @@ class World:
     def __init__(self, tmp_path, tiny_models, algo, scorer=None, **hub):
         self.r = Running(tmp_path, lease_s=120, heartbeat_interval_s=0.2, liveness=50, **hub)
         self.stop = threading.Event()
-        self.solver = Solver(self.link("solver-0", "solver", ["generate"]), HFGenerator(str(tiny_models.policy)),
-                             self.r.hub.endpoints["data"])
+        self.solver = Solver(self.link("solver-0", "solver", ["generate"]), HFGenerator(str(tiny_models.policy)))
         workers = [self.solver]
         if scorer is not None:
             workers.append(Judge(self.link("judge-0", "judge", ["judge"]), scorer))
         config = TrainConfig(algo=algo, model=str(tiny_models.policy), data="-", out=str(tmp_path / "trainer"),
                              batch_size=8, lr=1e-3, lora={"r": 4, "alpha": 8}, max_length=64, max_prompt_length=32)
-        workers.append(TrainerAgent(self.link("trainer-0", "trainer", ["train"]), config, self.r.hub.endpoints["data"]))
+        workers.append(TrainerAgent(self.link("trainer-0", "trainer", ["train"]), config))
         for worker in workers:
             threading.Thread(target=worker.run, args=(self.stop,), daemon=True).start()
 

@@ -62,7 +62,7 @@ def test_solver_answers_tasks_and_switches_policy_versions(tmp_path, tiny_models
     stop = threading.Event()
     try:
         creator, solver_link = r.link("creator-0", "creator"), r.link("solver-0", "solver", ["generate"])
-        solver = Solver(solver_link, HFGenerator(str(tiny_models.policy)), r.hub.endpoints["data"])
+        solver = Solver(solver_link, HFGenerator(str(tiny_models.policy)))
         thread = threading.Thread(target=solver.run, args=(stop,), daemon=True)
         thread.start()
 
@@ -104,8 +104,7 @@ def test_a_following_solver_is_pushed_new_policies_and_fetches_what_it_missed(tm
                                       adapter_config=lora), tensors=get_peft_model_state_dict(trained))
             assert trainer.recv().message.status == "accepted"
 
-        solver = Solver(r.link("solver-0", "solver", ["generate"]), HFGenerator(str(tiny_models.policy)),
-                        r.hub.endpoints["data"])
+        solver = Solver(r.link("solver-0", "solver", ["generate"]), HFGenerator(str(tiny_models.policy)))
         solver.sync_policy()  # follows from now on; nothing is published yet
         publish(1)
         with capture_logs() as logs:
@@ -117,8 +116,7 @@ def test_a_following_solver_is_pushed_new_policies_and_fetches_what_it_missed(tm
         assert [e["fetched"] for e in logs if e["event"] == "policy loaded"] == [False]  # pushed, unasked
 
         publish(2)
-        late = Solver(r.link("solver-1", "solver", ["generate"]), HFGenerator(str(tiny_models.policy)),
-                      r.hub.endpoints["data"])
+        late = Solver(r.link("solver-1", "solver", ["generate"]), HFGenerator(str(tiny_models.policy)))
         late.sync_policy(at_least=2)  # not following when 2 was published: the newest comes with following
         assert late.generator.version == 2
 
@@ -140,3 +138,73 @@ def _wait_done(r, task_id, timeout_s=30):
             return True
         time.sleep(0.05)
     return False
+
+
+def test_weight_sync_runs_over_tcp_with_curve_keys(tmp_path, tiny_models):
+    """The deployment users run: tcp endpoints and keys. The trainer's publish and the solver's fetch open the data
+    channel with the link's own credentials (they opened it without keys: 'tcp endpoints need CURVE keys')."""
+    from agents.agent import AgentLink, LinkConfig
+    from agents.trainer_agent import TrainerAgent
+    from protocol import keys
+    from trainer.adapters import adapter_parameters, read_adapter
+    from trainer.config import TrainConfig
+
+    key_dir = tmp_path / "keys"
+    keys.init_keys(key_dir, [("trainer-0", "trainer"), ("solver-0", "solver")])
+    r = Running(tmp_path, control="tcp://127.0.0.1:*", data="tcp://127.0.0.1:*", keys_dir=str(key_dir),
+                heartbeat_interval_s=0.2, liveness=25)
+
+    def link(name, role, kinds):
+        agent = AgentLink(LinkConfig(name=name, role=role, task_kinds=kinds, control=r.hub.endpoints["control"],
+                                     data=r.hub.endpoints["data"], keys_dir=str(key_dir)), r.ctx)
+        r.links.append(agent)
+        agent.start(timeout_s=10)
+        return agent
+
+    config = TrainConfig(algo="dpo", model=str(tiny_models.policy), data="-", out=str(tmp_path / "trainer"),
+                         lora={"r": 4, "alpha": 8}, max_length=64, max_prompt_length=32)
+    trainer = TrainerAgent(link("trainer-0", "trainer", ["train"]), config)
+    try:
+        assert trainer.publish(1)
+        solver = Solver(link("solver-0", "solver", ["generate"]), HFGenerator(str(tiny_models.policy)))
+        solver.sync_policy(at_least=1)
+        assert solver.generator.version == 1
+        published = read_adapter(adapter_parameters(trainer.recipe.model))
+        assert all(torch.equal(solver.generator._adapter[k], t) for k, t in published.items())
+    finally:
+        trainer.recipe.cleanup()
+        r.close()
+
+
+def test_a_policy_that_fits_no_model_is_skipped_and_the_solver_keeps_serving(tmp_path, tiny_models):
+    """The hub cannot try an adapter on a model it does not have, so a first version whose (well-formed) tensors fit
+    no model here reaches the solvers. Each used to exit on loading it, and again on every restart; now it keeps the
+    policy it has, a task that needs the new one fails naming why, and tasks its policy may answer are served."""
+    r = Running(tmp_path, heartbeat_interval_s=0.2, liveness=25, max_attempts=2, max_staleness=1)  # v0's answers count
+    stop = threading.Event()
+    try:
+        creator = r.link("creator-0", "creator")
+        solver = Solver(r.link("solver-0", "solver", ["generate"]), HFGenerator(str(tiny_models.policy)))
+        thread = threading.Thread(target=solver.run, args=(stop,), daemon=True)
+        thread.start()
+        lora = {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}
+        state = get_peft_model_state_dict(get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_models.policy),
+                                                         LoraConfig(**lora)))
+        misfit = {k: torch.randn(4, 999) if "lora_A" in k else t for k, t in state.items()}  # inputs 999 wide
+        r.client("trainer-0").ready("trainer", kinds=())
+        trainer = r.client("trainer-0", "data")
+        trainer.send(PolicyUpdate(version=1, parent_version=0, base_model=str(tiny_models.policy), adapter_config=lora),
+                     tensors=misfit)
+        assert trainer.recv().message.status == "accepted"
+        params = SamplingParams(n=1, max_new_tokens=3, seed=1)
+        [needs_v1] = creator.submit([GenerateTask(prompts=PROMPTS[:1], sampling=params, min_policy_version=1)])
+        [any_version] = creator.submit([GenerateTask(prompts=PROMPTS[:1], sampling=params)])
+        assert _wait_done(r, any_version)
+        deadline = time.monotonic() + 30
+        while r.task(needs_v1)["state"] != "dead" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert r.task(needs_v1)["state"] == "dead" and "policy v1 does not load" in r.task(needs_v1)["reason"]
+        assert thread.is_alive() and solver.generator.version == 0 and 1 in solver.unloadable
+    finally:
+        stop.set()
+        r.close()

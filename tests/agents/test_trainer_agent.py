@@ -44,7 +44,7 @@ def test_rounds_train_publish_and_use_the_round_start_reference(tmp_path, tiny_m
         creator, link = r.link("creator-0", "creator"), r.link("trainer-0", "trainer", ["train"])
         config = TrainConfig(algo="dpo", model=str(tiny_models.policy), data="-", out=str(tmp_path / "trainer"),
                              batch_size=8, lr=1e-2, lora={"r": 4, "alpha": 8}, max_length=64, max_prompt_length=32)
-        agent = TrainerAgent(link, config, r.hub.endpoints["data"])
+        agent = TrainerAgent(link, config)
         threading.Thread(target=agent.run, args=(stop,), daemon=True).start()
 
         [first] = creator.submit([TrainTask(groups=groups(4), round=1)])
@@ -83,7 +83,7 @@ def test_a_round_checkpointed_before_a_crash_is_published_not_trained_again(tmp_
                          batch_size=2, lr=1e-2, lora={"r": 4, "alpha": 8}, max_length=64, max_prompt_length=32)
     try:
         creator = r.link("creator-0", "creator")
-        first = TrainerAgent(r.link("trainer-0", "trainer", ["train"]), config, r.hub.endpoints["data"])
+        first = TrainerAgent(r.link("trainer-0", "trainer", ["train"]), config)
 
         def crash(assign, report):
             stop.set()  # the agent stops taking work, as a dead one would
@@ -100,7 +100,7 @@ def test_a_round_checkpointed_before_a_crash_is_published_not_trained_again(tmp_
         assert steps_before >= 2  # it trained (4 pairs, batches of at most 2)
 
         stop.clear()
-        second = TrainerAgent(r.link("trainer-0", "trainer", ["train"]), config, r.hub.endpoints["data"])
+        second = TrainerAgent(r.link("trainer-0", "trainer", ["train"]), config)
         assert second.trained["task_id"] == task and second.version == 1  # resumed, knows what it trained
         threading.Thread(target=second.run, args=(stop,), daemon=True).start()
         record = wait_done(r, task)
