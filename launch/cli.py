@@ -24,6 +24,9 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
+_ROLES = ("hub", "creator", "solver", "judge", "trainer")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="selfplay",
@@ -55,6 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     rev = key_commands.add_parser("revoke", help="remove an agent from the allow-list (takes effect at once)")
     rev.add_argument("dir", help="key directory")
     rev.add_argument("name", help="agent name")
+    export = key_commands.add_parser(
+        "export", help="copy what one machine's agents need into a key directory of its own",
+        description="Write OUT/hub.key (the hub's public key) and OUT/agents/NAME.key_secret (0600) for each --agent, "
+                    "and nothing else: no hub secret, no allow-list. Copy OUT to the agents' machine and point its "
+                    "topology's hub.keys_dir at it.")
+    export.add_argument("dir", help="the hub's key directory (from `selfplay keys init`)")
+    export.add_argument("out", help="key directory to write for the agents' machine (created 0700)")
+    export.add_argument("--agent", action="append", default=[], required=True, metavar="NAME",
+                        help="an agent that runs on that machine (repeatable)")
 
     _add_train(commands)
     up = commands.add_parser(
@@ -63,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "crashed one with backoff; stop them all on Ctrl-C, on `selfplay stop`, or when the creator has "
                     "run its rounds. Logs: RUN/logs/NAME.jsonl (events) and NAME.out (output).")
     up.add_argument("topology", help="topology file (TOML); see configs/")
+    up.add_argument("--roles", default=",".join(_ROLES), metavar="ROLE[,ROLE...]",
+                    help="start only these roles on this machine (default: all): e.g. `--roles hub` on the hub's "
+                         "machine and `--roles creator,solver,judge,trainer` on another, whose topology sets "
+                         "hub.address; see docs/live.md, Two machines")
     attach = commands.add_parser(
         "attach", help="start one more agent (solver, judge, ...) against a running hub",
         description="Run one agent of TOPOLOGY in the foreground against its hub, e.g. a second solver on another "
@@ -254,18 +270,26 @@ def _up(args: argparse.Namespace) -> int:
     from launch.topology import load_topology
 
     topo = load_topology(args.topology)
-    if topo.solver.backend == "vllm" and topo.solver.count and importlib.util.find_spec("vllm") is None:
+    roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
+    unknown = sorted(set(roles) - set(_ROLES))
+    if unknown or not roles:
+        raise ValueError(f"--roles {args.roles!r}: choose among {', '.join(_ROLES)}")
+    if "hub" not in roles and topo.hub.control == "ipc" and topo.hub.address is None:
+        print(f"selfplay up: note: without the hub, agents wait for {Path(topo.run.dir) / 'hub.json'} from a hub "
+              "started on this machine (set hub.address for one on another machine)", file=sys.stderr)
+    if "solver" in roles and topo.solver.backend == "vllm" and topo.solver.count and importlib.util.find_spec("vllm") is None:
         print(f"selfplay up: {args.topology}: solver.backend = 'vllm' needs vLLM on this machine: "
               "pip install -e '.[gpu]' (or start solvers elsewhere with `selfplay attach`, and count = 0 here)",
               file=sys.stderr)
         return 2
     run_dir = Path(topo.run.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "hub.json").unlink(missing_ok=True)  # a stale one would point agents at a dead hub
+    if "hub" in roles:
+        (run_dir / "hub.json").unlink(missing_ok=True)  # a stale one would point agents at a dead hub
     (run_dir / "creator-done.json").unlink(missing_ok=True)
     print(f"run directory {run_dir} (logs in {run_dir / 'logs'}); `selfplay status --run-dir {run_dir}` "
           f"to watch, Ctrl-C or `selfplay stop --run-dir {run_dir}` to stop", file=sys.stderr)
-    return supervisor_for(args.topology, topo).run()
+    return supervisor_for(args.topology, topo, roles).run()
 
 
 def _attach(args: argparse.Namespace) -> int:
@@ -347,6 +371,9 @@ def _keys(args: argparse.Namespace) -> int:
     elif args.keys_command == "list":
         for key in keys.AllowList(args.dir).agents():
             print(f"{key.name}\t{key.role}\t{key.public.decode()}")
+    elif args.keys_command == "export":
+        for path in keys.export_keys(args.dir, args.out, args.agent):
+            print(path)
     elif args.keys_command == "revoke":
         if not keys.revoke(args.dir, args.name):
             print(f"selfplay: no agent {args.name!r} in {args.dir}/allowed", file=sys.stderr)

@@ -8,6 +8,7 @@ stays free for a command's own output (e.g. `selfplay keys list | cut -f1`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -30,21 +31,40 @@ def rotate(path: Path, backups: int) -> None:
 
 class _JsonLines:
     """Processor that appends each event to a file as one JSON object, then passes it on unchanged.
-    Past `max_bytes` the file is rotated (`backups` older files kept)."""
+    Past `max_bytes` the file is rotated (`backups` older files kept). A write that fails (a full disk) drops
+    the line, never the process: the count of dropped lines is written once the file takes lines again."""
 
     def __init__(self, path: str | os.PathLike, max_bytes: int | None = None, backups: int = 3) -> None:
         self.path, self.max_bytes, self.backups = Path(path), max_bytes, backups
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 — lives as long as the process
+        self.dropped = 0
 
     def __call__(self, _: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
-        self.file.write(json.dumps(event, default=str) + "\n")
-        self.file.flush()
-        if self.max_bytes is not None and self.file.tell() >= self.max_bytes:
-            self.file.close()
-            rotate(self.path, self.backups)
-            self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        line = json.dumps(event, default=str) + "\n"
+        try:
+            if self.dropped:
+                self._write(json.dumps({"event": "log lines dropped", "dropped": self.dropped}) + "\n")
+                self.dropped = 0
+            self._write(line)
+            if self.max_bytes is not None and self.file.tell() >= self.max_bytes:
+                self.file.close()
+                rotate(self.path, self.backups)
+                self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        except (OSError, ValueError):  # ValueError: a file closed by a failed rotation
+            self.dropped += 1
         return event
+
+    def _write(self, text: str) -> None:
+        if self.file.closed:
+            self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        try:
+            self.file.write(text)
+            self.file.flush()
+        except OSError:  # the buffer keeps what failed: start afresh rather than grow it
+            with contextlib.suppress(OSError):
+                self.file.close()
+            raise
 
 
 class _CurrentStderr:
@@ -52,10 +72,14 @@ class _CurrentStderr:
     stream, or a redirect made later, is never written to after it is closed."""
 
     def write(self, text: str) -> int:
-        return sys.stderr.write(text)
+        try:
+            return sys.stderr.write(text)
+        except OSError:  # stderr is a file on a full disk: the line is lost, the process goes on
+            return 0
 
     def flush(self) -> None:
-        sys.stderr.flush()
+        with contextlib.suppress(OSError):
+            sys.stderr.flush()
 
 
 def configure_logging(level: str = "info", json_path: str | os.PathLike | None = None, *,

@@ -22,8 +22,8 @@ def query_status(endpoint: str, *, keys_dir: str | None = None, name: str = "sta
     ctx = zmq.Context()
     curve = None
     if keys_dir:
-        curve = ClientCurve(keys.agent_keypair(keys_dir, name), keys.hub_keypair(keys_dir).public)
-    sock = agent_socket(ctx, endpoint, "control", name=f"{name}-{id(ctx):x}", curve=curve)
+        curve = ClientCurve(keys.agent_keypair(keys_dir, name), keys.hub_public(keys_dir))
+    sock = agent_socket(ctx, endpoint, "control", name=name, curve=curve)  # over tcp the name must be the key's
     try:
         sock.send_multipart(encode(StatusQuery(), sender=name))
         poller = zmq.Poller()

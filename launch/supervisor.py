@@ -1,6 +1,11 @@
-"""The supervisor behind `selfplay up`: starts every process of a topology, restarts a crashed one
-with backoff, and stops them all cleanly on Ctrl-C, SIGTERM (`selfplay stop`) or when the creator
-finishes its rounds.
+"""The supervisor behind `selfplay up`: starts every process of a topology (or the roles of it that run on
+this machine), restarts a crashed one with backoff, and stops them all cleanly on Ctrl-C, SIGTERM
+(`selfplay stop`) or when the creator finishes its rounds.
+
+A process that exits with EXIT_FATAL cannot run as set up (a damaged ledger): the run stops at once
+with the line it printed, instead of restarting it into the same failure forever. The creator's exit
+ends the run: 0 when its rounds are done, EXIT_RUN_FAILED when it stopped after failed rounds; `up`
+exits with that code.
 
 State for other commands lives in RUN/supervisor.json: the supervisor's pid and each child's pid.
 Each child's stdout and stderr go to RUN/logs/NAME.out; its structlog events to RUN/logs/NAME.jsonl.
@@ -20,6 +25,7 @@ from pathlib import Path
 import structlog
 
 from launch.logs import rotate
+from launch.worker import EXIT_FATAL, EXIT_RUN_FAILED, ROLES
 
 log = structlog.get_logger("launch.supervisor")
 
@@ -54,9 +60,16 @@ class Supervisor:
                 for child in self.children:
                     code = child.proc.poll() if child.proc else None
                     if child.proc is not None and code is not None:
-                        if child.finisher and code == 0:
-                            log.info("run finished", by=child.name)
-                            return 0
+                        if child.finisher and code in (0, EXIT_RUN_FAILED):
+                            if code == 0:
+                                log.info("run finished", by=child.name)
+                            else:
+                                log.error("run stopped: rounds failed", by=child.name, why=self.last_line(child))
+                            return code
+                        if code == EXIT_FATAL:
+                            log.error("process cannot run as set up; stopping the run", name=child.name,
+                                      why=self.last_line(child))
+                            return code
                         self._schedule_restart(child, code)
                     elif child.proc is None and time.monotonic() >= child.next_start:
                         self._start(child)
@@ -65,6 +78,14 @@ class Supervisor:
             return 130
         finally:
             self.shutdown()
+
+    def last_line(self, child: Child) -> str:
+        """The last line a child printed (its output file), which names why it stopped."""
+        try:
+            lines = (self.run_dir / "logs" / f"{child.name}.out").read_bytes()[-4096:].decode(errors="replace")
+        except OSError:
+            return ""
+        return next((line for line in reversed(lines.splitlines()) if line.strip()), "")
 
     def _on_signal(self, *_: object) -> None:
         self._stopping = True
@@ -110,16 +131,20 @@ class Supervisor:
         (self.run_dir / "supervisor.json").unlink(missing_ok=True)
 
 
-def children_for(topology_path: str, topo) -> list[Child]:
+def children_for(topology_path: str, topo, roles: tuple[str, ...] = ROLES) -> list[Child]:
+    """The processes of `roles` (all by default: one machine runs the whole topology)."""
     worker = [sys.executable, "-m", "launch.worker"]
-    children = [Child("hub", [*worker, "hub", topology_path])]
+    children = [Child("hub", [*worker, "hub", topology_path])] if "hub" in roles else []
     for role, count in (("trainer", 1), ("solver", topo.solver.count), ("judge", topo.judge.count if topo.judge else 0)):
-        children += [Child(f"{role}-{i}", [*worker, role, topology_path, "--name", f"{role}-{i}"]) for i in range(count)]
-    children.append(Child("creator-0", [*worker, "creator", topology_path, "--name", "creator-0"], finisher=True))
+        if role in roles:
+            children += [Child(f"{role}-{i}", [*worker, role, topology_path, "--name", f"{role}-{i}"])
+                         for i in range(count)]
+    if "creator" in roles:
+        children.append(Child("creator-0", [*worker, "creator", topology_path, "--name", "creator-0"], finisher=True))
     return children
 
 
-def supervisor_for(topology_path: str, topo) -> Supervisor:
-    """The supervisor of a topology's processes, with its log retention."""
-    return Supervisor(topo.run.dir, children_for(topology_path, topo), log_max_bytes=int(topo.run.log_max_mb * 2**20),
-                      log_backups=topo.run.log_backups)
+def supervisor_for(topology_path: str, topo, roles: tuple[str, ...] = ROLES) -> Supervisor:
+    """The supervisor of a topology's processes (those of `roles`), with its log retention."""
+    return Supervisor(topo.run.dir, children_for(topology_path, topo, roles),
+                      log_max_bytes=int(topo.run.log_max_mb * 2**20), log_backups=topo.run.log_backups)

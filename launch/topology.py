@@ -4,7 +4,8 @@
     dir = "runs/demo"
     rounds = 2
     [hub]
-    control = "ipc"                  # or "tcp://0.0.0.0:5555" with keys_dir
+    control = "ipc"                  # or "tcp://0.0.0.0:5555" with keys_dir (and data = "tcp://0.0.0.0:5556")
+    # address = "192.0.2.1"          # agents on other machines dial this host at those ports
     [creator]
     prompts = "seeds.jsonl"          # rows: {"prompt", "answer"?, "demonstration"?, "difficulty"?}
     mutator = "mypkg.world:mutate"   # optional programmatic mutator (module:function)
@@ -60,13 +61,30 @@ class RunSection(Strict):
 class HubSection(Strict):
     control: str = Field("ipc", description="Control endpoint: 'ipc' (RUN/sock) or tcp://HOST:PORT.")
     data: str = Field("ipc", description="Data endpoint for adapter tensors: 'ipc' or tcp://HOST:PORT.")
-    keys_dir: str | None = Field(None, description="CURVE keys (selfplay keys init); required for tcp.")
+    keys_dir: str | None = Field(None, description="CURVE keys (selfplay keys init); required for tcp. On the hub's "
+                                                   "machine the whole directory; on an agents' machine what `selfplay "
+                                                   "keys export` gives it: hub.key and agents/NAME.key_secret.")
+    address: str | None = Field(None, description="Host name or address that agents on other machines dial, at the "
+                                                  "ports of control and data (tcp only). None: agents read the "
+                                                  "endpoints from RUN/hub.json, written by a hub on their machine.")
+    check_ledger: bool = Field(True, description="Check the ledger's integrity at start (SQLite quick_check).")
     lease_s: float = Field(120.0, gt=0, description="Task lease length.")
     max_attempts: int = Field(3, ge=1, description="Leases before a task is DEAD.")
     heartbeat_interval_s: float = Field(1.0, gt=0, description="Heartbeat period, both ways.")
     liveness: int = Field(5, ge=1, description="Silent intervals before a peer counts as dead.")
     max_staleness: int = Field(0, ge=0, description="Policy versions a sample may lag behind (the creator overlaps "
                                                     "generation with that many train tasks unless it sets its own).")
+
+
+    @model_validator(mode="after")
+    def _address_needs_ports(self) -> HubSection:
+        if self.address is not None:
+            for name in ("control", "data"):
+                endpoint = getattr(self, name)
+                if not endpoint.startswith("tcp://") or endpoint.endswith(":*"):
+                    raise ValueError(f"with address, hub.{name} must be tcp://HOST:PORT with a fixed port, "
+                                     f"not {endpoint!r}")
+        return self
 
 
 class CreatorSection(Strict):
@@ -144,7 +162,12 @@ class Topology(Strict):
         return self.creator.settings.model_copy(update=update)
 
     def hub_config(self) -> HubConfig:
-        return HubConfig(run_dir=self.run.dir, **self.hub.model_dump())
+        return HubConfig(run_dir=self.run.dir, **self.hub.model_dump(exclude={"address"}))
+
+    def agent_endpoints(self) -> tuple[str, str]:
+        """(control, data) as agents on another machine dial them: `hub.address` at the hub's ports."""
+        port = lambda endpoint: endpoint.rpartition(":")[2]  # noqa: E731
+        return f"tcp://{self.hub.address}:{port(self.hub.control)}", f"tcp://{self.hub.address}:{port(self.hub.data)}"
 
     def trainer_config(self):
         from trainer.config import TrainConfig

@@ -3,9 +3,14 @@
     python -m launch.worker hub runs/demo/topology.toml
     python -m launch.worker solver topology.toml --name solver-3 [--control tcp://hub:5555 --data tcp://hub:5556]
 
-The hub writes its endpoints to RUN/hub.json; agents read them from there unless given. SIGTERM or
-Ctrl-C stops the process cleanly (agents send DISCONNECT). The creator exits 0 when its rounds are
-done, which ends the run.
+The hub writes its endpoints to RUN/hub.json; agents on its machine read them from there, agents on
+another machine dial `hub.address` at the topology's ports (or --control/--data). SIGTERM or Ctrl-C
+stops the process cleanly (agents send DISCONNECT).
+
+Exit codes, which the supervisor acts on: 0 done (the creator: its rounds are run, which ends the run);
+EXIT_RUN_FAILED (the creator stopped after failed rounds: the run ends, failed); EXIT_FATAL (the
+process cannot run as set up, e.g. a damaged ledger: restarting would fail the same way, so the run
+stops and the supervisor shows the one line the process printed); anything else is a crash, restarted.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import time
 from pathlib import Path
 
 ROLES = ("hub", "creator", "solver", "judge", "trainer")
+EXIT_RUN_FAILED = 3
+EXIT_FATAL = 78  # sysexits.h EX_CONFIG
 TASK_KINDS = {"solver": ["generate"], "judge": ["judge"], "trainer": ["train"], "creator": []}
 
 
@@ -45,15 +52,23 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     if args.role == "hub":
         return run_hub(topo, stop)
-    control, data = endpoints(run_dir, args.control, args.data, stop)
+    control, data = args.control, args.data
+    if control is None and topo.hub.address is not None:  # the hub is on another machine
+        control, data = topo.agent_endpoints()
+    control, data = endpoints(run_dir, control, data, stop)
     return run_agent(args.role, name, topo, control, data, stop)
 
 
 def run_hub(topo, stop: threading.Event) -> int:
     from agents.hub import Hub
+    from agents.ledger import LedgerError
 
     hub = Hub(topo.hub_config())
-    hub.start()
+    try:
+        hub.start()
+    except LedgerError as e:  # one line, and no restart: a restarted hub would find the same ledger
+        print(f"hub: {e}", file=sys.stderr, flush=True)
+        return EXIT_FATAL
     (Path(topo.run.dir) / "hub.json").write_text(json.dumps(hub.endpoints))
     try:
         hub.run(stop)
@@ -84,14 +99,14 @@ def run_agent(role: str, name: str, topo, control: str, data: str | None, stop: 
     try:
         if role == "creator":
             return run_creator(link, topo)
-        worker = build_worker(role, link, topo, data)
+        worker = build_worker(role, link, topo)
         worker.run(stop)
         return 0
     finally:
         link.stop()
 
 
-def build_worker(role: str, link, topo, data: str | None):
+def build_worker(role: str, link, topo):
     from launch.topology import load_object
 
     if role == "solver":
@@ -105,14 +120,14 @@ def build_worker(role: str, link, topo, data: str | None):
                 os.environ["CUDA_VISIBLE_DEVICES"] = s.device.split(":", 1)[1]
             adapters = Path(topo.run.dir) / "solver-adapters" / link.config.name
             return Solver(link, VLLMGenerator(s.model, adapters, max_staleness=topo.hub.max_staleness,
-                                              max_lora_rank=s.max_lora_rank, engine_args=s.engine_args), data)
+                                              max_lora_rank=s.max_lora_rank, engine_args=s.engine_args))
         from agents.backends.hf import HFGenerator
 
         if topo.solver.threads is not None:
             import torch
 
             torch.set_num_threads(topo.solver.threads)
-        return Solver(link, HFGenerator(topo.solver.model, device=topo.solver.device), data)
+        return Solver(link, HFGenerator(topo.solver.model, device=topo.solver.device))
     if role == "judge":
         from agents.backends import scoring
         from agents.judge import Judge
@@ -131,12 +146,12 @@ def build_worker(role: str, link, topo, data: str | None):
     if role == "trainer":
         from agents.trainer_agent import TrainerAgent
 
-        return TrainerAgent(link, topo.trainer_config(), data)
+        return TrainerAgent(link, topo.trainer_config())
     raise ValueError(role)
 
 
 def run_creator(link, topo) -> int:
-    from agents.creator import Creator
+    from agents.creator import Creator, RunStopped
     from launch.topology import load_object
     from protocol.messages import Prompt
 
@@ -152,11 +167,17 @@ def run_creator(link, topo) -> int:
     started = time.time()
     creator = Creator(link, topo.creator_config(), seeds, mutator=mutator, eval_prompts=held_out,
                       state_path=Path(topo.run.dir) / "creator" / f"{link.config.name}.json")
-    creator.run(rounds=topo.run.rounds)
+    stopped = None
+    try:
+        creator.run(rounds=topo.run.rounds)
+    except RunStopped as e:
+        stopped = str(e)
+        print(f"creator: the run stops: {e}", file=sys.stderr, flush=True)
     summary = {"rounds": creator.round, "policy_version": creator.policy_version,
-               "seconds": time.time() - started, "eval_reward": creator.eval_rewards}
+               "seconds": time.time() - started, "eval_reward": creator.eval_rewards,
+               "failed_rounds": creator.failures, "stopped": stopped}
     (Path(topo.run.dir) / "creator-done.json").write_text(json.dumps(summary))
-    return 0
+    return EXIT_RUN_FAILED if stopped else 0
 
 
 if __name__ == "__main__":

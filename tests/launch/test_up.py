@@ -112,3 +112,20 @@ def test_a_creator_lagging_more_than_the_hub_allows_is_refused(tmp_path, tiny_mo
     path.write_text(path.read_text().replace("[creator.settings]", "[creator.settings]\nmax_staleness = 1"))
     with pytest.raises(TopologyError, match=r"max_staleness = 1 exceeds hub\.max_staleness = 0"):
         load_topology(path)
+
+
+def test_a_dead_task_fails_its_round_and_the_run_stops_instead_of_restarting(tmp_path, tiny_models):
+    """A judge task that cannot be done (the verifier meets a prompt without an answer) goes DEAD. The creator
+    used to exit with an error and the supervisor restarted it into the same failure forever; now the round is
+    recorded as failed and, with on_failed_round = "stop", the run ends: `up` exits 3 at once."""
+    path = topology(tmp_path, tiny_models, rounds=3, prompts=4)
+    text = path.read_text().replace(f'backend = "reward_model"\nmodel = "{tiny_models.reward}"', 'backend = "verifier"')
+    path.write_text(text.replace("[creator.settings]", '[creator.settings]\non_failed_round = "stop"'))
+    with open(tmp_path / "seeds.jsonl", "a") as f:
+        f.write(json.dumps({"prompt": "Name a colour."}) + "\n")  # no answer to verify against
+    up = subprocess.run([SELFPLAY, "up", str(path)], capture_output=True, text=True, timeout=240)
+    assert up.returncode == 3, up.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "creator-done.json").read_text())
+    [failure] = summary["failed_rounds"]
+    assert failure["round"] == 1 and "has no answer" in failure["reason"] and summary["stopped"]
+    assert "run stopped: rounds failed" in up.stderr and "restarting" not in up.stderr
