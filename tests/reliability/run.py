@@ -167,7 +167,7 @@ def check_nothing_lost(up: Up) -> None:
 def hub_process(tmp_path: Path, **hub) -> Iterator[tuple[subprocess.Popen, str]]:
     """A hub alone in its own process (`python -m launch.worker hub`), and its control endpoint."""
     run = tmp_path / "hub-run"
-    run.mkdir()
+    run.mkdir(exist_ok=True)
     (tmp_path / "seeds.jsonl").write_text('{"prompt": "What is 1 + 1?"}\n')
     settings = "\n".join(f"{k} = {json.dumps(v)}" for k, v in hub.items())
     topology = tmp_path / "hub.toml"
@@ -175,13 +175,15 @@ def hub_process(tmp_path: Path, **hub) -> Iterator[tuple[subprocess.Popen, str]]
                         f'prompts = "{tmp_path / "seeds.jsonl"}"\n[solver]\nmodel = "unused"\n'
                         f'[trainer]\nalgo = "dpo"\nmodel = "unused"\n')
     proc = subprocess.Popen([sys.executable, "-m", "launch.worker", "hub", str(topology)],
-                            cwd=Path(__file__).resolve().parents[2], stderr=open(run / "hub.err", "w"))  # noqa: SIM115
+                            cwd=Path(__file__).resolve().parents[2], stderr=open(tmp_path / "hub.err", "w"))  # noqa: SIM115
     try:
         deadline = time.monotonic() + 60
         while not (run / "hub.json").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, (run / "hub.err").read_text()[-2000:]
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "hub.err").read_text()[-2000:]
             time.sleep(0.1)
-        yield proc, json.loads((run / "hub.json").read_text())["control"]
+        endpoints = json.loads((run / "hub.json").read_text())
+        proc.data = endpoints["data"]  # the data endpoint, for tests that use it
+        yield proc, endpoints["control"]
     finally:
         proc.terminate()
         proc.wait(30)
