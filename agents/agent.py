@@ -105,6 +105,8 @@ class AgentLink:
         self._leases: dict[tuple[str, int], tuple[float, float]] = {}  # -> (renew_at, lease_s)
         self._resend_at: dict[tuple[str, int], float] = {}  # outbox entries on the wire (I/O thread only)
         self._outbox_sent: dict[str, tuple[str, int]] = {}  # msg id of each outbox send -> its entry (I/O thread)
+        self._ready_id: str | None = None  # msg id of the last READY sent
+        self.refused: str | None = None  # why the hub refused our READY for good (the key's name or role)
         self._commands: queue.Queue[tuple[Any, str | None]] = queue.Queue()
         self._pending: dict[str, _Pending] = {}
         self._stop = threading.Event()
@@ -113,9 +115,18 @@ class AgentLink:
 
     # ------------------------------------------------------------------ compute-thread API
     def start(self, timeout_s: float = 30.0) -> None:
+        """Connect and wait for the hub's WELCOME. What cannot work raises here, in one line, not on the I/O
+        thread: a missing key file (FileNotFoundError), an endpoint that needs keys (TransportError), a hub that
+        refuses this agent's name or role for its key (PermissionError). No answer in `timeout_s`: TimeoutError."""
+        self._first_socket = self._connect()  # created here, then used only by the I/O thread
         self._thread.start()
-        if not self.connected.wait(timeout_s):
-            raise TimeoutError(f"{self.config.name}: no WELCOME from {self.config.control} in {timeout_s:.0f} s")
+        deadline = time.monotonic() + timeout_s
+        while not self.connected.wait(0.05):
+            if self.refused is not None:
+                self.stop()
+                raise PermissionError(f"{self.config.name}: the hub refused it: {self.refused}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.config.name}: no WELCOME from {self.config.control} in {timeout_s:.0f} s")
 
     def next_task(self, timeout_s: float | None = None) -> Assign | None:
         try:
@@ -220,7 +231,7 @@ class AgentLink:
     # ------------------------------------------------------------------ the I/O thread
     def _io_loop(self) -> None:
         cfg = self.config
-        sock, attempt = self._connect(), 0
+        sock, attempt = self._first_socket, 0
         last_heard = last_beat = time.monotonic()
         tick_s = cfg.heartbeat_interval_s / 4
         while not self._stop.is_set():
@@ -256,8 +267,12 @@ class AgentLink:
     def _connect(self) -> zmq.Socket:
         cfg = self.config
         sock = agent_socket(self.ctx, cfg.control, "control", name=cfg.name, curve=self.credentials())
-        self._post(sock, self._ready())
+        self._post_ready(sock)
         return sock
+
+    def _post_ready(self, sock: zmq.Socket) -> None:
+        self._ready_id = new_msg_id()
+        self._post(sock, self._ready(), self._ready_id)
 
     def _ready(self) -> Ready:
         cfg = self.config
@@ -375,8 +390,12 @@ class AgentLink:
             refused = self._outbox_sent.pop(env.header.reply_to, None) if env.header.reply_to else None
             if refused is not None and m.code != "not_ready":
                 self._refused(sock, refused, m)
+            elif env.header.reply_to is not None and env.header.reply_to == self._ready_id and m.code == "forbidden":
+                self.refused = m.detail  # our key does not allow this name or role: no retry will change that
+            elif m.code == "in_use":  # our name's old connection is still alive to the hub: heard nothing more, we
+                pass  # reconnect after the liveness window, when a dead one will have been buried
             elif m.code == "not_ready":  # the hub forgot us (restart, or buried while we were stalled)
-                self._post(sock, self._ready())
+                self._post_ready(sock)
                 if pending is not None and pending.repeatable:  # asked again once welcomed (above)
                     self._pending[env.header.reply_to] = pending
                     pending = None

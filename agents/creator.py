@@ -110,9 +110,9 @@ class CreatorConfig(BaseModel):
     on_failed_round: Literal["continue", "stop"] = Field(
         "continue", description="A round whose task went DEAD or timed out is recorded (log, journal, summary); then "
                                 "the creator goes on with the next round (continue) or ends the run (stop).")
-    max_failed_rounds: int = Field(3, ge=1, description="End the run once this many rounds failed, even with continue: "
-                                                        "a cause that persists (a policy no solver loads) should stop "
-                                                        "the run, not spin through its rounds.")
+    max_failed_rounds: int = Field(3, ge=1, description="End the run once this many rounds failed in a row, even with "
+                                                        "continue: a cause that persists (a policy no solver loads) "
+                                                        "should stop the run, not spin through its rounds.")
 
 
 class RoundFailed(RuntimeError):
@@ -136,6 +136,7 @@ class Creator:
         self.policy_version = link.hub_policy_version  # answers must come from at least this version
         self._training: deque[tuple[int, str]] = deque()  # (round, train task id) submitted, not yet reported
         self.failures: list[dict] = []  # {"round", "reason"} of each failed round
+        self.failing = 0  # rounds failed in a row
         self.state_path = Path(state_path) if state_path else None
         self.journal_id = os.urandom(6).hex()  # names this run's train submissions (kept in the journal)
         if self.state_path is not None and self.state_path.exists():
@@ -149,7 +150,7 @@ class Creator:
             return
         version, internal, gauss = self.rng.getstate()
         state = {"journal_id": self.journal_id, "round": self.round, "policy_version": self.policy_version,
-                 "training": list(self._training), "failures": self.failures,
+                 "training": list(self._training), "failures": self.failures, "failing": self.failing,
                  "eval_rewards": self.eval_rewards, "pool": [p.model_dump(mode="json") for p in self.pool],
                  "rng": [version, list(internal), gauss]}
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
@@ -162,7 +163,7 @@ class Creator:
         self.round, self.policy_version = state["round"], max(self.policy_version, state["policy_version"])
         self.journal_id = state.get("journal_id", self.journal_id)
         self._training = deque((r, t) for r, t in state["training"])
-        self.failures = state.get("failures", [])
+        self.failures, self.failing = state.get("failures", []), state.get("failing", 0)
         self.eval_rewards = {int(v): reward for v, reward in state["eval_rewards"].items()}
         self.pool = [Prompt.model_validate(p) for p in state["pool"]]
         version, internal, gauss = state["rng"]
@@ -198,15 +199,18 @@ class Creator:
     def _unless_failed(self, round_: int, step: Callable[[], object]) -> object:
         """`step()`; when it fails the round, record that and go on (None), or raise RunStopped."""
         try:
-            return step()
+            done = step()
         except RoundFailed as e:
             self.failures.append({"round": round_, "reason": str(e)[:2000]})
+            self.failing += 1
             self._save()
-            log.error("round failed", round=round_, reason=str(e), failed_rounds=len(self.failures))
+            log.error("round failed", round=round_, reason=str(e), failed_in_a_row=self.failing)
             cfg = self.config
-            if cfg.on_failed_round == "stop" or len(self.failures) >= cfg.max_failed_rounds:
-                raise RunStopped(f"{len(self.failures)} failed round(s); the last, round {round_}: {e}") from None
+            if cfg.on_failed_round == "stop" or self.failing >= cfg.max_failed_rounds:
+                raise RunStopped(f"{self.failing} failed round(s) in a row; the last, round {round_}: {e}") from None
             return None
+        self.failing = 0
+        return done
 
     def _collect(self, reports: list[TrainingReport], keep: int) -> bool:
         """Wait for outstanding train tasks until at most `keep` remain; evaluate on schedule.
@@ -403,7 +407,8 @@ class Creator:
             dead = [i for i in infos if i.state in ("dead", "unknown")]
             if dead:
                 raise RoundFailed(f"round {self.round}: task {dead[0].task_id} is {dead[0].state}: {dead[0].reason}")
-            done = [(i, info.result) for i, info in zip(list(left), infos, strict=True) if info.state == "done"]
+            done = [(i, info.result) for i, info in zip(list(left), infos, strict=True)
+                    if info.state == "done" and info.result is not None]  # no result: no room in that reply
             if done:
                 for i, _ in done:
                     del left[i]

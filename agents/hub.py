@@ -8,18 +8,18 @@ Loop (zguide): poll both sockets -> decode -> one handler per message kind -> ho
 
 Who may do what, on both sockets alike:
 - over tcp the sender *is* its CURVE key: the name in its routing id must be the key's name, and its
-  role is the key's role, whatever READY claims (over ipc, inside the private 0700 run directory, the
-  READY name and role are taken as they are);
-- a role may send only some kinds (ALLOWED_SENDERS) and lease only its own queues (ROLE_TASK_KINDS);
+  role is the key's role, whatever READY claims; a role may send only some kinds and lease only its
+  own queues (agents/admission.py); a second connection with a live agent's name is refused (in_use);
 - a result, renewal or failure counts only from the agent holding that lease, and a result only if it
-  is of the task's kind and its samples or verdicts are the task's own;
-- a policy version is written once, in the layout of the versions before it.
+  is of the task's kind and its samples or verdicts are the task's own (agents/ledger.py);
+- a policy version is written once, in the layout of the versions before it (agents/adapter_store.py).
 Malformed input is answered with an Error and counted; so is any message whose handler fails (a bug,
 a full disk): no message, however well-formed, stops the loop.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -32,14 +32,13 @@ import zmq
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.adapter_store import AdapterStore
+from agents.admission import ready_refusal, sender_refusal
 from agents.ledger import InvalidResult, open_run_ledger
 from agents.waiters import Waiter, Waiters
 from protocol import keys
 from protocol.codec import Envelope, ProtocolError, decode, encode
 from protocol.constants import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS
 from protocol.messages import (
-    ALLOWED_SENDERS,
-    ROLE_TASK_KINDS,
     Ack,
     AgentInfo,
     Assign,
@@ -55,7 +54,7 @@ from protocol.transport import hub_socket, ipc_endpoint, limits_for, peer_user_i
 
 log = structlog.get_logger("agents.hub")
 _OPEN = ("queued", "leased")  # task states a held query still waits on
-_DATA_KINDS = frozenset({"policy_fetch", "policy_update"})  # what the data socket takes: weight sync only
+_REPORT_BYTES = 8 << 20  # results (as stored) in one TaskReport: half a control message's limit
 
 
 class HubConfig(BaseModel):
@@ -201,31 +200,20 @@ class Hub:
                        reply_to=env.header.msg_id)
 
     def _route(self, sock: zmq.Socket, identity: bytes, channel: str, env: Envelope, bound: str | None) -> None:
-        """Who sent it (its key over tcp), whether it may, then its handler."""
-        kind, msg_id, name = env.message.kind, env.header.msg_id, routing_name(identity)
-        if channel == "data" and kind not in _DATA_KINDS:
-            return self._refuse(sock, identity, "invalid_message", f"the data socket does not take {kind}", msg_id)
-        if bound is not None:  # tcp: the key is the identity
-            if self._allowed is not None and bound not in self._allowed:  # revoked since it connected
-                return self._refuse(sock, identity, "forbidden", f"the key of {bound} was revoked", msg_id)
-            if name != bound.partition(":")[0]:
-                return self._refuse(sock, identity, "forbidden", f"the key of {bound} cannot speak as {name[:64]!r}",
-                                    msg_id)
+        """Who sent it (its key over tcp), whether it may (agents/admission.py), then its handler."""
+        kind, name = env.message.kind, routing_name(identity)
         agent = self.agents.get(identity) if channel == "control" else self._agent_named(name)
-        if kind != "ready" and kind != "status_query" and agent is None:
-            return self._refuse(sock, identity, "not_ready", f"{kind} before ready", msg_id)
-        if bound is not None:
-            role = bound.partition(":")[2]
-        else:
-            role = agent.role if agent is not None else env.message.role if kind == "ready" else "observer"
-        if role not in ALLOWED_SENDERS[kind]:
-            return self._refuse(sock, identity, "forbidden", f"a {role} may not send {kind}", msg_id)
+        refused = sender_refusal(kind, channel, name=name, bound=bound, allowed=self._allowed,
+                                 role_of_agent=agent.role if agent else None,
+                                 claimed_role=env.message.role if kind == "ready" else None)
+        if refused is not None:
+            return self._refuse(sock, identity, *refused, env.header.msg_id)
         now = time.time()
         if agent is not None:
             agent.last_seen = now
         handler = getattr(self, f"on_{kind}", None)
         if handler is None:
-            return self._refuse(sock, identity, "invalid_message", f"the hub does not take {kind}", msg_id)
+            return self._refuse(sock, identity, "invalid_message", f"the hub does not take {kind}", env.header.msg_id)
         handler(Incoming(sock, identity, env, agent, now, bound))
 
     def _agent_named(self, name: str) -> AgentState | None:
@@ -254,16 +242,17 @@ class Hub:
     # ------------------------------------------------------------------ handlers
     def on_ready(self, msg: Incoming) -> None:
         m, now, msg_id = msg.env.message, msg.now, msg.env.header.msg_id
-        if msg.bound is not None and msg.bound != f"{m.name}:{m.role}":
-            return self._refuse(msg.sock, msg.identity, "forbidden", f"key is bound to {msg.bound}, not {m.name}:{m.role}",
-                                msg_id)
-        if routing_name(msg.identity) != m.name:
-            return self._refuse(msg.sock, msg.identity, "forbidden",
-                                f"a connection named {routing_name(msg.identity)[:64]!r} says it is {m.name!r}", msg_id)
-        if not set(m.task_kinds) <= ROLE_TASK_KINDS[m.role]:
-            return self._refuse(msg.sock, msg.identity, "forbidden",
-                                f"a {m.role} may not take {', '.join(m.task_kinds)} tasks", msg_id)
+        refused = ready_refusal(m, name=routing_name(msg.identity), bound=msg.bound)
+        if refused is not None:
+            return self._refuse(msg.sock, msg.identity, *refused, msg_id)
         previous = msg.agent or self._agent_named(m.name)
+        window = self.config.heartbeat_interval_s * self.config.liveness
+        if previous is not None and previous.identity != msg.identity and now - previous.last_seen < window:
+            # Its connection still lives: a second process with this name (or a restart the hub has not noticed
+            # yet). Taking over would release the first one's leases, then the first the second's, and so on.
+            return self._refuse(msg.sock, msg.identity, "in_use", f"{m.name} is connected and was heard "
+                                f"{now - previous.last_seen:.1f} s ago; a restarted agent is let in once its old "
+                                f"connection has been silent {window:g} s (two processes with one name?)", msg_id)
         if previous is not None:  # restarted or reconnected (a new connection): its old leases go back to the queue
             self.agents.pop(previous.identity, None)
             self.waiters.drop(previous.identity)
@@ -398,14 +387,18 @@ class Hub:
         msg.reply(self, self._report(m.task_ids))
 
     def _report(self, task_ids: list[str]) -> TaskReport:
-        infos = []
-        for task_id in task_ids:
-            record = self.ledger.task(task_id)
+        """The tasks' states, and their results while they fit one reply (a control message is at most 16 MiB;
+        a result left out is asked for again)."""
+        infos, room = [], _REPORT_BYTES
+        for task_id in task_ids:  # the first result always goes (it came in one message, it leaves in one)
+            record = self.ledger.task(task_id, max_result_bytes=room if room < _REPORT_BYTES else None)
             if record is None:
                 infos.append(TaskInfo(task_id=task_id, state="unknown"))
-            else:
-                infos.append(TaskInfo(task_id=task_id, state=record["state"], attempt=record["attempt"],
-                                      reason=record["reason"], result=record["result"]))
+                continue
+            if record["result"] is not None:
+                room -= record["result_bytes"]
+            infos.append(TaskInfo(task_id=task_id, state=record["state"], attempt=record["attempt"],
+                                  reason=record["reason"], result=record["result"]))
         return TaskReport(tasks=infos)
 
     def _answer_waiters(self, task_ids) -> None:
@@ -491,7 +484,7 @@ class Hub:
                             deadline_unix_s=lease.deadline, task=lease.task)
             if not self._send(self.control, agent.identity, assign):
                 for unsent in leases[i:]:
-                    self.ledger.unlease(unsent.task_id, unsent.attempt, now)
+                    self.ledger.unlease(unsent, now)
                 if self._last_send_error == zmq.EHOSTUNREACH:
                     self._bury(agent.identity, now, "unreachable")
                 return False
@@ -515,6 +508,7 @@ class Hub:
         for version, (mean, count) in self.ledger.reward_by_version(eval_prompts=True).items():
             metrics[f"eval_reward.v{version}"] = mean
             metrics[f"eval_count.v{version}"] = float(count)
+        metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}  # a reply that always validates
         return StatusReply(hub_id=self.hub_id, policy_version=self.policy_version, agents=agents,
                            queues=self.ledger.queue_stats(), metrics=metrics)
 

@@ -99,6 +99,7 @@ class Lease:
     attempt: int
     deadline: float
     task: TaskPayload
+    previous: str | None = None  # who held the attempt before it (given back if this lease is never sent)
 
 
 class Ledger:
@@ -181,13 +182,14 @@ class Ledger:
             return []  # the hub asks on every turn of its loop: an empty queue costs a read, not a write lock
         with self._tx():
             rows = self.db.execute(
-                "SELECT task_id, attempt, payload FROM tasks WHERE kind = ? AND state = 'queued'"
+                "SELECT task_id, attempt, payload, agent FROM tasks WHERE kind = ? AND state = 'queued'"
                 " ORDER BY priority DESC, created, task_id LIMIT ?", (kind, limit)).fetchall()
             leases = []
-            for task_id, attempt, payload in rows:
+            for task_id, attempt, payload, previous in rows:
                 self.db.execute("UPDATE tasks SET state = 'leased', attempt = ?, agent = ?, deadline = ?, updated = ?"
                                 " WHERE task_id = ?", (attempt + 1, agent, now + lease_s, now, task_id))
-                leases.append(Lease(task_id, attempt + 1, now + lease_s, TASK_ADAPTER.validate_python(_unpack(payload))))
+                task = TASK_ADAPTER.validate_python(_unpack(payload))
+                leases.append(Lease(task_id, attempt + 1, now + lease_s, task, previous))
         return leases
 
     def queued(self, kind: TaskKind) -> int:
@@ -201,13 +203,13 @@ class Ledger:
                 " AND state = 'leased'", (now + lease_s, now, task_id, attempt, agent)).rowcount
         return now + lease_s if changed else None
 
-    def unlease(self, task_id: str, attempt: int, now: float) -> None:
-        """A lease whose assignment never left the hub (the agent was gone or full): back to the queue,
-        and the attempt it would have used is given back."""
+    def unlease(self, lease: Lease, now: float) -> None:
+        """A lease whose assignment never left the hub (the agent was gone or full): back to the queue, with the
+        attempt it would have used and the previous attempt's holder (whose late result still counts) given back."""
         with self._tx():
-            self.db.execute("UPDATE tasks SET state = 'queued', attempt = attempt - 1, agent = NULL, deadline = NULL,"
+            self.db.execute("UPDATE tasks SET state = 'queued', attempt = attempt - 1, agent = ?, deadline = NULL,"
                             " updated = ? WHERE task_id = ? AND attempt = ? AND state = 'leased'",
-                            (now, task_id, attempt))
+                            (lease.previous, now, lease.task_id, lease.attempt))
 
     def reclaim(self, task_id: str, attempt: int, agent: str, lease_s: float, now: float) -> bool:
         """Give a requeued lease back to the agent that held it and holds its result (same attempt), if nobody
@@ -236,7 +238,7 @@ class Ledger:
                 return "stale"
             if agent is not None and holder != agent:
                 return "forbidden"
-            _check_result(kind, payload, result, self.policy_version())
+            _check_result(task_id, attempt, kind, payload, result, self.policy_version())
             self.db.execute("UPDATE tasks SET state = 'done', result = ?, deadline = NULL, updated = ?"
                             " WHERE task_id = ?", (_pack(result), now, task_id))  # agent kept: who did it
             self._record_result(task_id, result, now)
@@ -351,14 +353,20 @@ class Ledger:
             found |= dict(self.db.execute(f"SELECT task_id, state FROM tasks WHERE task_id IN ({marks})", chunk))
         return found
 
-    def task(self, task_id: str) -> dict | None:
-        row = self.db.execute("SELECT task_id, kind, state, attempt, agent, deadline, reason, result FROM tasks"
+    def task(self, task_id: str, max_result_bytes: int | None = None) -> dict | None:
+        """A task's record; its result decoded unless larger than `max_result_bytes` (then None; `result_bytes`
+        says how large it is either way)."""
+        row = self.db.execute("SELECT task_id, kind, state, attempt, agent, deadline, reason, length(result) FROM tasks"
                               " WHERE task_id = ?", (task_id,)).fetchone()
         if row is None:
             return None
-        keys = ("task_id", "kind", "state", "attempt", "agent", "deadline", "reason", "result")
+        keys = ("task_id", "kind", "state", "attempt", "agent", "deadline", "reason", "result_bytes")
         record = dict(zip(keys, row, strict=True))
-        record["result"] = RESULT_ADAPTER.validate_python(_unpack(record["result"])) if record["result"] else None
+        record["result_bytes"] = size = record["result_bytes"] or 0
+        record["result"] = None
+        if size and (max_result_bytes is None or size <= max_result_bytes):
+            [(blob,)] = self.db.execute("SELECT result FROM tasks WHERE task_id = ?", (task_id,))
+            record["result"] = RESULT_ADAPTER.validate_python(_unpack(blob))
         return record
 
     def prompts(self, source: str | None = None) -> list[Prompt]:
@@ -416,16 +424,17 @@ def open_run_ledger(run_dir: str | os.PathLike, *, max_attempts: int = 3, check:
     return ledger
 
 
-def _check_result(kind: str, payload: bytes, result: ResultPayload, newest: int) -> None:
-    """A result finishes only its own task: the right kind, samples answering the task's prompts, verdicts on exactly
-    the task's samples, a report of a version the hub has. Raises InvalidResult."""
+def _check_result(task_id: str, attempt: int, kind: str, payload: bytes, result: ResultPayload, newest: int) -> None:
+    """A result finishes only its own task: the right kind, samples named for this attempt answering the task's
+    prompts, verdicts on exactly the task's samples, a report of a version the hub has. Raises InvalidResult."""
     if RESULT_KIND_OF[kind] != result.kind:
         raise InvalidResult(f"a {kind} task is finished by a {RESULT_KIND_OF[kind]}, not a {result.kind}")
     task = _unpack(payload)
-    if isinstance(result, GenerateResult):  # (that no sample id is another task's, the INSERT checks)
-        prompts = {p["prompt_id"] for p in task["prompts"]}
-        if len({s.sample_id for s in result.samples}) != len(result.samples):
-            raise InvalidResult("two samples have the same id")
+    if isinstance(result, GenerateResult):
+        prompts, prefix = {p["prompt_id"] for p in task["prompts"]}, f"{task_id}.{attempt}."
+        ids = [s.sample_id for s in result.samples]
+        if len(set(ids)) != len(ids) or not all(i.startswith(prefix) for i in ids):  # no id another task could use
+            raise InvalidResult(f"sample ids must be unique and start with {prefix!r} (TASK_ID.ATTEMPT.)")
         if not all(s.prompt_id in prompts for s in result.samples):
             raise InvalidResult("a sample answers a prompt that is not in the task")
     elif isinstance(result, JudgeResult):

@@ -38,7 +38,8 @@ class Solver:
         self.data_endpoint: str | None = getattr(link.config, "data", None)  # None: no weight sync (in-process runs)
         self._data: zmq.Socket | None = None  # owned by the compute thread (the only one that fetches)
         self._following: str | None = None  # the hub incarnation that pushes us new versions
-        self.unloadable: dict[int, str] = {}  # policy versions that failed to load -> why
+        self.unloadable: dict[int, str] = {}  # policy versions that fit no model here -> why (never tried again)
+        self._load_error = ""  # why the last load failed, if it did for another reason (tried again when asked)
         self.sync_seconds: list[float] = []  # wall time of each fetch + load (benchmarks read it)
 
     def run(self, stop: threading.Event) -> None:
@@ -52,7 +53,8 @@ class Solver:
             self.sync_policy(task.min_policy_version)
         if self.generator.version < task.min_policy_version:  # never answer with an older policy than asked
             why = next((f"policy v{v} does not load: {reason}" for v, reason in self.unloadable.items()
-                        if v <= task.min_policy_version), f"policy v{task.min_policy_version} did not arrive")
+                        if v <= task.min_policy_version),
+                       self._load_error or f"policy v{task.min_policy_version} did not arrive")
             return self.link.fail(assign, f"{self.link.config.name} holds v{self.generator.version}; {why}"[:4096])
         version = self.generator.version
         outputs = self.generator.generate(task.prompts, task.sampling)
@@ -96,11 +98,16 @@ class Solver:
             return
         try:
             self.generator.load_policy(version, update.message.adapter_config, update.tensors)
-        except Exception as e:  # it fits no model here: keep the policy we have, say why once
+        except (ValueError, TypeError, KeyError) as e:  # it fits no model here: keep the policy we have, for good
             self.unloadable[version] = f"{type(e).__name__}: {e}"[:1000]
             log.error("policy does not load; keeping the current one", version=version,
                       current=self.generator.version, error=self.unloadable[version])
             return
+        except Exception as e:  # out of memory, a full disk (vllm writes adapters): the next sync tries again
+            self._load_error = f"policy v{version} could not be loaded: {type(e).__name__}: {e}"[:1000]
+            log.exception("policy load failed; trying again when asked", version=version)
+            return
+        self._load_error = ""
         self.sync_seconds.append(time.perf_counter() - started)
         log.info("policy loaded", version=update.message.version, tensors=len(update.tensors), fetched=fetched,
                  seconds=round(self.sync_seconds[-1], 4))

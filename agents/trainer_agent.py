@@ -27,6 +27,7 @@ import zmq
 
 from agents.agent import AgentLink
 from protocol.codec import ProtocolError, decode, encode, new_msg_id
+from protocol.constants import MAX_REAL
 from protocol.messages import Assign, PolicyUpdate, TrainingReport
 from protocol.transport import limits_for
 from trainer.adapters import adapter_parameters, read_adapter
@@ -51,6 +52,7 @@ class TrainerAgent:
         self.recipe.setup()
         self.trained: dict = self.recipe.resumed_extra.get("live", {})  # the last task trained: task_id, version, ...
         self.version = max(link.hub_policy_version, self.trained.get("version", 0))
+        self.published = link.hub_policy_version  # newest version the hub is known to have
         self.publish_seconds: list[float] = []  # wall time of each publish (benchmarks read it)
         self._data: zmq.Socket | None = None
         self._adapter: tuple[torch.nn.Module, dict[str, torch.nn.Parameter]] | None = None  # (model, its LoRA params)
@@ -72,6 +74,10 @@ class TrainerAgent:
         if self.trained.get("task_id") == assign.task_id:  # trained and checkpointed before a crash: publish only
             log.info("round already trained; publishing it", task_id=assign.task_id, version=self.trained["version"])
             return self._publish_and_report(assign, TrainingReport.model_validate(self.trained["report"]))
+        if self.version > self.published and not self.publish(self.version):
+            # the last round's policy never reached the hub (its task went DEAD meanwhile): versions follow one
+            # another, so it goes first; until it is taken, nothing more is trained
+            return self.link.fail(assign, f"the hub has not taken policy v{self.version} yet", retryable=True)
         started, first_step = time.perf_counter(), len(self.recipe.step_seconds)
         metrics = _finite(self.recipe.train_round(rows), assign.task_id)
         tokens_per_s = metrics.pop("tokens_per_s", 0.0)
@@ -131,8 +137,11 @@ class TrainerAgent:
                 if env.header.reply_to not in sent:
                     continue  # the answer to an earlier try, already settled
                 reply = env.message
+                if reply.kind == "ack" and reply.status in ("accepted", "duplicate"):
+                    self.published = max(self.published, version)
+                    return True
                 if reply.kind == "ack":
-                    return reply.status in ("accepted", "duplicate")
+                    return False
                 log.error("the hub refused the policy", version=version, code=reply.code, detail=reply.detail)
                 return False
             if left > resend_s:
@@ -142,9 +151,9 @@ class TrainerAgent:
 
 
 def _finite(metrics: dict[str, float], task_id: str) -> dict[str, float]:
-    """The round's metrics without NaN or infinite values (a diverging loss): the report carries only finite
-    numbers (the hub refuses others), and the log says which were dropped."""
-    bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+    """The round's metrics without NaN, infinite or huge values (a diverging loss): the report carries only what the
+    protocol allows (the hub refuses others), and the log says which were dropped."""
+    bad = sorted(k for k, v in metrics.items() if not (math.isfinite(v) and abs(v) <= MAX_REAL))
     if bad:
         log.warning("non-finite training metrics left out of the report", task_id=task_id, metrics=bad)
     return {k: v for k, v in metrics.items() if k not in bad}

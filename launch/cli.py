@@ -274,7 +274,7 @@ def _up(args: argparse.Namespace) -> int:
     unknown = sorted(set(roles) - set(_ROLES))
     if unknown or not roles:
         raise ValueError(f"--roles {args.roles!r}: choose among {', '.join(_ROLES)}")
-    if "hub" not in roles and topo.hub.control == "ipc" and topo.hub.address is None:
+    if "hub" not in roles and topo.hub.address is None:
         print(f"selfplay up: note: without the hub, agents wait for {Path(topo.run.dir) / 'hub.json'} from a hub "
               "started on this machine (set hub.address for one on another machine)", file=sys.stderr)
     if "solver" in roles and topo.solver.backend == "vllm" and topo.solver.count and importlib.util.find_spec("vllm") is None:

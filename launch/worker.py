@@ -95,7 +95,14 @@ def run_agent(role: str, name: str, topo, control: str, data: str | None, stop: 
     link = AgentLink(LinkConfig(name=name, role=role, control=control, data=data, capacity=capacity,
                                 task_kinds=TASK_KINDS[role], keys_dir=topo.hub.keys_dir,
                                 heartbeat_interval_s=topo.hub.heartbeat_interval_s, liveness=topo.hub.liveness))
-    link.start(timeout_s=300)
+    try:
+        link.start(timeout_s=300)
+    except TimeoutError:
+        raise  # no hub yet: a crash the supervisor retries
+    except (PermissionError, OSError, ValueError) as e:  # a missing key, a name or role its key does not allow
+        print(f"{name}: {e}", file=sys.stderr, flush=True)
+        link.stop()
+        return EXIT_FATAL
     try:
         if role == "creator":
             return run_creator(link, topo)

@@ -59,6 +59,7 @@ MAX_SMALL_INT = 2**31 - 1  # token ids, difficulty levels, ranks
 MAX_ID_CHARS = 128  # task, prompt and sample ids, agent names, metric names
 MAX_TEXT_CHARS = 4 * MiB  # one prompt, answer or judgment; a control message is at most 16 MiB in all
 MAX_ITEMS = 1 << 17  # entries of one list: prompts of a task, samples of a result, tokens of a sample
+MAX_REAL = 1e12  # |a score| or |a metric|: the ledger's averages over a whole run's verdicts stay finite
 
 
 @dataclass(frozen=True)

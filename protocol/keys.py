@@ -90,6 +90,9 @@ def revoke(directory: str | os.PathLike, name: str) -> bool:
 
 def load_keypair(path: str | os.PathLike) -> KeyPair:
     """Load `X.key_secret` (public + secret) or `X.key` (public only)."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no such key file (keys are made by `selfplay keys init` on the hub's "
+                                "machine and copied to an agent's with `selfplay keys export`)")
     public, secret = zmq.auth.load_certificate(str(path))
     return KeyPair(public, secret)
 

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, field_validator
 
 from protocol.constants import (
     MAX_ATTEMPT,
     MAX_COUNT,
     MAX_ID_CHARS,
     MAX_ITEMS,
+    MAX_REAL,
     MAX_SMALL_INT,
     MAX_TEXT_CHARS,
     PROTOCOL_VERSION,
@@ -37,7 +38,7 @@ TaskKind = Literal["generate", "judge", "train", "create"]
 ErrorCode = Literal[
     "bad_signature", "version_mismatch", "too_few_frames", "too_many_frames", "oversized",
     "bad_msgpack", "too_deep", "unknown_kind", "invalid_message", "bad_tensor",
-    "forbidden", "not_ready", "unknown_task", "stale_attempt", "internal",
+    "forbidden", "not_ready", "unknown_task", "stale_attempt", "internal", "in_use",
 ]
 
 
@@ -58,7 +59,8 @@ Version = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 Attempt = Annotated[int, Field(ge=1, le=MAX_ATTEMPT)]
 SmallInt = Annotated[int, Field(ge=-MAX_SMALL_INT, le=MAX_SMALL_INT)]
 TokenId = Annotated[int, Field(ge=0, le=MAX_SMALL_INT)]
-Metrics = Annotated[dict[Id, float], Field(max_length=1024)]
+Real = Annotated[float, Field(ge=-MAX_REAL, le=MAX_REAL)]  # a score or metric SQL may sum over a whole run
+Metrics = Annotated[dict[Id, Real], Field(max_length=1024)]
 # A log-prob may be -inf (a token the policy gives no mass); never NaN or +inf. (Not `le=0`: rounding may leave
 # a log-prob a hair above zero.)
 LogProb = Annotated[float, Field(allow_inf_nan=True, le=1.0)]
@@ -110,7 +112,8 @@ class Sample(Wire):
 
 class Verdict(Wire):
     sample_id: Id = Field(description="The sample judged.")
-    score: float = Field(description="Scalar reward (verifier grade, reward-model score or LLM-judge score); finite.")
+    score: Real = Field(description="Scalar reward (verifier grade, reward-model score or LLM-judge score); at most "
+                                    "1e12 in size (a run's mean reward stays finite).")
     judgment: Text | None = Field(None, description="Written critique or praise (CUT trains on it).")
 
 
@@ -327,7 +330,8 @@ class PolicyUpdate(Wire):
 
 class TaskQuery(Wire):
     kind: Literal["task_query"] = "task_query"
-    task_ids: list[Id] = Field(min_length=1, max_length=1024, description="Tasks whose state (and result) to report.")
+    task_ids: list[Id] = Field(min_length=1, max_length=1024,
+                               description="Tasks whose state (and result) to report; each at most once.")
     wait_s: float = Field(0.0, ge=0, le=60, description="Long polling: the hub holds the reply until every listed task "
                                                         "is done or dead, or this long (0: at once); so a waiter "
                                                         "learns at once, without polling.")
@@ -337,12 +341,21 @@ class TaskQuery(Wire):
                                             "e.g. judges one generation task while others still run). 1.2.")
 
 
+    @field_validator("task_ids")
+    @classmethod
+    def _each_once(cls, task_ids: list[str]) -> list[str]:
+        if len(set(task_ids)) != len(task_ids):  # the same big result a thousand times is one reply's worth of memory
+            raise ValueError("a task id is listed twice")
+        return task_ids
+
+
 class TaskInfo(Wire):
     task_id: Id = Field(description="The task.")
     state: Literal["queued", "leased", "done", "dead", "unknown"] = Field(description="Where it is in its life.")
     attempt: int = Field(0, ge=0, le=MAX_ATTEMPT, description="Leases it has had.")
     reason: str | None = Field(None, max_length=4096, description="Why it is DEAD (or was last requeued).")
-    result: ResultPayload | None = Field(None, description="Its result, once DONE.")
+    result: ResultPayload | None = Field(None, description="Its result, once DONE; None also when the reply had no "
+                                                            "room left for it (ask again for that task).")
 
 
 class TaskReport(Wire):

@@ -21,8 +21,9 @@ def link(running, name, role="solver", kinds=("generate",), **kw):
     return agent
 
 
-def result(i=0):
-    return GenerateResult(samples=[Sample(sample_id=f"s{i}", prompt_id=PROMPT.prompt_id, text="85", policy_version=0)])
+def result(assign, i=0):
+    sample_id = f"{assign.task_id}.{assign.attempt}.{i}"  # as solvers name them
+    return GenerateResult(samples=[Sample(sample_id=sample_id, prompt_id=PROMPT.prompt_id, text="85", policy_version=0)])
 
 
 @pytest.fixture
@@ -46,7 +47,7 @@ def test_work_flows_and_the_outbox_empties_on_ack(running):
     [task_id] = creator.submit([GenerateTask(prompts=[PROMPT])])
     assign = solver.next_task(timeout_s=5)
     assert assign.task_id == task_id and assign.task.prompts == [PROMPT]
-    solver.complete(assign, result())
+    solver.complete(assign, result(assign))
     assert wait_for(lambda: solver.pending_results() == 0)
     assert running.task(task_id)["state"] == "done"
     assert {a.name for a in creator.status().agents} == {"creator-0", "solver-0"}
@@ -67,7 +68,7 @@ def test_heartbeats_and_renewals_flow_while_the_compute_thread_is_busy(tmp_path)
         busy.start()
         busy.join()
         assert "solver-0" in {a.name for a in creator.status().agents}  # never buried
-        solver.complete(assign, result())
+        solver.complete(assign, result(assign))
         assert wait_for(lambda: solver.pending_results() == 0)
         record = r.task(task_id)
         assert record["state"] == "done" and record["attempt"] == 1  # the lease never expired
@@ -88,7 +89,7 @@ def test_results_made_while_the_hub_is_down_reach_the_restarted_hub(tmp_path):
     first.thread.join(5)
     first.hub.close()
 
-    solver.complete(assign, result(7))  # finished while nobody listens
+    solver.complete(assign, result(assign, 7))  # finished while nobody listens
     time.sleep(0.8)  # the link notices the silence and starts reconnecting
     assert not solver.connected.is_set() and solver.pending_results() == 1
 
@@ -98,7 +99,7 @@ def test_results_made_while_the_hub_is_down_reach_the_restarted_hub(tmp_path):
         assert solver.hub_id != old_hub
         assert wait_for(lambda: solver.pending_results() == 0, 5)
         record = Ledger(tmp_path / "run" / "ledger.sqlite").task(task_id)
-        assert record["state"] == "done" and record["result"].samples[0].sample_id == "s7"
+        assert record["state"] == "done" and record["result"].samples[0].sample_id == f"{task_id}.1.7"
         solver.stop()
     finally:
         second.close()
@@ -153,7 +154,7 @@ def test_a_handler_that_raises_fails_its_task_and_the_agent_keeps_serving(tmp_pa
         def handle(assign):
             if assign.task.prompts[0].text == "boom":
                 raise ValueError("this prompt breaks the model")
-            solver.complete(assign, result())
+            solver.complete(assign, result(assign))
 
         stop = threading.Event()
         thread = threading.Thread(target=solver.serve, args=(handle, stop), daemon=True)
@@ -181,7 +182,8 @@ def test_a_result_lost_on_the_way_is_sent_again_while_the_hub_is_heard(running):
     hub.on_result = lose_the_first
     creator, solver = link(running, "creator-0", "creator", kinds=()), link(running, "solver-0")
     [task_id] = creator.submit([GenerateTask(prompts=[PROMPT])])
-    solver.complete(solver.next_task(timeout_s=5), result())
+    assign = solver.next_task(timeout_s=5)
+    solver.complete(assign, result(assign))
     assert wait_for(lambda: solver.pending_results() == 0, timeout_s=5)  # resent after 0.5 s without an ack
     assert dropped == [task_id] and running.task(task_id)["state"] == "done"
 
@@ -198,7 +200,7 @@ def test_an_exception_in_the_loops_housekeeping_is_logged_and_the_agent_keeps_se
 
     def handle(assign):
         handled.append(assign.task_id)
-        solver.complete(assign, result())
+        solver.complete(assign, result(assign))
 
     thread = threading.Thread(target=solver.serve, args=(handle, stop, each), daemon=True)
     thread.start()
@@ -223,3 +225,30 @@ def test_a_result_the_hub_refuses_becomes_a_failure_of_its_task_not_a_resend_loo
     again = solver.next_task(timeout_s=5)  # offered again as attempt 2: the first was given up, not left to expire
     assert (again.task_id, again.attempt) == (task_id, 2)
     assert "refused the result: invalid_message" in running.task(task_id)["reason"]
+
+
+def test_a_link_that_cannot_work_says_why_at_start_instead_of_waiting(tmp_path):
+    """Over tcp an agent whose key file is missing, or whose key does not allow the name or role it claims, used to
+    fail on its I/O thread (or be refused) and then wait minutes for a WELCOME that could not come."""
+    from protocol import keys
+
+    key_dir = tmp_path / "keys"
+    keys.init_keys(key_dir, [("solver-0", "solver")])
+    r = Running(tmp_path, control="tcp://127.0.0.1:*", data="tcp://127.0.0.1:*", keys_dir=str(key_dir))
+    try:
+        def start(name, role):
+            agent = AgentLink(LinkConfig(name=name, role=role, control=r.hub.endpoints["control"],
+                                         keys_dir=str(key_dir)), r.ctx)
+            started = time.monotonic()
+            try:
+                agent.start(timeout_s=20)
+            finally:
+                agent.stop()
+                assert time.monotonic() - started < 5
+
+        with pytest.raises(FileNotFoundError, match=r"solver-9\.key_secret"):
+            start("solver-9", "solver")  # no key made for it
+        with pytest.raises(PermissionError, match="key is bound to solver-0:solver"):
+            start("solver-0", "trainer")  # its key says solver
+    finally:
+        r.close()

@@ -81,8 +81,13 @@ def running(tmp_path):
     r.close()
 
 
-def sample(i, version=0):
-    return Sample(sample_id=f"s{i}", prompt_id=PROMPT.prompt_id, text=str(i), policy_version=version)
+def generated(task_id, attempt, i, version=0):
+    """A generation result for (task, attempt): its sample named TASK_ID.ATTEMPT.I, as solvers name them."""
+    return GenerateResult(samples=[sample(i, version, prefix=f"{task_id}.{attempt}.")])
+
+
+def sample(i, version=0, prefix="s"):
+    return Sample(sample_id=f"{prefix}{i}", prompt_id=PROMPT.prompt_id, text=str(i), policy_version=version)
 
 
 def submit(client, n=1):
@@ -100,7 +105,7 @@ def test_handshake_then_work_flows_and_results_are_idempotent(running):
     [task_id] = submit(creator)
     assign = solver.recv()
     assert assign.message.kind == "assign" and assign.header.task_id == task_id and assign.message.attempt == 1
-    result = Result(task_id=task_id, attempt=1, result=GenerateResult(samples=[sample(0)]))
+    result = Result(task_id=task_id, attempt=1, result=generated(task_id, 1, 0))
     solver.send(result)
     assert solver.recv().message.status == "accepted"
     solver.send(result)  # an outbox replay
@@ -122,7 +127,7 @@ def test_a_held_query_is_answered_when_its_tasks_finish_or_its_wait_ends(running
     creator, solver, (done_id, dead_id), assigns = two_leased(running)
     creator.send(TaskQuery(task_ids=[done_id, dead_id], wait_s=10))
     assert creator.recv(timeout_ms=300) is None  # held: nothing is finished
-    solver.send(Result(task_id=done_id, attempt=assigns[done_id].attempt, result=GenerateResult(samples=[sample(0)])))
+    solver.send(Result(task_id=done_id, attempt=assigns[done_id].attempt, result=generated(done_id, assigns[done_id].attempt, 0)))
     assert solver.recv().message.status == "accepted"
     assert creator.recv(timeout_ms=300) is None  # one task still leased
     started = time.monotonic()
@@ -130,7 +135,7 @@ def test_a_held_query_is_answered_when_its_tasks_finish_or_its_wait_ends(running
     report = creator.recv(timeout_ms=2000).message
     assert time.monotonic() - started < 1.0  # answered when the last one finished, not at the 10 s wait
     assert [(t.task_id, t.state) for t in report.tasks] == [(done_id, "done"), (dead_id, "dead")]
-    assert report.tasks[0].result.samples[0].sample_id == "s0"
+    assert report.tasks[0].result.samples[0].sample_id == f"{done_id}.{assigns[done_id].attempt}.0"
 
     [queued] = submit(creator)  # the solver's credit is free again, so it is leased; it never finishes here
     started = time.monotonic()
@@ -145,7 +150,7 @@ def test_a_query_waiting_for_any_is_answered_at_the_first_finished_task(running)
     creator.send(TaskQuery(task_ids=[first, second], wait_s=10, wait_for="any"))
     assert creator.recv(timeout_ms=300) is None  # held: nothing is finished
     started = time.monotonic()
-    solver.send(Result(task_id=second, attempt=assigns[second].attempt, result=GenerateResult(samples=[sample(0)])))
+    solver.send(Result(task_id=second, attempt=assigns[second].attempt, result=generated(second, assigns[second].attempt, 0)))
     report = creator.recv(timeout_ms=2000).message
     assert time.monotonic() - started < 1.0  # the first finished task answers it; the other is still leased
     assert [(t.task_id, t.state) for t in report.tasks] == [(first, "leased"), (second, "done")]
@@ -163,7 +168,7 @@ def test_credit_limits_what_an_agent_holds(running):
     assigns = [solver.recv(timeout_ms=1000) for _ in range(3)]
     assert [a is not None for a in assigns] == [True, True, False]
     first = assigns[0].message
-    solver.send(Result(task_id=first.task_id, attempt=first.attempt, result=GenerateResult(samples=[sample(1)])))
+    solver.send(Result(task_id=first.task_id, attempt=first.attempt, result=generated(first.task_id, first.attempt, 1)))
     kinds = {solver.recv().message.kind, solver.recv().message.kind}
     assert kinds == {"ack", "assign"}  # one result back frees one credit
 
@@ -226,9 +231,9 @@ def test_expired_lease_goes_to_another_agent_and_the_late_result_is_stale(tmp_pa
         fast.ready("solver")
         second = fast.recv(timeout_ms=3000).message  # after the lease expired
         assert (second.task_id, second.attempt) == (task_id, 2)
-        slow.send(Result(task_id=task_id, attempt=1, result=GenerateResult(samples=[sample(1)])))
+        slow.send(Result(task_id=task_id, attempt=1, result=generated(task_id, 1, 1)))
         assert slow.recv().message.status == "stale"
-        fast.send(Result(task_id=task_id, attempt=2, result=GenerateResult(samples=[sample(2)])))
+        fast.send(Result(task_id=task_id, attempt=2, result=generated(task_id, 2, 2)))
         assert fast.recv().message.status == "accepted"
         assert first.attempt == 1
     finally:
@@ -245,7 +250,7 @@ def test_an_agent_that_let_a_lease_expire_gets_no_work_until_it_answers_for_it(t
         assert stuck.recv().message.attempt == 1
         assert stuck.recv(timeout_ms=1500) is None  # the lease expired and the task waits for someone else
         assert r.task(task_id)["state"] == "queued"
-        stuck.send(Result(task_id=task_id, attempt=1, result=GenerateResult(samples=[sample(1)])))
+        stuck.send(Result(task_id=task_id, attempt=1, result=generated(task_id, 1, 1)))
         assert stuck.recv().message.status == "accepted"  # late, but nobody else had started it
         assert r.task(task_id)["state"] == "done"
         [next_id] = submit(creator)
@@ -337,7 +342,7 @@ def test_samples_older_than_the_staleness_bound_are_refused(running):
     assert trainer_data.recv().message.status == "accepted"
     [task_id] = submit(creator)
     assign = solver.recv().message
-    solver.send(Result(task_id=task_id, attempt=assign.attempt, result=GenerateResult(samples=[sample(0, version=0)])))
+    solver.send(Result(task_id=task_id, attempt=assign.attempt, result=generated(task_id, assign.attempt, 0, version=0)))
     assert solver.recv().message.status == "stale"
     retry = solver.recv().message  # requeued and offered again
     assert (retry.kind, retry.task_id, retry.attempt) == ("assign", task_id, 2)
@@ -357,7 +362,7 @@ def test_hub_restart_requeues_and_accepts_the_replayed_result(tmp_path):
         solver = second.client("solver-0")
         welcome = solver.ready("solver", kinds=())  # reconnects; takes no new work
         assert welcome.hub_id != first.hub.hub_id
-        solver.send(Result(task_id=task_id, attempt=assign.attempt, result=GenerateResult(samples=[sample(3)])))
+        solver.send(Result(task_id=task_id, attempt=assign.attempt, result=generated(task_id, assign.attempt, 3)))
         assert solver.recv().message.status == "accepted"
     finally:
         second.close()

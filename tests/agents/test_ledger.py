@@ -22,8 +22,13 @@ from protocol.messages import (
 from tests.protocol.examples import GROUP, PROMPT
 
 
-def sample(i=0, prompt_id="p1"):
-    return Sample(sample_id=f"s{i}", prompt_id=prompt_id, text=f"answer {i}", policy_version=2)
+def sample(i=0, prompt_id="p1", prefix="s"):
+    return Sample(sample_id=f"{prefix}{i}", prompt_id=prompt_id, text=f"answer {i}", policy_version=2)
+
+
+def generated(task_id, attempt, *indices):
+    """A generation result for (task, attempt), its samples named TASK_ID.ATTEMPT.I as solvers name them."""
+    return GenerateResult(samples=[sample(i, prefix=f"{task_id}.{attempt}.") for i in indices])
 
 
 @pytest.fixture
@@ -57,8 +62,8 @@ def test_submit_lease_complete(ledger):
     assert (lease.task_id, lease.attempt, lease.deadline) == (tid, 1, 31)
     assert lease.task.prompts[0] == PROMPT
     assert ledger.lease("generate", "solver-1", 5, 30, now=2) == []  # leased tasks are not handed out twice
-    assert ledger.complete(tid, 1, GenerateResult(samples=[sample(0), sample(1)]), now=3) == "accepted"
-    assert ledger.complete(tid, 1, GenerateResult(samples=[sample(0)]), now=4) == "duplicate"
+    assert ledger.complete(tid, 1, generated(tid, 1, 0, 1), now=3) == "accepted"
+    assert ledger.complete(tid, 1, generated(tid, 1, 0), now=4) == "duplicate"
     record = ledger.task(tid)
     assert record["state"] == "done" and len(record["result"].samples) == 2
     assert ledger.db.execute("SELECT COUNT(*) FROM samples").fetchone()[0] == 2
@@ -83,9 +88,9 @@ def test_expired_lease_is_redispatched_and_the_late_result_is_stale(ledger):
     [second] = ledger.lease("generate", "fast", 1, 10, now=17)
     assert second.attempt == 2
     assert ledger.renew(tid, 1, "slow", 10, now=18) is None  # the old holder lost its lease
-    assert ledger.complete(tid, 1, GenerateResult(samples=[sample(9)]), now=19) == "stale"
-    assert ledger.complete(tid, 2, GenerateResult(samples=[sample(1)]), now=20) == "accepted"
-    assert ledger.db.execute("SELECT sample_id FROM samples").fetchall() == [("s1",)]
+    assert ledger.complete(tid, 1, generated(tid, 1, 9), now=19) == "stale"
+    assert ledger.complete(tid, 2, generated(tid, 2, 1), now=20) == "accepted"
+    assert ledger.db.execute("SELECT sample_id FROM samples").fetchall() == [(f"{tid}.2.1",)]
 
 
 def test_dead_letter_after_max_attempts_with_a_reason(ledger):
@@ -117,16 +122,16 @@ def test_restart_requeues_leases_and_accepts_replayed_results(tmp_path):
     done, leased, queued = (first.submit([GenerateTask(prompts=[PROMPT])], now=t)[0] for t in (0, 1, 2))
     for lease in first.lease("generate", "s", 2, 30, now=3):  # the two oldest: done, leased
         if lease.task_id == done:
-            first.complete(done, lease.attempt, GenerateResult(samples=[sample(0)]), now=2)
+            first.complete(done, lease.attempt, generated(done, lease.attempt, 0), now=2)
     first.db.close()  # no clean shutdown: the hub was killed
 
     second = Ledger(path)
     assert second.recover(now=10) == 1
-    assert second.task(done)["state"] == "done" and second.task(done)["result"].samples[0].sample_id == "s0"
+    assert second.task(done)["state"] == "done" and second.task(done)["result"].samples[0].sample_id == f"{done}.1.0"
     assert second.task(leased)["state"] == "queued"
     # the agent that held `leased` replays its outbox: its attempt is still the latest, so it counts
-    assert second.complete(leased, 1, GenerateResult(samples=[sample(1)]), now=11) == "accepted"
-    assert second.complete(done, 1, GenerateResult(samples=[sample(0)]), now=12) == "duplicate"
+    assert second.complete(leased, 1, generated(leased, 1, 1), now=11) == "accepted"
+    assert second.complete(done, 1, generated(done, 1, 0), now=12) == "duplicate"
     assert second.complete("nope", 1, GenerateResult(samples=[]), now=12) == "unknown"
     assert second.task(queued)["state"] == "queued"
     second.close()
@@ -183,16 +188,30 @@ def test_reclaim_gives_a_requeued_lease_back_only_if_nobody_took_it(ledger):
     assert ledger.reclaim(b, 1, "s", 30, now=5)
     assert not ledger.reclaim(b, 2, "s", 30, now=5)  # wrong attempt
     assert ledger.task(b)["state"] == "leased" and ledger.task(b)["agent"] == "s" and ledger.task(b)["attempt"] == 1
-    assert ledger.complete(b, 1, GenerateResult(samples=[sample(4)]), now=6) == "accepted"
+    assert ledger.complete(b, 1, generated(b, 1, 4), now=6) == "accepted"
 
 
 def test_reward_by_policy_version(ledger):
     [gen] = ledger.submit([GenerateTask(prompts=[PROMPT])], now=0)
     ledger.lease("generate", "s", 2, 30, now=2)
-    samples = [Sample(sample_id=f"v{v}-{i}", prompt_id="p1", text="x", policy_version=v) for v in (0, 1) for i in (0, 1)]
+    samples = [Sample(sample_id=f"{gen}.1.v{v}-{i}", prompt_id="p1", text="x", policy_version=v)
+               for v in (0, 1) for i in (0, 1)]
     ledger.complete(gen, 1, GenerateResult(samples=samples), now=3)
     [judge] = ledger.submit([JudgeTask(groups=[JudgedGroup(prompt=PROMPT, samples=samples, verdicts=[])])], now=1)
     ledger.db.execute("UPDATE tasks SET state = 'leased', attempt = 1 WHERE task_id = ?", (judge,))
-    scores = {"v0-0": 0.0, "v0-1": 0.5, "v1-0": 1.0, "v1-1": 1.0}
+    scores = {f"{gen}.1.v0-0": 0.0, f"{gen}.1.v0-1": 0.5, f"{gen}.1.v1-0": 1.0, f"{gen}.1.v1-1": 1.0}
     ledger.complete(judge, 1, JudgeResult(verdicts=[Verdict(sample_id=k, score=v) for k, v in scores.items()]), now=4)
     assert ledger.reward_by_version() == {0: (0.25, 2), 1: (1.0, 2)}
+
+
+def test_a_lease_never_sent_gives_back_its_attempt_and_the_previous_holder(ledger):
+    """The hub leases a requeued task to B, cannot send the assignment, and takes it back: attempt and holder are
+    A's again, so A's late result of that attempt still counts (it was refused as another agent's)."""
+    [tid] = ledger.submit([GenerateTask(prompts=[PROMPT])], now=0)
+    ledger.lease("generate", "A", 1, 10, now=0)
+    assert ledger.expire(now=11) == [(tid, "queued")]
+    [unsent] = ledger.lease("generate", "B", 1, 10, now=12)
+    ledger.unlease(unsent, now=12)
+    assert (ledger.task(tid)["attempt"], ledger.task(tid)["agent"]) == (1, "A")
+    assert ledger.complete(tid, 1, generated(tid, 1, 0), now=13, agent="B") == "forbidden"
+    assert ledger.complete(tid, 1, generated(tid, 1, 0), now=13, agent="A") == "accepted"

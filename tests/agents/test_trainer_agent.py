@@ -116,3 +116,71 @@ def test_a_round_checkpointed_before_a_crash_is_published_not_trained_again(tmp_
     finally:
         stop.set()
         r.close()
+
+
+def test_a_trainer_that_dies_after_the_hub_took_its_policy_republishes_the_same_bytes(tmp_path, tiny_models,
+                                                                                      monkeypatch):
+    """The hub saved v1 and acknowledged it; the trainer died before it reported. The restarted trainer publishes
+    v1 again from its checkpoint: a version is written once, so this works only because the bytes are the same
+    (acknowledged as a duplicate), and the round is reported, not trained again."""
+    r = Running(tmp_path, lease_s=120, heartbeat_interval_s=0.2, liveness=50)
+    stop = threading.Event()
+    config = TrainConfig(algo="dpo", model=str(tiny_models.policy), data="-", out=str(tmp_path / "trainer"),
+                         batch_size=2, lr=1e-2, lora={"r": 4, "alpha": 8}, max_length=64, max_prompt_length=32)
+    try:
+        creator = r.link("creator-0", "creator")
+        first = TrainerAgent(r.link("trainer-0", "trainer", ["train"]), config)
+
+        def crash(assign, report):
+            stop.set()
+            raise SystemExit("killed after the publish, before the report")
+
+        monkeypatch.setattr(first.link, "complete", crash)
+        thread = threading.Thread(target=first.run, args=(stop,), daemon=True)
+        thread.start()
+        [task] = creator.submit([TrainTask(groups=groups(4), round=1)])
+        thread.join(60)
+        first.link.stop()
+        assert r.hub.policy_version == 1  # published (and acknowledged) before the crash
+
+        stop.clear()
+        second = TrainerAgent(r.link("trainer-0", "trainer", ["train"]), config)
+        threading.Thread(target=second.run, args=(stop,), daemon=True).start()
+        record = wait_done(r, task)
+        assert record["attempt"] == 2 and record["result"].policy_version == 1 and r.hub.policy_version == 1
+        assert sorted(p.name for p in (r.hub.run_dir / "adapters").iterdir()) == ["v000001.safetensors"]
+    finally:
+        stop.set()
+        r.close()
+
+
+def test_a_policy_that_never_reached_the_hub_goes_before_the_next_round(tmp_path, tiny_models, monkeypatch):
+    """Round 1's publish failed until its task went DEAD; the trainer holds v1. Versions follow one another at the
+    hub, so before it trains round 2 it publishes v1 (round 2 then becomes v2, not a v2 the hub would refuse)."""
+    r = Running(tmp_path, lease_s=120, heartbeat_interval_s=0.2, liveness=50, max_attempts=1)
+    stop = threading.Event()
+    config = TrainConfig(algo="dpo", model=str(tiny_models.policy), data="-", out=str(tmp_path / "trainer"),
+                         batch_size=2, lr=1e-2, lora={"r": 4, "alpha": 8}, max_length=64, max_prompt_length=32)
+    try:
+        creator = r.link("creator-0", "creator")
+        agent = TrainerAgent(r.link("trainer-0", "trainer", ["train"]), config)
+        real, calls = agent.publish, []
+
+        def publish(version):  # the first try never reaches the hub
+            calls.append(version)
+            return len(calls) > 1 and real(version)
+
+        monkeypatch.setattr(agent, "publish", publish)
+        threading.Thread(target=agent.run, args=(stop,), daemon=True).start()
+        [lost] = creator.submit([TrainTask(groups=groups(4), round=1)])
+        deadline = time.monotonic() + 60
+        while r.task(lost)["state"] != "dead" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert r.task(lost)["state"] == "dead" and r.hub.policy_version == 0
+        [task] = creator.submit([TrainTask(groups=groups(4, seed=1), round=2)])
+        record = wait_done(r, task)
+        assert record["result"].policy_version == 2 and calls == [1, 1, 2]
+        assert r.hub.policy_version == 2
+    finally:
+        stop.set()
+        r.close()

@@ -69,6 +69,8 @@ def test_constraints_hold():
 @pytest.mark.parametrize("build", [
     lambda: m.Verdict(sample_id="s", score=float("nan")),
     lambda: m.Verdict(sample_id="s", score=float("inf")),
+    lambda: m.Verdict(sample_id="s", score=1e308),  # finite, but a run's mean of such would not be
+    lambda: m.TaskQuery(task_ids=["t1", "t1"]),
     lambda: m.TrainingReport(policy_version=1, step=1, examples=1, metrics={"loss": float("nan")}),
     lambda: m.Sample(sample_id="s", prompt_id="p", text="", policy_version=0, logprobs=[float("nan")]),
     lambda: m.Sample(sample_id="s", prompt_id="p", text="", policy_version=0, logprobs=[float("inf")]),
@@ -103,7 +105,7 @@ _floats = st.floats(allow_nan=False, allow_infinity=False, width=64)
 _logprobs = st.floats(max_value=0.0, allow_nan=False, width=64)  # -inf included: a token given no mass
 
 
-@given(text=_text, demo=st.none() | _text, score=_floats, judgment=st.none() | _text,
+@given(text=_text, demo=st.none() | _text, score=st.floats(-1e12, 1e12), judgment=st.none() | _text,
        logprobs=st.lists(_logprobs, max_size=20), tokens=st.lists(st.integers(0, 2**31 - 1), max_size=20))
 def test_payload_values_round_trip(text, demo, score, judgment, logprobs, tokens):
     prompt = PROMPT.model_copy(update={"text": text, "demonstration": demo})

@@ -32,6 +32,7 @@ class Hub:
         self.key_dir = tmp_path / "keys"
         self.ctx = zmq.Context()
         self.raws = []
+        self.creator = None  # one creator connection (a second one with the key would be "in use")
 
     def raw(self, name, routing_id=None, channel="control"):
         endpoint = self.control if channel == "control" else self.data
@@ -57,7 +58,7 @@ class Hub:
         return self.proc.poll() is None and reply is not None and reply[0] == "status_reply"
 
     def submit(self, task: dict) -> str:
-        creator = self.agent("creator-0")
+        self.creator = creator = self.creator or self.agent("creator-0")
         kind, body = creator.reply_to(creator.send("submit", {"tasks": [task]}))
         assert kind == "ack", body
         return body["task_ids"][0]
@@ -131,6 +132,11 @@ CASES = {  # name -> (agent, task it leases first or None, channel, kind, body, 
     "a NaN verdict score": (
         "judge-0", _judge_task(), "control", "result",
         {"result": {"kind": "judge_result", "verdicts": [{"sample_id": "s1", "score": NAN, "judgment": None}]}}, 1),
+    "a verdict score of 1e308 (a run's mean reward would overflow: status broken for good)": (
+        "judge-0", _judge_task(), "control", "result",
+        {"result": {"kind": "judge_result", "verdicts": [{"sample_id": "s1", "score": 1e308, "judgment": None}]}}, 1),
+    "a task query naming one task 1024 times (its result read and sent 1024 times)": (
+        "creator-0", None, "control", "task_query", {"task_ids": ["t1"] * 1024}, None),
 }
 
 
@@ -140,7 +146,8 @@ def test_a_well_formed_message_with_a_number_nothing_can_store_is_refused_and_th
     OverflowError in the loop) or was acknowledged and lost (a NaN verdict). Now each is answered with an
     invalid_message error, nothing is stored, and the hub keeps serving."""
     name, task, channel, kind, body, attempt = CASES[case]
-    client = hub.agent(name) if kind != "ready" else hub.raw(name)
+    client = hub.raw(name) if kind == "ready" else hub.creator if name == "creator-0" and hub.creator else hub.agent(name)
+    hub.creator = client if name == "creator-0" else hub.creator
     task_id = None
     if task is not None:
         task_id, attempt = hub.lease(client, task)[0], attempt
@@ -193,6 +200,33 @@ def test_only_the_lease_holder_may_renew_fail_or_finish_a_task(hub):
     honest = {"result": {"kind": "generate_result", "samples": [sample(f"{task_id}.1.0.0", "p1")]}}
     kind, body = owner.reply_to(owner.send("result", honest, task_id=task_id, attempt=attempt))
     assert (kind, body["status"]) == ("ack", "accepted")
+
+
+def test_a_solver_cannot_claim_the_sample_ids_of_another_solvers_task(hub):
+    """Sample ids are unique in the ledger. A solver finishing its own task with the ids another task's samples will
+    have (TASK_ID.ATTEMPT.I.J) would get the honest result of that task refused; a sample id must name its own
+    task and attempt."""
+    owner, other = hub.agent("solver-0"), hub.agent("solver-1")
+    theirs, attempt = hub.lease(owner, generate_task())
+    mine, my_attempt = hub.lease(other, generate_task())
+    squat = {"result": {"kind": "generate_result", "samples": [sample(f"{theirs}.{attempt}.0.0", "p1")]}}
+    reply = other.reply_to(other.send("result", squat, task_id=mine, attempt=my_attempt))
+    assert _refused(reply, "invalid_message") and "start with" in reply[1]["detail"], reply
+    honest = {"result": {"kind": "generate_result", "samples": [sample(f"{theirs}.{attempt}.0.0", "p1")]}}
+    kind, body = owner.reply_to(owner.send("result", honest, task_id=theirs, attempt=attempt))
+    assert (kind, body["status"]) == ("ack", "accepted")
+
+
+def test_a_second_connection_with_a_live_agents_name_is_told_it_is_in_use(hub):
+    """Two processes with one key (say `attach --name solver-0` while solver-0 runs): each Ready used to release the
+    other's leases, back and forth, until tasks went DEAD. The second is refused while the first lives."""
+    first = hub.agent("solver-0")
+    task_id, attempt = hub.lease(first, generate_task())
+    second = hub.raw("solver-0")
+    reply = second.reply_to(second.send("ready", {"role": "solver", "name": "solver-0", "task_kinds": ["generate"]}))
+    assert _refused(reply, "in_use"), reply
+    assert hub.task(task_id) == ("leased", attempt, "solver-0")  # the first one's lease is untouched
+    assert first.heard("heartbeat", within_ms=2000)
 
 
 def test_a_role_takes_only_its_own_queues_and_a_task_only_its_own_kind_of_result(hub):
