@@ -216,6 +216,15 @@ class Hub:
             return self._refuse(sock, identity, "invalid_message", f"the hub does not take {kind}", env.header.msg_id)
         handler(Incoming(sock, identity, env, agent, now, bound))
 
+    def _reachable(self, identity: bytes) -> bool:
+        """Whether the control socket still has a connection with this routing id: a process that died (killed and
+        restarted) closed its socket, and libzmq dropped the connection at once (ROUTER_MANDATORY says so)."""
+        try:
+            self.control.send_multipart([identity, *encode(Heartbeat(), sender="hub")], zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError as e:
+            return e.errno != zmq.EHOSTUNREACH  # EAGAIN: there, with a full queue
+
     def _agent_named(self, name: str) -> AgentState | None:
         return next((a for a in self.agents.values() if a.name == name), None)
 
@@ -247,9 +256,10 @@ class Hub:
             return self._refuse(msg.sock, msg.identity, *refused, msg_id)
         previous = msg.agent or self._agent_named(m.name)
         window = self.config.heartbeat_interval_s * self.config.liveness
-        if previous is not None and previous.identity != msg.identity and now - previous.last_seen < window:
-            # Its connection still lives: a second process with this name (or a restart the hub has not noticed
-            # yet). Taking over would release the first one's leases, then the first the second's, and so on.
+        if (previous is not None and previous.identity != msg.identity and now - previous.last_seen < window
+                and self._reachable(previous.identity)):
+            # Its connection still lives: a second process with this name (or a half-open connection of a restart).
+            # Taking over would release the first one's leases, then the first the second's, and so on.
             return self._refuse(msg.sock, msg.identity, "in_use", f"{m.name} is connected and was heard "
                                 f"{now - previous.last_seen:.1f} s ago; a restarted agent is let in once its old "
                                 f"connection has been silent {window:g} s (two processes with one name?)", msg_id)

@@ -7,6 +7,7 @@ agents' routing ids and leases, adapters that do not fit.
 
 import os
 import sqlite3
+import time
 
 import pytest
 import torch
@@ -227,6 +228,10 @@ def test_a_second_connection_with_a_live_agents_name_is_told_it_is_in_use(hub):
     assert _refused(reply, "in_use"), reply
     assert hub.task(task_id) == ("leased", attempt, "solver-0")  # the first one's lease is untouched
     assert first.heard("heartbeat", within_ms=2000)
+    first.close()  # its process dies: the socket closes, the hub's connection with it goes at once
+    time.sleep(0.3)
+    restarted = hub.agent("solver-0")  # let in at once, not after the liveness window
+    assert hub.task(task_id)[0] == "leased" and restarted.recv(timeout_ms=5000)[0] == "assign"  # its task, again
 
 
 def test_a_role_takes_only_its_own_queues_and_a_task_only_its_own_kind_of_result(hub):
