@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -238,7 +239,7 @@ class Ledger:
                 return "stale"
             if agent is not None and holder != agent:
                 return "forbidden"
-            _check_result(task_id, attempt, kind, payload, result, self.policy_version())
+            _check_result(task_id, attempt, kind, payload, result, self.policy_version)
             self.db.execute("UPDATE tasks SET state = 'done', result = ?, deadline = NULL, updated = ?"
                             " WHERE task_id = ?", (_pack(result), now, task_id))  # agent kept: who did it
             self._record_result(task_id, result, now)
@@ -356,17 +357,16 @@ class Ledger:
     def task(self, task_id: str, max_result_bytes: int | None = None) -> dict | None:
         """A task's record; its result decoded unless larger than `max_result_bytes` (then None; `result_bytes`
         says how large it is either way)."""
-        row = self.db.execute("SELECT task_id, kind, state, attempt, agent, deadline, reason, length(result) FROM tasks"
-                              " WHERE task_id = ?", (task_id,)).fetchone()
+        row = self.db.execute(
+            "SELECT task_id, kind, state, attempt, agent, deadline, reason, length(result),"
+            " CASE WHEN ?1 IS NULL OR length(result) <= ?1 THEN result END FROM tasks WHERE task_id = ?2",
+            (max_result_bytes, task_id)).fetchone()
         if row is None:
             return None
-        keys = ("task_id", "kind", "state", "attempt", "agent", "deadline", "reason", "result_bytes")
+        keys = ("task_id", "kind", "state", "attempt", "agent", "deadline", "reason", "result_bytes", "result")
         record = dict(zip(keys, row, strict=True))
-        record["result_bytes"] = size = record["result_bytes"] or 0
-        record["result"] = None
-        if size and (max_result_bytes is None or size <= max_result_bytes):
-            [(blob,)] = self.db.execute("SELECT result FROM tasks WHERE task_id = ?", (task_id,))
-            record["result"] = RESULT_ADAPTER.validate_python(_unpack(blob))
+        record["result_bytes"] = record["result_bytes"] or 0
+        record["result"] = RESULT_ADAPTER.validate_python(_unpack(record["result"])) if record["result"] else None
         return record
 
     def prompts(self, source: str | None = None) -> list[Prompt]:
@@ -424,26 +424,27 @@ def open_run_ledger(run_dir: str | os.PathLike, *, max_attempts: int = 3, check:
     return ledger
 
 
-def _check_result(task_id: str, attempt: int, kind: str, payload: bytes, result: ResultPayload, newest: int) -> None:
+def _check_result(task_id: str, attempt: int, kind: str, payload: bytes, result: ResultPayload,
+                  newest: Callable[[], int]) -> None:
     """A result finishes only its own task: the right kind, samples named for this attempt answering the task's
-    prompts, verdicts on exactly the task's samples, a report of a version the hub has. Raises InvalidResult."""
+    prompts, verdicts on exactly the task's samples, a report of a version the hub has (`newest()`, asked only
+    of reports). Raises InvalidResult."""
     if RESULT_KIND_OF[kind] != result.kind:
         raise InvalidResult(f"a {kind} task is finished by a {RESULT_KIND_OF[kind]}, not a {result.kind}")
-    task = _unpack(payload)
     if isinstance(result, GenerateResult):
-        prompts, prefix = {p["prompt_id"] for p in task["prompts"]}, f"{task_id}.{attempt}."
+        prompts, prefix = {p["prompt_id"] for p in _unpack(payload)["prompts"]}, f"{task_id}.{attempt}."
         ids = [s.sample_id for s in result.samples]
         if len(set(ids)) != len(ids) or not all(i.startswith(prefix) for i in ids):  # no id another task could use
             raise InvalidResult(f"sample ids must be unique and start with {prefix!r} (TASK_ID.ATTEMPT.)")
         if not all(s.prompt_id in prompts for s in result.samples):
             raise InvalidResult("a sample answers a prompt that is not in the task")
     elif isinstance(result, JudgeResult):
-        wanted = {s["sample_id"] for g in task["groups"] for s in g["samples"]}
+        wanted = {s["sample_id"] for g in _unpack(payload)["groups"] for s in g["samples"]}
         ids = [v.sample_id for v in result.verdicts]
         if len(set(ids)) != len(ids) or set(ids) != wanted:
             raise InvalidResult(f"verdicts must judge the task's {len(wanted)} samples, each once")
-    elif isinstance(result, TrainingReport) and result.policy_version > newest:
-        raise InvalidResult(f"the report names policy v{result.policy_version}; the newest published is v{newest}")
+    elif isinstance(result, TrainingReport) and result.policy_version > (published := newest()):
+        raise InvalidResult(f"the report names policy v{result.policy_version}; the newest published is v{published}")
 
 
 def _pack(model: object) -> bytes:

@@ -24,7 +24,7 @@ class LocalLink:
     def __init__(self, workers: dict[str, Worker] | None = None) -> None:
         self.hub_policy_version = 0
         self.announcements: queue.Queue = queue.Queue()
-        self.config = SimpleNamespace(name="local")
+        self.config = SimpleNamespace(name="local", data=None)  # no data channel: weights are handed over in-process
         self.workers: dict[str, Worker] = dict(workers or {})  # task kind ("generate", "judge", "train") -> worker
         self.results: dict[str, TaskInfo] = {}
         self.submitted: dict[str, list[str]] = {}  # submit key -> task ids

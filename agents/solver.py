@@ -35,7 +35,7 @@ log = structlog.get_logger("agents.solver")
 class Solver:
     def __init__(self, link: AgentLink, generator: Generator) -> None:
         self.link, self.generator = link, generator
-        self.data_endpoint: str | None = getattr(link.config, "data", None)  # None: no weight sync (in-process runs)
+        self.data_endpoint: str | None = link.config.data  # None: no weight sync (in-process runs)
         self._data: zmq.Socket | None = None  # owned by the compute thread (the only one that fetches)
         self._following: str | None = None  # the hub incarnation that pushes us new versions
         self.unloadable: dict[int, str] = {}  # policy versions that fit no model here -> why (never tried again)

@@ -115,10 +115,10 @@ def export_keys(directory: str | os.PathLike, out: str | os.PathLike, names: lis
     """Write what an agents' machine needs into `out`, a key directory of its own: hub.key (the hub's public key)
     and agents/NAME.key_secret for each of `names`. Nothing else: not the hub's secret, not the allow-list."""
     src, dst = Path(directory), Path(out)
-    missing = [n for n in names if not (src / "agents" / f"{n}.key_secret").exists()]
-    if not (src / "hub.key").exists() or missing:
-        raise ValueError(f"{src} has no {'hub.key' if not (src / 'hub.key').exists() else 'key for ' + ', '.join(missing)}"
-                         " (create keys with `selfplay keys init DIR --agent NAME:ROLE`)")
+    missing = [p for p in [src / "hub.key", *(src / "agents" / f"{n}.key_secret" for n in names)] if not p.exists()]
+    if missing:
+        raise ValueError(f"no {', '.join(map(str, missing))} (keys are made with `selfplay keys init DIR --agent "
+                         "NAME:ROLE`)")
     _private_dir(dst)
     _private_dir(dst / "agents")
     written = [dst / "hub.key"]

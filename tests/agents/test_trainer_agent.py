@@ -27,6 +27,14 @@ def groups(n, seed=0, tie=False):
     return out
 
 
+def _live(tmp_path, tiny_models, **hub):
+    """A hub, a stop event and a small DPO config: what the crash tests share."""
+    r = Running(tmp_path, lease_s=120, heartbeat_interval_s=0.2, liveness=50, **hub)
+    config = TrainConfig(algo="dpo", model=str(tiny_models.policy), data="-", out=str(tmp_path / "trainer"),
+                         batch_size=2, lr=1e-2, lora={"r": 4, "alpha": 8}, max_length=64, max_prompt_length=32)
+    return r, threading.Event(), config
+
+
 def wait_done(r, task_id, timeout_s=60):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -77,10 +85,7 @@ def test_rounds_train_publish_and_use_the_round_start_reference(tmp_path, tiny_m
 def test_a_round_checkpointed_before_a_crash_is_published_not_trained_again(tmp_path, tiny_models, monkeypatch):
     """The trainer dies after its checkpoint, before the hub has the policy: the retried task is not
     trained twice; the restarted trainer resumes from the checkpoint and only publishes and reports."""
-    r = Running(tmp_path, lease_s=120, heartbeat_interval_s=0.2, liveness=50)
-    stop = threading.Event()
-    config = TrainConfig(algo="dpo", model=str(tiny_models.policy), data="-", out=str(tmp_path / "trainer"),
-                         batch_size=2, lr=1e-2, lora={"r": 4, "alpha": 8}, max_length=64, max_prompt_length=32)
+    r, stop, config = _live(tmp_path, tiny_models)
     try:
         creator = r.link("creator-0", "creator")
         first = TrainerAgent(r.link("trainer-0", "trainer", ["train"]), config)
@@ -123,10 +128,7 @@ def test_a_trainer_that_dies_after_the_hub_took_its_policy_republishes_the_same_
     """The hub saved v1 and acknowledged it; the trainer died before it reported. The restarted trainer publishes
     v1 again from its checkpoint: a version is written once, so this works only because the bytes are the same
     (acknowledged as a duplicate), and the round is reported, not trained again."""
-    r = Running(tmp_path, lease_s=120, heartbeat_interval_s=0.2, liveness=50)
-    stop = threading.Event()
-    config = TrainConfig(algo="dpo", model=str(tiny_models.policy), data="-", out=str(tmp_path / "trainer"),
-                         batch_size=2, lr=1e-2, lora={"r": 4, "alpha": 8}, max_length=64, max_prompt_length=32)
+    r, stop, config = _live(tmp_path, tiny_models)
     try:
         creator = r.link("creator-0", "creator")
         first = TrainerAgent(r.link("trainer-0", "trainer", ["train"]), config)
@@ -157,10 +159,7 @@ def test_a_trainer_that_dies_after_the_hub_took_its_policy_republishes_the_same_
 def test_a_policy_that_never_reached_the_hub_goes_before_the_next_round(tmp_path, tiny_models, monkeypatch):
     """Round 1's publish failed until its task went DEAD; the trainer holds v1. Versions follow one another at the
     hub, so before it trains round 2 it publishes v1 (round 2 then becomes v2, not a v2 the hub would refuse)."""
-    r = Running(tmp_path, lease_s=120, heartbeat_interval_s=0.2, liveness=50, max_attempts=1)
-    stop = threading.Event()
-    config = TrainConfig(algo="dpo", model=str(tiny_models.policy), data="-", out=str(tmp_path / "trainer"),
-                         batch_size=2, lr=1e-2, lora={"r": 4, "alpha": 8}, max_length=64, max_prompt_length=32)
+    r, stop, config = _live(tmp_path, tiny_models, max_attempts=1)
     try:
         creator = r.link("creator-0", "creator")
         agent = TrainerAgent(r.link("trainer-0", "trainer", ["train"]), config)

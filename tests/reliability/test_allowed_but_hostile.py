@@ -14,6 +14,7 @@ import torch
 import zmq
 
 from protocol import keys
+from tests.agents.client import lora_tensors
 from tests.reliability.raw import Raw, generate_task, keyed, prompt, sample
 from tests.reliability.run import hub_process
 
@@ -267,9 +268,8 @@ def test_the_data_socket_checks_the_key_too(hub):
 # ------------------------------------------------------------------------------------------ adapters
 
 def _lora(seed=0, rank=4, dims=(8, 8), **override):
-    g = torch.Generator().manual_seed(seed)
-    tensors = {"m.q_proj.lora_A.weight": torch.randn(rank, dims[1], generator=g),
-               "m.q_proj.lora_B.weight": torch.randn(dims[0], rank, generator=g)} | override
+    """A LoRA adapter as raw frames: name -> (dtype, shape, bytes)."""
+    tensors = lora_tensors(seed, rank, dims) | override
     return {n: (str(t.dtype).removeprefix("torch."), list(t.shape), t.contiguous().numpy().tobytes())
             for n, t in tensors.items()}
 
@@ -297,9 +297,9 @@ def test_a_policy_version_is_written_once_and_must_fit_the_layout(hub):
     assert {m["name"]: data for m, data in zip(header[6], fetcher.frames[3:], strict=True)} == \
         {k: v[2] for k, v in first.items()}
     bad = {
-        "not a LoRA key": _lora(seed=3) | {"m.q_proj.weight": ("float32", [8, 8], bytes(256))},
+        "not a LoRA key": _lora(seed=3) | {"model.q_proj.weight": ("float32", [8, 8], bytes(256))},
         "rank differs from the config": _lora(seed=3, rank=2),
-        "NaN values": _lora(seed=3, **{"m.q_proj.lora_A.weight": torch.full((4, 8), NAN)}),
+        "NaN values": _lora(seed=3, **{"model.q_proj.lora_A.weight": torch.full((4, 8), NAN)}),
         "an A without its B": {k: v for k, v in _lora(seed=3).items() if "lora_A" in k},
         "shapes differ from v1's": _lora(seed=3, dims=(16, 8)),
     }
