@@ -3,7 +3,7 @@
     creator = Creator(link, CreatorConfig(algo="dpo"), seed_prompts, mutator=world.mutate)
     creator.run(rounds=2)
 
-Round t (ALGORITHMS §7):
+Round t (eva; docs/live.md, *eva's rounds*):
   1. solve:    generate n answers for every prompt of the pool, judge them          -> old groups
                (each generation task's answers go to the judges as soon as it is done)
   2. estimate: informativeness of each prompt from its rewards (reward_gap)

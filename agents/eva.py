@@ -1,4 +1,4 @@
-"""eva's creator logic (ALGORITHMS.md §7) as pure functions: estimate, sample, evolve, mix.
+"""eva's creator logic (docs/live.md, *eva's rounds*) as pure functions: estimate, sample, evolve, mix.
 
     scores = informativeness(group_rewards, "reward_gap")       # one number per prompt
     chosen = sample_prompts(scores, fraction=0.25, rng=rng)      # indices, without replacement
@@ -7,7 +7,7 @@
     keep = filter_prompts(candidates, existing, max_chars=2000)  # no empties, duplicates, over-long
     batch = mix(old_pairs, new_pairs, total=64, old_fraction=0.2, rng=rng)
 
-The creator process (agents/creator.py, next) is the event loop around these; a task world can
+The creator process (agents/creator.py) is the event loop around these; a task world can
 replace the LLM evolver with a programmatic mutator of the same kinds.
 """
 

@@ -5,7 +5,7 @@
 
 Per train task: the algorithm's rows from the groups (best/worst pairs, real/generated, judged
 triples: trainer.groups) -> one pass of the same recipe `selfplay train` runs, with the reference
-taken as the policy at the start of the round (ALGORITHMS §3-4: each iteration's policy is the next
+taken as the policy at the start of the round (docs/training.md, *Methods*: each iteration's policy is the next
 one's reference) -> checkpoint, recording the task and version v+1 -> publish the adapter as v+1 over
 the link's data socket (keyed like its control socket) and wait for the hub to persist it -> report.
 

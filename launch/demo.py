@@ -64,7 +64,7 @@ class Plan:
     pool_per_round: int = 1024  # prompts solved per round (seeds and evolved ones)
     rewrites_per_prompt: int = 1  # eva: 4; one rewrite keeps evolved prompts near what the model can learn
     lr: float = 5e-4
-    nll_alpha: float = 10.0  # DPO's NLL term on the chosen answer (see README: without it DPO degrades here)
+    nll_alpha: float = 10.0  # DPO's NLL term on the chosen answer (docs/demo.md: without it DPO degrades here)
     min_train_score: float | None = 1.0  # pair methods train on groups with a right answer to choose
     wrong_demonstrations: float = 0.2  # GSIL/SPIN: share of demonstrations stating a wrong result
     solvers: int = 2
@@ -151,7 +151,7 @@ def topology(plan: Plan, algo: str, run_dir: Path, model: Path, data: dict[str, 
     if algo == "dpo":
         trainer["dpo"] = {"beta": 0.1, "nll_alpha": plan.nll_alpha}
     if algo == "cut":
-        trainer["cut"] = {"threshold": 1.1, "alpha": 1.0}  # the live settings (ALGORITHMS §6)
+        trainer["cut"] = {"threshold": 1.1, "alpha": 1.0}  # the live settings (docs/training.md, cut)
     return {
         "run": {"dir": str(run_dir), "rounds": plan.rounds},
         "hub": {"control": "ipc", "data": "ipc", "lease_s": 300},

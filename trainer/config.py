@@ -1,6 +1,6 @@
 """Training configuration: pydantic models, one per concern; each field's description is its only help.
 
-Defaults follow the authors' released code (ALGORITHMS.md); new features are off by default. A typo
+Defaults follow the authors' released code (docs/training.md, *Methods*); new features are off by default. A typo
 in a config file is an error that names the field:
 
     TrainConfig.model_validate({"algo": "dpo", "dpo": {"bta": 0.1}, ...})

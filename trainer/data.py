@@ -258,7 +258,8 @@ def contrastive_prompt(question: str, config: TrainConfig, negative: str | None 
 
 
 def contrastive_sequence(row: dict[str, Any], config: TrainConfig, renderer: Renderer) -> Sequence:
-    """ALGORITHMS §5: instruction, question, negative answer, then the positive answer as the only target."""
+    """Contrastive SFT (docs/training.md, *Methods*): instruction, question, negative answer, then the positive
+    answer as the only target."""
     question = renderer.prompt_text(row["prompt"])
     negative = row["rejected"] if isinstance(row["rejected"], str) else row["rejected"][-1]["content"]
     positive = row["chosen"] if isinstance(row["chosen"], str) else row["chosen"][-1]["content"]

@@ -1,4 +1,4 @@
-"""Every training objective of ../shared/ALGORITHMS.md as a pure function on log-probs.
+"""Every training objective (docs/training.md, *Methods*) as a pure function on log-probs.
 
 Inputs are *sums* of response-token log-probs per sequence (`*_logps`, shape (B,)) and response token
 counts (`*_lengths`, (B,)), or per-token log-probs with masks (`*_token_logps`, `*_mask`, (B, L)) for the
@@ -40,7 +40,7 @@ def sft_loss(token_logps: Tensor, mask: Tensor) -> LossOutput:
     """Token-mean negative log-likelihood of the response: -sum(logp * mask) / sum(mask).
 
     token_logps, mask: (B, L). Also the loss of plain-text contrastive SFT, whose builder puts the mask
-    on the positive answer only (ALGORITHMS §5).
+    on the positive answer only (docs/training.md, *Methods*).
     """
     mask = mask.to(token_logps.dtype)
     nll = -(token_logps * mask)

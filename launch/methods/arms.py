@@ -4,7 +4,7 @@ Four groups, each arm from the SFT start and seeing `rounds x K` examples (K = e
 a round short of data repeats what it has, and says so in its notes):
 - demonstrations (noisy: a share state a wrong result): SFT on them; SPIN and GSIL's five objectives,
   each iteration answering every demonstrated prompt with the current policy (y_gen) and taking that
-  policy as the reference (ALGORITHMS §3, §4);
+  policy as the reference (docs/training.md, Methods);
 - pairs, offline: (right, wrong) answers of the SFT start to the same prompts, for DPO (with and
   without the NLL term the demo uses), IPO, SimPO, contrastive SFT and SFT on the chosen answers;
 - judgments, online: each round the policy answers fresh prompts and the world's checker writes a
@@ -136,7 +136,7 @@ def pairs(algo: str, *, as_sft: bool = False, **settings: Any) -> Callable[[Cont
 
 def contrastive_frames(config: TrainConfig, generated_negative: bool = False) -> Frames:
     """Contrastive SFT at test time: the frame without a negative answer, or with the model's own greedy
-    plain answer as the negative (ALGORITHMS §5: a setting)."""
+    plain answer as the negative (docs/training.md, contrastive-sft: a setting)."""
     def frames(policy: Policy, prompts: Sequence[Prompt]) -> list[str]:
         if not generated_negative:
             return [contrastive_prompt(p.text, config) for p in prompts]

@@ -34,7 +34,7 @@ class Budget:
     examples_per_round: int = 512  # K: examples every arm trains on per round
     samples_per_prompt: int = 4  # answers per prompt where pairs are built (offline pairs, eva)
     judged_samples: int = 2  # answers per prompt in the judgment arms
-    temperature: float = 0.7  # sampling of every training answer (eva's defaults, ALGORITHMS §7)
+    temperature: float = 0.7  # sampling of every training answer (eva's defaults, docs/live.md)
     top_p: float = 0.9
     max_new_tokens: int = 48
     demonstrations: int = 512  # prompts with a demonstration (a share of them wrong), iterated on
