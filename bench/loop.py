@@ -39,7 +39,6 @@ import argparse
 import json
 import os
 import re
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -180,6 +179,7 @@ def run_system(models, tmp: Path, args, max_staleness: int) -> dict:
     each with `--threads` torch threads; the creator here, timed once the workers are all ready."""
     from agents.agent import AgentLink, LinkConfig
     from agents.creator import Creator
+    from agents.ledger_query import LedgerReader
 
     run = tmp / f"system-{max_staleness}"
     path = topology(models, run, args, max_staleness)
@@ -215,8 +215,8 @@ def run_system(models, tmp: Path, args, max_staleness: int) -> dict:
             proc.terminate()
         for proc in procs:
             proc.wait(30)
-    with sqlite3.connect(run / "ledger.sqlite") as db:  # each train task: submitted, then done
-        trains = db.execute("SELECT created, updated FROM tasks WHERE kind = 'train' ORDER BY created").fetchall()
+    with LedgerReader(run / "ledger.sqlite") as ledger:  # each train task: submitted, then done
+        trains = [(t.created, t.updated) for t in ledger.tasks(kind="train")]
     rounds = log_events(run, "trainer-0", "round trained")
     publishes = log_events(run, "trainer-0", "policy published")
     loads = [e["seconds"] for e in log_events(run, "solver-0", "policy loaded")]

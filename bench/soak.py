@@ -23,7 +23,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -68,21 +67,21 @@ def write_topology(root: Path, run: Path) -> Path:
 
 def audit(run: Path) -> dict:
     """What the ledger and logs say about lost or repeated work."""
-    import msgpack
+    from agents.ledger_query import LedgerReader
 
-    db = sqlite3.connect(f"file:{run / 'ledger.sqlite'}?mode=ro", uri=True)
-    tasks = db.execute("SELECT task_id, kind, state, attempt, reason, result IS NOT NULL FROM tasks").fetchall()
-    attempts = {t[0]: t[3] for t in tasks}
-    with_samples = {r[0] for r in db.execute("SELECT DISTINCT task_id FROM samples")}
-    wrong_attempt = sum(1 for sample_id, task_id in db.execute("SELECT sample_id, task_id FROM samples")
-                        if sample_id.split(".")[1] != str(attempts.get(task_id)))
-    missing = 0
-    for task_id, kind, state, _, _, _ in tasks:
-        if kind == "generate" and state == "done" and task_id not in with_samples:
-            (blob,) = db.execute("SELECT result FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-            missing += bool(msgpack.unpackb(blob).get("samples"))
-    versions = [v for (v,) in db.execute("SELECT version FROM policies ORDER BY version")]
-    db.close()
+    with LedgerReader(run / "ledger.sqlite") as ledger:
+        tasks = ledger.tasks()
+        sample_tasks = ledger.sample_tasks()
+        attempts = {t.task_id: t.attempt for t in tasks}
+        with_samples = {task_id for _, task_id in sample_tasks}
+        wrong_attempt = sum(1 for sample_id, task_id in sample_tasks
+                            if sample_id.split(".")[1] != str(attempts.get(task_id)))
+        missing = 0
+        for t in tasks:
+            if t.kind == "generate" and t.state == "done" and t.task_id not in with_samples:
+                result = ledger.result(t.task_id)
+                missing += bool(getattr(result, "samples", None))
+        versions = ledger.policy_versions()
     trained = Counter()
     for path in (run / "logs").glob("trainer-0.jsonl*"):
         for line in path.read_text().splitlines():
@@ -91,8 +90,8 @@ def audit(run: Path) -> dict:
                 trained[event["task_id"]] += 1
     twice = sum(n - 1 for n in trained.values() if n > 1)
     gaps = (versions[-1] - len(versions)) if versions else 0
-    states = Counter(t[2] for t in tasks)
-    dead_reasons = Counter((t[4] or "")[:80] for t in tasks if t[2] == "dead")
+    states = Counter(t.state for t in tasks)
+    dead_reasons = Counter((t.reason or "")[:80] for t in tasks if t.state == "dead")
     return {"lost": missing + wrong_attempt + twice + gaps,
             "lost_detail": {"done_without_samples": missing, "samples_of_another_attempt": wrong_attempt,
                             "trained_twice": twice, "version_gaps": gaps},

@@ -200,18 +200,17 @@ class Progress(threading.Thread):
                 log.debug("progress poll failed", error=str(e))
 
     def poll(self) -> None:
-        from launch.report import accuracy, connect_ledger, eval_scores
+        from agents.ledger_query import LedgerReader
+        from launch.report import accuracy
 
         if not (self.run_dir / "ledger.sqlite").exists():
             return
-        db = connect_ledger(self.run_dir)
-        try:
-            evals = eval_scores(db)
-            done = db.execute("SELECT COUNT(*) FROM tasks WHERE state = 'done'").fetchone()[0]
-            pool = db.execute("SELECT COUNT(*) FROM prompts WHERE source != 'eval'").fetchone()[0]
-            expected = db.execute("SELECT COUNT(*) FROM prompts WHERE source = 'eval'").fetchone()[0]
-        finally:
-            db.close()
+        with LedgerReader.for_run(self.run_dir) as ledger:
+            evals = ledger.eval_scores()
+            done = ledger.tasks_by_state().get("done", 0)
+            by_source = ledger.prompts_by_source()
+        expected = by_source.pop("eval", 0)
+        pool = sum(by_source.values())
         for version in sorted(evals):
             if version in self.shown or len(evals[version]) < expected:  # still being answered
                 continue

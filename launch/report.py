@@ -12,18 +12,10 @@ answer scored 1 (exact), per policy version that was evaluated; its standard err
 from __future__ import annotations
 
 import math
-import sqlite3
-from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-
-def connect_ledger(run_dir: str | Path) -> sqlite3.Connection:
-    """A read-only connection to a run's ledger (safe beside the running hub)."""
-    path = Path(run_dir) / "ledger.sqlite"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no ledger here (is {run_dir} a run directory?)")
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+from agents.ledger_query import LedgerReader
 
 
 def accuracy(scores: list[float]) -> dict[str, float]:
@@ -33,23 +25,10 @@ def accuracy(scores: list[float]) -> dict[str, float]:
     return {"acc": p, "stderr": math.sqrt(p * (1 - p) / n) if n else 0.0, "n": n}
 
 
-def eval_scores(db: sqlite3.Connection) -> dict[int, dict[str, tuple[int | None, float]]]:
-    """policy version -> held-out prompt id -> (difficulty, score of its first judged answer)."""
-    rows = db.execute(
-        "SELECT s.policy_version, p.prompt_id, p.difficulty, v.score FROM samples s "
-        "JOIN prompts p ON p.prompt_id = s.prompt_id JOIN verdicts v ON v.sample_id = s.sample_id "
-        "WHERE p.source = 'eval' ORDER BY s.created")
-    out: dict[int, dict[str, tuple[int | None, float]]] = defaultdict(dict)
-    for version, prompt_id, difficulty, score in rows:
-        out[version].setdefault(prompt_id, (difficulty, score))  # a re-dispatched task may answer twice
-    return dict(out)
-
-
 def summarize(run_dir: str | Path) -> dict[str, Any]:
     """Figures of a run from its ledger; see the module docstring for what each means."""
-    db = connect_ledger(run_dir)
-    try:
-        evals = eval_scores(db)
+    with LedgerReader.for_run(run_dir) as ledger:
+        evals = ledger.eval_scores()
         by_version = {v: accuracy([s for _, s in answers.values()]) for v, answers in sorted(evals.items())}
         by_difficulty: dict[str, dict[str, Any]] = {}
         if evals:
@@ -60,20 +39,14 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
                 by_difficulty[str(level)] = {
                     "before": accuracy([s for d, s in evals[first].values() if d == level]),
                     "after": accuracy([s for d, s in evals[last].values() if d == level])}
-        rewards = db.execute(
-            "SELECT s.policy_version, AVG(v.score), COUNT(*) FROM samples s JOIN verdicts v ON v.sample_id = s.sample_id "
-            "JOIN prompts p ON p.prompt_id = s.prompt_id WHERE p.source != 'eval' GROUP BY s.policy_version").fetchall()
-        mutations = Counter(dict(db.execute(
-            "SELECT mutation, COUNT(*) FROM prompts WHERE source = 'evolved' GROUP BY mutation").fetchall()))
-        versions = db.execute("SELECT COUNT(*) FROM policies").fetchone()[0]
-        samples, first_t, last_t = db.execute("SELECT COUNT(*), MIN(created), MAX(created) FROM samples").fetchone()
-        states = dict(db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state").fetchall())
-    finally:
-        db.close()
+        rewards = ledger.reward_by_version()
+        mutations = ledger.evolved_by_mutation()
+        versions = len(ledger.policy_versions())
+        span = ledger.sample_span()
+        states = ledger.tasks_by_state()
     before = by_version[min(by_version)] if by_version else None
     after = by_version[max(by_version)] if by_version else None
     stderr = max(before["stderr"], after["stderr"]) if before and after else None
-    seconds = (last_t - first_t) if samples else 0.0
     return {
         "acc_before": before["acc"] if before else None,
         "acc_after": after["acc"] if after else None,
@@ -82,11 +55,11 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
         "eval_prompts": after["n"] if after else 0,
         "acc_by_version": {str(v): a for v, a in by_version.items()},
         "acc_by_difficulty": by_difficulty,
-        "reward_by_version": {str(v): {"mean": mean, "samples": n} for v, mean, n in rewards},
+        "reward_by_version": {str(v): {"mean": mean, "samples": n} for v, (mean, n) in rewards.items()},
         "evolved_by_mutation": dict(sorted(mutations.items())),
         "rounds": versions,
-        "samples": samples,
-        "samples_per_s": samples / seconds if seconds > 0 else None,
+        "samples": span.count,
+        "samples_per_s": span.count / span.seconds if span.seconds > 0 else None,
         "tasks": states,
     }
 

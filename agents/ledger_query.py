@@ -1,0 +1,151 @@
+"""Read-only questions to a run's ledger, for reports, progress lines and benchmarks.
+
+    with LedgerReader.for_run("runs/demo/dpo") as ledger:     # RUN/ledger.sqlite, opened read-only
+        scores = ledger.eval_scores()                         # version -> held-out prompt -> (difficulty, score)
+        done = ledger.tasks_by_state().get("done", 0)
+
+The hub owns the ledger and is its one writer (agents/ledger.py); a reader opens the file with SQLite's
+`mode=ro`, so it can sit beside a running hub (WAL mode: it sees the last committed state and never blocks
+the hub's commits) and can never change a run by mistake. Every query returns plain values, named tuples or
+small dataclasses: callers do not learn the schema, and the SQL stays in agents/ next to the one that writes it.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import msgpack
+
+from agents.ledger import RESULT_ADAPTER
+from protocol.messages import ResultPayload
+
+
+class Answer(NamedTuple):
+    """A held-out prompt's difficulty and the score of its first judged answer."""
+
+    difficulty: int | None
+    score: float
+
+
+@dataclass(frozen=True)
+class SampleSpan:
+    """How many samples the run recorded, and when the first and last were recorded (time.time(); None when none)."""
+
+    count: int
+    first: float | None
+    last: float | None
+
+    @property
+    def seconds(self) -> float:
+        return self.last - self.first if self.count and self.first is not None and self.last is not None else 0.0
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    """A task's record without its payload; `has_result` says whether a result is stored (DONE tasks)."""
+
+    task_id: str
+    kind: str
+    state: str
+    attempt: int
+    reason: str | None
+    has_result: bool
+    created: float
+    updated: float
+
+
+class LedgerReader:
+    """Named read-only queries on one ledger file; a context manager that closes its connection."""
+
+    def __init__(self, path: str | os.PathLike, *, timeout_s: float = 10.0) -> None:
+        """`timeout_s`: how long a query waits on a lock (the hub checkpointing its WAL) before it fails."""
+        self.path = Path(path)
+        if not self.path.exists():  # mode=ro would fail too, but with "unable to open database file"
+            raise FileNotFoundError(f"{self.path}: no ledger here")
+        self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=timeout_s)
+
+    @classmethod
+    def for_run(cls, run_dir: str | os.PathLike, *, timeout_s: float = 10.0) -> LedgerReader:
+        """The ledger of a run directory (RUN/ledger.sqlite)."""
+        path = Path(run_dir) / "ledger.sqlite"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no ledger here (is {run_dir} a run directory?)")
+        return cls(path, timeout_s=timeout_s)
+
+    def __enter__(self) -> LedgerReader:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ------------------------------------------------------------------ scores and rewards
+    def eval_scores(self) -> dict[int, dict[str, Answer]]:
+        """policy version -> held-out prompt id -> Answer (difficulty, score of its first judged answer)."""
+        rows = self.db.execute(
+            "SELECT s.policy_version, p.prompt_id, p.difficulty, v.score FROM samples s "
+            "JOIN prompts p ON p.prompt_id = s.prompt_id JOIN verdicts v ON v.sample_id = s.sample_id "
+            "WHERE p.source = 'eval' ORDER BY s.created")
+        out: dict[int, dict[str, Answer]] = {}
+        for version, prompt_id, difficulty, score in rows:
+            out.setdefault(version, {}).setdefault(prompt_id, Answer(difficulty, score))  # a re-dispatched task may answer twice
+        return out
+
+    def reward_by_version(self, eval_prompts: bool = False) -> dict[int, tuple[float, int]]:
+        """policy version -> (mean verdict score, samples judged) of the samples it produced, on training prompts
+        (a round's reward) or on the held-out ones; versions in order."""
+        rows = self.db.execute(
+            "SELECT s.policy_version, AVG(v.score), COUNT(*) FROM samples s JOIN verdicts v ON v.sample_id = s.sample_id"
+            " JOIN prompts p ON p.prompt_id = s.prompt_id WHERE (p.source = 'eval') = ?"
+            " GROUP BY s.policy_version ORDER BY s.policy_version", (eval_prompts,))
+        return {version: (mean, count) for version, mean, count in rows}
+
+    # ------------------------------------------------------------------ prompts, policies, samples
+    def prompts_by_source(self) -> dict[str, int]:
+        """source ('seed', 'evolved', 'eval') -> prompts recorded; sources without prompts are absent."""
+        return dict(self.db.execute("SELECT source, COUNT(*) FROM prompts GROUP BY source ORDER BY source"))
+
+    def evolved_by_mutation(self) -> dict[str | None, int]:
+        """mutation kind -> evolved prompts it produced."""
+        return dict(self.db.execute("SELECT mutation, COUNT(*) FROM prompts WHERE source = 'evolved'"
+                                    " GROUP BY mutation"))
+
+    def policy_versions(self) -> list[int]:
+        """Every published policy version, in order (a gap means one was lost)."""
+        return [version for (version,) in self.db.execute("SELECT version FROM policies ORDER BY version")]
+
+    def sample_span(self) -> SampleSpan:
+        count, first, last = self.db.execute("SELECT COUNT(*), MIN(created), MAX(created) FROM samples").fetchone()
+        return SampleSpan(count, first, last)
+
+    def sample_tasks(self) -> list[tuple[str, str]]:
+        """(sample id, id of the task that produced it) of every sample."""
+        return self.db.execute("SELECT sample_id, task_id FROM samples ORDER BY sample_id").fetchall()
+
+    # ------------------------------------------------------------------ tasks
+    def tasks_by_state(self) -> dict[str, int]:
+        """state ('queued', 'leased', 'done', 'dead') -> tasks in it; states without tasks are absent."""
+        return dict(self.db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state"))
+
+    def tasks(self, kind: str | None = None) -> list[TaskRow]:
+        """Every task (or every one of `kind`: 'generate', 'judge', 'train', 'create'), oldest first."""
+        query, args = ("SELECT task_id, kind, state, attempt, reason, result IS NOT NULL, created, updated"
+                       " FROM tasks"), ()
+        if kind is not None:
+            query, args = query + " WHERE kind = ?", (kind,)
+        return [TaskRow(task_id, kind_, state, attempt, reason, bool(has_result), created, updated)
+                for task_id, kind_, state, attempt, reason, has_result, created, updated
+                in self.db.execute(query + " ORDER BY created, task_id", args)]
+
+    def result(self, task_id: str) -> ResultPayload | None:
+        """A task's stored result, decoded; None for an unknown task or one without a result."""
+        row = self.db.execute("SELECT result FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return RESULT_ADAPTER.validate_python(msgpack.unpackb(row[0], raw=False))
