@@ -3,7 +3,7 @@
     python bench/methods.py --quick                 # smoke run (make test runs it)
     python bench/methods.py --out docs/methods      # the full table (about 45 minutes on 2 cores)
 
-The same as `selfplay bench methods`; what it runs and writes: launch/methods/__init__.py. Its last
+The same as `selfplay bench methods`; what it runs and writes: studies/methods_table/__init__.py. Its last
 line is one JSON object with one entry per method.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from launch.methods import main
+from studies.methods_table import main
 
 if __name__ == "__main__":
     main()

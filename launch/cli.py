@@ -11,18 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 
+from launch.args import OneLineParser
 from launch.logs import configure_logging
 from protocol.constants import PROTOCOL_VERSION
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Usage errors in one line that names the problem and where to read more (sub-commands inherit it)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
-
 
 _ROLES = ("hub", "creator", "solver", "judge", "trainer")
 
@@ -110,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_bench(commands: argparse._SubParsersAction) -> None:
-    from launch.methods import add_arguments
+    from studies.methods_table import add_arguments  # inside: studies/ is the floor above launch/
 
     bench = commands.add_parser("bench", help="benchmarks that ship with the package (the methods table)",
                                 description="Benchmarks that run from the installed package. The others (bus, loop, "
@@ -186,7 +178,7 @@ def _add_demo_and_report(commands: argparse._SubParsersAction) -> None:
 def _bench(args: argparse.Namespace) -> int:
     import shlex
 
-    from launch.methods import run_from_args
+    from studies.methods_table import run_from_args
 
     if args.log_level == "info":  # keep the console to the table's own progress lines
         configure_logging("warning")

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from agents.worlds import arithmetic as world
-from launch.methods.world import Budget
 from protocol.messages import Prompt
+from studies.methods_table.world import Budget
 from trainer.config import TrainConfig
 from trainer.generate import sample_responses
 from trainer.recipe import Recipe

@@ -12,9 +12,9 @@ from collections import Counter
 from agents.creator import Creator, CreatorConfig
 from agents.local import LocalLink
 from agents.worlds import arithmetic as world
-from launch.methods.arms import Context
-from launch.methods.policy import Policy
 from protocol.messages import Assign, GenerateResult, JudgeResult, Sample, TrainingReport, Verdict
+from studies.methods_table.context import Context
+from studies.methods_table.policy import Policy
 from trainer.groups import rows_from_groups
 
 

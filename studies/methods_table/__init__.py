@@ -10,7 +10,7 @@ offline preference pairs; then every (arm, seed) as a job in a pool of `--jobs` 
 torch thread each. Each job's result is saved in WORK/results/<budget>/ as it finishes, so an
 interrupted run resumes where it stopped. At the end: OUT/methods.md (the table), OUT/accuracy.png,
 OUT/rounds.png, OUT/rewards.png and OUT/results.json; the last line printed is one JSON object.
-What each arm does: launch/methods/arms.py; the statistics: launch/methods/table.py.
+What each arm does: studies/methods_table/arms.py; the statistics: studies/methods_table/table.py.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ DEFAULT_WORK = "runs/methods"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from launch.methods.arms import ARMS
+    from studies.methods_table.arms import ARMS
 
     parser.add_argument("--quick", action="store_true",
                         help="a tiny model, one seed and one short round per arm: a smoke test, not a result")
@@ -51,8 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def budget_from(args: argparse.Namespace) -> Any:
-    from launch.methods.arms import ARMS
-    from launch.methods.world import QUICK, Budget
+    from studies.methods_table.arms import ARMS
+    from studies.methods_table.world import QUICK, Budget
 
     budget = QUICK if args.quick else Budget()
     changes: dict[str, Any] = {}
@@ -82,10 +82,10 @@ def run_table(budget: Any, arms: list[str], work: Path, out: Path, *, jobs: int 
     """Every arm for every seed (resuming finished ones), then the table and plots; returns the figures."""
     import torch
 
-    from launch.methods.arms import ARMS, GROUPS, offline_pairs
-    from launch.methods.policy import Policy
-    from launch.methods.table import accuracy, levels_of, markdown, mean_trace, summarize
-    from launch.methods.world import prepare
+    from studies.methods_table.arms import ARMS, GROUPS, offline_pairs
+    from studies.methods_table.policy import Policy
+    from studies.methods_table.table import accuracy, levels_of, markdown, mean_trace, summarize
+    from studies.methods_table.world import prepare
 
     started = time.monotonic()
     torch.set_num_threads(jobs)
@@ -159,7 +159,7 @@ def run_table(budget: Any, arms: list[str], work: Path, out: Path, *, jobs: int 
 
 
 def _plots(rows: dict, start: dict, groups: dict, traces: dict, budget: Any, out: Path) -> None:
-    from launch.methods.plots import accuracy_plot, rewards_plot, rounds_plot
+    from studies.methods_table.plots import accuracy_plot, rewards_plot, rounds_plot
 
     group_of = {a: g for g, names in groups.items() for a in names}
     accuracy_plot(rows, start, group_of, out / "accuracy.png")
@@ -184,8 +184,9 @@ def _job(job: tuple) -> tuple[str, int, float, float]:
     import torch
 
     from launch.logs import configure_logging
-    from launch.methods.arms import Context, run_arm
-    from launch.methods.policy import exact
+    from studies.methods_table.arms import run_arm
+    from studies.methods_table.context import Context
+    from studies.methods_table.policy import exact
 
     torch.set_num_threads(1)
     configure_logging("warning")
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None, prog: str = "bench/methods.py") -> dict[
     import shlex
     import sys
 
-    from launch.cli import OneLineParser
+    from launch.args import OneLineParser
     from launch.logs import configure_logging
 
     parser = OneLineParser(prog=prog, description=__doc__.split("\n\n")[0].replace("\n", " "))

@@ -17,55 +17,19 @@ a round short of data repeats what it has, and says so in its notes):
 from __future__ import annotations
 
 import json
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from agents.worlds import arithmetic as world
-from launch.methods.policy import Frames, Policy, Record, exact, plain
-from launch.methods.world import Budget, Data, verdict
 from protocol.messages import Prompt
+from studies.methods_table.context import Context
+from studies.methods_table.creator_arm import run_creator
+from studies.methods_table.policy import Frames, Policy, Record, plain
+from studies.methods_table.world import Budget, Data, verdict
 from trainer.config import CUTSettings, TrainConfig
 from trainer.data import contrastive_prompt
-
-
-@dataclass
-class Context:
-    budget: Budget
-    data: Data
-    seed: int
-    out: Path  # this arm and seed's directory
-    pairs_file: Path | None = None  # the seed's offline pairs (pair arms)
-    current: Policy | None = None  # the arm's policy, closed by run_arm
-
-    def __post_init__(self) -> None:
-        self.rng = random.Random(self.seed)
-
-    @property
-    def k(self) -> int:
-        return self.budget.examples_per_round
-
-    def policy(self, algo: str, **settings: Any) -> Policy:
-        self.current = Policy(self.budget, self.data.model, self.out / "train", self.seed, algo, **settings)
-        return self.current
-
-    def fit(self, policy: Policy, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Exactly K rows: a random K of them, or all of them repeated in shuffled order when short."""
-        if len(rows) >= self.k:
-            return self.rng.sample(rows, self.k)
-        if rows:
-            policy.record.notes["short_rounds"] = policy.record.notes.get("short_rounds", 0) + 1
-        out: list[dict[str, Any]] = []
-        while rows and len(out) < self.k:
-            out += self.rng.sample(rows, len(rows))
-        return out[:self.k]
-
-    def round_done(self, policy: Policy, frames: Frames = plain) -> None:
-        policy.record.scores = policy.evaluate(self.data.held_out, frames)
-        policy.record.by_round.append(exact(policy.record.scores))
 
 
 @dataclass(frozen=True)
@@ -183,8 +147,6 @@ def judgments(kind: str) -> Callable[[Context], Record]:
 # ---------------------------------------------------------------------- prompt evolution
 def prompts(evolve: bool) -> Callable[[Context], Record]:
     def run(ctx: Context) -> Record:
-        from launch.methods.creator_arm import run_creator
-
         policy = ctx.policy("dpo", dpo={"beta": 0.1, "nll_alpha": ctx.budget.nll_alpha})
         run_creator(ctx, policy, evolve)
         return policy.record

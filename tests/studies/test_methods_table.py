@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from agents.worlds import arithmetic as world
-from launch.methods.arms import ARMS, Context
-from launch.methods.table import accuracy
-from launch.methods.world import framed_sft, quick_budget, verdict
+from studies.methods_table.arms import ARMS
+from studies.methods_table.context import Context
+from studies.methods_table.table import accuracy
+from studies.methods_table.world import framed_sft, quick_budget, verdict
 from tests.launch.test_cli import SELFPLAY
 
 ROOT = Path(__file__).resolve().parents[2]
