@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Literal
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, field_validator
 
 from agents.agent import AgentLink
 from agents.eva import (
@@ -66,7 +66,8 @@ from protocol.messages import (
     TrainingReport,
     TrainTask,
 )
-from trainer.groups import DEMONSTRATION_ALGOS, PAIR_ALGOS
+from protocol.settings import Strict
+from trainer.methods import DEFAULT_METHOD, get_method, names
 
 log = structlog.get_logger("agents.creator")
 
@@ -74,9 +75,9 @@ log = structlog.get_logger("agents.creator")
 Mutator = Callable[[Prompt, str, random.Random], Prompt | None]
 
 
-class CreatorConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    algo: str = Field("dpo", description="What the trainer runs: decides whether groups need a judge.")
+class CreatorConfig(Strict):
+    algo: str = Field(DEFAULT_METHOD, description="What the trainer runs: decides whether groups need a judge, and "
+                                                  "a written judgment.")
     samples_per_prompt: int = Field(6, ge=1, description="n answers per prompt (eva: 6).")
     temperature: float = Field(0.7, ge=0, description="Sampling temperature of the answers (eva: 0.7).")
     top_p: float = Field(0.9, gt=0, le=1, description="Nucleus mass of the answers (eva: 0.9).")
@@ -113,6 +114,13 @@ class CreatorConfig(BaseModel):
     max_failed_rounds: int = Field(3, ge=1, description="End the run once this many rounds failed in a row, even with "
                                                         "continue: a cause that persists (a policy no solver loads) "
                                                         "should stop the run, not spin through its rounds.")
+
+    @field_validator("algo")
+    @classmethod
+    def _known(cls, algo: str) -> str:
+        if algo not in names():
+            raise ValueError(f"algo {algo!r} is not a method; one of {', '.join(names())}")
+        return algo
 
 
 class RoundFailed(RuntimeError):
@@ -284,12 +292,12 @@ class Creator:
         """The groups worth training on: for pair methods those with a preference (scores not all equal: a
         tie gives the trainer no pair, and would only take a slot of the mix); and, with `min_train_score`,
         those whose best answer reaches it."""
-        algo, floor = self.config.algo, self.config.min_train_score
-        if algo in DEMONSTRATION_ALGOS:
+        method, floor = get_method(self.config.algo), self.config.min_train_score
+        if method.judge == "none":
             return groups
         scores = [[v.score for v in g.verdicts] for g in groups]
         return [g for g, s in zip(groups, scores, strict=True)
-                if (algo not in PAIR_ALGOS or (s and max(s) > min(s))) and (floor is None or (s and max(s) >= floor))]
+                if (not method.contrast or (s and max(s) > min(s))) and (floor is None or (s and max(s) >= floor))]
 
     # ------------------------------------------------------------------ solve = generate (+ judge)
     def solve(self, prompts: list[Prompt], n: int | None = None, temperature: float | None = None,
@@ -304,13 +312,14 @@ class Creator:
         size = cfg.prompts_per_task
         chunks = [prompts[i:i + size] for i in range(0, len(prompts), size)]
         ids = self.submit([GenerateTask(prompts=c, sampling=sampling, min_policy_version=version) for c in chunks])
+        method = get_method(cfg.algo)
         if judge is None:
-            judge = cfg.algo not in DEMONSTRATION_ALGOS
+            judge = method.judge != "none"
         if not judge:
             return [g for chunk, result in zip(chunks, self.wait(ids), strict=True) for g in _groups(chunk, result)]
         # Pipelined: each generation task's groups go to the judges as soon as it is done, so judging overlaps
         # the generation still running (the same judge tasks as judging everything at the end).
-        want_judgment = cfg.algo == "cut"
+        want_judgment = method.judge == "judgment"
         groups: dict[int, list[JudgedGroup]] = {}
         judge_ids: dict[int, str] = {}
         for done in self.finished(ids, wait_for="any"):

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import structlog
 import zmq
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from agents.adapter_store import AdapterStore
 from agents.admission import ready_refusal, sender_refusal
@@ -50,6 +50,7 @@ from protocol.messages import (
     TaskReport,
     Welcome,
 )
+from protocol.settings import Strict
 from protocol.transport import hub_socket, ipc_endpoint, limits_for, peer_user_id, routing_name
 
 log = structlog.get_logger("agents.hub")
@@ -57,12 +58,14 @@ _OPEN = ("queued", "leased")  # task states a held query still waits on
 _REPORT_BYTES = 8 << 20  # results (as stored) in one TaskReport: half a control message's limit
 
 
-class HubConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    run_dir: str = Field(description="Run directory: ledger, adapters, sockets.")
+class HubSettings(Strict):
+    """The hub's settings; a topology's [hub] section is these (plus where remote agents dial it)."""
+
     control: str = Field("ipc", description="Control endpoint: 'ipc' (RUN_DIR/sock) or tcp://HOST:PORT.")
     data: str = Field("ipc", description="Data endpoint (adapter tensors): 'ipc' or tcp://HOST:PORT.")
-    keys_dir: str | None = Field(None, description="CURVE key directory; required for tcp endpoints.")
+    keys_dir: str | None = Field(None, description="CURVE keys (selfplay keys init); required for tcp. On the hub's "
+                                                   "machine the whole directory; on an agents' machine what `selfplay "
+                                                   "keys export` gives it: hub.key and agents/NAME.key_secret.")
     lease_s: float = Field(60.0, gt=0, description="Lease length; agents renew before it runs out.")
     max_attempts: int = Field(3, ge=1, description="Leases a task gets before it is declared DEAD.")
     heartbeat_interval_s: float = Field(HEARTBEAT_INTERVAL_S, gt=0, description="Heartbeat period, both ways.")
@@ -72,6 +75,10 @@ class HubConfig(BaseModel):
     keep_every: int = Field(10, ge=1, description="Also keep every M-th version (for later evaluation).")
     check_ledger: bool = Field(True, description="Run SQLite's quick_check on the ledger at start (reads it once; "
                                                  "a damaged ledger stops the hub with one line instead of serving).")
+
+
+class HubConfig(HubSettings):
+    run_dir: str = Field(description="Run directory: ledger, adapters, sockets.")
 
 
 @dataclass

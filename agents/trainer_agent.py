@@ -3,10 +3,10 @@
     agent = TrainerAgent(link, load_config(algo="dpo", model="./tiny/policy", data="-", out="run/trainer"))
     agent.run(stop_event)            # link: an AgentLink with the hub's data endpoint (weight sync)
 
-Per train task: the algorithm's rows from the groups (best/worst pairs, real/generated, judged
-triples: trainer.groups) -> one pass of the same recipe `selfplay train` runs, with the reference
-taken as the policy at the start of the round (docs/training.md, *Methods*: each iteration's policy is the next
-one's reference) -> checkpoint, recording the task and version v+1 -> publish the adapter as v+1 over
+Per train task: the method's rows from the groups (best/worst pairs, real/generated, judged
+triples, rewarded answers: trainer.methods) -> one pass of the same recipe `selfplay train` runs, with the
+method's online reference (for the preference and demonstration methods the policy at the start of the
+round: each iteration's policy is the next one's reference; for GRPO/RLOO the starting model) -> checkpoint, recording the task and version v+1 -> publish the adapter as v+1 over
 the link's data socket (keyed like its control socket) and wait for the hub to persist it -> report.
 
 A crash anywhere loses nothing and trains nothing twice: before the checkpoint, the retried task is
@@ -32,7 +32,7 @@ from protocol.messages import Assign, PolicyUpdate, TrainingReport
 from protocol.transport import limits_for
 from trainer.adapters import adapter_parameters, read_adapter
 from trainer.config import TrainConfig
-from trainer.groups import rows_from_groups
+from trainer.methods import get_method, rows_from_groups
 from trainer.recipe import Recipe
 
 log = structlog.get_logger("agents.trainer")
@@ -43,9 +43,7 @@ class TrainerAgent:
                  publish_timeout_s: float = 120.0) -> None:
         if config.finetune != "lora":
             raise ValueError("the live trainer publishes LoRA adapters: finetune must be 'lora'")
-        # Online: one pass per round, a constant learning rate, the round's starting policy as reference.
-        self.config = config.model_copy(update={"scheduler": "constant", "warmup_ratio": 0.0, "reference": "current",
-                                                "save_every": 10**9, "tensorboard": False})
+        self.config = config.model_copy(update=live_settings(config))
         self.link = link
         self.good_score, self.publish_timeout_s = good_score, publish_timeout_s
         self.recipe = Recipe(self.config, resume=True, rows=[])
@@ -68,6 +66,9 @@ class TrainerAgent:
         if task.kind != "train_task":
             return self.link.fail(assign, f"a trainer does not take {task.kind}", retryable=True)
         rows = rows_from_groups(task.groups, self.config.algo, good_score=self.good_score)
+        # groups that gave no row: ties for pairs and group-relative advantages (no signal), no demonstration, ...
+        used = {row["prompt_id"] for row in rows}
+        skipped = sum(g.prompt.prompt_id not in used for g in task.groups)
         if not rows:  # e.g. every group tied: nothing to learn from, and no new version
             report = TrainingReport(policy_version=self.version, step=self.recipe.cursor.step, examples=0)
             return self.link.complete(assign, report)
@@ -82,12 +83,14 @@ class TrainerAgent:
         metrics = _finite(self.recipe.train_round(rows), assign.task_id)
         tokens_per_s = metrics.pop("tokens_per_s", 0.0)
         report = TrainingReport(policy_version=self.version + 1, step=self.recipe.cursor.step, examples=len(rows),
-                                tokens_per_s=tokens_per_s, metrics={**metrics, "round_s": time.perf_counter() - started})
+                                tokens_per_s=tokens_per_s, metrics={**metrics, "round_s": time.perf_counter() - started,
+                                                                    "groups_skipped": skipped})
         self.trained = {"task_id": assign.task_id, "version": report.policy_version, "report": report.model_dump()}
         self.recipe.save_checkpoint(extra={"live": self.trained})
         self.version = report.policy_version
         steps = self.recipe.step_seconds[first_step:] or [0.0]
         log.info("round trained", task_id=assign.task_id, version=self.version, examples=len(rows),
+                 groups_skipped=skipped,
                  loss=metrics.get("loss"), step_s=round(statistics.median(steps), 4),
                  round_s=round(report.metrics["round_s"], 4))
         self._publish_and_report(assign, report)
@@ -148,6 +151,28 @@ class TrainerAgent:
                 log.warning("no answer to the publish; sending it again", version=version)
         log.warning("publish timed out", version=version)
         return False
+
+
+# What the live trainer sets itself, and why; a topology may not set these (launch.topology refuses them by name).
+LIVE_FIXED = {
+    "scheduler": "one pass per round at a constant learning rate",
+    "warmup_ratio": "one pass per round at a constant learning rate",
+    "reference": "the method decides: the policy at the round's start, or the starting model (GRPO/RLOO)",
+    "save_every": "it checkpoints after every round",
+    "tensorboard": "metrics go to the training reports and metrics.jsonl",
+    "epochs": "one pass over each round's rows",
+    "max_steps": "one pass over each round's rows",
+    "generation": "the solvers sample the answers",
+    "finetune": "it publishes LoRA adapters",
+    "data": "its rows come from the creator's train tasks",
+    "out": "it writes to RUN/trainer",
+}
+
+
+def live_settings(config: TrainConfig) -> dict[str, object]:
+    """The settings the live trainer imposes (one pass per round, constant rate, the method's online reference)."""
+    return {"scheduler": "constant", "warmup_ratio": 0.0, "reference": get_method(config.algo).online_reference,
+            "save_every": 10**9, "tensorboard": False}
 
 
 def _finite(metrics: dict[str, float], task_id: str) -> dict[str, float]:

@@ -19,9 +19,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-ALGOS = ["sft", "dpo", "ipo", "simpo", "spin", "gsil", "cut", "contrastive-sft"]
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per algorithm (default 3)")
@@ -36,13 +33,14 @@ def main(argv: list[str] | None = None) -> dict:
         return result
     from tests.trainer.datasets import FORMAT_OF, write
     from trainer.config import TrainConfig
+    from trainer.methods import names
     from trainer.recipe import Recipe
     from trainer.tiny import save_tiny_models
 
     per_algo = {}
     with tempfile.TemporaryDirectory() as tmp:
         model = save_tiny_models(Path(tmp) / "m").policy
-        for algo in ALGOS:
+        for algo in names():
             data = write(Path(tmp) / f"{algo}.jsonl", FORMAT_OF[algo], n=16)
             config = TrainConfig(algo=algo, model=str(model), data=str(data), out=str(Path(tmp) / algo),
                                  device="cuda", precision="bf16", batch_size=8, max_steps=args.steps,

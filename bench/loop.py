@@ -66,8 +66,9 @@ def make_workers(link, models, out: Path, train_batch: int):
     from agents.solver import Solver
     from agents.trainer_agent import TrainerAgent
     from trainer.config import TrainConfig
+    from trainer.methods import DEFAULT_METHOD
 
-    config = TrainConfig(algo="dpo", model=str(models.policy), data="-", out=str(out), batch_size=train_batch, lr=1e-3,
+    config = TrainConfig(algo=DEFAULT_METHOD, model=str(models.policy), data="-", out=str(out), batch_size=train_batch, lr=1e-3,
                          lora={"r": 8, "alpha": 16}, max_length=96, max_prompt_length=48)
     solver = Solver(link, HFGenerator(str(models.policy)))
     judge = Judge(link, RewardModelScorer(str(models.reward)))
@@ -78,7 +79,7 @@ def make_workers(link, models, out: Path, train_batch: int):
 def creator_config(args, max_staleness: int = 0):
     from agents.creator import CreatorConfig
 
-    return CreatorConfig(algo="dpo", samples_per_prompt=args.samples, max_new_tokens=args.new_tokens, sample_fraction=0.5,
+    return CreatorConfig(samples_per_prompt=args.samples, max_new_tokens=args.new_tokens, sample_fraction=0.5,
                          rewrites_per_prompt=2, train_groups=args.train_groups, prompts_per_task=args.prompts_per_task, seed=0,
                          pool_per_round=args.pool_per_round, max_staleness=max_staleness)
 

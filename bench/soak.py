@@ -52,11 +52,12 @@ def children(run: Path) -> dict[str, int]:
 
 def write_topology(root: Path, run: Path) -> Path:
     from launch import demo
+    from trainer.methods import DEFAULT_METHOD
 
     plan = demo.Plan()
     data = demo.write_data(plan, root / "data")
-    model = demo.prepare_model(plan, root / "model", data["sft"], say=lambda line: print(line, flush=True))
-    topo = demo.topology(plan, "dpo", run, model, data)
+    model = demo.prepare_model(plan, root / "model", data["warmup"], say=lambda line: print(line, flush=True))
+    topo = demo.topology(plan, DEFAULT_METHOD, run, model, data)
     topo["run"]["rounds"] = 10**6  # the soak's clock ends it, not a round count
     topo["creator"]["settings"] |= {"max_wall_s": None, "pool_per_round": 256, "train_groups": 256,
                                     "eval_every": 10**6, "prompts_per_task": 32}

@@ -99,9 +99,10 @@ def worker_ours(args: argparse.Namespace) -> dict:
 
     from trainer.checkpoint import Cursor
     from trainer.config import TrainConfig
+    from trainer.methods.preference import DPO
     from trainer.recipe import Recipe
 
-    config = TrainConfig(algo="dpo", model=args.model, data=args.data, out=str(Path(args.workdir) / "ours"),
+    config = TrainConfig(algo=DPO.name, model=args.model, data=args.data, out=str(Path(args.workdir) / "ours"),
                          batch_size=args.batch_size, epochs=args.epochs, lr=5e-5, max_length=args.max_length,
                          max_prompt_length=args.max_length // 2, lora=LORA, save_every=10**9,
                          tensorboard=False, log_every=10**9)

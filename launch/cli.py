@@ -121,16 +121,18 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
+    from trainer.methods import DEFAULT_METHOD, METHODS
+
+    formats = "; ".join(f"{m.name}: " + " or ".join("/".join(f) for f in m.formats) for m in METHODS.values())
     train = commands.add_parser(
-        "train", help="train offline on a dataset file (SFT, DPO, IPO, SimPO, SPIN, GSIL, CUT, contrastive SFT)",
-        description="Train a LoRA adapter (or all weights) on a dataset file in a TRL format: prompt/completion "
-                    "or messages (sft, spin, gsil), prompt/chosen/rejected (dpo, ipo, simpo, contrastive-sft), "
-                    "prompt/completion/judgment/label (cut). Writes OUT/adapter (PeftModel.from_pretrained) or "
-                    "OUT/model, OUT/metrics.jsonl, OUT/tensorboard and OUT/checkpoints. Every option of the "
-                    "config (see trainer/config.py) can be set in --config or with --set.",
-        epilog="example: selfplay train --algo dpo --data pairs.jsonl --model ./my-model --out runs/dpo "
-               "--set dpo.beta=0.05 --max-steps 200")
-    train.add_argument("--algo", help="sft, dpo, ipo, simpo, spin, gsil, cut or contrastive-sft (required)")
+        "train", help=f"train offline on a dataset file ({', '.join(METHODS)})",
+        description="Train a LoRA adapter (or all weights) on a dataset file (JSON lines or a JSON list) whose rows "
+                    f"have the fields the method reads ({formats}). Writes OUT/adapter (PeftModel.from_pretrained) "
+                    "or OUT/model, OUT/metrics.jsonl, OUT/tensorboard and OUT/checkpoints. Every option of the "
+                    "config (--print-config lists them) can be set in --config or with --set.",
+        epilog=f"example: selfplay train --algo {DEFAULT_METHOD} --data pairs.jsonl --model ./my-model --out runs/x "
+               f"--set {DEFAULT_METHOD}.beta=0.05 --max-steps 200")
+    train.add_argument("--algo", help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()) + " (required)")
     train.add_argument("--data", help="dataset file: JSON lines or a JSON list (required)")
     train.add_argument("--model", help="base model: a local directory or a hub id (required)")
     train.add_argument("--out", help="output directory (required)")
@@ -149,6 +151,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 
 def _add_demo_and_report(commands: argparse._SubParsersAction) -> None:
     from launch.demo import ALGOS, Plan
+    from trainer.methods import DEFAULT_METHOD
 
     demo = commands.add_parser(
         "demo", help="run the embedded arithmetic world end to end on a CPU (what `make demo` runs)",
@@ -156,9 +159,10 @@ def _add_demo_and_report(commands: argparse._SubParsersAction) -> None:
                     "run hub, creator (eva), two solvers, a judge (the world's checker) and a trainer as processes "
                     "for a few rounds, and report held-out accuracy before and after, reward by round and the "
                     "evolved prompts. Writes RUN/ALGO/summary.json, RUN/ALGO/report.png and one log per process.")
-    demo.add_argument("--algo", default="dpo", choices=ALGOS,
-                      help="training method (default dpo, with eva's evolving prompts; gsil and spin learn from "
-                           "demonstrations, a fifth of them wrong; cut from the checker's written judgments)")
+    demo.add_argument("--algo", default=DEFAULT_METHOD, choices=ALGOS,
+                      help=f"training method (default {DEFAULT_METHOD}, with eva's evolving prompts); those that "
+                           "learn from demonstrations see a fifth of them wrong, those that learn from judgments get "
+                           "the checker's written ones")
     demo.add_argument("--run-dir", default="runs/demo", help="where data, the cached model and runs go "
                                                              "(default runs/demo)")
     demo.add_argument("--rounds", type=int, help=f"training rounds (default {Plan.rounds})")

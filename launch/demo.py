@@ -1,7 +1,7 @@
 """`selfplay demo`: the embedded arithmetic world, end to end on a CPU, with nothing to download.
 
     selfplay demo                       # eva + DPO
-    selfplay demo --algo gsil           # or cut, spin, simpo, ipo, contrastive-sft
+    selfplay demo --algo gsil           # any method of `selfplay train --algo` except sft
     selfplay demo --quick               # a minute-long smoke run (tests use it)
 
 1. data (RUN/data): seed prompts, held-out prompts by difficulty (never trained on), and for GSIL/SPIN
@@ -30,7 +30,7 @@ from typing import Any
 import structlog
 
 from agents.worlds import arithmetic as world
-from trainer.groups import DEMONSTRATION_ALGOS, PAIR_ALGOS
+from trainer.methods import DEFAULT_METHOD, SUPERVISED, get_method, names
 
 log = structlog.get_logger("launch.demo")
 
@@ -41,7 +41,8 @@ def _log_line(text: str) -> None:
     log.info(text)
 
 
-ALGOS = ("dpo", "ipo", "simpo", "contrastive-sft", "gsil", "spin", "cut")
+# Every method but plain SFT, which is how the demo's model starts (it learns the format of a worked answer).
+ALGOS = tuple(name for name in names() if name != SUPERVISED)
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,8 @@ class Plan:
     pool_per_round: int = 1024  # prompts solved per round (seeds and evolved ones)
     rewrites_per_prompt: int = 1  # eva: 4; one rewrite keeps evolved prompts near what the model can learn
     lr: float = 5e-4
-    nll_alpha: float = 10.0  # DPO's NLL term on the chosen answer (docs/demo.md: without it DPO degrades here)
-    min_train_score: float | None = 1.0  # pair methods train on groups with a right answer to choose
+    nll_alpha: float = 10.0  # the DPO family's NLL term on the chosen answer (docs/demo.md: without it DPO degrades)
+    min_train_score: float | None = 1.0  # contrastive methods train on groups with a right answer
     wrong_demonstrations: float = 0.2  # GSIL/SPIN: share of demonstrations stating a wrong result
     solvers: int = 2
     max_minutes: float = 7.5  # the loop starts no round after this (the demo stays within ~10 minutes)
@@ -92,10 +93,10 @@ def write_data(plan: Plan, directory: Path) -> dict[str, Path]:
         return {"id": p.prompt_id, "prompt": p.text, "answer": p.answer, "difficulty": p.difficulty,
                 **({"demonstration": p.demonstration} if p.demonstration else {})}
 
-    paths = {"seeds": directory / "seeds.jsonl", "eval": directory / "eval.jsonl", "sft": directory / "sft.jsonl"}
+    paths = {"seeds": directory / "seeds.jsonl", "eval": directory / "eval.jsonl", "warmup": directory / "sft.jsonl"}
     paths["seeds"].write_text("".join(json.dumps(row(p)) + "\n" for p in seeds))
     paths["eval"].write_text("".join(json.dumps(row(p)) + "\n" for p in held_out))
-    paths["sft"].write_text("".join(json.dumps({"prompt": p.text, "completion": p.solution()}) + "\n" for p in sft))
+    paths["warmup"].write_text("".join(json.dumps({"prompt": p.text, "completion": p.solution()}) + "\n" for p in sft))
     return paths
 
 
@@ -129,7 +130,7 @@ def prepare_model(plan: Plan, directory: Path, sft_data: Path, say: Say = _log_l
     model.save_pretrained(init)
     tokenizer.save_pretrained(init)
     sft_out = directory.parent / "model-sft"
-    config = TrainConfig(algo="sft", model=str(init), data=str(sft_data), out=str(sft_out), finetune="full",
+    config = TrainConfig(algo=SUPERVISED, model=str(init), data=str(sft_data), out=str(sft_out), finetune="full",
                          lr=plan.sft_lr, batch_size=plan.sft_batch, max_length=plan.sft_max_prompt_length + 64,
                          max_prompt_length=plan.sft_max_prompt_length,
                          warmup_ratio=0.05, save_every=10**9, log_every=25, tensorboard=False, seed=plan.seed)
@@ -144,14 +145,16 @@ def prepare_model(plan: Plan, directory: Path, sft_data: Path, say: Say = _log_l
 # ---------------------------------------------------------------------- 3. the run
 def topology(plan: Plan, algo: str, run_dir: Path, model: Path, data: dict[str, Path]) -> dict[str, Any]:
     """The demo's topology (what configs/demo.toml ships, with this run's paths and the algorithm's settings)."""
-    demos = algo in DEMONSTRATION_ALGOS
+    method = get_method(algo)
+    demos = method.demonstrations
     trainer: dict[str, Any] = {"algo": algo, "model": str(model), "lr": plan.lr, "batch_size": 8,
                                "lora": {"r": 16, "alpha": 32}, "max_length": 96, "max_prompt_length": 32,
                                "seed": plan.seed}
-    if algo == "dpo":
-        trainer["dpo"] = {"beta": 0.1, "nll_alpha": plan.nll_alpha}
-    if algo == "cut":
-        trainer["cut"] = {"threshold": 1.1, "alpha": 1.0}  # the live settings (docs/training.md, cut)
+    settings = dict(method.online)  # the authors' online settings where they differ from the offline ones (CUT)
+    if method.settings is not None and "nll_alpha" in method.settings.model_fields:
+        settings["nll_alpha"] = plan.nll_alpha
+    if settings:
+        trainer[method.section] = settings
     return {
         "run": {"dir": str(run_dir), "rounds": plan.rounds},
         "hub": {"control": "ipc", "data": "ipc", "lease_s": 300},
@@ -162,7 +165,7 @@ def topology(plan: Plan, algo: str, run_dir: Path, model: Path, data: dict[str, 
                          "temperature": plan.temperature, "top_p": 1.0, "max_new_tokens": 48,
                          "prompts_per_task": 128, "evolve": not demos, "pool_per_round": plan.pool_per_round,
                          "rewrites_per_prompt": plan.rewrites_per_prompt, "train_groups": plan.pool_per_round,
-                         **({"min_train_score": plan.min_train_score} if algo in PAIR_ALGOS else {}),
+                         **({"min_train_score": plan.min_train_score} if method.contrast else {}),
                          "max_wall_s": plan.max_minutes * 60, "seed": plan.seed},
         },
         "solver": {"count": plan.solvers, "model": str(model), "device": "cpu", "threads": 1},
@@ -221,7 +224,7 @@ class Progress(threading.Thread):
                      f"accuracy {acc['acc']:.3f} ± {acc['stderr']:.3f} (n={acc['n']}), {pool} prompts, {done} tasks done")
 
 
-def run_demo(algo: str = "dpo", root: str | Path = "runs/demo", plan: Plan = Plan(), say: Say = _log_line
+def run_demo(algo: str = DEFAULT_METHOD, root: str | Path = "runs/demo", plan: Plan = Plan(), say: Say = _log_line
              ) -> dict[str, Any]:
     """Prepare, run and report; returns the summary (also written to RUN/ALGO/summary.json)."""
     from launch.report import summarize, write_report
@@ -230,10 +233,11 @@ def run_demo(algo: str = "dpo", root: str | Path = "runs/demo", plan: Plan = Pla
 
     if algo not in ALGOS:
         raise ValueError(f"unknown algo {algo!r}; one of {', '.join(ALGOS)}")
+    method = get_method(algo)
     started = time.monotonic()
     root = Path(root)
     data = write_data(plan, root / "data")
-    model = prepare_model(plan, root / "model", data["sft"], say)
+    model = prepare_model(plan, root / "model", data["warmup"], say)
     run_dir = root / algo
     if run_dir.exists():
         shutil.rmtree(run_dir)  # each demo run starts from the SFT model and an empty ledger
@@ -254,7 +258,7 @@ def run_demo(algo: str = "dpo", root: str | Path = "runs/demo", plan: Plan = Pla
                 "plan": asdict(plan)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     write_report(summary, run_dir / "report.png", title=f"selfplay demo: eva + {algo} on arithmetic"
-                 if algo not in DEMONSTRATION_ALGOS else f"selfplay demo: {algo} on arithmetic")
+                 if method.judge != "none" else f"selfplay demo: {algo} on arithmetic")
     return summary
 
 

@@ -21,32 +21,27 @@
     algo = "dpo"
     model = "./tiny/policy"          # any other TrainConfig field too (lr, lora, dpo.beta, ...)
 
-An error names the field: `solver.cont: Extra inputs are not permitted`.
+Each section is the process's own settings model ([hub]: HubSettings, [creator.settings]: CreatorConfig,
+[trainer]: TrainConfig less what the live trainer sets itself), so a setting is either honoured by the
+process or refused in one line naming it: `solver.cont: Extra inputs are not permitted`,
+`trainer.scheduler: not a setting of the live trainer (one pass per round at a constant learning rate)`.
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, create_model, model_validator
 
 from agents.creator import CreatorConfig
-from agents.hub import HubConfig
-from trainer.config import format_validation_error
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from agents.hub import HubConfig, HubSettings
+from agents.trainer_agent import LIVE_FIXED
+from protocol.settings import ConfigError, Strict, format_validation_error, read_config_file
+from trainer.config import TrainConfig
 
 
 class RunSection(Strict):
@@ -58,23 +53,10 @@ class RunSection(Strict):
     log_backups: int = Field(3, ge=0, description="Rotated log files kept per process.")
 
 
-class HubSection(Strict):
-    control: str = Field("ipc", description="Control endpoint: 'ipc' (RUN/sock) or tcp://HOST:PORT.")
-    data: str = Field("ipc", description="Data endpoint for adapter tensors: 'ipc' or tcp://HOST:PORT.")
-    keys_dir: str | None = Field(None, description="CURVE keys (selfplay keys init); required for tcp. On the hub's "
-                                                   "machine the whole directory; on an agents' machine what `selfplay "
-                                                   "keys export` gives it: hub.key and agents/NAME.key_secret.")
+class HubSection(HubSettings):
     address: str | None = Field(None, description="Host name or address that agents on other machines dial, at the "
                                                   "ports of control and data (tcp only). None: agents read the "
                                                   "endpoints from RUN/hub.json, written by a hub on their machine.")
-    check_ledger: bool = Field(True, description="Check the ledger's integrity at start (SQLite quick_check).")
-    lease_s: float = Field(120.0, gt=0, description="Task lease length.")
-    max_attempts: int = Field(3, ge=1, description="Leases before a task is DEAD.")
-    heartbeat_interval_s: float = Field(1.0, gt=0, description="Heartbeat period, both ways.")
-    liveness: int = Field(5, ge=1, description="Silent intervals before a peer counts as dead.")
-    max_staleness: int = Field(0, ge=0, description="Policy versions a sample may lag behind (the creator overlaps "
-                                                    "generation with that many train tasks unless it sets its own).")
-
 
     @model_validator(mode="after")
     def _address_needs_ports(self) -> HubSection:
@@ -138,17 +120,37 @@ class JudgeSection(Strict):
         return self
 
 
+class _LiveTrainer(Strict):
+    @model_validator(mode="before")
+    @classmethod
+    def _not_live(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in data:
+                if name in LIVE_FIXED:
+                    raise ValueError(f"{name} is not a setting of the live trainer ({LIVE_FIXED[name]})")
+        return data
+
+
+# TrainConfig's fields, less those the live trainer sets itself: each refused by name, with the reason.
+TrainerSection = create_model(
+    "TrainerSection", __base__=_LiveTrainer, __doc__="The live trainer's settings: TrainConfig less LIVE_FIXED.",
+    **{name: (f.annotation, f) for name, f in TrainConfig.model_fields.items() if name not in LIVE_FIXED})
+
+
 class Topology(Strict):
     run: RunSection = Field(description="Run-wide settings.")
     hub: HubSection = Field(default_factory=HubSection, description="The hub.")
     creator: CreatorSection = Field(description="The creator (eva or static prompts).")
     solver: SolverSection = Field(description="Solvers.")
     judge: JudgeSection | None = Field(None, description="Judges (not needed for GSIL/SPIN).")
-    trainer: dict[str, Any] = Field(description="TrainConfig fields (algo, model, lr, lora, ...); data/out are set.")
+    trainer: TrainerSection = Field(description="TrainConfig fields (algo, model, lr, lora, ...), less what the live "
+                                                "trainer sets itself.")
 
     @model_validator(mode="after")
     def _staleness_agrees(self) -> Topology:
         settings = self.creator.settings
+        if "algo" in settings.model_fields_set:
+            raise ValueError("creator.settings.algo is set by trainer.algo")
         if "max_staleness" in settings.model_fields_set and settings.max_staleness > self.hub.max_staleness:
             raise ValueError(f"creator.settings.max_staleness = {settings.max_staleness} exceeds hub.max_staleness = "
                              f"{self.hub.max_staleness}: the hub would refuse the lagging answers")
@@ -156,7 +158,7 @@ class Topology(Strict):
 
     def creator_config(self) -> CreatorConfig:
         """The creator's settings with the trainer's algorithm, and the hub's staleness unless it set its own."""
-        update: dict[str, Any] = {"algo": self.trainer_config().algo}
+        update: dict[str, Any] = {"algo": self.trainer.algo}
         if "max_staleness" not in self.creator.settings.model_fields_set:
             update["max_staleness"] = self.hub.max_staleness
         return self.creator.settings.model_copy(update=update)
@@ -169,24 +171,21 @@ class Topology(Strict):
         port = lambda endpoint: endpoint.rpartition(":")[2]  # noqa: E731
         return f"tcp://{self.hub.address}:{port(self.hub.control)}", f"tcp://{self.hub.address}:{port(self.hub.data)}"
 
-    def trainer_config(self):
-        from trainer.config import TrainConfig
+    def trainer_config(self) -> TrainConfig:
+        return TrainConfig.model_validate({**self.trainer.model_dump(exclude_unset=True), "data": "-",
+                                           "out": str(Path(self.run.dir) / "trainer")})
 
-        return TrainConfig.model_validate({**self.trainer, "data": "-", "out": str(Path(self.run.dir) / "trainer")})
 
-
-class TopologyError(ValueError):
+class TopologyError(ConfigError):
     """A topology problem, in one line naming the field."""
 
 
 def load_topology(path: str | Path) -> Topology:
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
-    except FileNotFoundError:
-        raise TopologyError(f"{path}: no such file") from None
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-        raise TopologyError(f"{path}: {e}") from None
+        data = read_config_file(path)
+    except ConfigError as e:
+        raise TopologyError(str(e)) from None
     try:
         topology = Topology.model_validate(data)
         topology.trainer_config()  # validate the trainer section now, not when its process starts

@@ -7,7 +7,8 @@
 
 Per optimizer step: for each micro-batch, forward (both sides of a pair in one pass) -> the method's
 loss -> backward; then clip, step, schedule, log, and every `save_every` steps a checkpoint that
-resumes exactly. Methods differ only in their step function, chosen from `STEPS`.
+resumes exactly. Methods differ only in their examples and step function, which the registry
+(`trainer.methods`) gives.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import math
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,6 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from trainer import losses
 from trainer.checkpoint import (
     Cursor,
     export_weights,
@@ -36,24 +35,12 @@ from trainer.checkpoint import (
     save_checkpoint,
 )
 from trainer.config import TrainConfig
-from trainer.data import (
-    Batch,
-    Renderer,
-    build_examples,
-    check_rows,
-    collate,
-    plan_batches,
-    read_rows,
-    split_messages,
-)
+from trainer.data import Batch, Renderer, collate, plan_batches, read_rows, split_messages
 from trainer.generate import sample_responses
 from trainer.logps import SeqLogps, reference_logps, sequence_logps
+from trainer.methods import build_examples, check_rows, get_method
 
 log = structlog.get_logger("trainer.recipe")
-
-REFERENCE_ROLES = {"dpo": ("chosen", "rejected"), "ipo": ("chosen", "rejected"),
-                   "spin": ("real", "generated"), "gsil": ("real", "generated")}
-NEEDS_REFERENCE = set(REFERENCE_ROLES)
 
 
 class Recipe:
@@ -61,7 +48,9 @@ class Recipe:
         """`rows` instead of reading `config.data`: the live trainer starts with none and adds rounds."""
         self.config, self.resume, self.rows = config, resume, rows
         self.out = Path(config.out)
-        self.reference_cache: dict[tuple[int, str], float] = {}
+        self.method = get_method(config.algo)
+        # (example index, role, "reference" | "proximal") -> (sum of the response's log-probs, per token)
+        self.reference_cache: dict[tuple[int, str, str], tuple[float, torch.Tensor]] = {}
         self.step_seconds: list[float] = []  # wall time of each optimizer step (benchmarks read it)
         self._plans: dict[int, list[list[int]]] = {}
 
@@ -85,7 +74,7 @@ class Recipe:
             lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                               target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
             self.model = get_peft_model(self.model, lora)
-        elif cfg.algo in NEEDS_REFERENCE and cfg.reference == "initial":
+        elif self.method.reference(cfg) and cfg.reference == "initial":
             self.frozen_reference = AutoModelForCausalLM.from_pretrained(cfg.model).to(self.device).eval()
             self.frozen_reference.requires_grad_(False)
         self.model.train()
@@ -93,8 +82,10 @@ class Recipe:
         rows = read_rows(cfg.data) if self.rows is None else self.rows
         check_rows(rows, cfg.algo, source=cfg.data)
         self.renderer = renderer = Renderer(self.tokenizer, cfg.max_length, cfg.max_prompt_length)
-        generated = self._generated_answers(rows, renderer) if cfg.algo in {"spin", "gsil"} and rows else None
-        self.examples = build_examples(rows, cfg, renderer, generated)
+        if self.method.samples_own_answers and rows and not all("generated" in row for row in rows):
+            generated = self._generated_answers(rows, renderer)
+            rows = [{**row, "generated": generated[i]} for i, row in enumerate(rows)]
+        self.examples = build_examples(rows, cfg, renderer)
         batches_per_epoch = math.ceil(len(self.examples) / cfg.batch_size)
         self.total_steps = cfg.max_steps or cfg.epochs * math.ceil(batches_per_epoch / cfg.grad_accum)
 
@@ -123,11 +114,9 @@ class Recipe:
         return {"cosine": 0.5 * (1 + math.cos(math.pi * progress)), "linear": 1 - progress,
                 "constant": 1.0}[self.config.scheduler]
 
-    def _generated_answers(self, rows: list[dict], renderer: Renderer) -> dict[int, str] | None:
-        """GSIL/SPIN's y_gen: from the data, else sampled once from the starting policy and saved, so a
-        resumed run trains on the same answers."""
-        if all("generated" in row for row in rows):
-            return None
+    def _generated_answers(self, rows: list[dict], renderer: Renderer) -> dict[int, str]:
+        """y_gen for methods that learn against the policy's own answers (GSIL/SPIN), when the data has none:
+        sampled once from the starting policy and saved, so a resumed run trains on the same answers."""
         path = self.out / "generated.jsonl"
         if path.exists():
             saved = [json.loads(line) for line in path.read_text().splitlines() if line]
@@ -175,39 +164,59 @@ class Recipe:
         return sequence_logps(self.model, batch.input_ids, batch.attention_mask, batch.score_mask)
 
     def precompute_reference(self) -> None:
-        """Reference log-probs of every example in one no-grad pass before training.
+        """Reference (and, for methods that clip against it, round-start) log-probs of every example in one
+        no-grad pass before training.
 
         Cheaper than a reference forward inside each step: no activations are kept, so batches are
         `reference_batch_factor` times larger, and length-sorted so they carry little padding. The
         cache then serves every epoch. A frozen full-model reference is freed afterwards.
         """
-        roles = REFERENCE_ROLES.get(self.config.algo)
-        if roles is None or len(self.reference_cache) == len(roles) * len(self.examples):
-            return
+        needs = {"reference": self.method.reference(self.config), "proximal": self.method.proximal(self.config)}
         order = sorted(range(len(self.examples)), key=lambda i: self.examples[i].length)
         size = self.config.batch_size * self.config.reference_batch_factor
-        for start in tqdm(range(0, len(order), size), desc="reference log-probs", dynamic_ncols=True, leave=False):
-            batch = collate([self.examples[i] for i in order[start:start + size]], self.tokenizer.pad_token_id)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
-                self.reference_logps(batch.to(self.device), roles)
-        self.frozen_reference = None  # every value is cached: the copy is no longer needed
+        for kind, roles in needs.items():
+            if not roles or all((i, role, kind) in self.reference_cache for i in range(len(self.examples))
+                                for role in roles if role in self.examples[i].sequences):
+                continue
+            for start in tqdm(range(0, len(order), size), desc=f"{kind} log-probs", dynamic_ncols=True, leave=False):
+                batch = collate([self.examples[i] for i in order[start:start + size]], self.tokenizer.pad_token_id)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
+                    self._cached(batch.to(self.device), roles, kind)
+        if needs["reference"]:
+            self.frozen_reference = None  # every value is cached: the copy is no longer needed
+
+    def _cached(self, batch: Batch, roles: tuple[str, ...], kind: str) -> None:
+        """Fill the cache for the batch's sequences of `roles`: reference log-probs (the configured reference) or
+        proximal ones (the policy as it is now, adapter on: the start of the round)."""
+        keys = [(i, role, kind) for role in roles for i in (batch.indices[b] for b in batch.rows[role])]
+        if all(k in self.reference_cache for k in keys):
+            return
+        current = kind == "proximal" or self.config.reference == "current"
+        ref = reference_logps(self.model, batch.input_ids, batch.attention_mask, batch.score_mask,
+                              None if kind == "proximal" else self.frozen_reference, current=current)
+        for role in roles:
+            rows = ref.rows(batch.slices[role])
+            for n, b in enumerate(batch.rows[role]):
+                tokens = rows.token_logps[n][rows.mask[n]].float().cpu()
+                self.reference_cache[(batch.indices[b], role, kind)] = (float(rows.logps[n]), tokens)
 
     def reference_logps(self, batch: Batch, roles: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """Reference sequence log-probs per role, computed once per example and cached."""
-        keys = [(i, role) for role in roles for i in (batch.indices[b] for b in batch.rows[role])]
-        if any(k not in self.reference_cache for k in keys):
-            ref = reference_logps(self.model, batch.input_ids, batch.attention_mask, batch.score_mask,
-                                  self.frozen_reference, current=self.config.reference == "current")
-            for role in roles:
-                for b, value in zip(batch.rows[role], ref.logps[batch.slices[role]].tolist(), strict=True):
-                    self.reference_cache[(batch.indices[b], role)] = value
-        return {role: torch.tensor([self.reference_cache[(batch.indices[b], role)] for b in batch.rows[role]],
-                                   device=self.device) for role in roles}
+        self._cached(batch, roles, "reference")
+        return {role: torch.tensor([self.reference_cache[(batch.indices[b], role, "reference")][0]
+                                    for b in batch.rows[role]], device=self.device) for role in roles}
+
+    def token_logps(self, batch: Batch, role: str, kind: str) -> torch.Tensor:
+        """(B_role, L) per-token log-probs of `role`'s responses, left-aligned and zero-padded, under the reference
+        (kind "reference") or the policy at the start of the round (kind "proximal"); cached like the sums."""
+        self._cached(batch, (role,), kind)
+        tokens = [self.reference_cache[(batch.indices[b], role, kind)][1] for b in batch.rows[role]]
+        return torch.nn.utils.rnn.pad_sequence(tokens, batch_first=True).to(self.device)
 
     # ------------------------------------------------------------------ train
     def train(self, stop_after: int | None = None) -> dict[str, float]:
         """Run optimizer steps until the schedule ends (or until step `stop_after`, as a crash would)."""
-        cfg, step_fn = self.config, STEPS[self.config.algo]
+        cfg, step_fn = self.config, self.method.step
         end = min(self.total_steps, stop_after or self.total_steps)
         if self.cursor.step < end:
             self.precompute_reference()
@@ -284,63 +293,7 @@ class Recipe:
 
 
 _SHOWN = {"loss", "nll", "margin", "accuracy", "r_real", "r_generated", "real_term", "generated_term", "l1", "l2",
-          "flagged_fraction", "r_chosen", "r_rejected"}
-
-
-# ---------------------------------------------------------------------- one step function per data shape
-def sft_step(recipe: Recipe, batch: Batch) -> losses.LossOutput:
-    """SFT and contrastive SFT: token-mean NLL over the scored tokens."""
-    out = recipe.policy_logps(batch)
-    return losses.sft_loss(out.token_logps, out.mask)
-
-
-def pair_step(recipe: Recipe, batch: Batch) -> losses.LossOutput:
-    """DPO / IPO / hinge / SimPO on (chosen, rejected), both sides in one forward."""
-    cfg, out = recipe.config, recipe.policy_logps(batch)
-    chosen, rejected = out.rows(batch.slices["chosen"]), out.rows(batch.slices["rejected"])
-    if cfg.algo == "simpo":
-        s = cfg.simpo
-        return losses.simpo_loss(chosen.logps, rejected.logps, chosen.lengths, rejected.lengths, beta=s.beta,
-                                 gamma_beta_ratio=s.gamma_beta_ratio, cpo_alpha=s.cpo_alpha)
-    ref = recipe.reference_logps(batch, ("chosen", "rejected"))
-    return losses.dpo_loss(chosen.logps, rejected.logps, ref["chosen"], ref["rejected"], beta=cfg.dpo.beta,
-                           loss_type="ipo" if cfg.algo == "ipo" else cfg.dpo.loss_type,
-                           chosen_lengths=chosen.lengths, rejected_lengths=rejected.lengths, nll_alpha=cfg.dpo.nll_alpha)
-
-
-def real_generated_step(recipe: Recipe, batch: Batch) -> losses.LossOutput:
-    """SPIN / GSIL on (real demonstration, self-generated answer)."""
-    cfg, out = recipe.config, recipe.policy_logps(batch)
-    real, generated = out.rows(batch.slices["real"]), out.rows(batch.slices["generated"])
-    ref = recipe.reference_logps(batch, ("real", "generated"))
-    if cfg.algo == "spin":
-        return losses.spin_loss(real.logps, generated.logps, ref["real"], ref["generated"], beta=cfg.spin.beta)
-    g = cfg.gsil
-    return losses.gsil_loss(real.logps, generated.logps, ref["real"], ref["generated"], beta=g.beta,
-                            gamma=g.gamma, variant=g.variant)
-
-
-def cut_step(recipe: Recipe, batch: Batch) -> losses.LossOutput:
-    """CUT: y | x for every example, y | [x, j] for the bad ones, in one forward."""
-    cfg, out = recipe.config, recipe.policy_logps(batch)
-    plain = out.rows(batch.slices["plain"])
-    judged_tokens = plain.token_logps.detach().clone()  # placeholder rows for good examples (never read)
-    if "judged" in batch.slices:
-        judged = out.rows(batch.slices["judged"])  # same response tokens, fewer rows, maybe narrower
-        width = plain.token_logps.shape[1] - judged.token_logps.shape[1]
-        judged_tokens = judged_tokens.index_put(
-            (torch.tensor(batch.rows["judged"], device=judged_tokens.device),),
-            torch.nn.functional.pad(judged.token_logps, (0, width)))
-    return losses.cut_loss(plain.token_logps, judged_tokens, plain.mask, batch.negative,
-                           threshold=cfg.cut.threshold, alpha=cfg.cut.alpha, combine=cfg.cut.combine)
-
-
-STEPS: dict[str, Callable[[Recipe, Batch], losses.LossOutput]] = {
-    "sft": sft_step, "contrastive-sft": sft_step,
-    "dpo": pair_step, "ipo": pair_step, "simpo": pair_step,
-    "spin": real_generated_step, "gsil": real_generated_step,
-    "cut": cut_step,
-}
+          "flagged_fraction", "r_chosen", "r_rejected", "kl", "clip_fraction"}
 
 
 def run(config: TrainConfig, resume: bool = False) -> dict[str, float]:

@@ -28,8 +28,9 @@ from studies.methods_table.context import Context
 from studies.methods_table.creator_arm import run_creator
 from studies.methods_table.policy import Frames, Policy, Record, plain
 from studies.methods_table.world import Budget, Data, verdict
-from trainer.config import CUTSettings, TrainConfig
-from trainer.data import contrastive_prompt
+from trainer.config import TrainConfig
+from trainer.methods.contrastive import contrastive_prompt
+from trainer.methods.cut import CUTSettings
 
 
 @dataclass(frozen=True)
@@ -103,9 +104,9 @@ def contrastive_frames(config: TrainConfig, generated_negative: bool = False) ->
     plain answer as the negative (docs/training.md, contrastive-sft: a setting)."""
     def frames(policy: Policy, prompts: Sequence[Prompt]) -> list[str]:
         if not generated_negative:
-            return [contrastive_prompt(p.text, config) for p in prompts]
+            return [contrastive_prompt(p.text, config.contrastive) for p in prompts]
         first = policy.answer([p.text for p in prompts], temperature=0.0)
-        return [contrastive_prompt(p.text, config, negative=a) for p, [a] in zip(prompts, first, strict=True)]
+        return [contrastive_prompt(p.text, config.contrastive, negative=a) for p, [a] in zip(prompts, first, strict=True)]
     return frames
 
 

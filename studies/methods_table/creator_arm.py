@@ -15,7 +15,7 @@ from agents.worlds import arithmetic as world
 from protocol.messages import Assign, GenerateResult, JudgeResult, Sample, TrainingReport, Verdict
 from studies.methods_table.context import Context
 from studies.methods_table.policy import Policy
-from trainer.groups import rows_from_groups
+from trainer.methods import rows_from_groups
 
 
 def run_creator(ctx: Context, policy: Policy, evolve: bool) -> None:

@@ -17,8 +17,8 @@ from typing import Any
 from agents.worlds import arithmetic as world
 from launch.demo import Plan, Say, prepare_model, write_data
 from protocol.messages import Prompt
-from trainer.config import ContrastiveSettings, CUTSettings, TrainConfig
-from trainer.data import contrastive_prompt
+from trainer.methods.contrastive import ContrastiveSettings, contrastive_prompt
+from trainer.methods.cut import CUTSettings
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def framed_sft(plain: Path, out: Path, share: float, rng: random.Random) -> Path
     the SFT start learns to answer inside a frame, not to use it; learning that is each arm's job. Without
     this the tiny start answers 0.5% of held-out prompts once words stand between question and answer."""
     rows = [json.loads(line) for line in plain.read_text().splitlines()]
-    cut, contrastive = CUTSettings(), TrainConfig(algo="contrastive-sft", model="-", data="-", out="-")
+    cut, contrastive = CUTSettings(), ContrastiveSettings()
     fillers = tokenizer_words(random.Random(3), n=200)[2:]  # judgments of other problems
     for row in rows:
         kind = rng.random()

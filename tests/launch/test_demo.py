@@ -28,7 +28,7 @@ def test_configs_demo_toml_is_what_the_demo_runs():
 
 def test_configs_gpu_toml_is_a_valid_vllm_topology():
     topo = load_topology(ROOT / "configs" / "gpu.toml")
-    assert topo.solver.backend == "vllm" and topo.solver.max_lora_rank >= topo.trainer["lora"]["r"]
+    assert topo.solver.backend == "vllm" and topo.solver.max_lora_rank >= topo.trainer.lora.r
 
 
 @pytest.mark.parametrize("section, key, value, problem", [

@@ -7,16 +7,9 @@ import torch
 
 from tests.trainer.datasets import rows
 from trainer.config import ConfigError, TrainConfig, load_config
-from trainer.data import (
-    DataError,
-    Renderer,
-    build_examples,
-    check_rows,
-    collate,
-    contrastive_prompt,
-    plan_batches,
-    read_rows,
-)
+from trainer.data import DataError, Renderer, collate, plan_batches, read_rows
+from trainer.methods import build_examples, check_rows
+from trainer.methods.contrastive import contrastive_prompt
 from trainer.tiny import build_tokenizer
 
 
@@ -98,8 +91,8 @@ def test_contrastive_inference_prompt_is_the_training_frame_up_to_the_positive_a
     (example,) = build_examples([row], cfg, Renderer(tok, 128, 100))
     seq = example.sequences["policy"]
     head = tok.decode([t for t, s in zip(seq.input_ids, seq.score_mask, strict=True) if not s])
-    assert head.endswith(contrastive_prompt("What is 2 + 3?", cfg, negative="6"))  # with a negative: the same frame
-    bare = contrastive_prompt("What is 2 + 3?", cfg)  # without one: that line is gone, the rest unchanged
+    assert head.endswith(contrastive_prompt("What is 2 + 3?", cfg.contrastive, negative="6"))  # with a negative: the same frame
+    bare = contrastive_prompt("What is 2 + 3?", cfg.contrastive)  # without one: that line is gone, the rest unchanged
     assert bare == head[head.index("Instruction"):].replace("Negative answer: 6\n", "")
     assert "Negative" not in bare and bare.endswith("Question: What is 2 + 3?\nPositive answer: ")
 

@@ -3,8 +3,7 @@
 import pytest
 
 from protocol.messages import ChatTurn, JudgedGroup, Prompt, Sample, Verdict
-from trainer.data import check_rows
-from trainer.groups import rows_from_groups
+from trainer.methods import check_rows, rows_from_groups
 
 
 def group(scores, demonstration=None, judgments=None, pid="p1", chat=False):

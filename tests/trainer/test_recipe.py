@@ -78,7 +78,7 @@ def test_full_finetuning_changes_every_weight(tmp_path, tiny_models, algo):
         with torch.no_grad():
             expected = sequence_logps(start, batch.input_ids, batch.attention_mask, batch.score_mask).logps
         for role in ("chosen", "rejected"):
-            cached = [recipe.reference_cache[(batch.indices[b], role)] for b in batch.rows[role]]
+            cached = [recipe.reference_cache[(batch.indices[b], role, "reference")][0] for b in batch.rows[role]]
             assert cached == pytest.approx(expected[batch.slices[role]].tolist(), rel=1e-5, abs=1e-4)
     losses = losses_logged(tmp_path / "out")
     assert losses[-1] < losses[0]
@@ -128,4 +128,5 @@ def test_bf16_autocast_path_runs(tmp_path, tiny_models, algo):
     metrics = recipe.train()
     recipe.cleanup()
     assert torch.isfinite(torch.tensor(metrics["loss"]))
-    assert all(isinstance(v, float) for v in recipe.reference_cache.values())
+    assert all(isinstance(total, float) and tokens.dtype == torch.float32
+               for total, tokens in recipe.reference_cache.values())

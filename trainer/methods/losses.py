@@ -1,4 +1,5 @@
-"""Every training objective (docs/training.md, *Methods*) as a pure function on log-probs.
+"""The training objectives of the preference, demonstration and judgment methods as pure functions on log-probs
+(docs/algorithms.md); each method's module in `trainer.methods` calls its own.
 
 Inputs are *sums* of response-token log-probs per sequence (`*_logps`, shape (B,)) and response token
 counts (`*_lengths`, (B,)), or per-token log-probs with masks (`*_token_logps`, `*_mask`, (B, L)) for the
@@ -6,7 +7,7 @@ token-level objectives. Each returns a `LossOutput`: the batch objective to back
 example's own value (detached), and detached metrics with every term logged separately.
 Log-probs are computed in one place, `trainer.logps`; nothing here touches a model.
 
-    out = LOSSES["dpo"](policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=0.1)
+    out = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=0.1)
     out.loss.backward()
 """
 
@@ -40,7 +41,7 @@ def sft_loss(token_logps: Tensor, mask: Tensor) -> LossOutput:
     """Token-mean negative log-likelihood of the response: -sum(logp * mask) / sum(mask).
 
     token_logps, mask: (B, L). Also the loss of plain-text contrastive SFT, whose builder puts the mask
-    on the positive answer only (docs/training.md, *Methods*).
+    on the positive answer only (docs/algorithms.md).
     """
     mask = mask.to(token_logps.dtype)
     nll = -(token_logps * mask)
@@ -217,13 +218,3 @@ def cut_loss(token_logps: Tensor, judged_token_logps: Tensor, mask: Tensor, nega
                "align_n": negative.float().sum(), "align_p": (~negative.bool()).float().sum()}
     return LossOutput(loss, per_example.detach(), metrics)
 
-
-# The table the trainer dispatches from (no if/elif chain over methods).
-LOSSES = {
-    "sft": sft_loss,
-    "dpo": dpo_loss,
-    "simpo": simpo_loss,
-    "spin": spin_loss,
-    "gsil": gsil_loss,
-    "cut": cut_loss,
-}
