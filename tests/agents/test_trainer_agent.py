@@ -82,6 +82,32 @@ def test_rounds_train_publish_and_use_the_round_start_reference(tmp_path, tiny_m
         r.close()
 
 
+def test_grpo_rounds_learn_from_every_answer_against_the_starting_model(tmp_path, tiny_models):
+    """GRPO live: every answer of a group is a row; the first loss of a round is -mean(A) = 0 (ratio 1, and the
+    KL to the starting model is 0 only in round 1: the reference stays the starting model, not the round's)."""
+    r = Running(tmp_path, lease_s=120, heartbeat_interval_s=0.2, liveness=50)
+    stop = threading.Event()
+    try:
+        creator, link = r.link("creator-0", "creator"), r.link("trainer-0", "trainer", ["train"])
+        config = TrainConfig(algo="grpo", model=str(tiny_models.policy), data="-", out=str(tmp_path / "trainer"),
+                             batch_size=8, lr=1e-2, lora={"r": 4, "alpha": 8}, max_length=64, max_prompt_length=32,
+                             grpo={"kl_beta": 0.04})
+        agent = TrainerAgent(link, config)
+        threading.Thread(target=agent.run, args=(stop,), daemon=True).start()
+        for round_, seed in ((1, 0), (2, 1)):
+            tie = groups(1, seed=9 + seed, tie=True)  # equal rewards: no signal, skipped and counted
+            [task] = creator.submit([TrainTask(groups=groups(4, seed=seed) + tie, round=round_)])
+            report = wait_done(r, task)["result"]
+            assert (report.policy_version, report.examples) == (round_, 8)  # 4 groups x 2 answers
+            assert report.metrics["groups_skipped"] == 1
+        steps = [json.loads(line) for line in (tmp_path / "trainer" / "metrics.jsonl").read_text().splitlines()]
+        assert len(steps) == 2 and all(abs(s["loss"] - s["kl"] * 0.04) < 1e-5 for s in steps)
+        assert steps[0]["kl"] < 1e-6 < steps[1]["kl"]
+    finally:
+        stop.set()
+        r.close()
+
+
 def test_a_round_checkpointed_before_a_crash_is_published_not_trained_again(tmp_path, tiny_models, monkeypatch):
     """The trainer dies after its checkpoint, before the hub has the policy: the retried task is not
     trained twice; the restarted trainer resumes from the checkpoint and only publishes and reports."""

@@ -13,6 +13,9 @@ def _problems(n: int, seed: int = 0):
 
 
 def rows(kind: str, n: int = 8, seed: int = 0) -> list[dict]:
+    if kind == "rewarded":  # n / 2 questions, each answered twice: right (reward 1) and wrong (reward 0)
+        return [{"prompt": question, "completion": answer, "reward": reward}
+                for question, right, wrong in _problems(n // 2, seed) for answer, reward in ((right, 1.0), (wrong, 0.0))]
     out = []
     for i, (question, right, wrong) in enumerate(_problems(n, seed)):
         if kind == "prompt_completion":
@@ -37,7 +40,8 @@ def rows(kind: str, n: int = 8, seed: int = 0) -> list[dict]:
 
 
 FORMAT_OF = {"sft": "prompt_completion", "dpo": "preference", "ipo": "preference", "simpo": "preference",
-             "contrastive-sft": "preference", "spin": "demonstrations", "gsil": "demonstrations", "cut": "judged"}
+             "contrastive-sft": "preference", "spin": "demonstrations", "gsil": "demonstrations", "cut": "judged",
+             "grpo": "rewarded", "rloo": "rewarded"}
 
 
 def write(path: Path, kind: str, n: int = 8, seed: int = 0) -> Path:

@@ -149,4 +149,4 @@ def test_cut_padding_is_ignored():
 def test_registry_lists_every_method():
     from trainer.methods import names
 
-    assert set(names()) == {"sft", "dpo", "ipo", "simpo", "spin", "gsil", "cut", "contrastive-sft"}
+    assert set(names()) == {"sft", "dpo", "ipo", "simpo", "spin", "gsil", "cut", "contrastive-sft", "grpo", "rloo"}

@@ -14,7 +14,7 @@ from trainer.data import collate
 from trainer.logps import sequence_logps
 from trainer.recipe import Recipe, run
 
-ALGOS = ["sft", "dpo", "ipo", "simpo", "spin", "gsil", "cut", "contrastive-sft"]
+ALGOS = ["sft", "dpo", "ipo", "simpo", "spin", "gsil", "cut", "contrastive-sft", "grpo", "rloo"]
 
 
 def make_config(tmp_path, tiny_models, algo, **overrides):

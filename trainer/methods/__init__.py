@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from trainer.data import DataError
-from trainer.methods import contrastive, cut, demonstrations, preference, sft
+from trainer.methods import contrastive, cut, demonstrations, policy_gradient, preference, sft
 from trainer.methods.base import Method, Row
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     sft.SFT, preference.DPO, preference.IPO, preference.SIMPO, demonstrations.SPIN, demonstrations.GSIL, cut.CUT,
-    contrastive.CONTRASTIVE_SFT)}
+    contrastive.CONTRASTIVE_SFT, policy_gradient.GRPO, policy_gradient.RLOO)}
 
 DEFAULT_METHOD = preference.DPO.name  # what a run trains unless told otherwise (eva's loop)
 SUPERVISED = sft.SFT.name  # plain SFT: how a model learns a task's format before the loop
