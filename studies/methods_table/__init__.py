@@ -86,6 +86,7 @@ def run_table(budget: Any, arms: list[str], work: Path, out: Path, *, jobs: int 
     from studies.methods_table.policy import Policy
     from studies.methods_table.table import accuracy, levels_of, markdown, mean_trace, summarize
     from studies.methods_table.world import prepare
+    from trainer.methods import SUPERVISED, get_method
 
     started = time.monotonic()
     torch.set_num_threads(jobs)
@@ -97,7 +98,7 @@ def run_table(budget: Any, arms: list[str], work: Path, out: Path, *, jobs: int 
     start_file = results_dir / "start.json"
     if not start_file.exists():
         say("[methods] held-out accuracy of the SFT start")
-        policy = Policy(budget, data.model, results_dir / "start", 0, "sft")
+        policy = Policy(budget, data.model, results_dir / "start", 0, SUPERVISED)
         _write_atomic(start_file, json.dumps(policy.evaluate(data.held_out)))
         policy.close()
     start_scores = levels_of(json.loads(start_file.read_text()))
@@ -117,7 +118,7 @@ def run_table(budget: Any, arms: list[str], work: Path, out: Path, *, jobs: int 
     say(f"[methods] {len(arms)} arms x {len(budget.seeds)} seeds: {len(todo)} to run "
         f"({len(arms) * len(budget.seeds) - len(todo)} done before), {jobs} at a time; results in {results_dir}")
     os.environ["TQDM_DISABLE"] = "1"  # the workers' progress bars would interleave; each arm says when it ends
-    slow_first = {"prompts": 0, "judgments": 1, "demonstrations": 2, "pairs": 3}  # the pool's tail stays short
+    slow_first = {"prompts": 0, "judgments": 1, "rewards": 1, "demonstrations": 2, "pairs": 3}  # a short tail
     todo.sort(key=lambda job: slow_first[ARMS[job[0]].group])
     jobs_args = [(arm, seed, budget, data, results_dir) for arm, seed in todo]
     if jobs_args:
@@ -141,7 +142,8 @@ def run_table(budget: Any, arms: list[str], work: Path, out: Path, *, jobs: int 
               f"generation, judging and training per seed, evaluation excluded.\n")
     out.mkdir(parents=True, exist_ok=True)
     (out / "methods.md").write_text(markdown(rows, start, groups, {a: ARMS[a].about for a in arms}, header))
-    traces = {a: mean_trace(results[a], ("r_real", "r_generated")) for a in arms if a == "spin" or a.startswith("gsil")}
+    traces = {a: mean_trace(results[a], ("r_real", "r_generated")) for a in arms
+              if get_method(ARMS[a].algo).samples_own_answers}  # r(y_real), r(y_gen) of SPIN and GSIL
     _plots(rows, start, groups, traces, budget, out)
     figures = {"bench": "methods", "minutes": round(minutes, 2), "seeds": list(budget.seeds),
                "rounds": budget.rounds, "examples_per_round": budget.examples_per_round,

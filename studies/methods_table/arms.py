@@ -1,15 +1,18 @@
 """The arms of the methods table: each method, run the way its paper runs it, on the same budget.
 
-Four groups, each arm from the SFT start and seeing `rounds x K` examples (K = examples_per_round;
-a round short of data repeats what it has, and says so in its notes):
+Which arms there are, and the method and settings of each, is data (arms.toml); this module runs an arm
+of each group. Five groups, each arm from the SFT start and seeing `rounds x K` examples (K =
+examples_per_round; a round short of data repeats what it has, and says so in its notes):
 - demonstrations (noisy: a share state a wrong result): SFT on them; SPIN and GSIL's five objectives,
   each iteration answering every demonstrated prompt with the current policy (y_gen) and taking that
-  policy as the reference (docs/training.md, Methods);
+  policy as the reference (docs/algorithms.md);
 - pairs, offline: (right, wrong) answers of the SFT start to the same prompts, for DPO (with and
   without the NLL term the demo uses), IPO, SimPO, contrastive SFT and SFT on the chosen answers;
 - judgments, online: each round the policy answers fresh prompts and the world's checker writes a
   judgment of each answer; CUT trains on the triples, "sft-good" on the right answers only, and
   "hindsight" on every answer conditioned on its verdict (asked with "Correct." at test time);
+- rewards, online: each round the policy answers fresh prompts `samples_per_prompt` times and the
+  world's checker grades each answer; GRPO and RLOO train on the rewarded groups;
 - prompts, online: eva (the real creator, evolving prompts with the world's mutator) against the
   static prompt set, both with DPO + NLL and the same number of pairs per round.
 """
@@ -20,16 +23,18 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from agents.worlds import arithmetic as world
 from protocol.messages import Prompt
+from protocol.settings import read_config_file
 from studies.methods_table.context import Context
 from studies.methods_table.creator_arm import run_creator
 from studies.methods_table.policy import Frames, Policy, Record, plain
 from studies.methods_table.world import Budget, Data, verdict
 from trainer.config import TrainConfig
-from trainer.methods.contrastive import contrastive_prompt
+from trainer.methods import get_method
 from trainer.methods.cut import CUTSettings
 
 
@@ -39,6 +44,7 @@ class Arm:
     group: str
     about: str
     run: Callable[[Context], Record]
+    algo: str  # the method it trains
 
 
 # ---------------------------------------------------------------------- from demonstrations
@@ -48,7 +54,7 @@ def demonstrations(algo: str, **settings: Any) -> Callable[[Context], Record]:
         demos = ctx.data.demonstrations
         for _ in range(ctx.budget.rounds):
             rows = [{"prompt": p.text, "completion": p.demonstration} for p in demos]
-            if algo != "sft":  # a new iteration: y_gen from the current policy, which is also the reference
+            if get_method(algo).samples_own_answers:  # a new iteration: y_gen from the current policy, also the reference
                 for row, [answer] in zip(rows, policy.answer([p.text for p in demos]), strict=True):
                     row["generated"] = answer
             policy.train(ctx.fit(policy, rows))
@@ -85,28 +91,31 @@ def pairs(algo: str, *, as_sft: bool = False, **settings: Any) -> Callable[[Cont
         policy.record.notes["distinct_pairs"] = len(data)
         order = ctx.rng.sample(data, len(data))
         stream = (order * (ctx.budget.rounds * ctx.k // max(1, len(order)) + 1))[:ctx.budget.rounds * ctx.k]
-        frames = contrastive_frames(policy.config) if algo == "contrastive-sft" else plain
+        asked = get_method(algo).ask is not None  # asked inside the method's frame (contrastive SFT)
+        frames = method_frames(policy.config) if asked else plain
         for r in range(ctx.budget.rounds):  # passes of K over the pairs (a repeat once they run out)
             rows = stream[r * ctx.k:(r + 1) * ctx.k]
             if as_sft:
                 rows = [{"prompt": row["prompt"], "completion": row["chosen"]} for row in rows]
             policy.train(rows)
             ctx.round_done(policy, frames)
-        if algo == "contrastive-sft":
+        if asked:
             policy.record.variants["generated negative"] = policy.evaluate(
-                ctx.data.held_out, contrastive_frames(policy.config, generated_negative=True))
+                ctx.data.held_out, method_frames(policy.config, generated_negative=True))
         return policy.record
     return run
 
 
-def contrastive_frames(config: TrainConfig, generated_negative: bool = False) -> Frames:
-    """Contrastive SFT at test time: the frame without a negative answer, or with the model's own greedy
-    plain answer as the negative (docs/training.md, contrastive-sft: a setting)."""
+def method_frames(config: TrainConfig, generated_negative: bool = False) -> Frames:
+    """A method that asks inside its own frame (contrastive SFT) at test time: the frame without a negative
+    answer, or with the model's own greedy plain answer as the negative (docs/algorithms.md)."""
+    ask = get_method(config.algo).ask
+
     def frames(policy: Policy, prompts: Sequence[Prompt]) -> list[str]:
         if not generated_negative:
-            return [contrastive_prompt(p.text, config.contrastive) for p in prompts]
+            return [ask(p.text, config, None) for p in prompts]
         first = policy.answer([p.text for p in prompts], temperature=0.0)
-        return [contrastive_prompt(p.text, config.contrastive, negative=a) for p, [a] in zip(prompts, first, strict=True)]
+        return [ask(p.text, config, a) for p, [a] in zip(prompts, first, strict=True)]
     return frames
 
 
@@ -116,12 +125,14 @@ def hindsight_frames(policy: Policy, prompts: Sequence[Prompt]) -> list[str]:
     return [template.format(prompt=p.text, judgment="Correct.") for p in prompts]
 
 
-def judgments(kind: str) -> Callable[[Context], Record]:
+def judgments(algo: str, use: str, **settings: Any) -> Callable[[Context], Record]:
+    if use not in ("judgments", "right answers", "verdict"):
+        raise ValueError(f"unknown use {use!r} of judgments")
+
     def run(ctx: Context) -> Record:
         budget = ctx.budget
-        policy = ctx.policy("cut", cut={"threshold": 1.1, "alpha": 1.0, "align_p_ratio": 1e9}) if kind == "cut" \
-            else ctx.policy("sft")  # CUT: the online settings; Align-P is downsampled here, before fitting to K
-        frames = hindsight_frames if kind == "hindsight" else plain
+        policy = ctx.policy(algo, **settings)
+        frames = hindsight_frames if use == "verdict" else plain
         template = CUTSettings().template
         for r in range(budget.rounds):
             prompts = ctx.data.judged_prompts[r * ctx.k:(r + 1) * ctx.k]
@@ -130,11 +141,11 @@ def judgments(kind: str) -> Callable[[Context], Record]:
             good = [g for g in graded if g[2] >= 1.0]
             bad = [g for g in graded if g[2] < 1.0]
             policy.record.notes.setdefault("good_share", []).append(round(len(good) / max(1, len(graded)), 3))
-            if kind == "cut":
+            if use == "judgments":  # Align-P downsampled to 0.25 x Align-N here, before fitting to K
                 good = ctx.rng.sample(good, min(len(good), round(0.25 * len(bad)))) if bad else good
                 rows = [{"prompt": p.text, "completion": a, "judgment": j, "label": s >= 1.0}
                         for p, a, s, j in bad + good]
-            elif kind == "sft-good":
+            elif use == "right answers":
                 rows = [{"prompt": p.text, "completion": a} for p, a, _, _ in good]
             else:
                 rows = [{"prompt": template.format(prompt=p.text, judgment=verdict(j)), "completion": a}
@@ -145,36 +156,57 @@ def judgments(kind: str) -> Callable[[Context], Record]:
     return run
 
 
-# ---------------------------------------------------------------------- prompt evolution
-def prompts(evolve: bool) -> Callable[[Context], Record]:
+# ---------------------------------------------------------------------- from rewards
+def rewards(algo: str, **settings: Any) -> Callable[[Context], Record]:
     def run(ctx: Context) -> Record:
-        policy = ctx.policy("dpo", dpo={"beta": 0.1, "nll_alpha": ctx.budget.nll_alpha})
+        budget, n = ctx.budget, ctx.budget.samples_per_prompt
+        policy = ctx.policy(algo, **settings)
+        per_round = ctx.k // n  # prompts a round: n answers each, K answers in all
+        for r in range(budget.rounds):
+            prompts = ctx.data.judged_prompts[r * per_round:(r + 1) * per_round]
+            answers = policy.answer([p.text for p in prompts], n=n)
+            rows = [{"prompt": p.text, "completion": a, "reward": world.grade(p, a)[0], "prompt_id": p.prompt_id}
+                    for p, group in zip(prompts, answers, strict=True) for a in group]
+            signal = sum(len({row["reward"] for row in rows[i:i + n]}) > 1 for i in range(0, len(rows), n))
+            policy.record.notes.setdefault("groups_with_signal", []).append(round(signal / max(1, len(prompts)), 3))
+            policy.train(rows)
+            ctx.round_done(policy)
+        return policy.record
+    return run
+
+
+# ---------------------------------------------------------------------- prompt evolution
+def prompts(algo: str, evolve: bool, **settings: Any) -> Callable[[Context], Record]:
+    def run(ctx: Context) -> Record:
+        policy = ctx.policy(algo, **settings)
         run_creator(ctx, policy, evolve)
         return policy.record
     return run
 
 
-GSIL_VARIANTS = ("logistic", "brier", "hinge", "kliep", "lsif")
-ARMS: dict[str, Arm] = {arm.name: arm for arm in [
-    Arm("sft", "demonstrations", "SFT on the demonstrations", demonstrations("sft")),
-    Arm("spin", "demonstrations", "SPIN, beta 0.1", demonstrations("spin")),
-    *[Arm(f"gsil-{v}", "demonstrations", f"GSIL ({v}), scale 0.1, shift 0.1", demonstrations("gsil", gsil={"variant": v}))
-      for v in GSIL_VARIANTS],
-    Arm("sft-chosen", "pairs", "SFT on the chosen answers", pairs("sft", as_sft=True)),
-    Arm("dpo", "pairs", "DPO, beta 0.1", pairs("dpo")),
-    Arm("dpo+nll", "pairs", "DPO, beta 0.1, + NLL on the chosen answer (weight 10)",
-        pairs("dpo", dpo={"beta": 0.1, "nll_alpha": 10.0})),
-    Arm("ipo", "pairs", "IPO, beta 0.1", pairs("ipo")),
-    Arm("simpo", "pairs", "SimPO, beta 2, gamma/beta 0.25", pairs("simpo")),
-    Arm("contrastive-sft", "pairs", "plain-text contrastive SFT (asked without a negative answer)",
-        pairs("contrastive-sft")),
-    Arm("cut", "judgments", "CUT, online (lambda 1.1, alpha 1.0)", judgments("cut")),
-    Arm("sft-good", "judgments", "SFT on the right answers only", judgments("sft-good")),
-    Arm("hindsight", "judgments", "SFT on every answer given its verdict", judgments("hindsight")),
-    Arm("eva", "prompts", "eva (evolving prompts) + DPO", prompts(evolve=True)),
-    Arm("static", "prompts", "static prompts + DPO", prompts(evolve=False)),
-]}
-GROUPS = ("demonstrations", "pairs", "judgments", "prompts")
+RUNNERS: dict[str, Callable[..., Callable[[Context], Record]]] = {
+    "demonstrations": demonstrations, "pairs": pairs, "judgments": judgments, "rewards": rewards, "prompts": prompts}
+GROUPS = tuple(RUNNERS)
+
+
+ARMS_FILE = Path(__file__).with_name("arms.toml")
+
+
+def load_arms(path: Path = ARMS_FILE) -> dict[str, Arm]:
+    """The arms of arms.toml, each with its group's runner; an unknown method or group is named."""
+    arms: dict[str, Arm] = {}
+    for entry in read_config_file(path)["arm"]:
+        entry = dict(entry)
+        name, group, about, algo = (entry.pop(k) for k in ("name", "group", "about", "algo"))
+        get_method(algo)  # an unknown method is an error here, not when the arm runs
+        if group not in RUNNERS:
+            raise ValueError(f"{path}: arm {name!r}: unknown group {group!r}; one of {', '.join(RUNNERS)}")
+        settings = entry.pop("settings", {})
+        arms[name] = Arm(name, group, about, RUNNERS[group](algo, **entry, **settings), algo)
+    return arms
+
+
+ARMS = load_arms()
 
 
 def run_arm(name: str, ctx: Context) -> Record:

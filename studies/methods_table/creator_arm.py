@@ -41,7 +41,7 @@ def run_creator(ctx: Context, policy: Policy, evolve: bool) -> None:
         groups = assign.task.groups
         notes.setdefault("evolved_share", []).append(
             round(sum(g.prompt.source == "evolved" for g in groups) / max(1, len(groups)), 3))
-        rows = rows_from_groups(groups, "dpo")
+        rows = rows_from_groups(groups, policy.config.algo)
         policy.train(ctx.fit(policy, rows))
         ctx.round_done(policy)
         state["version"] += 1
@@ -49,7 +49,7 @@ def run_creator(ctx: Context, policy: Policy, evolve: bool) -> None:
                                              examples=ctx.k))
 
     link.workers = {"generate": generate, "judge": judge, "train": train}
-    config = CreatorConfig(algo="dpo", samples_per_prompt=budget.samples_per_prompt, temperature=budget.temperature,
+    config = CreatorConfig(algo=policy.config.algo, samples_per_prompt=budget.samples_per_prompt, temperature=budget.temperature,
                            top_p=budget.top_p, max_new_tokens=budget.max_new_tokens, prompts_per_task=10**6, evolve=evolve,
                            pool_per_round=budget.pool_per_round, rewrites_per_prompt=1, min_train_score=1.0,
                            train_groups=ctx.k, seed=ctx.seed)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-COLORS = {"demonstrations": "tab:blue", "pairs": "tab:orange", "judgments": "tab:green", "prompts": "tab:purple"}
+COLORS = {"demonstrations": "tab:blue", "pairs": "tab:orange", "judgments": "tab:green", "rewards": "tab:red",
+          "prompts": "tab:purple"}
 
 
 def _pyplot() -> Any:

@@ -5,9 +5,9 @@
     policy.train(rows)                                    # one pass of Recipe.train_round over the rows
     scores = policy.evaluate(held_out)                    # greedy answers, graded: {level: [score, ...]}
 
-Training uses the live trainer's settings (constant learning rate; the reference is the policy at
-the start of each round, or the SFT start with reference="initial"), so the table measures the
-objectives the live system trains with.
+Training uses the live trainer's settings (constant learning rate; the method's online reference: the
+policy at the start of each round, or the SFT start for GRPO/RLOO and with reference="initial"), so the
+table measures the objectives the live system trains with.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from protocol.messages import Prompt
 from studies.methods_table.world import Budget
 from trainer.config import TrainConfig
 from trainer.generate import sample_responses
+from trainer.methods import get_method
 from trainer.recipe import Recipe
 
 Frames = Callable[["Policy", Sequence[Prompt]], list[str]]  # held-out prompts -> the texts the model is asked
@@ -50,7 +51,8 @@ class Record:
 
 class Policy:
     def __init__(self, budget: Budget, model: Path, out: Path, seed: int, algo: str, *,
-                 reference: str = "current", **settings: Any) -> None:
+                 reference: str | None = None, **settings: Any) -> None:
+        reference = reference or get_method(algo).online_reference  # as the live trainer, unless told
         config = TrainConfig(
             algo=algo, model=str(model), data="(methods table)", out=str(out), lr=budget.lr,
             batch_size=budget.batch_size, lora={"r": budget.lora_r, "alpha": 2 * budget.lora_r},

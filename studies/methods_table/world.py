@@ -32,7 +32,7 @@ class Budget:
     data_seed: int = 0
     rounds: int = 4  # SPIN/GSIL iterations, online rounds of CUT and eva; offline pair arms: passes of K
     examples_per_round: int = 512  # K: examples every arm trains on per round
-    samples_per_prompt: int = 4  # answers per prompt where pairs are built (offline pairs, eva)
+    samples_per_prompt: int = 4  # answers per prompt where pairs or groups are built (offline pairs, eva, rewards)
     judged_samples: int = 2  # answers per prompt in the judgment arms
     temperature: float = 0.7  # sampling of every training answer (eva's defaults, docs/live.md)
     top_p: float = 0.9
@@ -46,7 +46,6 @@ class Budget:
     lr: float = 5e-4
     batch_size: int = 8
     lora_r: int = 16
-    nll_alpha: float = 10.0  # the "+NLL" DPO rows and the eva/static arms (the demo's setting)
     max_length: int = 160
     max_prompt_length: int = 112
 
@@ -124,7 +123,7 @@ def prepare(budget: Budget, root: Path, say: Say) -> Data:
     """The SFT start (cached in ROOT/model) and the prompt sets."""
     plan = replace(budget.model, eval_per_level=budget.eval_per_level, seed=budget.data_seed)
     files = write_data(plan, root / "data")  # the SFT data and the held-out set, as the demo makes them
-    sft = framed_sft(files["sft"], root / "data" / "sft-framed.jsonl", budget.framed_share, random.Random(2))
+    sft = framed_sft(files["warmup"], root / "data" / "sft-framed.jsonl", budget.framed_share, random.Random(2))
     model = prepare_model(plan, root / "model", sft, say, words=tokenizer_words(random.Random(1)),
                           vocab_size=budget.vocab_size)
     held_out = [Prompt.model_validate({"prompt_id": r["id"], "text": r["prompt"], "answer": r["answer"],

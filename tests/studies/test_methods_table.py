@@ -59,6 +59,19 @@ def test_fit_gives_every_arm_exactly_k_examples(tmp_path):
     assert ctx.fit(policy, []) == []
 
 
+def test_arms_are_data_and_a_bad_arm_is_named(tmp_path):
+    from studies.methods_table.arms import load_arms
+
+    assert {ARMS["grpo"].group, ARMS["rloo"].group} == {"rewards"} and ARMS["dpo+nll"].algo == ARMS["dpo"].algo
+    bad = tmp_path / "arms.toml"
+    bad.write_text('[[arm]]\nname = "x"\ngroup = "pairs"\nabout = "x"\nalgo = "ppo"\n')
+    with pytest.raises(ValueError, match="unknown method 'ppo'"):
+        load_arms(bad)
+    bad.write_text('[[arm]]\nname = "x"\ngroup = "vibes"\nabout = "x"\nalgo = "dpo"\n')
+    with pytest.raises(ValueError, match="arm 'x': unknown group 'vibes'"):
+        load_arms(bad)
+
+
 def test_bad_arguments_are_one_line(tmp_path):
     for args, problem in ((["--methods", "dpo,nope"], "unknown method 'nope'"),
                           (["--seeds", "0,x"], "--seeds takes comma-separated integers"),
@@ -81,7 +94,7 @@ def test_quick_table_runs_every_arm_and_resumes(tmp_path):
     for name, row in figures["methods"].items():
         assert 0.0 <= row["acc"] <= 1.0 and set(row["by_level"]) == {"2", "3", "4"}, name
         assert len(row["by_round"]) == budget.rounds, name
-        if ARMS[name].group in ("demonstrations", "judgments") and name != "sft-good":
+        if ARMS[name].group in ("demonstrations", "judgments", "rewards") and name != "sft-good":
             assert row["examples"] == per_arm, name  # the same budget for every arm that has data
     assert figures["methods"]["contrastive-sft"]["variants"].keys() == {"generated negative"}
 

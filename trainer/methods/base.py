@@ -49,6 +49,8 @@ class Method:
     online_reference: Literal["initial", "current"] = "current"  # reference of the live trainer
     prepare: Callable[[list[Example], TrainConfig], list[Example]] = lambda examples, config: examples
     check: Callable[[Row], str | None] = lambda row: None  # a method-specific row check: the problem, or None
+    # how the trained model is asked a question (and optionally shown a negative answer), when not as it is
+    ask: Callable[[str, TrainConfig, str | None], str] | None = None
     text_fields: tuple[str, ...] = ("prompt", "completion", "chosen", "rejected", "judgment", "messages", "generated")
 
     def check_row(self, row: Row) -> str | None:

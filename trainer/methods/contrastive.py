@@ -64,7 +64,12 @@ def example(index: int, row: Row, config: TrainConfig, renderer: Renderer) -> Ex
     return Example(index, {"policy": contrastive_sequence(row, config.contrastive, renderer)})
 
 
+def ask(question: str, config: TrainConfig, negative: str | None = None) -> str:
+    return contrastive_prompt(question, config.contrastive, negative)
+
+
 CONTRASTIVE_SFT = Method(
     name="contrastive-sft", summary="plain-text contrastive SFT: the positive answer after the negative one",
     formats=(("prompt", "chosen", "rejected"),), example=example, step=sft.step,
-    rows_from_group=preference.rows_from_group, settings=ContrastiveSettings, section="contrastive", contrast=True)
+    rows_from_group=preference.rows_from_group, settings=ContrastiveSettings, section="contrastive", contrast=True,
+    ask=ask)
