@@ -4,10 +4,11 @@
     agent.run(stop_event)            # link: an AgentLink with the hub's data endpoint (weight sync)
 
 Per train task: the method's rows from the groups (best/worst pairs, real/generated, judged
-triples, rewarded answers: trainer.methods) -> one pass of the same recipe `selfplay train` runs, with the
-method's online reference (for the preference and demonstration methods the policy at the start of the
-round: each iteration's policy is the next one's reference; for GRPO/RLOO the starting model) -> checkpoint, recording the task and version v+1 -> publish the adapter as v+1 over
-the link's data socket (keyed like its control socket) and wait for the hub to persist it -> report.
+triples, rewarded answers: trainer.methods) -> one pass of the same recipe `selfplay train` runs, with
+the method's online reference (for the preference and demonstration methods the policy at the start of
+the round: each iteration's policy is the next one's reference; for GRPO/RLOO the starting model)
+-> checkpoint, recording the task and version v+1 -> publish the adapter as v+1 over the link's data
+socket (keyed like its control socket) and wait for the hub to persist it -> report.
 
 A crash anywhere loses nothing and trains nothing twice: before the checkpoint, the retried task is
 trained again from the previous checkpoint; after it, the restarted trainer resumes from it, sees
@@ -153,26 +154,17 @@ class TrainerAgent:
         return False
 
 
-# What the live trainer sets itself, and why; a topology may not set these (launch.topology refuses them by name).
-LIVE_FIXED = {
-    "scheduler": "one pass per round at a constant learning rate",
-    "warmup_ratio": "one pass per round at a constant learning rate",
-    "reference": "the method decides: the policy at the round's start, or the starting model (GRPO/RLOO)",
-    "save_every": "it checkpoints after every round",
-    "tensorboard": "metrics go to the training reports and metrics.jsonl",
-    "epochs": "one pass over each round's rows",
-    "max_steps": "one pass over each round's rows",
-    "generation": "the solvers sample the answers",
-    "finetune": "it publishes LoRA adapters",
-    "data": "its rows come from the creator's train tasks",
-    "out": "it writes to RUN/trainer",
-}
-
-
 def live_settings(config: TrainConfig) -> dict[str, object]:
-    """The settings the live trainer imposes (one pass per round, constant rate, the method's online reference)."""
-    return {"scheduler": "constant", "warmup_ratio": 0.0, "reference": get_method(config.algo).online_reference,
-            "save_every": 10**9, "tensorboard": False}
+    """What the live trainer imposes: one pass per round at a constant rate, the method's online reference, and the
+    method's online settings (CUT's 1.1 / 1.0) where the config leaves them at their defaults."""
+    method = get_method(config.algo)
+    update: dict[str, object] = {"scheduler": "constant", "warmup_ratio": 0.0, "reference": method.online_reference,
+                                 "save_every": 10**9, "tensorboard": False}
+    if method.online:
+        section = method.settings_of(config)
+        update[method.section] = section.model_copy(
+            update={k: v for k, v in method.online.items() if k not in section.model_fields_set})
+    return update
 
 
 def _finite(metrics: dict[str, float], task_id: str) -> dict[str, float]:

@@ -146,15 +146,12 @@ def prepare_model(plan: Plan, directory: Path, sft_data: Path, say: Say = _log_l
 def topology(plan: Plan, algo: str, run_dir: Path, model: Path, data: dict[str, Path]) -> dict[str, Any]:
     """The demo's topology (what configs/demo.toml ships, with this run's paths and the algorithm's settings)."""
     method = get_method(algo)
-    demos = method.demonstrations
+    demos = method.judge == "none"  # learns from demonstrations
     trainer: dict[str, Any] = {"algo": algo, "model": str(model), "lr": plan.lr, "batch_size": 8,
                                "lora": {"r": 16, "alpha": 32}, "max_length": 96, "max_prompt_length": 32,
                                "seed": plan.seed}
-    settings = dict(method.online)  # the authors' online settings where they differ from the offline ones (CUT)
-    if method.settings is not None and "nll_alpha" in method.settings.model_fields:
-        settings["nll_alpha"] = plan.nll_alpha
-    if settings:
-        trainer[method.section] = settings
+    if method.settings is not None and "nll_alpha" in method.settings.model_fields:  # the DPO family
+        trainer[method.section] = {"nll_alpha": plan.nll_alpha}
     return {
         "run": {"dir": str(run_dir), "rounds": plan.rounds},
         "hub": {"control": "ipc", "data": "ipc", "lease_s": 300},

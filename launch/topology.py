@@ -24,7 +24,8 @@
 Each section is the process's own settings model ([hub]: HubSettings, [creator.settings]: CreatorConfig,
 [trainer]: TrainConfig less what the live trainer sets itself), so a setting is either honoured by the
 process or refused in one line naming it: `solver.cont: Extra inputs are not permitted`,
-`trainer.scheduler: not a setting of the live trainer (one pass per round at a constant learning rate)`.
+`trainer.scheduler: Value error, not a setting of the live trainer (one pass per round at a constant learning
+rate)`.
 """
 
 from __future__ import annotations
@@ -35,13 +36,12 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, create_model, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
 
 from agents.creator import CreatorConfig
 from agents.hub import HubConfig, HubSettings
-from agents.trainer_agent import LIVE_FIXED
 from protocol.settings import ConfigError, Strict, format_validation_error, read_config_file
-from trainer.config import TrainConfig
+from trainer.config import LIVE_FIXED, TrainConfig
 
 
 class RunSection(Strict):
@@ -74,6 +74,13 @@ class CreatorSection(Strict):
     mutator: str | None = Field(None, description="module:function of a programmatic mutator; else an LLM evolver.")
     eval_prompts: str | None = Field(None, description="Held-out prompts (same format), evaluated, never trained on.")
     settings: CreatorConfig = Field(default_factory=CreatorConfig, description="eva settings (agents/creator.py).")
+
+    @field_validator("settings")
+    @classmethod
+    def _algo_from_trainer(cls, settings: CreatorConfig) -> CreatorConfig:
+        if "algo" in settings.model_fields_set:
+            raise ValueError("algo is set by trainer.algo")
+        return settings
 
 
 class SolverSection(Strict):
@@ -121,20 +128,17 @@ class JudgeSection(Strict):
 
 
 class _LiveTrainer(Strict):
-    @model_validator(mode="before")
+    @field_validator(*LIVE_FIXED, mode="before", check_fields=False)
     @classmethod
-    def _not_live(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for name in data:
-                if name in LIVE_FIXED:
-                    raise ValueError(f"{name} is not a setting of the live trainer ({LIVE_FIXED[name]})")
-        return data
+    def _not_live(cls, value: Any, info: ValidationInfo) -> Any:
+        raise ValueError(f"not a setting of the live trainer ({LIVE_FIXED[info.field_name]})")
 
 
-# TrainConfig's fields, less those the live trainer sets itself: each refused by name, with the reason.
+# TrainConfig's fields; those the live trainer sets itself are there only to be refused by name, with the reason.
 TrainerSection = create_model(
     "TrainerSection", __base__=_LiveTrainer, __doc__="The live trainer's settings: TrainConfig less LIVE_FIXED.",
-    **{name: (f.annotation, f) for name, f in TrainConfig.model_fields.items() if name not in LIVE_FIXED})
+    **{name: (f.annotation, f) if name not in LIVE_FIXED else (Any, None)
+       for name, f in TrainConfig.model_fields.items()})
 
 
 class Topology(Strict):
@@ -149,8 +153,6 @@ class Topology(Strict):
     @model_validator(mode="after")
     def _staleness_agrees(self) -> Topology:
         settings = self.creator.settings
-        if "algo" in settings.model_fields_set:
-            raise ValueError("creator.settings.algo is set by trainer.algo")
         if "max_staleness" in settings.model_fields_set and settings.max_staleness > self.hub.max_staleness:
             raise ValueError(f"creator.settings.max_staleness = {settings.max_staleness} exceeds hub.max_staleness = "
                              f"{self.hub.max_staleness}: the hub would refuse the lagging answers")
@@ -188,9 +190,12 @@ def load_topology(path: str | Path) -> Topology:
         raise TopologyError(str(e)) from None
     try:
         topology = Topology.model_validate(data)
-        topology.trainer_config()  # validate the trainer section now, not when its process starts
     except ValidationError as e:
         raise TopologyError(format_validation_error(e, path)) from None
+    try:
+        topology.trainer_config()  # validate the trainer section as its process will, now
+    except ValidationError as e:
+        raise TopologyError(format_validation_error(e, path, section="trainer")) from None
     for field, spec in (("creator.mutator", topology.creator.mutator),
                         ("judge.checker", topology.judge.checker if topology.judge else None)):
         if spec is not None:

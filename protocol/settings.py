@@ -52,8 +52,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def format_validation_error(e: ValidationError, source: str | Path | None = None) -> str:
-    """Every problem pydantic found, each as `dotted.field: message`, on one line."""
+def format_validation_error(e: ValidationError, source: str | Path | None = None, section: str = "") -> str:
+    """Every problem pydantic found, each as `dotted.field: message` (under `section`, if the model validated is
+    one), on one line."""
     where = f"{source}: " if source else ""
-    parts = [f"{'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg']}" for err in e.errors(include_url=False)]
+    parts = [f"{'.'.join(map(str, (*filter(None, [section]), *err['loc']))) or '<root>'}: {err['msg']}"
+             for err in e.errors(include_url=False)]
     return where + "; ".join(parts)

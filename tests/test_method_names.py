@@ -25,10 +25,10 @@ def _docstrings(tree: ast.AST) -> set[int]:
     return out
 
 
-def method_literals(path: Path, methods: set[str]) -> list[str]:
+def method_literals(path: Path, methods: set[str], root: Path = ROOT) -> list[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
     docs = _docstrings(tree)
-    return [f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}" for node in ast.walk(tree)
+    return [f"{path.relative_to(root)}:{node.lineno}: {node.value!r}" for node in ast.walk(tree)
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in methods
             and id(node) not in docs]
 
@@ -47,9 +47,6 @@ def test_no_module_outside_the_registry_names_a_method():
 
 def test_the_check_finds_a_named_method(tmp_path):
     """The check itself: a literal in code is found, a docstring's mention is not."""
-    path = ROOT / "tests" / "_method_name_probe.py"
-    try:
-        path.write_text('"""Mentions dpo and "dpo" in a docstring."""\n\nif algo == "cut":\n    pass\n')
-        assert method_literals(path, set(names())) == ["tests/_method_name_probe.py:3: 'cut'"]
-    finally:
-        path.unlink()
+    path = tmp_path / "probe.py"
+    path.write_text('"""Mentions dpo and "dpo" in a docstring."""\n\nif algo == "cut":\n    pass\n')
+    assert method_literals(path, set(names()), root=tmp_path) == ["probe.py:3: 'cut'"]

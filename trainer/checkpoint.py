@@ -51,14 +51,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(root: Path, model: nn.Module, tokenizer: Any, optimizer: torch.optim.Optimizer,
                     scheduler: Any, cursor: Cursor, config: dict[str, Any], keep: int,
-                    extra: dict[str, Any] | None = None) -> Path:
+                    extra: dict[str, Any] | None = None, extra_state: dict[str, Any] | None = None) -> Path:
+    """`extra`: JSON the caller reads back with read_extra; `extra_state`: tensors and the like, read_extra_state."""
     final = root / f"step-{cursor.step:06d}"
     tmp = root / f".tmp-step-{cursor.step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(trainable_state(model), tmp / "trainable.safetensors")
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
-                "cursor": asdict(cursor)}, tmp / "trainer_state.pt")
+                "cursor": asdict(cursor), "extra_state": extra_state or {}}, tmp / "trainer_state.pt")
     (tmp / "state.json").write_text(json.dumps({"cursor": asdict(cursor), "config": config, "extra": extra or {}},
                                                indent=2))
     export_weights(model, tokenizer, tmp)
@@ -85,6 +86,11 @@ def latest_checkpoint(root: Path) -> Path | None:
 def read_extra(path: Path) -> dict[str, Any]:
     """What the caller stored with a checkpoint (e.g. the live trainer: the task it has trained)."""
     return json.loads((path / "state.json").read_text()).get("extra", {})
+
+
+def read_extra_state(path: Path) -> dict[str, Any]:
+    """What the caller stored with a checkpoint beside the training state (e.g. cached log-probs)."""
+    return torch.load(path / "trainer_state.pt", weights_only=False).get("extra_state", {})
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> Cursor:

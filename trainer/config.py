@@ -13,12 +13,13 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, create_model, model_validator
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from protocol.settings import ConfigError, Strict, format_validation_error, read_config_file
 from trainer.methods import METHODS, settings_sections
 
-__all__ = ["ConfigError", "GenerationSettings", "LoraSettings", "TrainConfig", "config_reference", "load_config"]
+__all__ = ["LIVE_FIXED", "ConfigError", "GenerationSettings", "LoraSettings", "TrainConfig", "config_reference",
+           "load_config"]
 
 
 class LoraSettings(Strict):
@@ -72,10 +73,15 @@ class TrainSettings(Strict):
     generation: GenerationSettings = Field(default_factory=GenerationSettings,
                                            description="Sampling of y_gen for GSIL/SPIN when the data has none.")
 
+    @field_validator("algo")
+    @classmethod
+    def _known(cls, algo: str) -> str:
+        if algo not in METHODS:
+            raise ValueError(f"algo {algo!r} is not a method; one of {', '.join(METHODS)}")
+        return algo
+
     @model_validator(mode="after")
     def _checks(self) -> TrainSettings:
-        if self.algo not in METHODS:
-            raise ValueError(f"algo {self.algo!r} is not a method; one of {', '.join(METHODS)}")
         if self.max_prompt_length >= self.max_length:
             raise ValueError(f"max_prompt_length ({self.max_prompt_length}) must be below max_length "
                              f"({self.max_length})")
@@ -87,6 +93,24 @@ TrainConfig = create_model(
     "TrainConfig", __base__=TrainSettings, __doc__="A training run: the shared settings and every method's section.",
     **{name: (model, Field(default_factory=model, description=f"Settings of {users}."))
        for name, (model, users) in settings_sections().items()})
+
+
+# What the live trainer (agents/trainer_agent.py, live_settings) sets itself or does not use, and why; a topology's
+# [trainer] may not set these (launch.topology refuses each by name). Here, not there, so that reading a topology
+# does not load the trainer.
+LIVE_FIXED = {
+    "scheduler": "one pass per round at a constant learning rate",
+    "warmup_ratio": "one pass per round at a constant learning rate",
+    "reference": "the method decides: the policy at the round's start, or the starting model (GRPO/RLOO)",
+    "save_every": "it checkpoints after every round",
+    "tensorboard": "metrics go to the training reports and metrics.jsonl",
+    "epochs": "one pass over each round's rows",
+    "max_steps": "one pass over each round's rows",
+    "generation": "the solvers sample the answers",
+    "finetune": "it publishes LoRA adapters",
+    "data": "its rows come from the creator's train tasks",
+    "out": "it writes to RUN/trainer",
+}
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
@@ -115,7 +139,8 @@ def config_reference() -> str:
         if isinstance(f.annotation, type) and issubclass(f.annotation, Strict):
             sections.append((name, f))
             continue
-        lines += [f"# {f.description}", _toml_line(name, None if f.is_required() else f.get_default(call_default_factory=True))]
+        default = None if f.is_required() else f.get_default(call_default_factory=True)
+        lines += [f"# {f.description}", _toml_line(name, default)]
     for name, f in sections:
         lines += ["", f"[{name}]  # {f.description}"]
         for sub, sf in f.annotation.model_fields.items():

@@ -32,6 +32,7 @@ from trainer.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     read_extra,
+    read_extra_state,
     save_checkpoint,
 )
 from trainer.config import TrainConfig
@@ -50,7 +51,7 @@ class Recipe:
         self.out = Path(config.out)
         self.method = get_method(config.algo)
         # (example index, role, "reference" | "proximal") -> (sum of the response's log-probs, per token)
-        self.reference_cache: dict[tuple[int, str, str], tuple[float, torch.Tensor]] = {}
+        self.logp_cache: dict[tuple[int, str, str], tuple[float, torch.Tensor]] = {}
         self.step_seconds: list[float] = []  # wall time of each optimizer step (benchmarks read it)
         self._plans: dict[int, list[list[int]]] = {}
 
@@ -97,6 +98,8 @@ class Recipe:
         if checkpoint is not None:
             self.cursor = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler)
             self.resumed_extra = read_extra(checkpoint)
+            # the round-start log-probs the run clips against: those of its start, not of the resumed weights
+            self.logp_cache.update(read_extra_state(checkpoint).get("proximal", {}))
             log.info("resumed", checkpoint=str(checkpoint), step=self.cursor.step)
         elif self.resume:
             log.warning("no checkpoint to resume from; starting fresh", out=str(self.out))
@@ -175,7 +178,7 @@ class Recipe:
         order = sorted(range(len(self.examples)), key=lambda i: self.examples[i].length)
         size = self.config.batch_size * self.config.reference_batch_factor
         for kind, roles in needs.items():
-            if not roles or all((i, role, kind) in self.reference_cache for i in range(len(self.examples))
+            if not roles or all((i, role, kind) in self.logp_cache for i in range(len(self.examples))
                                 for role in roles if role in self.examples[i].sequences):
                 continue
             for start in tqdm(range(0, len(order), size), desc=f"{kind} log-probs", dynamic_ncols=True, leave=False):
@@ -189,7 +192,7 @@ class Recipe:
         """Fill the cache for the batch's sequences of `roles`: reference log-probs (the configured reference) or
         proximal ones (the policy as it is now, adapter on: the start of the round)."""
         keys = [(i, role, kind) for role in roles for i in (batch.indices[b] for b in batch.rows[role])]
-        if all(k in self.reference_cache for k in keys):
+        if all(k in self.logp_cache for k in keys):
             return
         current = kind == "proximal" or self.config.reference == "current"
         ref = reference_logps(self.model, batch.input_ids, batch.attention_mask, batch.score_mask,
@@ -198,19 +201,19 @@ class Recipe:
             rows = ref.rows(batch.slices[role])
             for n, b in enumerate(batch.rows[role]):
                 tokens = rows.token_logps[n][rows.mask[n]].float().cpu()
-                self.reference_cache[(batch.indices[b], role, kind)] = (float(rows.logps[n]), tokens)
+                self.logp_cache[(batch.indices[b], role, kind)] = (float(rows.logps[n]), tokens)
 
     def reference_logps(self, batch: Batch, roles: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """Reference sequence log-probs per role, computed once per example and cached."""
         self._cached(batch, roles, "reference")
-        return {role: torch.tensor([self.reference_cache[(batch.indices[b], role, "reference")][0]
+        return {role: torch.tensor([self.logp_cache[(batch.indices[b], role, "reference")][0]
                                     for b in batch.rows[role]], device=self.device) for role in roles}
 
-    def token_logps(self, batch: Batch, role: str, kind: str) -> torch.Tensor:
+    def cached_token_logps(self, batch: Batch, role: str, kind: str) -> torch.Tensor:
         """(B_role, L) per-token log-probs of `role`'s responses, left-aligned and zero-padded, under the reference
         (kind "reference") or the policy at the start of the round (kind "proximal"); cached like the sums."""
         self._cached(batch, (role,), kind)
-        tokens = [self.reference_cache[(batch.indices[b], role, kind)][1] for b in batch.rows[role]]
+        tokens = [self.logp_cache[(batch.indices[b], role, kind)][1] for b in batch.rows[role]]
         return torch.nn.utils.rnn.pad_sequence(tokens, batch_first=True).to(self.device)
 
     # ------------------------------------------------------------------ train
@@ -259,7 +262,7 @@ class Recipe:
         cfg = self.config
         check_rows(rows, cfg.algo, source="round", empty_responses=True)
         self.examples = build_examples(rows, cfg, self.renderer)
-        self.reference_cache.clear()
+        self.logp_cache.clear()
         self.cursor.epoch, self.cursor.batch = self.cursor.epoch + 1, 0
         self._plans = {}
         steps = math.ceil(len(self._plan(self.cursor.epoch)) / cfg.grad_accum)
@@ -276,8 +279,10 @@ class Recipe:
     # ------------------------------------------------------------------ save / cleanup
     def save_checkpoint(self, extra: dict[str, Any] | None = None) -> Path:
         """A checkpoint of everything resume needs; `extra` is kept with it (resumed_extra after a resume)."""
+        proximal = {k: v for k, v in self.logp_cache.items() if k[2] == "proximal"}
         path = save_checkpoint(self.out / "checkpoints", self.model, self.tokenizer, self.optimizer, self.scheduler,
-                               self.cursor, self.config.model_dump(), self.config.keep_checkpoints, extra)
+                               self.cursor, self.config.model_dump(), self.config.keep_checkpoints, extra,
+                               {"proximal": proximal} if proximal else None)
         log.info("checkpoint", path=str(path), step=self.cursor.step)
         return path
 

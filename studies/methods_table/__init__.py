@@ -114,7 +114,7 @@ def run_table(budget: Any, arms: list[str], work: Path, out: Path, *, jobs: int 
             made = offline_pairs(budget, data, seed, model, tokenizer)
             _write_atomic(path, "".join(json.dumps(p) + "\n" for p in made))
 
-    todo = [(arm, seed) for arm in arms for seed in budget.seeds if not (results_dir / f"{arm}@{seed}.json").exists()]
+    todo = [(arm, seed) for arm in arms for seed in budget.seeds if not _done(results_dir / f"{arm}@{seed}.json", ARMS[arm])]
     say(f"[methods] {len(arms)} arms x {len(budget.seeds)} seeds: {len(todo)} to run "
         f"({len(arms) * len(budget.seeds) - len(todo)} done before), {jobs} at a time; results in {results_dir}")
     os.environ["TQDM_DISABLE"] = "1"  # the workers' progress bars would interleave; each arm says when it ends
@@ -170,6 +170,11 @@ def _plots(rows: dict, start: dict, groups: dict, traces: dict, budget: Any, out
         rewards_plot(traces, -(-budget.examples_per_round // budget.batch_size), out / "rewards.png")
 
 
+def _done(path: Path, arm: Any) -> bool:
+    """A saved result of this arm as arms.toml has it now (a result saved without its spec counts)."""
+    return path.exists() and json.loads(path.read_text()).get("spec", arm.spec) == arm.spec
+
+
 def _write_atomic(path: Path, text: str) -> None:
     """A killed run leaves the old file or the new one, never half of one (a resumed run trusts what it finds)."""
     tmp = path.with_name(path.name + ".tmp")
@@ -186,7 +191,7 @@ def _job(job: tuple) -> tuple[str, int, float, float]:
     import torch
 
     from launch.logs import configure_logging
-    from studies.methods_table.arms import run_arm
+    from studies.methods_table.arms import ARMS, run_arm
     from studies.methods_table.context import Context
     from studies.methods_table.policy import exact
 
@@ -198,7 +203,8 @@ def _job(job: tuple) -> tuple[str, int, float, float]:
     pairs = results_dir / f"pairs@{seed}.jsonl"
     ctx = Context(budget, data, seed, scratch, pairs if pairs.exists() else None)
     record = run_arm(arm, ctx)
-    _write_atomic(results_dir / f"{arm}@{seed}.json", json.dumps({"arm": arm, "seed": seed, "record": asdict(record)}))
+    _write_atomic(results_dir / f"{arm}@{seed}.json",
+                  json.dumps({"arm": arm, "seed": seed, "spec": ARMS[arm].spec, "record": asdict(record)}))
     shutil.rmtree(scratch, ignore_errors=True)
     return arm, seed, exact(record.scores), record.train_s
 

@@ -19,6 +19,7 @@ examples_per_round; a round short of data repeats what it has, and says so in it
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -27,14 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from agents.worlds import arithmetic as world
-from protocol.messages import Prompt
+from protocol.messages import JudgedGroup, Prompt, Sample, Verdict
 from protocol.settings import read_config_file
 from studies.methods_table.context import Context
 from studies.methods_table.creator_arm import run_creator
 from studies.methods_table.policy import Frames, Policy, Record, plain
 from studies.methods_table.world import Budget, Data, verdict
 from trainer.config import TrainConfig
-from trainer.methods import get_method
+from trainer.methods import get_method, rows_from_groups
 from trainer.methods.cut import CUTSettings
 
 
@@ -45,6 +46,7 @@ class Arm:
     about: str
     run: Callable[[Context], Record]
     algo: str  # the method it trains
+    spec: str = ""  # its arms.toml entry: a saved result of another spec is stale
 
 
 # ---------------------------------------------------------------------- from demonstrations
@@ -165,14 +167,22 @@ def rewards(algo: str, **settings: Any) -> Callable[[Context], Record]:
         for r in range(budget.rounds):
             prompts = ctx.data.judged_prompts[r * per_round:(r + 1) * per_round]
             answers = policy.answer([p.text for p in prompts], n=n)
-            rows = [{"prompt": p.text, "completion": a, "reward": world.grade(p, a)[0], "prompt_id": p.prompt_id}
-                    for p, group in zip(prompts, answers, strict=True) for a in group]
-            signal = sum(len({row["reward"] for row in rows[i:i + n]}) > 1 for i in range(0, len(rows), n))
-            policy.record.notes.setdefault("groups_with_signal", []).append(round(signal / max(1, len(prompts)), 3))
-            policy.train(rows)
+            groups = [graded_group(p, group, r) for p, group in zip(prompts, answers, strict=True)]
+            rows = rows_from_groups(groups, algo)  # as the live trainer: groups whose rewards all tie give none
+            policy.record.notes.setdefault("groups_with_signal", []).append(round(len(rows) / n / max(1, len(prompts)), 3))
+            if rows:
+                policy.train(rows)
             ctx.round_done(policy)
         return policy.record
     return run
+
+
+def graded_group(prompt: Prompt, answers: Sequence[str], round_: int) -> JudgedGroup:
+    """A prompt's answers with the world's grades, as the live loop's judge would return them."""
+    samples = [Sample(sample_id=f"r{round_}.{prompt.prompt_id}.{j}", prompt_id=prompt.prompt_id, text=a,
+                      policy_version=round_) for j, a in enumerate(answers)]
+    return JudgedGroup(prompt=prompt, samples=samples,
+                       verdicts=[Verdict(sample_id=s.sample_id, score=world.grade(prompt, s.text)[0]) for s in samples])
 
 
 # ---------------------------------------------------------------------- prompt evolution
@@ -196,13 +206,16 @@ def load_arms(path: Path = ARMS_FILE) -> dict[str, Arm]:
     """The arms of arms.toml, each with its group's runner; an unknown method or group is named."""
     arms: dict[str, Arm] = {}
     for entry in read_config_file(path)["arm"]:
-        entry = dict(entry)
+        spec, entry = json.dumps(entry, sort_keys=True), dict(entry)
         name, group, about, algo = (entry.pop(k) for k in ("name", "group", "about", "algo"))
         get_method(algo)  # an unknown method is an error here, not when the arm runs
         if group not in RUNNERS:
             raise ValueError(f"{path}: arm {name!r}: unknown group {group!r}; one of {', '.join(RUNNERS)}")
+        unknown = set(entry) - {"settings"} - set(inspect.signature(RUNNERS[group]).parameters)
+        if unknown:
+            raise ValueError(f"{path}: arm {name!r}: {', '.join(sorted(unknown))} is not a key of a {group} arm")
         settings = entry.pop("settings", {})
-        arms[name] = Arm(name, group, about, RUNNERS[group](algo, **entry, **settings), algo)
+        arms[name] = Arm(name, group, about, RUNNERS[group](algo, **entry, **settings), algo, spec)
     return arms
 
 

@@ -82,6 +82,17 @@ def test_rounds_train_publish_and_use_the_round_start_reference(tmp_path, tiny_m
         r.close()
 
 
+def test_the_live_trainer_takes_the_methods_online_settings_unless_set():
+    from agents.trainer_agent import live_settings
+
+    config = TrainConfig(algo="cut", model="m", data="-", out="o")
+    assert (config.cut.threshold, config.cut.alpha) == (1.2, 0.5)  # offline defaults
+    live = config.model_copy(update=live_settings(config))
+    assert (live.cut.threshold, live.cut.alpha, live.reference) == (1.1, 1.0, "current")  # the online run's
+    own = TrainConfig(algo="cut", model="m", data="-", out="o", cut={"threshold": 1.3})
+    assert (own.model_copy(update=live_settings(own)).cut.threshold, live.cut.alpha) == (1.3, 1.0)
+
+
 def test_grpo_rounds_learn_from_every_answer_against_the_starting_model(tmp_path, tiny_models):
     """GRPO live: every answer of a group is a row; the first loss of a round is -mean(A) = 0 (ratio 1, and the
     KL to the starting model is 0 only in round 1: the reference stays the starting model, not the round's)."""

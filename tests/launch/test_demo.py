@@ -46,7 +46,7 @@ def test_a_bad_world_hook_is_one_error_naming_the_field(tmp_path, section, key, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", ["dpo", "gsil", "cut"])  # pairs, demonstrations, judgments
+@pytest.mark.parametrize("algo", ["dpo", "gsil", "cut", "grpo", "rloo"])  # pairs, demonstrations, judgments, rewards
 def test_quick_demo_writes_a_summary_and_report_that_agree_with_the_ledger(tmp_path, algo):
     out = subprocess.run([SELFPLAY, "demo", "--quick", "--algo", algo, "--run-dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=400, cwd=ROOT)

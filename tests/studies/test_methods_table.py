@@ -70,6 +70,9 @@ def test_arms_are_data_and_a_bad_arm_is_named(tmp_path):
     bad.write_text('[[arm]]\nname = "x"\ngroup = "vibes"\nabout = "x"\nalgo = "dpo"\n')
     with pytest.raises(ValueError, match="arm 'x': unknown group 'vibes'"):
         load_arms(bad)
+    bad.write_text('[[arm]]\nname = "x"\ngroup = "pairs"\nabout = "x"\nalgo = "dpo"\nas_sfft = true\n')
+    with pytest.raises(ValueError, match="arm 'x': as_sfft is not a key of a pairs arm"):
+        load_arms(bad)
 
 
 def test_bad_arguments_are_one_line(tmp_path):
@@ -94,7 +97,7 @@ def test_quick_table_runs_every_arm_and_resumes(tmp_path):
     for name, row in figures["methods"].items():
         assert 0.0 <= row["acc"] <= 1.0 and set(row["by_level"]) == {"2", "3", "4"}, name
         assert len(row["by_round"]) == budget.rounds, name
-        if ARMS[name].group in ("demonstrations", "judgments", "rewards") and name != "sft-good":
+        if ARMS[name].group in ("demonstrations", "judgments") and name != "sft-good":
             assert row["examples"] == per_arm, name  # the same budget for every arm that has data
     assert figures["methods"]["contrastive-sft"]["variants"].keys() == {"generated negative"}
 
@@ -112,3 +115,8 @@ def test_quick_table_runs_every_arm_and_resumes(tmp_path):
     assert "0 to run (2 done before)" in again.stderr  # finished arms are reused, not rerun
     resumed = json.loads(again.stdout.strip().splitlines()[-1])
     assert resumed["methods"]["spin"] == figures["methods"]["spin"]
+
+    [saved] = work.glob("results/*/dpo@0.json")  # an arm whose arms.toml entry changed since is run again
+    saved.write_text(json.dumps({**json.loads(saved.read_text()), "spec": "another spec"}))
+    stale = subprocess.run([*command, "--methods", "spin,dpo"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert stale.returncode == 0 and "1 to run (1 done before)" in stale.stderr, stale.stderr[-3000:]

@@ -13,7 +13,8 @@ from trainer.config import TrainConfig
 from trainer.data import DataError, Renderer, collate
 from trainer.logps import sequence_logps
 from trainer.methods import build_examples, check_rows, get_method, rows_from_groups
-from trainer.methods.policy_gradient import grpo_advantages, policy_gradient_loss, rloo_advantages
+from trainer.methods.losses import policy_gradient_loss
+from trainer.methods.policy_gradient import grpo_advantages, rloo_advantages
 from trainer.recipe import Recipe
 
 T = torch.tensor
@@ -174,7 +175,7 @@ def test_training_on_rewards_moves_probability_to_the_rewarded_answers(tmp_path,
     recipe.cleanup()
     assert all(a > b for a, b in zip(after, before, strict=True)), (before, after)
     assert metrics["kl"] > 0 and 0 <= metrics["clip_fraction"] <= 1
-    kinds = {kind for _, _, kind in recipe.reference_cache}
+    kinds = {kind for _, _, kind in recipe.logp_cache}
     assert kinds == {"reference", "proximal"}  # KL on, and truncated importance (the default)
 
 
@@ -184,7 +185,7 @@ def test_without_kl_or_importance_there_is_no_extra_pass(tmp_path, tiny_models):
     recipe.setup()
     metrics = recipe.train()
     recipe.cleanup()
-    assert not recipe.reference_cache and "kl" not in metrics and "importance_weight" not in metrics
+    assert not recipe.logp_cache and "kl" not in metrics and "importance_weight" not in metrics
 
 
 def sampler_rows(recipe, behaviour):
@@ -218,3 +219,31 @@ def test_the_live_trainer_keeps_the_starting_model_as_reference():
     config = TrainConfig(algo="grpo", model="m", data="-", out="o")
     assert get_method("grpo").online_reference == "initial" and live_settings(config)["reference"] == "initial"
     assert live_settings(TrainConfig(algo="dpo", model="m", data="-", out="o"))["reference"] == "current"
+
+
+def test_a_solvers_samples_line_up_with_the_trainers_tokens(tmp_path, tiny_models):
+    """The hf backend's tokens and log-probs, through rows and examples, against the trainer's own log-probs of the
+    same policy: every importance weight is 1 and no ratio is clipped (a token shifted by one would not be)."""
+    from agents.backends.hf import HFGenerator
+    from protocol.messages import SamplingParams
+
+    generator = HFGenerator(str(tiny_models.policy), device="cpu")
+    prompts = [Prompt(prompt_id=f"q{i}", text=f"What is {i} + {i + 3}?", source="seed") for i in range(4)]
+    generated = generator.generate(prompts, SamplingParams(n=3, temperature=1.0, max_new_tokens=12, seed=0))
+    groups = []
+    for prompt, answers in zip(prompts, generated, strict=True):
+        samples = [Sample(sample_id=f"t.1.{prompt.prompt_id}.{j}", prompt_id=prompt.prompt_id, text=g.text,
+                          token_ids=g.token_ids, logprobs=g.logprobs, policy_version=0) for j, g in enumerate(answers)]
+        verdicts = [Verdict(sample_id=s.sample_id, score=float(j)) for j, s in enumerate(samples)]  # distinct rewards
+        groups.append(JudgedGroup(prompt=prompt, samples=samples, verdicts=verdicts))
+    rows = rows_from_groups(groups, "grpo")
+    assert len(rows) == 12 and all(len(r["completion_ids"]) == len(r["logprobs"]) > 0 for r in rows)
+    config = make_config(tmp_path, tiny_models, "grpo", batch_size=12, max_steps=1, lora={"r": 4, "alpha": 8},
+                         max_length=96, max_prompt_length=32)
+    recipe = Recipe(config, rows=[])  # LoRA starts at zero: the policy is the sampler's
+    recipe.setup()
+    metrics = recipe.train_round(rows)
+    recipe.cleanup()
+    assert metrics["importance_weight"] == pytest.approx(1.0, abs=1e-3)
+    assert metrics["importance_truncated"] == 0.0 and metrics["clip_fraction"] == 0.0
+    assert metrics["ratio"] == pytest.approx(1.0, abs=1e-4)

@@ -78,7 +78,7 @@ def test_full_finetuning_changes_every_weight(tmp_path, tiny_models, algo):
         with torch.no_grad():
             expected = sequence_logps(start, batch.input_ids, batch.attention_mask, batch.score_mask).logps
         for role in ("chosen", "rejected"):
-            cached = [recipe.reference_cache[(batch.indices[b], role, "reference")][0] for b in batch.rows[role]]
+            cached = [recipe.logp_cache[(batch.indices[b], role, "reference")][0] for b in batch.rows[role]]
             assert cached == pytest.approx(expected[batch.slices[role]].tolist(), rel=1e-5, abs=1e-4)
     losses = losses_logged(tmp_path / "out")
     assert losses[-1] < losses[0]
@@ -86,7 +86,7 @@ def test_full_finetuning_changes_every_weight(tmp_path, tiny_models, algo):
     assert all(torch.equal(p, dict(recipe.model.named_parameters())[n]) for n, p in reloaded.named_parameters())
 
 
-@pytest.mark.parametrize("algo", ["dpo", "gsil"])
+@pytest.mark.parametrize("algo", ["dpo", "gsil", "grpo"])  # grpo: clipped against the run's start, kept on resume
 def test_resume_is_exact(tmp_path, tiny_models, algo):
     """6 steps straight == 3 steps, a 'crash', and --resume for the other 3: same losses and weights.
     LoRA dropout is on, so the RNG state must be restored too; 8 rows at batch 4 cross an epoch."""
@@ -129,4 +129,4 @@ def test_bf16_autocast_path_runs(tmp_path, tiny_models, algo):
     recipe.cleanup()
     assert torch.isfinite(torch.tensor(metrics["loss"]))
     assert all(isinstance(total, float) and tokens.dtype == torch.float32
-               for total, tokens in recipe.reference_cache.values())
+               for total, tokens in recipe.logp_cache.values())

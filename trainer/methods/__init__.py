@@ -42,6 +42,9 @@ def get_method(name: str) -> Method:
         raise ValueError(f"unknown method {name!r}; one of {', '.join(METHODS)}") from None
 
 
+RESPONSE_FIELDS = {"completion", "chosen", "rejected", "generated"}
+
+
 def check_rows(rows: list[Row], algo: str, source: str = "data", *, empty_responses: bool = False) -> None:
     """Every row must have one of the field sets `algo` accepts, with non-empty text. `empty_responses`
     allows an empty answer (a policy that stopped at once: in the live loop that is a real, bad answer)."""
@@ -55,9 +58,6 @@ def check_rows(rows: list[Row], algo: str, source: str = "data", *, empty_respon
                 continue
             if key in method.text_fields and (value is None or value == "" or value == []):
                 raise DataError(f"{source}, row {i}: {key!r} is empty")
-
-
-RESPONSE_FIELDS = {"completion", "chosen", "rejected", "generated"}
 
 
 def build_examples(rows: list[Row], config: TrainConfig, renderer: Renderer) -> list[Example]:

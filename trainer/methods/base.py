@@ -41,11 +41,11 @@ class Method:
     section: str | None = None  # the TrainConfig field holding `settings` (several methods may share one)
     reference: Callable[[TrainConfig], tuple[str, ...]] = lambda config: ()  # roles needing reference log-probs
     proximal: Callable[[TrainConfig], tuple[str, ...]] = lambda config: ()  # roles needing round-start log-probs
-    judge: Literal["none", "score", "judgment"] = "score"  # what the live loop asks judges for
+    judge: Literal["none", "score", "judgment"] = "score"  # what the live loop asks judges for ("none": the method
+    # learns from the prompts' demonstrations)
     contrast: bool = False  # learns only from groups whose scores differ (pairs, group-relative advantages)
-    demonstrations: bool = False  # learns from the prompts' demonstrations (no judge)
     samples_own_answers: bool = False  # rows without "generated" get one sampled from the starting policy
-    online: Mapping[str, Any] = field(default_factory=dict)  # settings the live loop uses (the authors' online run)
+    online: Mapping[str, Any] = field(default_factory=dict)  # settings the live trainer uses unless the config sets them
     online_reference: Literal["initial", "current"] = "current"  # reference of the live trainer
     prepare: Callable[[list[Example], TrainConfig], list[Example]] = lambda examples, config: examples
     check: Callable[[Row], str | None] = lambda row: None  # a method-specific row check: the problem, or None

@@ -69,7 +69,7 @@ def gsil_step(recipe: Recipe, batch: Batch) -> losses.LossOutput:
 
 _DEMONSTRATIONS = dict(formats=(("prompt", "completion"), ("messages",)), example=example,
                        rows_from_group=rows_from_group, reference=lambda config: ROLES, judge="none",
-                       demonstrations=True, samples_own_answers=True)
+                       samples_own_answers=True)
 
 SPIN = Method(name="spin", summary="SPIN: demonstrations vs the policy's own answers, pairwise (Chen et al. 2024)",
               step=spin_step, settings=SPINSettings, section="spin", **_DEMONSTRATIONS)

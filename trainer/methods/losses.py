@@ -1,5 +1,5 @@
-"""The training objectives of the preference, demonstration and judgment methods as pure functions on log-probs
-(docs/algorithms.md); each method's module in `trainer.methods` calls its own.
+"""Every training objective (docs/algorithms.md) as a pure function on log-probs; each method's module in
+`trainer.methods` calls its own.
 
 Inputs are *sums* of response-token log-probs per sequence (`*_logps`, shape (B,)) and response token
 counts (`*_lengths`, (B,)), or per-token log-probs with masks (`*_token_logps`, `*_mask`, (B, L)) for the
@@ -218,3 +218,60 @@ def cut_loss(token_logps: Tensor, judged_token_logps: Tensor, mask: Tensor, nega
                "align_n": negative.float().sum(), "align_p": (~negative.bool()).float().sum()}
     return LossOutput(loss, per_example.detach(), metrics)
 
+
+# --------------------------------------------------------------------------------------------------
+# 7. GRPO and RLOO (n answers per prompt, each with an advantage; trainer/methods/policy_gradient.py)
+# --------------------------------------------------------------------------------------------------
+
+LossType = Literal["grpo", "dapo", "dr_grpo", "reinforce"]
+
+
+def policy_gradient_loss(token_logps: Tensor, old_token_logps: Tensor, advantages: Tensor, mask: Tensor, *,
+                         ref_token_logps: Tensor | None = None, weights: Tensor | None = None,
+                         epsilon: float = 0.2, epsilon_high: float | None = None, kl_beta: float = 0.0,
+                         loss_type: LossType = "grpo", max_tokens: int | None = None) -> LossOutput:
+    """The clipped token-level surrogate with an optional KL term, aggregated by `loss_type`.
+
+    token_logps, old_token_logps, ref_token_logps, weights, mask: (B, L); advantages: (B,).
+    At the start of a round (ratio 1, no KL) the loss of grpo is -mean_i(A_i) and its gradient the REINFORCE
+    gradient with the group baseline.
+    """
+    mask = mask.to(token_logps.dtype)
+    log_ratio = token_logps - old_token_logps
+    ratio = torch.exp(log_ratio)
+    high = epsilon if epsilon_high is None else epsilon_high
+    a = advantages[:, None]
+    surrogate = torch.minimum(ratio * a, torch.clamp(ratio, 1 - epsilon, 1 + high) * a)
+    per_token = -surrogate if weights is None else -surrogate * weights
+    metrics: dict[str, Tensor] = {}
+    if kl_beta:
+        if ref_token_logps is None:
+            raise ValueError("kl_beta > 0 needs ref_token_logps")
+        delta = ref_token_logps - token_logps
+        kl = torch.exp(delta) - delta - 1
+        per_token = per_token + kl_beta * kl
+        metrics["kl"] = (kl * mask).sum() / mask.sum().clamp(min=1)
+    tokens = mask.sum(-1)
+    per_example = (per_token * mask).sum(-1)
+    if loss_type == "grpo":
+        per_example = per_example / tokens.clamp(min=1)
+        loss = per_example.mean()
+    elif loss_type == "dapo":
+        loss = per_example.sum() / tokens.sum().clamp(min=1)
+    elif loss_type == "dr_grpo":
+        if not max_tokens:
+            raise ValueError("dr_grpo needs max_tokens (the response length cap)")
+        per_example = per_example / max_tokens
+        loss = per_example.mean()
+    elif loss_type == "reinforce":
+        loss = per_example.mean()
+    else:
+        raise ValueError(f"unknown loss_type {loss_type!r}")
+    clipped = ((ratio < 1 - epsilon) & (a < 0)) | ((ratio > 1 + high) & (a > 0))
+    denominator = mask.sum().clamp(min=1)
+    metrics |= {"clip_fraction": (clipped.to(mask.dtype) * mask).sum() / denominator,
+                "ratio": (ratio * mask).sum() / denominator,
+                "advantage": advantages.mean(), "advantage_abs": advantages.abs().mean()}
+    if weights is not None:
+        metrics["importance_weight"] = (weights * mask).sum() / denominator
+    return LossOutput(loss, per_example.detach(), {k: v.detach().float() for k, v in metrics.items()})

@@ -32,16 +32,13 @@ from torch import Tensor
 from protocol.settings import Strict
 from trainer.data import Example
 from trainer.methods.base import Method, Row, prompt_field, row_meta, scored
-from trainer.methods.losses import LossOutput
+from trainer.methods.losses import LossOutput, LossType, policy_gradient_loss
 
 if TYPE_CHECKING:
     from protocol.messages import JudgedGroup
     from trainer.config import TrainConfig
     from trainer.data import Batch, Renderer
     from trainer.recipe import Recipe
-
-LossType = Literal["grpo", "dapo", "dr_grpo", "reinforce"]
-
 
 class GRPOSettings(Strict):
     epsilon: float = Field(0.2, gt=0, lt=1, description="Clip range of the ratio: [1 - epsilon, 1 + epsilon_high].")
@@ -89,58 +86,6 @@ def rloo_advantages(rewards: Tensor, *, scale: bool = False, eps: float = 1e-4) 
     return advantages / (rewards.std() + eps) if scale else advantages
 
 
-# ---------------------------------------------------------------------- the loss (pure)
-def policy_gradient_loss(token_logps: Tensor, old_token_logps: Tensor, advantages: Tensor, mask: Tensor, *,
-                         ref_token_logps: Tensor | None = None, weights: Tensor | None = None,
-                         epsilon: float = 0.2, epsilon_high: float | None = None, kl_beta: float = 0.0,
-                         loss_type: LossType = "grpo", max_tokens: int | None = None) -> LossOutput:
-    """The clipped token-level surrogate with an optional KL term, aggregated by `loss_type`.
-
-    token_logps, old_token_logps, ref_token_logps, weights, mask: (B, L); advantages: (B,).
-    At the start of a round (ratio 1, no KL) the loss of grpo is -mean_i(A_i) and its gradient the REINFORCE
-    gradient with the group baseline.
-    """
-    mask = mask.to(token_logps.dtype)
-    log_ratio = token_logps - old_token_logps
-    ratio = torch.exp(log_ratio)
-    high = epsilon if epsilon_high is None else epsilon_high
-    a = advantages[:, None]
-    surrogate = torch.minimum(ratio * a, torch.clamp(ratio, 1 - epsilon, 1 + high) * a)
-    per_token = -surrogate if weights is None else -surrogate * weights
-    metrics: dict[str, Tensor] = {}
-    if kl_beta:
-        if ref_token_logps is None:
-            raise ValueError("kl_beta > 0 needs ref_token_logps")
-        delta = ref_token_logps - token_logps
-        kl = torch.exp(delta) - delta - 1
-        per_token = per_token + kl_beta * kl
-        metrics["kl"] = (kl * mask).sum() / mask.sum().clamp(min=1)
-    tokens = mask.sum(-1)
-    per_example = (per_token * mask).sum(-1)
-    if loss_type == "grpo":
-        per_example = per_example / tokens.clamp(min=1)
-        loss = per_example.mean()
-    elif loss_type == "dapo":
-        loss = per_example.sum() / tokens.sum().clamp(min=1)
-    elif loss_type == "dr_grpo":
-        if not max_tokens:
-            raise ValueError("dr_grpo needs max_tokens (the response length cap)")
-        per_example = per_example / max_tokens
-        loss = per_example.mean()
-    elif loss_type == "reinforce":
-        loss = per_example.mean()
-    else:
-        raise ValueError(f"unknown loss_type {loss_type!r}")
-    clipped = ((ratio < 1 - epsilon) & (a < 0)) | ((ratio > 1 + high) & (a > 0))
-    denominator = mask.sum().clamp(min=1)
-    metrics |= {"clip_fraction": (clipped.to(mask.dtype) * mask).sum() / denominator,
-                "ratio": (ratio * mask).sum() / denominator,
-                "advantage": advantages.mean(), "advantage_abs": advantages.abs().mean()}
-    if weights is not None:
-        metrics["importance_weight"] = (weights * mask).sum() / denominator
-    return LossOutput(loss, per_example.detach(), {k: v.detach().float() for k, v in metrics.items()})
-
-
 # ---------------------------------------------------------------------- rows and examples
 def check(row: Row) -> str | None:
     reward = row["reward"]
@@ -176,10 +121,10 @@ def example(index: int, row: Row, config: TrainConfig, renderer: Renderer) -> Ex
                    token_values={"logprobs": behaviour}, group=group)
 
 
-def _prepare(advantage_fn):
+def _prepare(section: str, advantage_fn):
     def prepare(examples: list[Example], config: TrainConfig) -> list[Example]:
         """Each example's advantage from the rewards of its group (the examples sharing its prompt)."""
-        scale = getattr(config, config.algo).scale_rewards
+        scale = getattr(config, section).scale_rewards
         groups: dict[str, list[Example]] = defaultdict(list)
         for e in examples:
             groups[e.group].append(e)
@@ -200,7 +145,7 @@ def _fit(values: Tensor, width: int, fill: float) -> Tensor:
 
 def step(recipe: Recipe, batch: Batch) -> LossOutput:
     cfg = recipe.config
-    s = getattr(cfg, cfg.algo)
+    s = recipe.method.settings_of(cfg)
     out = recipe.policy_logps(batch).rows(batch.slices["policy"])
     width = out.token_logps.shape[1]
     behaviour = _fit(batch.token_values["logprobs"], width, float("nan")).to(out.token_logps.dtype)
@@ -208,12 +153,12 @@ def step(recipe: Recipe, batch: Batch) -> LossOutput:
     weights = None
     truncated = None
     if s.importance == "truncated":
-        old = _fit(recipe.token_logps(batch, "policy", "proximal"), width, 0.0)
+        old = _fit(recipe.cached_token_logps(batch, "policy", "proximal"), width, 0.0)
         raw = torch.where(known, torch.exp(old - behaviour), torch.ones_like(old))
         weights, truncated = raw.clamp(max=s.importance_cap), raw > s.importance_cap
     else:
         old = torch.where(known, behaviour, out.token_logps.detach())
-    ref = _fit(recipe.token_logps(batch, "policy", "reference"), width, 0.0) if s.kl_beta else None
+    ref = _fit(recipe.cached_token_logps(batch, "policy", "reference"), width, 0.0) if s.kl_beta else None
     result = policy_gradient_loss(out.token_logps, old, batch.values["advantage"], out.mask, ref_token_logps=ref,
                                   weights=weights, epsilon=s.epsilon, epsilon_high=s.epsilon_high, kl_beta=s.kl_beta,
                                   loss_type=s.loss_type, max_tokens=cfg.max_length - cfg.max_prompt_length)
@@ -222,19 +167,17 @@ def step(recipe: Recipe, batch: Batch) -> LossOutput:
     return result
 
 
-def _needs_reference(config: TrainConfig) -> tuple[str, ...]:
-    return ("policy",) if getattr(config, config.algo).kl_beta else ()
+def _group_relative(name: str, summary: str, settings: type[GRPOSettings], advantage_fn) -> Method:
+    """GRPO and RLOO differ in their advantages and defaults only; each keeps its settings at TrainConfig.<name>."""
+    return Method(
+        name=name, summary=summary, settings=settings, section=name, prepare=_prepare(name, advantage_fn),
+        formats=(("prompt", "completion", "reward"),), example=example, step=step, rows_from_group=rows_from_group,
+        check=check, contrast=True, online_reference="initial",
+        reference=lambda config: ("policy",) if getattr(config, name).kl_beta else (),
+        proximal=lambda config: ("policy",) if getattr(config, name).importance == "truncated" else ())
 
 
-def _needs_proximal(config: TrainConfig) -> tuple[str, ...]:
-    return ("policy",) if getattr(config, config.algo).importance == "truncated" else ()
-
-
-_GROUP_RELATIVE = dict(formats=(("prompt", "completion", "reward"),), example=example, step=step,
-                       rows_from_group=rows_from_group, check=check, contrast=True, reference=_needs_reference,
-                       proximal=_needs_proximal, online_reference="initial")
-
-GRPO = Method(name="grpo", summary="GRPO: group-normalized rewards, clipped token ratios (Shao et al. 2024)",
-              settings=GRPOSettings, section="grpo", prepare=_prepare(grpo_advantages), **_GROUP_RELATIVE)
-RLOO = Method(name="rloo", summary="RLOO: REINFORCE with a leave-one-out baseline (Ahmadian et al. 2024)",
-              settings=RLOOSettings, section="rloo", prepare=_prepare(rloo_advantages), **_GROUP_RELATIVE)
+GRPO = _group_relative("grpo", "GRPO: group-normalized rewards, clipped token ratios (Shao et al. 2024)",
+                       GRPOSettings, grpo_advantages)
+RLOO = _group_relative("rloo", "RLOO: REINFORCE with a leave-one-out baseline (Ahmadian et al. 2024)",
+                       RLOOSettings, rloo_advantages)
