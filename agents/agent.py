@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import structlog
 import zmq
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from protocol import keys
 from protocol.codec import ProtocolError, decode, encode, new_msg_id
@@ -56,13 +56,13 @@ from protocol.messages import (
     TaskPayload,
     TaskQuery,
 )
+from protocol.settings import Strict
 from protocol.transport import ClientCurve, agent_socket
 
 log = structlog.get_logger("agents.agent")
 
 
-class LinkConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class LinkConfig(Strict):
     name: str = Field(description="Agent name, unique in the run (must match its CURVE key over tcp).")
     role: Role = Field(description="Role announced in READY.")
     control: str = Field(description="The hub's control endpoint (ipc://... or tcp://HOST:PORT).")

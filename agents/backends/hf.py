@@ -2,7 +2,7 @@
 
     gen = HFGenerator("./tiny/policy")
     outputs = gen.generate([prompt], SamplingParams(n=4, temperature=0.7, top_p=0.9, max_new_tokens=32))
-    gen.load_policy(update, tensors)             # a PolicyUpdate from the trainer: new LoRA weights
+    gen.load_policy(update.version, update.adapter_config, tensors)   # a trainer's PolicyUpdate: new LoRA weights
 
 Log-probs are those of the *policy* (raw logits, temperature 1) at each sampled token, not of the
 temperature/top-p-processed sampling distribution: off-policy corrections and staleness checks
