@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from trainer.data import DataError
 from trainer.methods import contrastive, cut, demonstrations, policy_gradient, preference, sft
-from trainer.methods.base import Method, Row
+from trainer.methods.base import TEXT_FIELDS, Method, Row
 
 if TYPE_CHECKING:
     from protocol.messages import JudgedGroup
@@ -56,7 +56,7 @@ def check_rows(rows: list[Row], algo: str, source: str = "data", *, empty_respon
         for key, value in row.items():
             if empty_responses and key in RESPONSE_FIELDS and value == "":
                 continue
-            if key in method.text_fields and (value is None or value == "" or value == []):
+            if key in TEXT_FIELDS and (value is None or value == "" or value == []):
                 raise DataError(f"{source}, row {i}: {key!r} is empty")
 
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from trainer.recipe import Recipe
 
 Row = dict[str, Any]
+TEXT_FIELDS = {"prompt", "completion", "chosen", "rejected", "judgment", "messages", "generated"}  # never empty
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,6 @@ class Method:
     check: Callable[[Row], str | None] = lambda row: None  # a method-specific row check: the problem, or None
     # how the trained model is asked a question (and optionally shown a negative answer), when not as it is
     ask: Callable[[str, TrainConfig, str | None], str] | None = None
-    text_fields: tuple[str, ...] = ("prompt", "completion", "chosen", "rejected", "judgment", "messages", "generated")
 
     def check_row(self, row: Row) -> str | None:
         """What is wrong with a dataset row for this method, or None."""
