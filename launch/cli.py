@@ -165,6 +165,10 @@ def _add_demo_and_report(commands: argparse._SubParsersAction) -> None:
                            "the checker's written ones")
     demo.add_argument("--run-dir", default="runs/demo", help="where data, the cached model and runs go "
                                                              "(default runs/demo)")
+    demo.add_argument("--seed", type=int, default=0,
+                      help="seeds everything: the world's data, the model's init and SFT, sampling, mutation and "
+                           "training (default 0, what `make demo` runs); another seed keeps its own cached model "
+                           "in RUN/model-seedN and runs in RUN/ALGO-seedN")
     demo.add_argument("--rounds", type=int, help=f"training rounds (default {Plan.rounds})")
     demo.add_argument("--minutes", type=float, help="start no round after this many minutes of the loop "
                                                     f"(default {Plan.max_minutes})")
@@ -202,6 +206,7 @@ def _demo(args: argparse.Namespace) -> int:
         plan = replace(plan, rounds=args.rounds)
     if args.minutes is not None:
         plan = replace(plan, max_minutes=args.minutes)
+    plan = replace(plan, seed=args.seed)
     summary = run_demo(args.algo, args.run_dir, plan, say=lambda line: print(line, file=sys.stderr, flush=True))
     print(describe(summary))
     return 0

@@ -221,6 +221,14 @@ class Progress(threading.Thread):
                      f"accuracy {acc['acc']:.3f} ± {acc['stderr']:.3f} (n={acc['n']}), {pool} prompts, {done} tasks done")
 
 
+def demo_dirs(root: Path, algo: str, seed: int) -> tuple[Path, Path, Path]:
+    """Where a seed's data, cached model and run go: ROOT/data, ROOT/model and ROOT/ALGO for seed 0 (what
+    configs/demo.toml names), ROOT/data-seedN, ROOT/model-seedN and ROOT/ALGO-seedN for another seed, so
+    that seeds keep their own cached model side by side."""
+    suffix = f"-seed{seed}" if seed else ""
+    return root / f"data{suffix}", root / f"model{suffix}", root / f"{algo}{suffix}"
+
+
 def run_demo(algo: str = DEFAULT_METHOD, root: str | Path = "runs/demo", plan: Plan = Plan(), say: Say = _log_line
              ) -> dict[str, Any]:
     """Prepare, run and report; returns the summary (also written to RUN/ALGO/summary.json)."""
@@ -232,10 +240,9 @@ def run_demo(algo: str = DEFAULT_METHOD, root: str | Path = "runs/demo", plan: P
         raise ValueError(f"unknown algo {algo!r}; one of {', '.join(ALGOS)}")
     method = get_method(algo)
     started = time.monotonic()
-    root = Path(root)
-    data = write_data(plan, root / "data")
-    model = prepare_model(plan, root / "model", data["warmup"], say)
-    run_dir = root / algo
+    data_dir, model_dir, run_dir = demo_dirs(Path(root), algo, plan.seed)
+    data = write_data(plan, data_dir)
+    model = prepare_model(plan, model_dir, data["warmup"], say)
     if run_dir.exists():
         shutil.rmtree(run_dir)  # each demo run starts from the SFT model and an empty ledger
     run_dir.mkdir(parents=True)

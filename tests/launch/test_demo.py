@@ -4,6 +4,7 @@ and report agree with the ledger; configs/demo.toml is what the demo runs; bad w
 import json
 import sqlite3
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import msgpack
@@ -12,6 +13,7 @@ import pytest
 from agents.worlds.arithmetic import parse
 from launch.demo import QUICK, Plan, prepare_model, to_toml, topology
 from launch.topology import TopologyError, load_topology
+from protocol.settings import read_config_file
 from tests.launch.test_cli import SELFPLAY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,13 +48,19 @@ def test_a_bad_world_hook_is_one_error_naming_the_field(tmp_path, section, key, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", ["dpo", "gsil", "cut", "grpo", "rloo"])  # pairs, demonstrations, judgments, rewards
-def test_quick_demo_writes_a_summary_and_report_that_agree_with_the_ledger(tmp_path, algo):
-    out = subprocess.run([SELFPLAY, "demo", "--quick", "--algo", algo, "--run-dir", str(tmp_path)],
-                         capture_output=True, text=True, timeout=400, cwd=ROOT)
+@pytest.mark.parametrize(("algo", "seed"), [  # pairs, demonstrations, judgments, rewards; one with its own seed
+    ("dpo", 0), ("gsil", 0), ("cut", 0), ("grpo", 1), ("rloo", 0)])
+def test_quick_demo_writes_a_summary_and_report_that_agree_with_the_ledger(tmp_path, algo, seed):
+    out = subprocess.run([SELFPLAY, "demo", "--quick", "--algo", algo, "--run-dir", str(tmp_path),
+                          *(["--seed", str(seed)] if seed else [])], capture_output=True, text=True, timeout=400,
+                         cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
-    run = tmp_path / algo
+    suffix = f"-seed{seed}" if seed else ""  # another seed's data, model and run sit beside seed 0's
+    run = tmp_path / f"{algo}{suffix}"
     summary = json.loads((run / "summary.json").read_text())
+    assert summary["plan"]["seed"] == seed
+    topology = read_config_file(run / "topology.toml")
+    assert topology["trainer"]["seed"] == topology["creator"]["settings"]["seed"] == seed
     assert (run / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {"acc_before", "acc_after", "acc_stderr", "minutes", "rounds"} <= set(summary)
     assert "held-out accuracy" in out.stdout and str(run) in out.stdout
@@ -61,7 +69,7 @@ def test_quick_demo_writes_a_summary_and_report_that_agree_with_the_ledger(tmp_p
     rows = db.execute("SELECT s.policy_version, v.score FROM samples s JOIN prompts p USING (prompt_id) "
                       "JOIN verdicts v USING (sample_id) WHERE p.source = 'eval'").fetchall()
     versions = sorted({v for v, _ in rows})
-    held_out = len([line for line in (tmp_path / "data" / "eval.jsonl").read_text().splitlines() if line])
+    held_out = len([line for line in (tmp_path / f"data{suffix}" / "eval.jsonl").read_text().splitlines() if line])
     for version, key in ((versions[0], "acc_before"), (versions[-1], "acc_after")):
         scores = [s for v, s in rows if v == version]
         assert len(scores) == held_out  # every held-out prompt answered once per evaluated version
@@ -87,9 +95,9 @@ def test_quick_demo_writes_a_summary_and_report_that_agree_with_the_ledger(tmp_p
     assert {k: rewritten[k] for k in ("acc_before", "acc_after", "rounds")} == \
         {k: summary[k] for k in ("acc_before", "acc_after", "rounds")}  # and reads the same ledger alike
 
-    model = tmp_path / "model"
+    model = tmp_path / f"model{suffix}"
     stamp = (model / "model.safetensors").stat().st_mtime_ns
-    assert prepare_model(QUICK, model, tmp_path / "data" / "sft.jsonl") == model  # cached: not rebuilt
+    assert prepare_model(replace(QUICK, seed=seed), model, tmp_path / f"data{suffix}" / "sft.jsonl") == model  # cached
     assert (model / "model.safetensors").stat().st_mtime_ns == stamp
 
 
