@@ -24,6 +24,12 @@ also journals what it needs to go on (round, pool, outstanding train tasks, poli
 rewards, its random state) after every round it submits or collects; a restarted creator resumes from
 there: it waits for the train tasks it had submitted and redoes only the round it was in the middle of
 (those answers are then unused, never trained on), with the same random draws.
+With `promotion` (docs/live.md, *promotion and rollback*) every new version is first validated
+(greedy answers to the validation prompts, judged; agents/promotion.py): one worse than the best so
+far by more than `promotion_tolerance_se` standard errors is rejected before any round generates with
+it: a train task with `restore` makes the trainer resume from the best version (adapter and
+optimizer) and publish it again as the next version, which the solvers then serve. The run ends on
+its best version. Train tasks name the best version (`keep`), so the trainer keeps its checkpoint.
 A round fails when one of its tasks goes DEAD (or takes longer than `task_timeout_s`): it is logged,
 journaled and listed in the run's summary, and then the creator goes on with the next round or, with
 `on_failed_round = "stop"` or after `max_failed_rounds`, stops the run (`RunStopped`), never a crash
@@ -42,7 +48,7 @@ from pathlib import Path
 from typing import Literal
 
 import structlog
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from agents.agent import AgentLink
 from agents.eva import (
@@ -55,6 +61,7 @@ from agents.eva import (
     parse_rewrite,
 )
 from agents.eva import sample_prompts as eva_sample
+from agents.promotion import Score, gap_in_stderr, worse_than
 from protocol.messages import (
     GenerateResult,
     GenerateTask,
@@ -114,6 +121,14 @@ class CreatorConfig(Strict):
     max_failed_rounds: int = Field(3, ge=1, description="End the run once this many rounds failed in a row, even with "
                                                         "continue: a cause that persists (a policy no solver loads) "
                                                         "should stop the run, not spin through its rounds.")
+    promotion: bool = Field(False, description="Validate each new version on the validation prompts before any round "
+                                               "generates with it; one worse than the best so far by more than "
+                                               "promotion_tolerance_se is rejected and the trainer resumes from the "
+                                               "best (adapter and optimizer); the run ends on its best version. "
+                                               "Needs validation prompts and max_staleness 0.")
+    promotion_tolerance_se: float = Field(2.0, ge=0, description="How far below the best a version may score on "
+                                                                 "validation and still be served, in standard errors "
+                                                                 "of the difference.")
 
     @field_validator("algo")
     @classmethod
@@ -121,6 +136,13 @@ class CreatorConfig(Strict):
         if algo not in names():
             raise ValueError(f"algo {algo!r} is not a method; one of {', '.join(names())}")
         return algo
+
+    @model_validator(mode="after")
+    def _promotion_is_synchronous(self) -> CreatorConfig:
+        if self.promotion and self.max_staleness:
+            raise ValueError("promotion needs max_staleness = 0: with overlap, rounds would generate with a version "
+                             "before it is validated")
+        return self
 
 
 class RoundFailed(RuntimeError):
@@ -134,10 +156,21 @@ class RunStopped(RuntimeError):
 class Creator:
     def __init__(self, link: AgentLink, config: CreatorConfig, seed_prompts: list[Prompt],
                  mutator: Mutator | None = None, eval_prompts: list[Prompt] | None = None,
-                 state_path: str | Path | None = None) -> None:
+                 state_path: str | Path | None = None, validation_prompts: list[Prompt] | None = None) -> None:
         self.link, self.config, self.mutator = link, config, mutator
         self.eval_prompts = [p.model_copy(update={"source": "eval"}) for p in eval_prompts or []]
+        self.validation_prompts = [p.model_copy(update={"source": "validation"}) for p in validation_prompts or []]
+        overlap = ({p.prompt_id for p in self.eval_prompts} & {p.prompt_id for p in self.validation_prompts}
+                   or {p.text for p in self.eval_prompts} & {p.text for p in self.validation_prompts})
+        if overlap:
+            raise ValueError(f"validation and held-out test prompts must be disjoint; both have {sorted(overlap)[:3]}")
+        if config.promotion and not self.validation_prompts:
+            raise ValueError("promotion needs validation prompts (a topology's creator.validation_prompts), disjoint "
+                             "from the held-out test prompts")
         self.eval_rewards: dict[int, float] = {}  # policy version -> held-out mean reward
+        self.validation: dict[int, Score] = {}  # policy version -> its validation score (with promotion)
+        self.best: int | None = None  # the best version validated so far
+        self.rollbacks: list[dict] = []  # {"round", "rejected", "restored", "version"} of each rollback
         self.pool = list(seed_prompts)
         self.rng = random.Random(config.seed)
         self.round = 0
@@ -160,6 +193,8 @@ class Creator:
         state = {"journal_id": self.journal_id, "round": self.round, "policy_version": self.policy_version,
                  "training": list(self._training), "failures": self.failures, "failing": self.failing,
                  "eval_rewards": self.eval_rewards, "pool": [p.model_dump(mode="json") for p in self.pool],
+                 "validation": {v: [s.mean, s.stderr, s.n] for v, s in self.validation.items()}, "best": self.best,
+                 "rollbacks": self.rollbacks,
                  "rng": [version, list(internal), gauss]}
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
@@ -173,6 +208,8 @@ class Creator:
         self._training = deque((r, t) for r, t in state["training"])
         self.failures, self.failing = state.get("failures", []), state.get("failing", 0)
         self.eval_rewards = {int(v): reward for v, reward in state["eval_rewards"].items()}
+        self.validation = {int(v): Score(*score) for v, score in state.get("validation", {}).items()}
+        self.best, self.rollbacks = state.get("best"), state.get("rollbacks", [])
         self.pool = [Prompt.model_validate(p) for p in state["pool"]]
         version, internal, gauss = state["rng"]
         self.rng.setstate((version, tuple(internal), gauss))
@@ -186,6 +223,8 @@ class Creator:
         cfg, started, reports = self.config, time.monotonic(), []
         if self.policy_version not in self.eval_rewards:
             self._unless_failed(self.round, self.evaluate)
+        if cfg.promotion and self.policy_version not in self.validation:  # the start, or a version a crash left
+            self._unless_failed(self.round, lambda: self.promote() and self.roll_back(self.round, "restore"))
         while self.round < rounds:
             if cfg.max_wall_s is not None and time.monotonic() - started > cfg.max_wall_s:
                 log.info("stopping: wall time reached", rounds=self.round)
@@ -194,6 +233,8 @@ class Creator:
                 break
         while self._training:  # each failure gives up one outstanding train task
             self._unless_failed(self._training[0][0], lambda: self._collect(reports, keep=0))
+        if cfg.promotion:
+            self._unless_failed(self.round, self.end_on_best)
         if self.eval_prompts and self.policy_version not in self.eval_rewards:
             # the final policy is always evaluated, whatever eval_every or the stop
             self._unless_failed(self.round, self.evaluate)
@@ -235,12 +276,16 @@ class Creator:
             self._training.popleft()
             self._save()
             reports.append(report)
-            if round_ % self.config.eval_every == 0:
-                reward = self.evaluate()
-                target = self.config.target_eval_reward
-                if reward is not None and target is not None and reward >= target:
-                    log.info("stopping: target reached", eval_reward=reward, rounds=round_)
-                    reached = True
+            rejected = self.config.promotion and self.promote()
+            on_schedule = round_ % self.config.eval_every == 0
+            reward = self.evaluate() if on_schedule else None  # a rejected version too: the report shows it
+            if rejected:
+                self.roll_back(round_, "restore")
+                reward = self.evaluate() if on_schedule else None
+            target = self.config.target_eval_reward
+            if reward is not None and target is not None and reward >= target:
+                log.info("stopping: target reached", eval_reward=reward, rounds=round_)
+                reached = True
         return reached
 
     def _finish(self, round_: int, task_id: str) -> TrainingReport:
@@ -254,13 +299,56 @@ class Creator:
         (Scoring needs a judge in every algorithm, GSIL/SPIN included.)"""
         if not self.eval_prompts:
             return None
-        groups = self.solve(self.eval_prompts, n=1, temperature=0.0, judge=True)
-        scores = [v.score for g in groups for v in g.verdicts]
+        scores = self.greedy_scores(self.eval_prompts)
         reward = sum(scores) / len(scores) if scores else 0.0
         self.eval_rewards[self.policy_version] = reward
         self._save()
-        log.info("evaluated", policy_version=self.policy_version, eval_reward=round(reward, 4), prompts=len(groups))
+        log.info("evaluated", policy_version=self.policy_version, eval_reward=round(reward, 4), prompts=len(scores))
         return reward
+
+    def greedy_scores(self, prompts: list[Prompt]) -> list[float]:
+        """The verdict score of the current policy's greedy answer to each prompt (a judge scores every method's)."""
+        return [v.score for g in self.solve(prompts, n=1, temperature=0.0, judge=True) for v in g.verdicts]
+
+    # ------------------------------------------------------------------ promotion
+    def promote(self) -> bool:
+        """Validate the newest version and decide on it: True when it is rejected (worse than the best by more
+        than the tolerance); otherwise it is served, and it becomes the best when it beats it."""
+        version, tolerance = self.policy_version, self.config.promotion_tolerance_se
+        score = self.validation[version] = Score.of(self.greedy_scores(self.validation_prompts))
+        best = self.validation.get(self.best) if self.best is not None else None
+        gap = 0.0 if best is None else gap_in_stderr(score, best)
+        rejected = best is not None and worse_than(score, best, tolerance)
+        if not rejected and (best is None or score.mean > best.mean):
+            self.best = version
+        self._save()
+        (log.warning if rejected else log.info)("rejected on validation" if rejected else "validated",
+                                                policy_version=version, validation=round(score.mean, 4),
+                                                best_version=self.best, below_best_se=round(gap, 2),
+                                                tolerance_se=tolerance)
+        return rejected
+
+    def roll_back(self, round_: int, why: str) -> bool:
+        """The trainer resumes from the best version and publishes it again as the next version, which the solvers
+        serve from then on (`why` keys the task: a retry or a restarted creator queues it once)."""
+        best, rejected = self.best, self.policy_version
+        task = TrainTask(groups=[], round=round_, keep=best, restore=best)
+        [task_id] = self.submit([task], key=f"{self.journal_id}:{why}:{round_}")
+        [report] = self.wait([task_id])
+        self.policy_version = max(self.policy_version, report.policy_version)
+        self.validation[self.policy_version] = self.validation[best]  # the same weights
+        self.rollbacks.append({"round": round_, "rejected": rejected, "restored": best, "version": self.policy_version,
+                               "why": why})
+        self.best = self.policy_version
+        self._save()
+        log.warning("rolled back", round=round_, rejected=rejected, restored=best, policy_version=self.policy_version)
+        return True
+
+    def end_on_best(self) -> None:
+        """At the end of a run: when the served version scored below the best on validation, serve the best."""
+        served, best = self.validation.get(self.policy_version), self.validation.get(self.best)
+        if served is not None and best is not None and served.mean < best.mean:
+            self.roll_back(self.round, "final")
 
     def start_round(self) -> tuple[int, str]:
         """Generate and judge the pool, evolve, mix, and submit the train task (not waited for here)."""
@@ -281,7 +369,8 @@ class Creator:
         groups = mix(old, new, total=cfg.train_groups, old_fraction=cfg.old_fraction if new else 1.0, rng=self.rng)
         # Keyed by journal and round: a retry after a lost reply, or this round redone by a restarted creator,
         # gets the task the hub already queued back, so no round is trained twice.
-        [task_id] = self.submit([TrainTask(groups=groups, round=self.round)], key=f"{self.journal_id}:train:{self.round}")
+        task = TrainTask(groups=groups, round=self.round, keep=self.best if cfg.promotion else None)
+        [task_id] = self.submit([task], key=f"{self.journal_id}:train:{self.round}")
         log.info("round submitted", round=self.round, pool=len(self.pool), evolved=len(new), trained=len(groups),
                  answers_from=self.policy_version)
         self._training.append((self.round, task_id))
@@ -340,7 +429,7 @@ class Creator:
         for step in range(cfg.rewrites_per_prompt):
             mutations = [self.rng.choice(MUTATIONS) for _ in current]
             children = self._mutate(current, mutations, step)
-            existing = [p.text for p in self.pool + made + self.eval_prompts]  # held-out prompts stay unseen
+            existing = [p.text for p in self.pool + made + self.eval_prompts + self.validation_prompts]  # never trained on
             keep = filter_prompts([c.text if c else None for c in children], existing, max_chars=cfg.max_prompt_chars)
             made += [children[i] for i in keep]
             current = [children[i] for i in keep]  # the chain continues from what survived

@@ -522,9 +522,11 @@ class Hub:
         for version, (mean, count) in self.ledger.reward_by_version().items():
             metrics[f"reward_mean.v{version}"] = mean
             metrics[f"reward_count.v{version}"] = float(count)
-        for version, (mean, count) in self.ledger.reward_by_version(eval_prompts=True).items():
-            metrics[f"eval_reward.v{version}"] = mean
-            metrics[f"eval_count.v{version}"] = float(count)
+        for prompts in ("eval", "validation"):
+            for version, (mean, count) in self.ledger.reward_by_version(prompts).items():
+                metrics[f"{prompts}_reward.v{version}"] = mean
+                metrics[f"{prompts}_count.v{version}"] = float(count)
+        metrics |= {f"restored.v{version}": float(source) for version, source in self.ledger.restores().items()}
         metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}  # a reply that always validates
         return StatusReply(hub_id=self.hub_id, policy_version=self.policy_version, agents=agents,
                            queues=self.ledger.queue_stats(), metrics=metrics)

@@ -55,6 +55,7 @@ from protocol.messages import (
 TASK_ADAPTER: TypeAdapter[TaskPayload] = TypeAdapter(TaskPayload)
 RESULT_ADAPTER: TypeAdapter[ResultPayload] = TypeAdapter(ResultPayload)
 Outcome = Literal["accepted", "duplicate", "stale", "unknown", "forbidden"]
+PromptSet = Literal["train", "eval", "validation"]  # training prompts (seed, evolved), held-out test, validation
 MARKER = "ledger.id"  # in the run directory: the id of the run's ledger, written when the ledger is created
 
 
@@ -329,14 +330,11 @@ class Ledger:
     def policy_version(self) -> int:
         return self.db.execute("SELECT COALESCE(MAX(version), 0) FROM policies").fetchone()[0]
 
-    def reward_by_version(self, eval_prompts: bool = False) -> dict[int, tuple[float, int]]:
-        """Mean verdict score and count of the samples each policy version produced: on training prompts
-        (a round's reward), or on the held-out evaluation prompts."""
-        rows = self.db.execute(
-            "SELECT s.policy_version, AVG(v.score), COUNT(*) FROM verdicts v JOIN samples s ON s.sample_id = v.sample_id"
-            " JOIN prompts p ON p.prompt_id = s.prompt_id WHERE (p.source = 'eval') = ?"
-            " GROUP BY s.policy_version ORDER BY s.policy_version", (eval_prompts,))
-        return {version: (mean, count) for version, mean, count in rows}
+    def reward_by_version(self, prompts: PromptSet = "train") -> dict[int, tuple[float, int]]:
+        return reward_by_version(self.db, prompts)
+
+    def restores(self) -> dict[int, int]:
+        return restores(self.db)
 
     def queue_stats(self) -> dict[str, QueueStats]:
         stats: dict[str, dict[str, int]] = {}
@@ -374,6 +372,25 @@ class Ledger:
         if source is not None:
             query, args = query + " WHERE source = ?", (source,)
         return [Prompt.model_validate(_unpack(p)) for (p,) in self.db.execute(query + " ORDER BY created", args)]
+
+
+def reward_by_version(db: sqlite3.Connection, prompts: PromptSet = "train") -> dict[int, tuple[float, int]]:
+    """policy version -> (mean verdict score, samples judged) of the samples it produced, versions in order: on the
+    training prompts (seed and evolved: a round's reward), the held-out test prompts ("eval") or the validation
+    prompts the creator promotes versions on."""
+    sources = ("seed", "evolved") if prompts == "train" else (prompts,)
+    rows = db.execute(
+        "SELECT s.policy_version, AVG(v.score), COUNT(*) FROM verdicts v JOIN samples s ON s.sample_id = v.sample_id"
+        f" JOIN prompts p ON p.prompt_id = s.prompt_id WHERE p.source IN ({', '.join('?' * len(sources))})"
+        " GROUP BY s.policy_version ORDER BY s.policy_version", sources)
+    return {version: (mean, count) for version, mean, count in rows}
+
+
+def restores(db: sqlite3.Connection) -> dict[int, int]:
+    """policy version -> the version it restored (a rollback: the trainer published that one's weights again), from
+    the training reports' `restored_from` metric."""
+    rows = db.execute("SELECT policy_version, value FROM metrics WHERE name = 'restored_from' ORDER BY policy_version")
+    return {version: int(value) for version, value in rows}
 
 
 class _Transaction:

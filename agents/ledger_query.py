@@ -20,8 +20,8 @@ from typing import NamedTuple
 
 import msgpack
 
-from agents.ledger import RESULT_ADAPTER
-from protocol.messages import ResultPayload
+from agents.ledger import RESULT_ADAPTER, TASK_ADAPTER, PromptSet, restores, reward_by_version
+from protocol.messages import ResultPayload, TrainTask
 
 
 class Answer(NamedTuple):
@@ -86,29 +86,35 @@ class LedgerReader:
         self.db.close()
 
     # ------------------------------------------------------------------ scores and rewards
-    def eval_scores(self) -> dict[int, dict[str, Answer]]:
-        """policy version -> held-out prompt id -> Answer (difficulty, score of its first judged answer)."""
+    def eval_scores(self, prompts: PromptSet = "eval") -> dict[int, dict[str, Answer]]:
+        """policy version -> held-out prompt id -> Answer (difficulty, score of its first judged answer); of the
+        held-out test prompts, or with prompts="validation" of the validation prompts."""
         rows = self.db.execute(
             "SELECT s.policy_version, p.prompt_id, p.difficulty, v.score FROM samples s "
             "JOIN prompts p ON p.prompt_id = s.prompt_id JOIN verdicts v ON v.sample_id = s.sample_id "
-            "WHERE p.source = 'eval' ORDER BY s.created")
+            "WHERE p.source = ? ORDER BY s.created", (prompts,))
         out: dict[int, dict[str, Answer]] = {}
         for version, prompt_id, difficulty, score in rows:
             out.setdefault(version, {}).setdefault(prompt_id, Answer(difficulty, score))  # a re-dispatched task may answer twice
         return out
 
-    def reward_by_version(self, eval_prompts: bool = False) -> dict[int, tuple[float, int]]:
-        """policy version -> (mean verdict score, samples judged) of the samples it produced, on training prompts
-        (a round's reward) or on the held-out ones; versions in order."""
-        rows = self.db.execute(
-            "SELECT s.policy_version, AVG(v.score), COUNT(*) FROM samples s JOIN verdicts v ON v.sample_id = s.sample_id"
-            " JOIN prompts p ON p.prompt_id = s.prompt_id WHERE (p.source = 'eval') = ?"
-            " GROUP BY s.policy_version ORDER BY s.policy_version", (eval_prompts,))
-        return {version: (mean, count) for version, mean, count in rows}
+    def reward_by_version(self, prompts: PromptSet = "train") -> dict[int, tuple[float, int]]:
+        """policy version -> (mean verdict score, samples judged) of the samples it produced, on the training
+        prompts (a round's reward), the held-out test prompts ("eval") or the validation prompts."""
+        return reward_by_version(self.db, prompts)
+
+    def restores(self) -> dict[int, int]:
+        """policy version -> the version it restored (rollbacks of a run with promotion)."""
+        return restores(self.db)
+
+    def train_tasks(self) -> list[TrainTask]:
+        """Every train task's payload, oldest first (their `keep` is the version the run served then)."""
+        return [TASK_ADAPTER.validate_python(msgpack.unpackb(blob, raw=False)) for (blob,)
+                in self.db.execute("SELECT payload FROM tasks WHERE kind = 'train' ORDER BY created, task_id")]
 
     # ------------------------------------------------------------------ prompts, policies, samples
     def prompts_by_source(self) -> dict[str, int]:
-        """source ('seed', 'evolved', 'eval') -> prompts recorded; sources without prompts are absent."""
+        """source ('seed', 'evolved', 'eval', 'validation') -> prompts recorded; sources without prompts are absent."""
         return dict(self.db.execute("SELECT source, COUNT(*) FROM prompts GROUP BY source ORDER BY source"))
 
     def evolved_by_mutation(self) -> dict[str | None, int]:

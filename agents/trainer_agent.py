@@ -13,6 +13,12 @@ socket (keyed like its control socket) and wait for the hub to persist it -> rep
 A crash anywhere loses nothing and trains nothing twice: before the checkpoint, the retried task is
 trained again from the previous checkpoint; after it, the restarted trainer resumes from it, sees
 that the retried task is the one it recorded, and only publishes (again) and reports.
+
+Promotion (docs/live.md, *promotion and rollback*): a train task names the version the run serves
+(`keep`, the best validated so far), whose checkpoint is then never pruned; a task with `restore`
+first loads that version's checkpoint (adapter, optimizer, scheduler) and, with no groups, publishes
+it unchanged as the next version, its report's `restored_from` metric naming the version it copies.
+A fresh trainer checkpoints version 0 (the starting adapter) before anything, so it can be restored too.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import math
 import statistics
 import threading
 import time
+from pathlib import Path
 
 import structlog
 import torch
@@ -32,6 +39,7 @@ from protocol.constants import MAX_REAL
 from protocol.messages import Assign, PolicyUpdate, TrainingReport
 from protocol.transport import limits_for
 from trainer.adapters import adapter_parameters, read_adapter
+from trainer.checkpoint import checkpoints, read_extra
 from trainer.config import TrainConfig
 from trainer.methods import get_method, rows_from_groups
 from trainer.recipe import Recipe
@@ -51,6 +59,10 @@ class TrainerAgent:
         self.recipe.setup()
         self.trained: dict = self.recipe.resumed_extra.get("live", {})  # the last task trained: task_id, version, ...
         self.version = max(link.hub_policy_version, self.trained.get("version", 0))
+        self.keep: int | None = self.recipe.resumed_extra.get("keep")  # the version whose checkpoint is pinned
+        if not self.trained and self.version == 0:  # the starting adapter, so that a rollback can go back to v0
+            self.trained = {"version": 0}
+            self._checkpoint(new=True)
         self.published = link.hub_policy_version  # newest version the hub is known to have
         self.publish_seconds: list[float] = []  # wall time of each publish (benchmarks read it)
         self._data: zmq.Socket | None = None
@@ -70,7 +82,7 @@ class TrainerAgent:
         # groups that gave no row: ties for pairs and group-relative advantages (no signal), no demonstration, ...
         used = {row["prompt_id"] for row in rows}
         skipped = sum(g.prompt.prompt_id not in used for g in task.groups)
-        if not rows:  # e.g. every group tied: nothing to learn from, and no new version
+        if not rows and task.restore is None:  # e.g. every group tied: nothing to learn from, and no new version
             report = TrainingReport(policy_version=self.version, step=self.recipe.cursor.step, examples=0)
             return self.link.complete(assign, report)
         if self.trained.get("task_id") == assign.task_id:  # trained and checkpointed before a crash: publish only
@@ -80,21 +92,46 @@ class TrainerAgent:
             # the last round's policy never reached the hub (its task went DEAD meanwhile): versions follow one
             # another, so it goes first; until it is taken, nothing more is trained
             return self.link.fail(assign, f"the hub has not taken policy v{self.version} yet", retryable=True)
-        started, first_step = time.perf_counter(), len(self.recipe.step_seconds)
-        metrics = _finite(self.recipe.train_round(rows), assign.task_id)
+        if task.keep is not None:
+            self.keep = task.keep
+        started, first_step, metrics = time.perf_counter(), len(self.recipe.step_seconds), {}
+        if task.restore is not None:
+            path = self.checkpoints().get(task.restore)
+            if path is None:
+                return self.link.fail(assign, f"no checkpoint of policy v{task.restore} is kept (kept: "
+                                      f"{sorted(self.checkpoints())}); a rollback goes to the version the train "
+                                      f"tasks name in `keep`", retryable=False)
+            self.recipe.restore(path)
+            metrics["restored_from"] = float(task.restore)
+        if rows:
+            metrics |= _finite(self.recipe.train_round(rows), assign.task_id)
         tokens_per_s = metrics.pop("tokens_per_s", 0.0)
         report = TrainingReport(policy_version=self.version + 1, step=self.recipe.cursor.step, examples=len(rows),
                                 tokens_per_s=tokens_per_s, metrics={**metrics, "round_s": time.perf_counter() - started,
                                                                     "groups_skipped": skipped})
         self.trained = {"task_id": assign.task_id, "version": report.policy_version, "report": report.model_dump()}
-        self.recipe.save_checkpoint(extra={"live": self.trained})
+        self._checkpoint(new=not rows)  # a rollback alone trains no step: its checkpoint must not replace another
         self.version = report.policy_version
         steps = self.recipe.step_seconds[first_step:] or [0.0]
         log.info("round trained", task_id=assign.task_id, version=self.version, examples=len(rows),
-                 groups_skipped=skipped,
+                 groups_skipped=skipped, restored_from=task.restore,
                  loss=metrics.get("loss"), step_s=round(statistics.median(steps), 4),
                  round_s=round(report.metrics["round_s"], 4))
         self._publish_and_report(assign, report)
+
+    def checkpoints(self) -> dict[int, Path]:
+        """policy version -> the checkpoint that holds it, of those on disk."""
+        found: dict[int, Path] = {}
+        for path in checkpoints(self.recipe.out / "checkpoints"):
+            version = read_extra(path).get("live", {}).get("version")
+            if version is not None:
+                found[version] = path  # a version checkpointed twice (a retry): the newer
+        return found
+
+    def _checkpoint(self, new: bool = False) -> None:
+        kept = self.checkpoints().get(self.keep) if self.keep is not None else None
+        self.recipe.save_checkpoint(extra={"live": self.trained, "keep": self.keep}, new=new,
+                                    pinned=[kept.name] if kept else ())
 
     def _publish_and_report(self, assign: Assign, report: TrainingReport) -> None:
         started = time.perf_counter()

@@ -4,8 +4,9 @@
     selfplay demo --algo gsil           # any method of `selfplay train --algo` except sft
     selfplay demo --quick               # a minute-long smoke run (tests use it)
 
-1. data (RUN/data): seed prompts, held-out prompts by difficulty (never trained on), and for GSIL/SPIN
-   demonstrations of which a fraction state a wrong result;
+1. data (RUN/data): seed prompts, held-out test prompts by difficulty (reported, never trained on),
+   validation prompts drawn the same way (promotion decides on them; never trained on, never reported as
+   the result), and for GSIL/SPIN demonstrations of which a fraction state a wrong result;
 2. the model (RUN/model, cached: a second run skips this): a tokenizer and a small Llama built
    locally, then SFT on easy problems until it has the format of a worked answer;
 3. the run (RUN/ALGO, replaced each time): hub, creator (eva with the world's mutator), two solvers,
@@ -58,7 +59,10 @@ class Plan:
     sft_max_prompt_length: int = 32  # tokens of an SFT prompt (the methods table's framed prompts need more)
     seeds: int = 2048  # seed prompts of the loop
     seed_levels: tuple[int, ...] = (2, 3)
-    eval_per_level: tuple[tuple[int, int], ...] = ((2, 600), (3, 200), (4, 200))  # held-out (level, prompts)
+    eval_per_level: tuple[tuple[int, int], ...] = ((2, 600), (3, 200), (4, 200))  # held-out test (level, prompts)
+    validation_per_level: tuple[tuple[int, int], ...] = ((2, 600), (3, 200), (4, 200))  # what promotion decides on
+    promotion: bool = True  # a version worse than the best on validation is not served (docs/live.md)
+    promotion_tolerance_se: float = 2.0
     rounds: int = 14
     samples_per_prompt: int = 4
     temperature: float = 1.0
@@ -74,15 +78,19 @@ class Plan:
 
 
 QUICK = Plan(hidden=32, layers=1, sft_steps=20, sft_batch=16, seeds=8, eval_per_level=((2, 4), (3, 4), (4, 4)),
+             validation_per_level=((2, 4), (3, 4), (4, 4)),
              rounds=1, samples_per_prompt=2, pool_per_round=8, min_train_score=None, max_minutes=3.0)
 
 
 # ---------------------------------------------------------------------- 1. data
 def write_data(plan: Plan, directory: Path) -> dict[str, Path]:
-    """seeds.jsonl, eval.jsonl (held out) and sft.jsonl under `directory`; the eval texts never occur in the others."""
+    """seeds.jsonl, eval.jsonl (held-out test), validation.jsonl and sft.jsonl under `directory`; the test and
+    validation texts never occur in the others."""
     directory.mkdir(parents=True, exist_ok=True)
     held_out = world.held_out(dict(plan.eval_per_level), seed=10_000 + plan.seed)
-    unseen = {p.text for p in held_out}
+    validation = world.held_out(dict(plan.validation_per_level), seed=20_000 + plan.seed, prefix="validation",
+                                exclude={p.text for p in held_out})
+    unseen = {p.text for p in held_out + validation}
     rng = random.Random(plan.seed)
     seeds = world.demonstrations(world.problems(plan.seeds, plan.seed_levels, rng, exclude=unseen), rng,
                                  wrong_fraction=plan.wrong_demonstrations)
@@ -93,9 +101,11 @@ def write_data(plan: Plan, directory: Path) -> dict[str, Path]:
         return {"id": p.prompt_id, "prompt": p.text, "answer": p.answer, "difficulty": p.difficulty,
                 **({"demonstration": p.demonstration} if p.demonstration else {})}
 
-    paths = {"seeds": directory / "seeds.jsonl", "eval": directory / "eval.jsonl", "warmup": directory / "sft.jsonl"}
+    paths = {"seeds": directory / "seeds.jsonl", "eval": directory / "eval.jsonl",
+             "validation": directory / "validation.jsonl", "warmup": directory / "sft.jsonl"}
     paths["seeds"].write_text("".join(json.dumps(row(p)) + "\n" for p in seeds))
     paths["eval"].write_text("".join(json.dumps(row(p)) + "\n" for p in held_out))
+    paths["validation"].write_text("".join(json.dumps(row(p)) + "\n" for p in validation))
     paths["warmup"].write_text("".join(json.dumps({"prompt": p.text, "completion": p.solution()}) + "\n" for p in sft))
     return paths
 
@@ -157,13 +167,16 @@ def topology(plan: Plan, algo: str, run_dir: Path, model: Path, data: dict[str, 
         "hub": {"control": "ipc", "data": "ipc", "lease_s": 300},
         "creator": {
             "prompts": str(data["seeds"]), "eval_prompts": str(data["eval"]),
+            **({"validation_prompts": str(data["validation"])} if plan.promotion else {}),
             "mutator": "agents.worlds.arithmetic:mutate",
             "settings": {"samples_per_prompt": 1 if demos else plan.samples_per_prompt,
                          "temperature": plan.temperature, "top_p": 1.0, "max_new_tokens": 48,
                          "prompts_per_task": 128, "evolve": not demos, "pool_per_round": plan.pool_per_round,
                          "rewrites_per_prompt": plan.rewrites_per_prompt, "train_groups": plan.pool_per_round,
                          **({"min_train_score": plan.min_train_score} if method.contrast else {}),
-                         "max_wall_s": plan.max_minutes * 60, "seed": plan.seed},
+                         "max_wall_s": plan.max_minutes * 60, "seed": plan.seed,
+                         **({"promotion": True, "promotion_tolerance_se": plan.promotion_tolerance_se}
+                            if plan.promotion else {})},
         },
         "solver": {"count": plan.solvers, "model": str(model), "device": "cpu", "threads": 1},
         "judge": {"count": 1, "backend": "verifier", "checker": "agents.worlds.arithmetic:Checker"},
@@ -209,16 +222,20 @@ class Progress(threading.Thread):
             evals = ledger.eval_scores()
             done = ledger.tasks_by_state().get("done", 0)
             by_source = ledger.prompts_by_source()
+            restores = ledger.restores()
         expected = by_source.pop("eval", 0)
+        by_source.pop("validation", None)
         pool = sum(by_source.values())
         for version in sorted(evals):
             if version in self.shown or len(evals[version]) < expected:  # still being answered
                 continue
             self.shown.add(version)
             acc = accuracy([s for _, s in evals[version].values()])
-            what = "SFT start" if version == 0 else f"round {version}/{self.rounds}"
-            self.say(f"[{(time.monotonic() - self.started) / 60:4.1f} min] {what}: policy v{version}, held-out "
-                     f"accuracy {acc['acc']:.3f} ± {acc['stderr']:.3f} (n={acc['n']}), {pool} prompts, {done} tasks done")
+            what = "SFT start" if version == 0 else f"v{version}"
+            if version in restores:
+                what = f"v{version} = v{restores[version]} again (rolled back to the best on validation)"
+            self.say(f"[{(time.monotonic() - self.started) / 60:4.1f} min] {what}: held-out accuracy "
+                     f"{acc['acc']:.3f} ± {acc['stderr']:.3f} (n={acc['n']}), {pool} prompts, {done} tasks done")
 
 
 def demo_dirs(root: Path, algo: str, seed: int) -> tuple[Path, Path, Path]:
@@ -275,6 +292,13 @@ def describe(summary: dict[str, Any]) -> str:
              f"{'n/a' if gain is None else f'{gain:.1f} standard errors'}, {summary['eval_prompts']} prompts)"]
     for level, acc in summary["acc_by_difficulty"].items():
         lines.append(f"  difficulty {level}: {acc['before']['acc']:.3f} -> {acc['after']['acc']:.3f} (n={acc['after']['n']})")
+    best, final = summary.get("acc_best"), summary.get("acc_final")
+    if best and final and final["acc"] < best["acc"]:
+        lines.append(f"best version v{best['version']}: {best['acc']:.3f}; the final v{final['version']}: "
+                     f"{final['acc']:.3f} ({(final['acc'] - best['acc']) / max(best['stderr'], 1e-9):+.1f} standard errors)")
+    if summary.get("rollbacks"):
+        lines.append(f"promoted to best on validation: {', '.join(f'v{v}' for v in summary['promotions']) or 'none'}; "
+                     "rollbacks: " + ", ".join(f"v{v} = v{s} again" for v, s in summary["rollbacks"].items()))
     rewards = ", ".join(f"v{v}: {r['mean']:.3f}" for v, r in summary["reward_by_version"].items())
     lines.append(f"training reward by round: {rewards}")
     if summary["evolved_by_mutation"]:

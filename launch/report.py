@@ -7,6 +7,9 @@
 comes from the ledger (never from a process's memory), so a report of a crashed or still-running run
 is as good as one of a finished run. Held-out accuracy is the share of held-out prompts whose greedy
 answer scored 1 (exact), per policy version that was evaluated; its standard error is sqrt(p(1-p)/n).
+With promotion, the summary also has each version's validation score, the versions promoted to best
+(named in the train tasks' `keep`) and the rollbacks (version -> the version it restored), and the
+report marks them; `acc_best` is the best test accuracy of any version, to set the final one against.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
                     "before": accuracy([s for d, s in evals[first].values() if d == level]),
                     "after": accuracy([s for d, s in evals[last].values() if d == level])}
         rewards = ledger.reward_by_version()
+        validation = ledger.reward_by_version("validation")
+        restores = ledger.restores()
+        promotions = sorted({t.keep for t in ledger.train_tasks() if t.keep is not None} - set(restores))
         mutations = ledger.evolved_by_mutation()
         versions = len(ledger.policy_versions())
         span = ledger.sample_span()
@@ -47,13 +53,19 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
     before = by_version[min(by_version)] if by_version else None
     after = by_version[max(by_version)] if by_version else None
     stderr = max(before["stderr"], after["stderr"]) if before and after else None
+    best = max(by_version, key=lambda v: (by_version[v]["acc"], -v)) if by_version else None
     return {
         "acc_before": before["acc"] if before else None,
         "acc_after": after["acc"] if after else None,
         "acc_stderr": stderr,
         "gain_in_stderr": (after["acc"] - before["acc"]) / stderr if stderr else None,
         "eval_prompts": after["n"] if after else 0,
+        "acc_best": {"version": best, **by_version[best]} if best is not None else None,
+        "acc_final": {"version": max(by_version), **after} if after else None,
         "acc_by_version": {str(v): a for v, a in by_version.items()},
+        "validation_by_version": {str(v): mean for v, (mean, _) in validation.items()},
+        "promotions": promotions,
+        "rollbacks": {str(v): source for v, source in restores.items()},
         "acc_by_difficulty": by_difficulty,
         "reward_by_version": {str(v): {"mean": mean, "samples": n} for v, (mean, n) in rewards.items()},
         "evolved_by_mutation": dict(sorted(mutations.items())),
@@ -90,11 +102,20 @@ def write_report(summary: dict[str, Any], path: str | Path, title: str = "selfpl
     ax.plot([int(v) for v in rewards], [r["mean"] for r in rewards.values()], "o-", label="training reward (mean)")
     accs = summary["acc_by_version"]
     ax.errorbar([int(v) for v in accs], [a["acc"] for a in accs.values()], yerr=[a["stderr"] for a in accs.values()],
-                fmt="s-", capsize=3, label="held-out accuracy")
-    ax.set_xlabel("policy version (round)")
+                fmt="s-", capsize=3, label="held-out test accuracy")
+    validation = summary.get("validation_by_version", {})
+    if validation:
+        ax.plot([int(v) for v in validation], list(validation.values()), ":", color="grey", label="validation score")
+    for key, marker, color, label in (("promotions", "*", "green", "promoted (new best)"),
+                                      ("rollbacks", "v", "red", "rollback (best restored)")):
+        marked = [v for v in map(int, summary.get(key, [])) if str(v) in accs]
+        if marked:
+            ax.scatter(marked, [accs[str(v)]["acc"] for v in marked], marker=marker, s=120, color=color, zorder=3,
+                       label=label)
+    ax.set_xlabel("policy version")
     ax.set_ylim(0, 1)
-    ax.set_title("reward and accuracy by round")
-    ax.legend()
+    ax.set_title("reward and accuracy by version")
+    ax.legend(fontsize=8)
 
     ax = axes[2]
     kinds = summary["evolved_by_mutation"]

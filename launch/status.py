@@ -50,18 +50,30 @@ def format_status(reply: StatusReply) -> str:
     lines += ["", "queues:        queued  leased    done    dead"]
     for kind, q in sorted(reply.queues.items()):
         lines.append(f"  {kind:<10} {q.queued:>8} {q.leased:>7} {q.done:>7} {q.dead:>7}")
-    rewards = sorted((int(k.split(".v")[1]), v) for k, v in reply.metrics.items() if k.startswith("reward_mean.v"))
+    rewards = _by_version(reply.metrics, "reward_mean.v")
     if rewards:
         lines += ["", "reward by policy version (mean verdict score of its samples):"]
         lines += [f"  v{version:<4} {mean:.4f}  ({int(reply.metrics.get(f'reward_count.v{version}', 0))} samples)"
                   for version, mean in rewards]
-    evals = sorted((int(k.split(".v")[1]), v) for k, v in reply.metrics.items() if k.startswith("eval_reward.v"))
-    if evals:
-        lines += ["", "held-out evaluation by policy version (never trained on):"]
-        lines += [f"  v{version:<4} {mean:.4f}  ({int(reply.metrics.get(f'eval_count.v{version}', 0))} samples)"
-                  for version, mean in evals]
-    other = {k: v for k, v in reply.metrics.items()
-             if not k.startswith(("reward_mean.", "reward_count.", "eval_reward.", "eval_count."))}
+    for prompts, title in (("eval", "held-out test"), ("validation", "validation (promotion decides on it)")):
+        scores = _by_version(reply.metrics, f"{prompts}_reward.v")
+        if scores:
+            lines += ["", f"{title} by policy version (never trained on):"]
+            lines += [f"  v{version:<4} {mean:.4f}  ({int(reply.metrics.get(f'{prompts}_count.v{version}', 0))} samples)"
+                      for version, mean in scores]
+    restored = _by_version(reply.metrics, "restored.v")
+    if restored:
+        lines += ["", "rollbacks (a version worse than the best on validation was not served):"]
+        lines += [f"  v{version:<4} = v{int(source)} again (v{version - 1} rejected, or the run ended on its best)"
+                  for version, source in restored]
+    other = {k: v for k, v in reply.metrics.items() if not k.startswith(
+        ("reward_mean.", "reward_count.", "eval_reward.", "eval_count.", "validation_reward.", "validation_count.",
+         "restored."))}
     if other:
         lines += ["", "counters:"] + [f"  {k} = {v:.4g}" for k, v in sorted(other.items())]
     return "\n".join(lines)
+
+
+def _by_version(metrics: dict[str, float], prefix: str) -> list[tuple[int, float]]:
+    """(version, value) of the metrics named PREFIX + version, in version order."""
+    return sorted((int(k[len(prefix):]), v) for k, v in metrics.items() if k.startswith(prefix))

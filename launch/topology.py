@@ -72,8 +72,19 @@ class HubSection(HubSettings):
 class CreatorSection(Strict):
     prompts: str = Field(description="Seed prompts: JSON lines with prompt, and optionally answer, demonstration.")
     mutator: str | None = Field(None, description="module:function of a programmatic mutator; else an LLM evolver.")
-    eval_prompts: str | None = Field(None, description="Held-out prompts (same format), evaluated, never trained on.")
+    eval_prompts: str | None = Field(None, description="Held-out test prompts (same format): evaluated and reported, "
+                                                       "never trained on, never used to decide anything.")
+    validation_prompts: str | None = Field(None, description="Validation prompts (same format, disjoint from the "
+                                                             "test prompts): with settings.promotion, each new "
+                                                             "version is validated on them before it is served.")
     settings: CreatorConfig = Field(default_factory=CreatorConfig, description="eva settings (agents/creator.py).")
+
+    @model_validator(mode="after")
+    def _promotion_needs_validation(self) -> CreatorSection:
+        if self.settings.promotion and not self.validation_prompts:
+            raise ValueError("settings.promotion needs validation_prompts (a JSON lines file, disjoint from "
+                             "eval_prompts)")
+        return self
 
     @field_validator("settings")
     @classmethod

@@ -170,10 +170,13 @@ def run_creator(link, topo) -> int:
 
     seeds = read(topo.creator.prompts, "seed", "seed")
     held_out = read(topo.creator.eval_prompts, "eval", "eval") if topo.creator.eval_prompts else None
+    validation = (read(topo.creator.validation_prompts, "validation", "validation")
+                  if topo.creator.validation_prompts else None)
     mutator = load_object(topo.creator.mutator) if topo.creator.mutator else None
     started = time.time()
     creator = Creator(link, topo.creator_config(), seeds, mutator=mutator, eval_prompts=held_out,
-                      state_path=Path(topo.run.dir) / "creator" / f"{link.config.name}.json")
+                      state_path=Path(topo.run.dir) / "creator" / f"{link.config.name}.json",
+                      validation_prompts=validation)
     stopped = None
     try:
         creator.run(rounds=topo.run.rounds)
@@ -182,7 +185,9 @@ def run_creator(link, topo) -> int:
         print(f"creator: the run stops: {e}", file=sys.stderr, flush=True)
     summary = {"rounds": creator.round, "policy_version": creator.policy_version,
                "seconds": time.time() - started, "eval_reward": creator.eval_rewards,
-               "failed_rounds": creator.failures, "stopped": stopped}
+               "failed_rounds": creator.failures, "stopped": stopped, "best_version": creator.best,
+               "rollbacks": creator.rollbacks,
+               "validation": {v: score.mean for v, score in creator.validation.items()}}
     (Path(topo.run.dir) / "creator-done.json").write_text(json.dumps(summary))
     return EXIT_RUN_FAILED if stopped else 0
 

@@ -82,8 +82,9 @@ class Prompt(Wire):
                                      description="Conversational form, rendered with the model's chat template.")
     demonstration: Text | None = Field(None, description="A reference answer y_real (GSIL/SPIN/SFT).")
     answer: Text | None = Field(None, description="Ground truth a programmatic verifier checks against.")
-    source: Literal["seed", "evolved", "eval"] = Field(
-        "seed", description="Seed set, evolved by the creator (eva), or held-out evaluation (never trained on).")
+    source: Literal["seed", "evolved", "eval", "validation"] = Field(
+        "seed", description="Seed set, evolved by the creator (eva), held-out evaluation (the reported test set), or "
+                            "validation (what the creator selects versions on); neither of the last two is trained on.")
     parent_id: Id | None = Field(None, description="Prompt this one was evolved from (lineage).")
     mutation: Id | None = Field(None, description="eva mutation that produced it, e.g. 'deepen'.")
     difficulty: SmallInt | None = Field(None, description="Task-world difficulty level, for per-level reports.")
@@ -175,6 +176,13 @@ class TrainTask(Wire):
     groups: list[JudgedGroup] = Field(max_length=MAX_ITEMS,
                                       description="Judged groups to build this algorithm's examples from.")
     round: Count = Field(0, description="Creator round the groups belong to.")
+    keep: Version | None = Field(None, description="The version the run serves (the best validated so far): the "
+                                                   "trainer keeps its checkpoint, so that a later `restore` can "
+                                                   "resume from it.")
+    restore: Version | None = Field(None, description="Resume from this version's adapter and optimizer first (a "
+                                                      "rollback: the newest version was rejected on validation); "
+                                                      "with no groups the restored policy is published as the next "
+                                                      "version.")
 
 
 class CreateTask(Wire):

@@ -7,7 +7,9 @@
         adapter/ or model/      the same weights in the usual format (PeftModel.from_pretrained / Auto*)
 
 A checkpoint is written to a temporary directory and renamed into place, so a crash mid-write never
-leaves a half checkpoint that resume would pick up. The newest `keep` checkpoints are kept.
+leaves a half checkpoint that resume would pick up. The newest `keep` checkpoints are kept, and any the
+caller pins (the live trainer's best version, for a rollback). Names sort in the order written: a second
+checkpoint at the same step (a rollback trains no step) is step-000040.001.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -51,10 +54,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(root: Path, model: nn.Module, tokenizer: Any, optimizer: torch.optim.Optimizer,
                     scheduler: Any, cursor: Cursor, config: dict[str, Any], keep: int,
-                    extra: dict[str, Any] | None = None, extra_state: dict[str, Any] | None = None) -> Path:
-    """`extra`: JSON the caller reads back with read_extra; `extra_state`: tensors and the like, read_extra_state."""
-    final = root / f"step-{cursor.step:06d}"
-    tmp = root / f".tmp-step-{cursor.step:06d}"
+                    extra: dict[str, Any] | None = None, extra_state: dict[str, Any] | None = None, *,
+                    new: bool = False, pinned: Collection[str] = ()) -> Path:
+    """`extra`: JSON the caller reads back with read_extra; `extra_state`: tensors and the like, read_extra_state.
+    `new`: never replace a checkpoint of the same step (step-000040.001 follows step-000040); `pinned`: names of
+    checkpoints kept whatever `keep` says."""
+    name = f"step-{cursor.step:06d}"
+    if new:
+        taken = {p.name for p in root.glob(f"{name}*")}
+        name = next(n for n in (name, *(f"{name}.{k:03d}" for k in range(1, 1000))) if n not in taken)
+    final, tmp = root / name, root / f".tmp-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(trainable_state(model), tmp / "trainable.safetensors")
@@ -66,7 +75,8 @@ def save_checkpoint(root: Path, model: nn.Module, tokenizer: Any, optimizer: tor
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in sorted(root.glob("step-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.name not in pinned:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -79,7 +89,7 @@ def export_weights(model: nn.Module, tokenizer: Any, directory: Path) -> Path:
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    found = sorted(p for p in root.glob("step-*") if (p / "trainer_state.pt").exists())
+    found = checkpoints(root)
     return found[-1] if found else None
 
 
@@ -91,6 +101,11 @@ def read_extra(path: Path) -> dict[str, Any]:
 def read_extra_state(path: Path) -> dict[str, Any]:
     """What the caller stored with a checkpoint beside the training state (e.g. cached log-probs)."""
     return torch.load(path / "trainer_state.pt", weights_only=False).get("extra_state", {})
+
+
+def checkpoints(root: Path) -> list[Path]:
+    """Every complete checkpoint under `root`, oldest first."""
+    return sorted(p for p in root.glob("step-*") if (p / "trainer_state.pt").exists())
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> Cursor:

@@ -18,6 +18,7 @@ import math
 import random
 import time
 from collections import defaultdict
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -277,14 +278,24 @@ class Recipe:
                 self.tb.add_scalar(name, value, self.cursor.step)
 
     # ------------------------------------------------------------------ save / cleanup
-    def save_checkpoint(self, extra: dict[str, Any] | None = None) -> Path:
-        """A checkpoint of everything resume needs; `extra` is kept with it (resumed_extra after a resume)."""
+    def save_checkpoint(self, extra: dict[str, Any] | None = None, *, new: bool = False,
+                        pinned: Collection[str] = ()) -> Path:
+        """A checkpoint of everything resume needs; `extra` is kept with it (resumed_extra after a resume).
+        `new` and `pinned` as trainer.checkpoint.save_checkpoint."""
         proximal = {k: v for k, v in self.logp_cache.items() if k[2] == "proximal"}
         path = save_checkpoint(self.out / "checkpoints", self.model, self.tokenizer, self.optimizer, self.scheduler,
                                self.cursor, self.config.model_dump(), self.config.keep_checkpoints, extra,
-                               {"proximal": proximal} if proximal else None)
+                               {"proximal": proximal} if proximal else None, new=new, pinned=pinned)
         log.info("checkpoint", path=str(path), step=self.cursor.step)
         return path
+
+    def restore(self, path: Path) -> None:
+        """The weights, optimizer and scheduler of an earlier checkpoint (a rollback); the step count goes on."""
+        cursor = self.cursor
+        load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+        self.cursor = cursor
+        self.logp_cache.clear()
+        log.info("restored", checkpoint=str(path), step=self.cursor.step)
 
     def save_final(self) -> Path:
         path = export_weights(self.model, self.tokenizer, self.out)

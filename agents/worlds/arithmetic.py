@@ -206,12 +206,14 @@ def demonstrations(problems_: Sequence[Problem], rng: random.Random, *, wrong_fr
     return out
 
 
-def held_out(per_level: Mapping[int, int], seed: int = 10_000) -> list[Prompt]:
+def held_out(per_level: Mapping[int, int], seed: int = 10_000, *, prefix: str = "eval",
+             exclude: set[str] = frozenset()) -> list[Prompt]:
     """The evaluation set: `per_level[level]` problems of each level, never trained on (seeded apart from
-    training sets; build training sets with `exclude={p.text for p in held_out(...)}` to make that certain)."""
+    training sets; build training sets with `exclude={p.text for p in held_out(...)}` to make that certain).
+    Ids are PREFIX-LEVEL-I; a second held-out set (validation) takes another prefix and excludes the first's texts."""
     rng = random.Random(seed)
     out: list[Prompt] = []
     for level, count in sorted(per_level.items()):
-        for p in problems(count, [level], rng, exclude={q.text for q in out}):
-            out.append(p.prompt(f"eval-{level}-{len(out)}", source="eval"))
+        for p in problems(count, [level], rng, exclude=set(exclude) | {q.text for q in out}):
+            out.append(p.prompt(f"{prefix}-{level}-{len(out)}", source="eval"))
     return out

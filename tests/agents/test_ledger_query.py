@@ -80,7 +80,7 @@ def test_scores_and_rewards_by_policy_version(run):
         assert reader.eval_scores() == {0: {"e1": Answer(2, 1.0), "e2": Answer(3, 0.0)},
                                         1: {"e1": Answer(2, 1.0), "e2": Answer(3, 1.0)}}
         assert reader.reward_by_version() == {0: (0.75, 2), 1: (0.0, 1)}  # training prompts: p1's answers
-        rewards = reader.reward_by_version(eval_prompts=True)
+        rewards = reader.reward_by_version("eval")
         assert rewards[0] == (pytest.approx(1 / 3), 3) and rewards[1] == (1.0, 2)
 
 

@@ -35,16 +35,19 @@ def seeds(n=6):
 class World:
     """A whole run in one process: every agent on its own thread, talking through the hub."""
 
-    def __init__(self, tmp_path, tiny_models, algo, scorer=None, **hub):
+    def __init__(self, tmp_path, tiny_models, algo, scorer=None, trainer=None, **hub):
         self.r = Running(tmp_path, lease_s=120, heartbeat_interval_s=0.2, liveness=50, **hub)
         self.stop = threading.Event()
         self.solver = Solver(self.link("solver-0", "solver", ["generate"]), HFGenerator(str(tiny_models.policy)))
         workers = [self.solver]
         if scorer is not None:
             workers.append(Judge(self.link("judge-0", "judge", ["judge"]), scorer))
+        settings = {"batch_size": 8, "lr": 1e-3, "lora": {"r": 4, "alpha": 8}, "max_length": 64,
+                    "max_prompt_length": 32, **(trainer or {})}
         config = TrainConfig(algo=algo, model=str(tiny_models.policy), data="-", out=str(tmp_path / "trainer"),
-                             batch_size=8, lr=1e-3, lora={"r": 4, "alpha": 8}, max_length=64, max_prompt_length=32)
-        workers.append(TrainerAgent(self.link("trainer-0", "trainer", ["train"]), config))
+                             **settings)
+        self.trainer = TrainerAgent(self.link("trainer-0", "trainer", ["train"]), config)
+        workers.append(self.trainer)
         for worker in workers:
             threading.Thread(target=worker.run, args=(self.stop,), daemon=True).start()
 

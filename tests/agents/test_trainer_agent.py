@@ -36,13 +36,9 @@ def _live(tmp_path, tiny_models, **hub):
 
 
 def wait_done(r, task_id, timeout_s=60):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        record = r.task(task_id)
-        if record and record["state"] == "done":
-            return record
-        time.sleep(0.05)
-    raise AssertionError(f"task {task_id} not done: {r.task(task_id)}")
+    record = wait_task(r, task_id, timeout_s)
+    assert record["state"] == "done", record
+    return record
 
 
 def test_rounds_train_publish_and_use_the_round_start_reference(tmp_path, tiny_models):
@@ -220,3 +216,53 @@ def test_a_policy_that_never_reached_the_hub_goes_before_the_next_round(tmp_path
     finally:
         stop.set()
         r.close()
+
+
+def test_a_restore_resumes_from_the_kept_version_and_publishes_it_as_the_next(tmp_path, tiny_models):
+    """Rounds name the version to keep (v1); its checkpoint outlives keep_checkpoints = 1. A restore of v1 publishes
+    v1's adapter as v4, and the next round goes on from v1's optimizer state; a version not kept is a clear DEAD."""
+    r, stop, config = _live(tmp_path, tiny_models)
+    config = config.model_copy(update={"keep_checkpoints": 1})
+    try:
+        creator = r.link("creator-0", "creator")
+        agent = TrainerAgent(r.link("trainer-0", "trainer", ["train"]), config)
+        threading.Thread(target=agent.run, args=(stop,), daemon=True).start()
+        for round_, keep in ((1, 0), (2, 1), (3, 1)):
+            [task] = creator.submit([TrainTask(groups=groups(4, seed=round_), round=round_, keep=keep)])
+            assert wait_done(r, task)["result"].policy_version == round_
+        kept = agent.checkpoints()
+        assert sorted(kept) == [1, 3]  # the newest and the pinned one; v0 and v2 were pruned
+        at_v1 = torch.load(kept[1] / "trainer_state.pt", weights_only=False)["optimizer"]
+
+        [restore] = creator.submit([TrainTask(groups=[], round=3, keep=1, restore=1)])
+        report = wait_done(r, restore)["result"]
+        assert (report.policy_version, report.examples, report.metrics["restored_from"]) == (4, 0, 1.0)
+        fetcher = r.client("solver-0", "data")
+        r.client("solver-0").ready("solver")
+        tensors = {}
+        for version in (1, 3, 4):
+            fetcher.send(PolicyFetch(version=version))
+            tensors[version] = fetcher.recv().tensors
+        assert all(torch.equal(tensors[4][k], tensors[1][k]) for k in tensors[1])  # v1's weights again
+        assert any(not torch.equal(tensors[4][k], tensors[3][k]) for k in tensors[1])
+        state = agent.recipe.optimizer.state_dict()["state"]
+        assert all(torch.equal(state[i]["exp_avg"], at_v1["state"][i]["exp_avg"]) for i in at_v1["state"])
+        assert agent.recipe.cursor.step == report.step  # the step count went on: 3 rounds of 2 steps
+        assert report.step == 6
+
+        [gone] = creator.submit([TrainTask(groups=[], round=4, keep=4, restore=2)])
+        record = wait_task(r, gone)
+        assert record["state"] == "dead" and "no checkpoint of policy v2 is kept" in record["reason"]
+    finally:
+        stop.set()
+        r.close()
+
+
+def wait_task(r, task_id, timeout_s=60):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        record = r.task(task_id)
+        if record and record["state"] in ("done", "dead"):
+            return record
+        time.sleep(0.05)
+    raise AssertionError(f"task {task_id} not finished: {r.task(task_id)}")

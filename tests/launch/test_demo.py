@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_configs_demo_toml_is_what_the_demo_runs():
     root = Path("runs/demo")
-    data = {k: root / "data" / f"{k}.jsonl" for k in ("seeds", "eval", "sft")}
+    data = {k: root / "data" / f"{k}.jsonl" for k in ("seeds", "eval", "validation", "sft")}
     shipped = (ROOT / "configs" / "demo.toml").read_text()
     body = "\n".join(line for line in shipped.splitlines() if not line.startswith("#")).strip()
     assert body == to_toml(topology(Plan(), "dpo", root / "dpo", root / "model", data)).strip()

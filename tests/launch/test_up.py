@@ -114,6 +114,15 @@ def test_a_creator_lagging_more_than_the_hub_allows_is_refused(tmp_path, tiny_mo
         load_topology(path)
 
 
+def test_promotion_without_validation_prompts_is_one_error_naming_the_field(tmp_path, tiny_models):
+    from launch.topology import TopologyError, load_topology
+
+    path = topology(tmp_path, tiny_models)
+    path.write_text(path.read_text().replace("[creator.settings]", "[creator.settings]\npromotion = true"))
+    with pytest.raises(TopologyError, match=r"creator: .*settings.promotion needs validation_prompts"):
+        load_topology(path)
+
+
 def test_a_dead_task_fails_its_round_and_the_run_stops_instead_of_restarting(tmp_path, tiny_models):
     """A judge task that cannot be done (the verifier meets a prompt without an answer) goes DEAD. The creator
     used to exit with an error and the supervisor restarted it into the same failure forever; now the round is
