@@ -82,12 +82,15 @@ def _number(digits: int, rng: random.Random) -> int:
     return rng.randint(10 ** (digits - 1) if digits > 1 else 0, 10**digits - 1)
 
 
-def make_problem(level: int, rng: random.Random) -> Problem:
+def make_problem(level: int, rng: random.Random, operands: int | None = None) -> Problem:
     """A problem of exactly difficulty `level` (>= 1): levels 1-3 are two operands, the longest with
-    `level` digits; from level 4 on, extra operands (up to three digits) make up the rest."""
+    `level` digits; from level 4 on, extra operands (up to three digits) make up the rest. With `operands`,
+    that many, the longest with level - (operands - 2) digits (`make_problem(2, rng, operands=3)`: 3 + 8 + 5)."""
     if level < 1:
         raise ValueError(f"difficulty level must be >= 1, got {level}")
-    digits = min(level, 3)
+    if operands is not None and not 2 <= operands <= level + 1:
+        raise ValueError(f"difficulty {level} has 2 to {level + 1} operands, not {operands}")
+    digits = min(level, 3) if operands is None else level - operands + 2
     count = 2 + level - digits
     operands = [_number(digits, rng)] + [_number(rng.randint(1, digits), rng) for _ in range(count - 1)]
     operands[rng.randrange(count)] = _number(digits, rng)  # one operand sets the level
@@ -97,16 +100,16 @@ def make_problem(level: int, rng: random.Random) -> Problem:
 
 
 def problems(n: int, levels: Sequence[int], rng: random.Random, *, exclude: set[str] = frozenset(),
-             distinct: bool = True) -> list[Problem]:
-    """`n` problems, levels cycling through `levels`, none whose text is in `exclude`; with `distinct`,
-    no two alike (level 1 has only 100 problems: training sets that repeat use distinct=False)."""
+             distinct: bool = True, operands: int | None = None) -> list[Problem]:
+    """`n` problems, levels cycling through `levels` (`operands` as make_problem), none whose text is in `exclude`;
+    with `distinct`, no two alike (level 1 has only 100 problems: training sets that repeat use distinct=False)."""
     seen, out = set(exclude), []
     attempts = 0
     while len(out) < n:
         attempts += 1
         if attempts > 100 * n + 1000:
             raise ValueError(f"cannot draw {n} distinct problems at levels {list(levels)}")
-        p = make_problem(levels[len(out) % len(levels)], rng)
+        p = make_problem(levels[len(out) % len(levels)], rng, operands)
         if p.text not in seen:
             if distinct:
                 seen.add(p.text)

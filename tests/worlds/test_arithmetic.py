@@ -28,6 +28,23 @@ def test_make_problem_has_exactly_the_level_asked(level):
     assert all(A.make_problem(level, rng).difficulty == level for _ in range(200))
 
 
+@pytest.mark.parametrize("level, operands", [(2, 2), (2, 3), (3, 3), (4, 3), (3, 4)])
+def test_make_problem_with_operands_has_that_many_and_the_level_asked(level, operands):
+    rng = random.Random(level * 10 + operands)
+    made = [A.make_problem(level, rng, operands) for _ in range(200)]
+    assert all(p.difficulty == level and len(p.operands) == operands for p in made)
+    with pytest.raises(ValueError, match="difficulty 2 has 2 to 3 operands, not 4"):
+        A.make_problem(2, rng, 4)
+
+
+def test_a_second_held_out_set_is_disjoint_from_the_first():
+    test = A.held_out({2: 60, 3: 50})
+    validation = A.held_out({2: 60, 3: 50}, seed=20_000, prefix="validation", exclude={p.text for p in test})
+    assert not {p.text for p in test} & {p.text for p in validation}
+    assert not {p.prompt_id for p in test} & {p.prompt_id for p in validation}
+    assert all(p.prompt_id.startswith("validation-") for p in validation)
+
+
 def test_grade_is_graded_by_digit_and_the_judgment_names_what_is_wrong():
     p = A.Problem((37, 48)).prompt("p")
     assert A.grade(p, "7+8=15, 3+4+1=8, so 85") == (1.0, "Correct: 37 + 48 is 85.")
