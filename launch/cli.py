@@ -172,6 +172,9 @@ def _add_demo_and_report(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--rounds", type=int, help=f"training rounds (default {Plan.rounds})")
     demo.add_argument("--minutes", type=float, help="start no round after this many minutes of the loop "
                                                     f"(default {Plan.max_minutes})")
+    demo.add_argument("--no-promotion", action="store_true",
+                      help="serve every new version (by default a version worse than the best on the validation "
+                           "prompts is rolled back, and the run ends on its best: docs/live.md)")
     demo.add_argument("--quick", action="store_true", help="a tiny model and one short round: a smoke test, not a "
                                                            "result")
     report = commands.add_parser(
@@ -206,7 +209,7 @@ def _demo(args: argparse.Namespace) -> int:
         plan = replace(plan, rounds=args.rounds)
     if args.minutes is not None:
         plan = replace(plan, max_minutes=args.minutes)
-    plan = replace(plan, seed=args.seed)
+    plan = replace(plan, seed=args.seed, promotion=not args.no_promotion)
     summary = run_demo(args.algo, args.run_dir, plan, say=lambda line: print(line, file=sys.stderr, flush=True))
     print(describe(summary))
     return 0
