@@ -61,7 +61,7 @@ from agents.eva import (
     parse_rewrite,
 )
 from agents.eva import sample_prompts as eva_sample
-from agents.promotion import Score, gap_in_stderr, worse_than
+from agents.promotion import Promotion, Score
 from protocol.messages import (
     GenerateResult,
     GenerateTask,
@@ -160,17 +160,12 @@ class Creator:
         self.link, self.config, self.mutator = link, config, mutator
         self.eval_prompts = [p.model_copy(update={"source": "eval"}) for p in eval_prompts or []]
         self.validation_prompts = [p.model_copy(update={"source": "validation"}) for p in validation_prompts or []]
-        overlap = ({p.prompt_id for p in self.eval_prompts} & {p.prompt_id for p in self.validation_prompts}
-                   or {p.text for p in self.eval_prompts} & {p.text for p in self.validation_prompts})
-        if overlap:
-            raise ValueError(f"validation and held-out test prompts must be disjoint; both have {sorted(overlap)[:3]}")
+        _disjoint({"seed": seed_prompts, "test": self.eval_prompts, "validation": self.validation_prompts})
         if config.promotion and not self.validation_prompts:
             raise ValueError("promotion needs validation prompts (a topology's creator.validation_prompts), disjoint "
                              "from the held-out test prompts")
         self.eval_rewards: dict[int, float] = {}  # policy version -> held-out mean reward
-        self.validation: dict[int, Score] = {}  # policy version -> its validation score (with promotion)
-        self.best: int | None = None  # the best version validated so far
-        self.rollbacks: list[dict] = []  # {"round", "rejected", "restored", "version"} of each rollback
+        self.promotion = Promotion(config.promotion_tolerance_se)  # validation scores, best version, rollbacks
         self.pool = list(seed_prompts)
         self.rng = random.Random(config.seed)
         self.round = 0
@@ -193,8 +188,7 @@ class Creator:
         state = {"journal_id": self.journal_id, "round": self.round, "policy_version": self.policy_version,
                  "training": list(self._training), "failures": self.failures, "failing": self.failing,
                  "eval_rewards": self.eval_rewards, "pool": [p.model_dump(mode="json") for p in self.pool],
-                 "validation": {v: [s.mean, s.stderr, s.n] for v, s in self.validation.items()}, "best": self.best,
-                 "rollbacks": self.rollbacks,
+                 "promotion": self.promotion.to_json(),
                  "rng": [version, list(internal), gauss]}
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
@@ -208,8 +202,7 @@ class Creator:
         self._training = deque((r, t) for r, t in state["training"])
         self.failures, self.failing = state.get("failures", []), state.get("failing", 0)
         self.eval_rewards = {int(v): reward for v, reward in state["eval_rewards"].items()}
-        self.validation = {int(v): Score(*score) for v, score in state.get("validation", {}).items()}
-        self.best, self.rollbacks = state.get("best"), state.get("rollbacks", [])
+        self.promotion.load(state.get("promotion", {}))
         self.pool = [Prompt.model_validate(p) for p in state["pool"]]
         version, internal, gauss = state["rng"]
         self.rng.setstate((version, tuple(internal), gauss))
@@ -223,8 +216,8 @@ class Creator:
         cfg, started, reports = self.config, time.monotonic(), []
         if self.policy_version not in self.eval_rewards:
             self._unless_failed(self.round, self.evaluate)
-        if cfg.promotion and self.policy_version not in self.validation:  # the start, or a version a crash left
-            self._unless_failed(self.round, lambda: self.promote() and self.roll_back(self.round, "restore"))
+        if cfg.promotion:  # the start, or what a crash left: a version not validated yet, a rollback not done
+            self._unless_failed(self.round, self.settle)
         while self.round < rounds:
             if cfg.max_wall_s is not None and time.monotonic() - started > cfg.max_wall_s:
                 log.info("stopping: wall time reached", rounds=self.round)
@@ -233,7 +226,7 @@ class Creator:
                 break
         while self._training:  # each failure gives up one outstanding train task
             self._unless_failed(self._training[0][0], lambda: self._collect(reports, keep=0))
-        if cfg.promotion:
+        if cfg.promotion and not self.failing:
             self._unless_failed(self.round, self.end_on_best)
         if self.eval_prompts and self.policy_version not in self.eval_rewards:
             # the final policy is always evaluated, whatever eval_every or the stop
@@ -276,11 +269,12 @@ class Creator:
             self._training.popleft()
             self._save()
             reports.append(report)
-            rejected = self.config.promotion and self.promote()
-            on_schedule = round_ % self.config.eval_every == 0
+            new = self.policy_version not in self.eval_rewards  # a round with nothing to learn makes no version
+            rejected = self.config.promotion and self.policy_version not in self.promotion.validation and self.promote()
+            on_schedule = new and round_ % self.config.eval_every == 0
             reward = self.evaluate() if on_schedule else None  # a rejected version too: the report shows it
             if rejected:
-                self.roll_back(round_, "restore")
+                self.roll_back("restore")
                 reward = self.evaluate() if on_schedule else None
             target = self.config.target_eval_reward
             if reward is not None and target is not None and reward >= target:
@@ -311,48 +305,56 @@ class Creator:
         return [v.score for g in self.solve(prompts, n=1, temperature=0.0, judge=True) for v in g.verdicts]
 
     # ------------------------------------------------------------------ promotion
+    def settle(self) -> None:
+        """Validate the newest version if it is not yet, and finish a rollback a crash or a failure left pending:
+        no round generates with a version before it is validated and kept."""
+        if self.policy_version not in self.promotion.validation:
+            self.promote()
+        if self.promotion.pending is not None:
+            self.roll_back("restore")
+
     def promote(self) -> bool:
-        """Validate the newest version and decide on it: True when it is rejected (worse than the best by more
-        than the tolerance); otherwise it is served, and it becomes the best when it beats it."""
-        version, tolerance = self.policy_version, self.config.promotion_tolerance_se
-        score = self.validation[version] = Score.of(self.greedy_scores(self.validation_prompts))
-        best = self.validation.get(self.best) if self.best is not None else None
-        gap = 0.0 if best is None else gap_in_stderr(score, best)
-        rejected = best is not None and worse_than(score, best, tolerance)
-        if not rejected and (best is None or score.mean > best.mean):
-            self.best = version
+        """Validate the newest version and decide on it (agents/promotion.py): True when it is rejected; otherwise
+        it is served, and it becomes the best when it beats it. The decision is journaled before anything else."""
+        version = self.policy_version
+        scores = self.greedy_scores(self.validation_prompts)
+        if not scores:
+            raise RoundFailed(f"round {self.round}: no validation answer of policy v{version} was judged")
+        rejected = self.promotion.decide(version, Score.of(scores))
         self._save()
+        score, state = self.promotion.validation[version], self.promotion
         (log.warning if rejected else log.info)("rejected on validation" if rejected else "validated",
                                                 policy_version=version, validation=round(score.mean, 4),
-                                                best_version=self.best, below_best_se=round(gap, 2),
-                                                tolerance_se=tolerance)
+                                                best_version=state.best, below_best_se=round(state.gap(version), 2),
+                                                tolerance_se=state.tolerance_se)
         return rejected
 
-    def roll_back(self, round_: int, why: str) -> bool:
+    def roll_back(self, why: str) -> None:
         """The trainer resumes from the best version and publishes it again as the next version, which the solvers
-        serve from then on (`why` keys the task: a retry or a restarted creator queues it once)."""
-        best, rejected = self.best, self.policy_version
-        task = TrainTask(groups=[], round=round_, keep=best, restore=best)
-        [task_id] = self.submit([task], key=f"{self.journal_id}:{why}:{round_}")
+        serve from then on. Keyed by the version it replaces, so a retry or a restarted creator queues it once."""
+        state, replaced = self.promotion, self.policy_version
+        task = TrainTask(groups=[], round=self.round, best=state.best, restore=state.best)
+        [task_id] = self.submit([task], key=f"{self.journal_id}:{why}:v{replaced}")
         [report] = self.wait([task_id])
-        self.policy_version = max(self.policy_version, report.policy_version)
-        self.validation[self.policy_version] = self.validation[best]  # the same weights
-        self.rollbacks.append({"round": round_, "rejected": rejected, "restored": best, "version": self.policy_version,
-                               "why": why})
-        self.best = self.policy_version
+        if report.policy_version <= replaced:
+            raise RoundFailed(f"round {self.round}: the restore of v{state.best} published v{report.policy_version}, "
+                              f"not a version after v{replaced}")
+        self.policy_version = report.policy_version
+        state.rolled_back(self.policy_version, why)
         self._save()
-        log.warning("rolled back", round=round_, rejected=rejected, restored=best, policy_version=self.policy_version)
-        return True
+        log.warning("rolled back", replaced=replaced, restored=state.rollbacks[-1]["restored"],
+                    policy_version=self.policy_version, why=why)
 
     def end_on_best(self) -> None:
         """At the end of a run: when the served version scored below the best on validation, serve the best."""
-        served, best = self.validation.get(self.policy_version), self.validation.get(self.best)
-        if served is not None and best is not None and served.mean < best.mean:
-            self.roll_back(self.round, "final")
+        if self.promotion.below_best(self.policy_version):
+            self.roll_back("final")
 
     def start_round(self) -> tuple[int, str]:
         """Generate and judge the pool, evolve, mix, and submit the train task (not waited for here)."""
         cfg = self.config
+        if cfg.promotion:
+            self.settle()  # a rollback that failed last round is done before this round generates anything
         self.round += 1
         pool = self.pool
         if cfg.pool_per_round is not None and len(pool) > cfg.pool_per_round:
@@ -369,7 +371,7 @@ class Creator:
         groups = mix(old, new, total=cfg.train_groups, old_fraction=cfg.old_fraction if new else 1.0, rng=self.rng)
         # Keyed by journal and round: a retry after a lost reply, or this round redone by a restarted creator,
         # gets the task the hub already queued back, so no round is trained twice.
-        task = TrainTask(groups=groups, round=self.round, keep=self.best if cfg.promotion else None)
+        task = TrainTask(groups=groups, round=self.round, best=self.promotion.best if cfg.promotion else None)
         [task_id] = self.submit([task], key=f"{self.journal_id}:train:{self.round}")
         log.info("round submitted", round=self.round, pool=len(self.pool), evolved=len(new), trained=len(groups),
                  answers_from=self.policy_version)
@@ -519,3 +521,15 @@ def _groups(prompts: list[Prompt], result: GenerateResult) -> list[JudgedGroup]:
     """One unjudged group per prompt of a generation task, with that prompt's samples from its result."""
     return [JudgedGroup(prompt=p, samples=[s for s in result.samples if s.prompt_id == p.prompt_id], verdicts=[])
             for p in prompts]
+
+
+def _disjoint(sets: dict[str, list[Prompt]]) -> None:
+    """Seed, test and validation prompts share no id (the ledger files a prompt under its first source) and no
+    text (a test or validation prompt trained on measures nothing)."""
+    names = list(sets)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            both = ({p.prompt_id for p in sets[a]} & {p.prompt_id for p in sets[b]}
+                    or {p.text for p in sets[a]} & {p.text for p in sets[b]})
+            if both:
+                raise ValueError(f"{a} and {b} prompts must be disjoint; both have {sorted(both)[:3]}")

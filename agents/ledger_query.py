@@ -108,7 +108,7 @@ class LedgerReader:
         return restores(self.db)
 
     def train_tasks(self) -> list[TrainTask]:
-        """Every train task's payload, oldest first (their `keep` is the version the run served then)."""
+        """Every train task's payload, oldest first (with promotion, `best` names the best version at the time)."""
         return [TASK_ADAPTER.validate_python(msgpack.unpackb(blob, raw=False)) for (blob,)
                 in self.db.execute("SELECT payload FROM tasks WHERE kind = 'train' ORDER BY created, task_id")]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -50,3 +50,56 @@ def gap_in_stderr(candidate: Score, best: Score) -> float:
 def worse_than(candidate: Score, best: Score, tolerance_se: float) -> bool:
     """True when the candidate is below the best by more than `tolerance_se` standard errors of the difference."""
     return gap_in_stderr(candidate, best) > tolerance_se
+
+
+@dataclass
+class Promotion:
+    """The creator's promotion state: validation scores, the best version, a pending rollback, the rollbacks done.
+    Decisions only; the creator asks for the scores and sends the restores.
+
+        state = Promotion(tolerance_se=2.0)
+        state.decide(0, Score.of(scores_v0))      # False: the first version is the best
+        state.decide(1, Score.of(scores_v1))      # True: rejected; state.pending == 1 until rolled_back(...)
+    """
+
+    tolerance_se: float
+    validation: dict[int, Score] = field(default_factory=dict)  # version -> its validation score
+    best: int | None = None  # the best version validated so far
+    pending: int | None = None  # a rejected version not yet rolled back (journaled: a restart rolls it back)
+    rollbacks: list[dict] = field(default_factory=list)  # {"rejected", "restored", "version", "why"} of each
+
+    def decide(self, version: int, score: Score) -> bool:
+        """Record `version`'s score; True when it is rejected (then `pending` until `rolled_back`). A version that
+        is not rejected and scores above the best becomes the best."""
+        self.validation[version] = score
+        best = self.validation.get(self.best) if self.best is not None else None
+        rejected = best is not None and worse_than(score, best, self.tolerance_se)
+        if rejected:
+            self.pending = version
+        elif best is None or score.mean > best.mean:
+            self.best = version
+        return rejected
+
+    def gap(self, version: int) -> float:
+        """How many standard errors `version` scored below the best."""
+        return gap_in_stderr(self.validation[version], self.validation[self.best]) if self.best is not None else 0.0
+
+    def rolled_back(self, version: int, why: str) -> None:
+        """`version` is a copy of the best, published by a restore: it is the best from now on."""
+        self.rollbacks.append({"rejected": self.pending, "restored": self.best, "version": version, "why": why})
+        self.validation[version] = self.validation[self.best]  # the same weights
+        self.best, self.pending = version, None
+
+    def below_best(self, version: int) -> bool:
+        """Whether `version` scored below the best on validation (the run should not end on it)."""
+        return (self.best is not None and version in self.validation
+                and self.validation[version].mean < self.validation[self.best].mean)
+
+    def to_json(self) -> dict:
+        return {"validation": {v: [s.mean, s.stderr, s.n] for v, s in self.validation.items()}, "best": self.best,
+                "pending": self.pending, "rollbacks": self.rollbacks}
+
+    def load(self, state: dict) -> None:
+        self.validation = {int(v): Score(*s) for v, s in state.get("validation", {}).items()}
+        self.best, self.pending = state.get("best"), state.get("pending")
+        self.rollbacks = state.get("rollbacks", [])

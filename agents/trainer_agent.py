@@ -14,8 +14,8 @@ A crash anywhere loses nothing and trains nothing twice: before the checkpoint, 
 trained again from the previous checkpoint; after it, the restarted trainer resumes from it, sees
 that the retried task is the one it recorded, and only publishes (again) and reports.
 
-Promotion (docs/live.md, *promotion and rollback*): a train task names the version the run serves
-(`keep`, the best validated so far), whose checkpoint is then never pruned; a task with `restore`
+Promotion (docs/live.md, *promotion and rollback*): a train task names the best version validated so
+far (`best`), whose checkpoint is then never pruned; a task with `restore`
 first loads that version's checkpoint (adapter, optimizer, scheduler) and, with no groups, publishes
 it unchanged as the next version, its report's `restored_from` metric naming the version it copies.
 A fresh trainer checkpoints version 0 (the starting adapter) before anything, so it can be restored too.
@@ -59,10 +59,10 @@ class TrainerAgent:
         self.recipe.setup()
         self.trained: dict = self.recipe.resumed_extra.get("live", {})  # the last task trained: task_id, version, ...
         self.version = max(link.hub_policy_version, self.trained.get("version", 0))
-        self.keep: int | None = self.recipe.resumed_extra.get("keep")  # the version whose checkpoint is pinned
+        self.best: int | None = self.recipe.resumed_extra.get("best")  # the version whose checkpoint is pinned
         if not self.trained and self.version == 0:  # the starting adapter, so that a rollback can go back to v0
             self.trained = {"version": 0}
-            self._checkpoint(new=True)
+            self._checkpoint()
         self.published = link.hub_policy_version  # newest version the hub is known to have
         self.publish_seconds: list[float] = []  # wall time of each publish (benchmarks read it)
         self._data: zmq.Socket | None = None
@@ -92,15 +92,18 @@ class TrainerAgent:
             # the last round's policy never reached the hub (its task went DEAD meanwhile): versions follow one
             # another, so it goes first; until it is taken, nothing more is trained
             return self.link.fail(assign, f"the hub has not taken policy v{self.version} yet", retryable=True)
-        if task.keep is not None:
-            self.keep = task.keep
+        if task.best is not None:
+            self.best = task.best
+            if task.best not in self.checkpoints():
+                log.warning("no checkpoint of the best version is kept: a rollback to it will fail", best=task.best,
+                            kept=sorted(self.checkpoints()))
         started, first_step, metrics = time.perf_counter(), len(self.recipe.step_seconds), {}
         if task.restore is not None:
             path = self.checkpoints().get(task.restore)
             if path is None:
                 return self.link.fail(assign, f"no checkpoint of policy v{task.restore} is kept (kept: "
                                       f"{sorted(self.checkpoints())}); a rollback goes to the version the train "
-                                      f"tasks name in `keep`", retryable=False)
+                                      f"tasks name in `best`", retryable=False)
             self.recipe.restore(path)
             metrics["restored_from"] = float(task.restore)
         if rows:
@@ -110,7 +113,7 @@ class TrainerAgent:
                                 tokens_per_s=tokens_per_s, metrics={**metrics, "round_s": time.perf_counter() - started,
                                                                     "groups_skipped": skipped})
         self.trained = {"task_id": assign.task_id, "version": report.policy_version, "report": report.model_dump()}
-        self._checkpoint(new=not rows)  # a rollback alone trains no step: its checkpoint must not replace another
+        self._checkpoint()
         self.version = report.policy_version
         steps = self.recipe.step_seconds[first_step:] or [0.0]
         log.info("round trained", task_id=assign.task_id, version=self.version, examples=len(rows),
@@ -128,9 +131,10 @@ class TrainerAgent:
                 found[version] = path  # a version checkpointed twice (a retry): the newer
         return found
 
-    def _checkpoint(self, new: bool = False) -> None:
-        kept = self.checkpoints().get(self.keep) if self.keep is not None else None
-        self.recipe.save_checkpoint(extra={"live": self.trained, "keep": self.keep}, new=new,
+    def _checkpoint(self) -> None:
+        """A new checkpoint of this version (never replacing one: a rollback trains no step), the best's pinned."""
+        kept = self.checkpoints().get(self.best) if self.best is not None else None
+        self.recipe.save_checkpoint(extra={"live": self.trained, "best": self.best}, new=True,
                                     pinned=[kept.name] if kept else ())
 
     def _publish_and_report(self, assign: Assign, report: TrainingReport) -> None:

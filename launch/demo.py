@@ -52,15 +52,16 @@ class Plan:
 
     hidden: int = 128  # the model: width, decoder layers
     layers: int = 4
-    sft_steps: int = 500  # SFT on easy problems (batch `sft_batch`, full fine-tuning)
+    sft_steps: int = 1500  # SFT on easy problems (batch `sft_batch`, full fine-tuning): enough to converge on them
     sft_batch: int = 64
     sft_lr: float = 1e-3
-    sft_levels: tuple[int, ...] = (1, 2, 2, 3)  # difficulty mix of the SFT problems
+    sft_levels: tuple[int, ...] = (1, 2, 2, 3)  # difficulty mix of the SFT problems (two operands)
+    sft_three_operands: float = 0.10  # share of SFT problems with three operands (levels 3, 4): barely learnt
     sft_max_prompt_length: int = 32  # tokens of an SFT prompt (the methods table's framed prompts need more)
     seeds: int = 2048  # seed prompts of the loop
     seed_levels: tuple[int, ...] = (2, 3)
-    eval_per_level: tuple[tuple[int, int], ...] = ((2, 600), (3, 200), (4, 200))  # held-out test (level, prompts)
-    validation_per_level: tuple[tuple[int, int], ...] = ((2, 600), (3, 200), (4, 200))  # what promotion decides on
+    eval_per_level: tuple[tuple[int, int], ...] = ((2, 200), (3, 200), (4, 600))  # held-out test (level, prompts)
+    validation_per_level: tuple[tuple[int, int], ...] = ((2, 200), (3, 200), (4, 600))  # what promotion decides on
     promotion: bool = True  # a version worse than the best on validation is not served (docs/live.md)
     promotion_tolerance_se: float = 2.0
     rounds: int = 14
@@ -94,8 +95,11 @@ def write_data(plan: Plan, directory: Path) -> dict[str, Path]:
     rng = random.Random(plan.seed)
     seeds = world.demonstrations(world.problems(plan.seeds, plan.seed_levels, rng, exclude=unseen), rng,
                                  wrong_fraction=plan.wrong_demonstrations)
-    sft = world.problems(plan.sft_steps * plan.sft_batch, plan.sft_levels, rng, exclude=unseen | {p.text for p in seeds},
-                         distinct=False)
+    total, exclude = plan.sft_steps * plan.sft_batch, unseen | {p.text for p in seeds}
+    three = round(total * plan.sft_three_operands)
+    sft = world.problems(total - three, plan.sft_levels, rng, exclude=exclude, distinct=False)
+    sft += world.problems(three, (3, 4), rng, exclude=exclude, distinct=False, operands=3)
+    rng.shuffle(sft)
 
     def row(p) -> dict[str, Any]:
         return {"id": p.prompt_id, "prompt": p.text, "answer": p.answer, "difficulty": p.difficulty,

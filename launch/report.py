@@ -8,8 +8,10 @@ comes from the ledger (never from a process's memory), so a report of a crashed 
 is as good as one of a finished run. Held-out accuracy is the share of held-out prompts whose greedy
 answer scored 1 (exact), per policy version that was evaluated; its standard error is sqrt(p(1-p)/n).
 With promotion, the summary also has each version's validation score, the versions promoted to best
-(named in the train tasks' `keep`) and the rollbacks (version -> the version it restored), and the
-report marks them; `acc_best` is the best test accuracy of any version, to set the final one against.
+(each scored above every version validated before it: the creator's rule, agents/promotion.py) and the
+rollbacks (version -> the version it restored), and the report marks them; `acc_best` is the best test
+accuracy of any version, to set the final one against. `rounds` counts the versions trained (a
+rollback publishes a version but trains nothing).
 """
 
 from __future__ import annotations
@@ -45,7 +47,11 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
         rewards = ledger.reward_by_version()
         validation = ledger.reward_by_version("validation")
         restores = ledger.restores()
-        promotions = sorted({t.keep for t in ledger.train_tasks() if t.keep is not None} - set(restores))
+        promotions, top = [], None
+        for version, (mean, _) in validation.items():  # versions in order; a restored copy has no answers of its own
+            if top is not None and mean > top:
+                promotions.append(version)
+            top = mean if top is None else max(top, mean)
         mutations = ledger.evolved_by_mutation()
         versions = len(ledger.policy_versions())
         span = ledger.sample_span()
@@ -69,7 +75,7 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
         "acc_by_difficulty": by_difficulty,
         "reward_by_version": {str(v): {"mean": mean, "samples": n} for v, (mean, n) in rewards.items()},
         "evolved_by_mutation": dict(sorted(mutations.items())),
-        "rounds": versions,
+        "rounds": versions - len(restores),
         "samples": span.count,
         "samples_per_s": span.count / span.seconds if span.seconds > 0 else None,
         "tasks": states,

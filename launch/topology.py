@@ -170,11 +170,13 @@ class Topology(Strict):
         return self
 
     def creator_config(self) -> CreatorConfig:
-        """The creator's settings with the trainer's algorithm, and the hub's staleness unless it set its own."""
+        """The creator's settings with the trainer's algorithm, and the hub's staleness unless it set its own (with
+        promotion: 0, as promotion needs)."""
+        settings = self.creator.settings
         update: dict[str, Any] = {"algo": self.trainer.algo}
-        if "max_staleness" not in self.creator.settings.model_fields_set:
-            update["max_staleness"] = self.hub.max_staleness
-        return self.creator.settings.model_copy(update=update)
+        if "max_staleness" not in settings.model_fields_set:
+            update["max_staleness"] = 0 if settings.promotion else self.hub.max_staleness
+        return CreatorConfig.model_validate({**settings.model_dump(), **update})  # validated: no rule bypassed
 
     def hub_config(self) -> HubConfig:
         return HubConfig(run_dir=self.run.dir, **self.hub.model_dump(exclude={"address"}))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 PROTOCOL_MAJOR = 1
 PROTOCOL_MINOR = 5  # 1.1: Submit.key (idempotent submits), TaskQuery.wait_s (long polling); 1.2: TaskQuery.wait_for;
 # 1.3: PolicyFetch.follow (adapters pushed to solvers); 1.4: every number and size bounded (no new fields);
-# 1.5: TrainTask.keep and .restore (promotion and rollback), Prompt.source "validation"
+# 1.5: TrainTask.best and .restore (promotion and rollback), Prompt.source "validation"
 PROTOCOL_VERSION = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 
 # First frame of every message: a fixed prefix and the major version byte. Six bytes are cheap to check

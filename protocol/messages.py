@@ -176,9 +176,9 @@ class TrainTask(Wire):
     groups: list[JudgedGroup] = Field(max_length=MAX_ITEMS,
                                       description="Judged groups to build this algorithm's examples from.")
     round: Count = Field(0, description="Creator round the groups belong to.")
-    keep: Version | None = Field(None, description="The version the run serves (the best validated so far): the "
-                                                   "trainer keeps its checkpoint, so that a later `restore` can "
-                                                   "resume from it.")
+    best: Version | None = Field(None, description="The best version validated so far (promotion): the trainer "
+                                                   "keeps its checkpoint, so that a later `restore` can resume "
+                                                   "from it.")
     restore: Version | None = Field(None, description="Resume from this version's adapter and optimizer first (a "
                                                       "rollback: the newest version was rejected on validation); "
                                                       "with no groups the restored policy is published as the next "

@@ -8,8 +8,8 @@
 
 A checkpoint is written to a temporary directory and renamed into place, so a crash mid-write never
 leaves a half checkpoint that resume would pick up. The newest `keep` checkpoints are kept, and any the
-caller pins (the live trainer's best version, for a rollback). Names sort in the order written: a second
-checkpoint at the same step (a rollback trains no step) is step-000040.001.
+caller pins (the live trainer's best version, for a rollback). A second checkpoint at the same step (a
+rollback trains no step) is step-000040.001, the next .002; they are ordered by (step, number).
 """
 
 from __future__ import annotations
@@ -60,9 +60,9 @@ def save_checkpoint(root: Path, model: nn.Module, tokenizer: Any, optimizer: tor
     `new`: never replace a checkpoint of the same step (step-000040.001 follows step-000040); `pinned`: names of
     checkpoints kept whatever `keep` says."""
     name = f"step-{cursor.step:06d}"
-    if new:
-        taken = {p.name for p in root.glob(f"{name}*")}
-        name = next(n for n in (name, *(f"{name}.{k:03d}" for k in range(1, 1000))) if n not in taken)
+    same_step = [_order(p)[1] for p in root.glob("step-*") if _order(p)[0] == cursor.step]
+    if new and same_step:
+        name += f".{max(same_step) + 1:03d}"  # after every checkpoint of this step, whichever were pruned
     final, tmp = root / name, root / f".tmp-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -74,8 +74,8 @@ def save_checkpoint(root: Path, model: nn.Module, tokenizer: Any, optimizer: tor
     export_weights(model, tokenizer, tmp)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    for old in sorted(root.glob("step-*"))[:-keep]:
-        if old.name not in pinned:
+    for old in sorted(root.glob("step-*"), key=_order)[:-keep]:
+        if old.name not in pinned and old != final:
             shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -105,7 +105,13 @@ def read_extra_state(path: Path) -> dict[str, Any]:
 
 def checkpoints(root: Path) -> list[Path]:
     """Every complete checkpoint under `root`, oldest first."""
-    return sorted(p for p in root.glob("step-*") if (p / "trainer_state.pt").exists())
+    return sorted((p for p in root.glob("step-*") if (p / "trainer_state.pt").exists()), key=_order)
+
+
+def _order(path: Path) -> tuple[int, int]:
+    """(step, n) of a checkpoint named step-STEP or step-STEP.N: the order they were written in."""
+    step, _, n = path.name.removeprefix("step-").partition(".")
+    return int(step), int(n or 0)
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> Cursor:

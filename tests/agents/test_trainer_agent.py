@@ -227,14 +227,14 @@ def test_a_restore_resumes_from_the_kept_version_and_publishes_it_as_the_next(tm
         creator = r.link("creator-0", "creator")
         agent = TrainerAgent(r.link("trainer-0", "trainer", ["train"]), config)
         threading.Thread(target=agent.run, args=(stop,), daemon=True).start()
-        for round_, keep in ((1, 0), (2, 1), (3, 1)):
-            [task] = creator.submit([TrainTask(groups=groups(4, seed=round_), round=round_, keep=keep)])
+        for round_, best in ((1, 0), (2, 1), (3, 1)):
+            [task] = creator.submit([TrainTask(groups=groups(4, seed=round_), round=round_, best=best)])
             assert wait_done(r, task)["result"].policy_version == round_
         kept = agent.checkpoints()
         assert sorted(kept) == [1, 3]  # the newest and the pinned one; v0 and v2 were pruned
         at_v1 = torch.load(kept[1] / "trainer_state.pt", weights_only=False)["optimizer"]
 
-        [restore] = creator.submit([TrainTask(groups=[], round=3, keep=1, restore=1)])
+        [restore] = creator.submit([TrainTask(groups=[], round=3, best=1, restore=1)])
         report = wait_done(r, restore)["result"]
         assert (report.policy_version, report.examples, report.metrics["restored_from"]) == (4, 0, 1.0)
         fetcher = r.client("solver-0", "data")
@@ -250,7 +250,7 @@ def test_a_restore_resumes_from_the_kept_version_and_publishes_it_as_the_next(tm
         assert agent.recipe.cursor.step == report.step  # the step count went on: 3 rounds of 2 steps
         assert report.step == 6
 
-        [gone] = creator.submit([TrainTask(groups=[], round=4, keep=4, restore=2)])
+        [gone] = creator.submit([TrainTask(groups=[], round=4, best=4, restore=2)])
         record = wait_task(r, gone)
         assert record["state"] == "dead" and "no checkpoint of policy v2 is kept" in record["reason"]
     finally:

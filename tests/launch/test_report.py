@@ -28,7 +28,7 @@ def test_summary_of_a_small_run(tmp_path):
 
 
 def test_a_run_with_promotion_reports_validation_promotions_and_rollbacks(tmp_path):
-    """On top of the small run: v1 is validated at 1.0 and kept (promoted); v2 is validated at 0.0 and tested at
+    """On top of the small run: v0 is validated at 0.0, v1 at 1.0 (promoted: above every version before); v2 at 0.0, tested at
     0.0; v3 restores v1 (a rollback) and tests at 1.0 again. The best test accuracy is v1's, the final v3's."""
     from agents.ledger_query import LedgerReader
     from launch.report import write_report
@@ -39,13 +39,13 @@ def test_a_run_with_promotion_reports_validation_promotions_and_rollbacks(tmp_pa
     build_run(ledger)
     ledger.lease("generate", "solver-1", 1, 1000, now=59)  # the small run's queued task, out of the way
     val = Prompt(prompt_id="v1", text="What is 5 + 5?", source="validation", difficulty=2)
-    solve_and_judge(ledger, [(val, 0, 1.0), (val, 1, 1.0)], now=60)
-    [keep] = ledger.submit([TrainTask(groups=[], round=2, keep=1)], now=70)
+    solve_and_judge(ledger, [(val, 0, 0.0), (val, 1, 1.0)], now=60)
+    [keep] = ledger.submit([TrainTask(groups=[], round=2, best=1)], now=70)
     ledger.lease("train", "trainer-0", 1, 30, now=70)
     ledger.complete(keep, 1, TrainingReport(policy_version=2, step=4, examples=8), now=71)
     solve_and_judge(ledger, [(val, 2, 0.0), (E1, 2, 0.0), (E2, 2, 0.0)], now=80)
     ledger.record_policy(3, 2, None, 0, now=89)
-    [restore] = ledger.submit([TrainTask(groups=[], round=2, keep=1, restore=1)], now=90)
+    [restore] = ledger.submit([TrainTask(groups=[], round=2, best=1, restore=1)], now=90)
     ledger.lease("train", "trainer-0", 1, 30, now=90)
     ledger.complete(restore, 1, TrainingReport(policy_version=3, step=4, examples=0, metrics={"restored_from": 1.0}),
                     now=91)
@@ -54,7 +54,8 @@ def test_a_run_with_promotion_reports_validation_promotions_and_rollbacks(tmp_pa
     with LedgerReader.for_run(tmp_path) as reader:
         assert reader.restores() == {3: 1}
     ledger.close()
-    assert summary["validation_by_version"] == {"0": 1.0, "1": 1.0, "2": 0.0}
+    assert summary["validation_by_version"] == {"0": 0.0, "1": 1.0, "2": 0.0}
+    assert summary["rounds"] == 2  # v1, v2 trained; v3 a rollback
     assert summary["promotions"] == [1] and summary["rollbacks"] == {"3": 1}
     assert summary["acc_best"]["version"] == 1 and summary["acc_final"]["version"] == 3
     assert summary["acc_final"]["acc"] == summary["acc_best"]["acc"] == 1.0

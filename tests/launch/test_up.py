@@ -123,6 +123,23 @@ def test_promotion_without_validation_prompts_is_one_error_naming_the_field(tmp_
         load_topology(path)
 
 
+def test_promotion_keeps_the_creator_synchronous_whatever_the_hubs_staleness(tmp_path, tiny_models):
+    """The creator takes the hub's max_staleness unless it sets its own; with promotion it takes 0 (a version is
+    validated before any round generates with it), and setting more is one error."""
+    from launch.topology import TopologyError, load_topology
+
+    path = topology(tmp_path, tiny_models)
+    (tmp_path / "val.jsonl").write_text('{"prompt": "What is 2 + 2?", "answer": "4"}\n')
+    text = path.read_text().replace("[creator.settings]", f'validation_prompts = "{tmp_path / "val.jsonl"}"\n'
+                                                          "[creator.settings]\npromotion = true")
+    path.write_text(text.replace("[hub]", "[hub]\nmax_staleness = 2"))
+    config = load_topology(path).creator_config()
+    assert config.promotion and config.max_staleness == 0
+    path.write_text(path.read_text().replace("promotion = true", "promotion = true\nmax_staleness = 1"))
+    with pytest.raises(TopologyError, match="promotion needs max_staleness = 0"):
+        load_topology(path)
+
+
 def test_a_dead_task_fails_its_round_and_the_run_stops_instead_of_restarting(tmp_path, tiny_models):
     """A judge task that cannot be done (the verifier meets a prompt without an answer) goes DEAD. The creator
     used to exit with an error and the supervisor restarted it into the same failure forever; now the round is
