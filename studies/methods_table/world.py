@@ -90,24 +90,28 @@ def tokenizer_words(rng: random.Random, n: int = 400) -> tuple[str, ...]:
 
 
 def framed_sft(plain: Path, out: Path, share: float, rng: random.Random) -> Path:
-    """The SFT data with `share` of its prompts put in the frames the arms ask in: CUT's and hindsight's
-    judgment template, contrastive SFT's frame with and without a negative answer. What fills a frame is
-    drawn at random and says nothing about this problem (a judgment or a wrong answer of another one), so
-    the SFT start learns to answer inside a frame, not to use it; learning that is each arm's job. Without
-    this the tiny start answers 0.5% of held-out prompts once words stand between question and answer."""
+    """The SFT data with `share` of its prompts put in the frames the arms ask in, filled as a pretrained LLM would
+    have read them, so that the start has the in-context abilities the arms assume: CUT's judgment template with
+    the checker's judgment of an answer to this problem (of a wrong one, which says what is wrong and what the
+    result is, or of the right one), or its verdict alone (hindsight's "The tens digit is wrong."); contrastive
+    SFT's frame with a wrong worked answer to this problem as the negative, or none. The completion is always the
+    right worked answer: the start learns to answer from a judgment and away from a negative. Without frames the
+    tiny start answers 0.5% of held-out prompts once words stand between question and answer; with frames whose
+    fillers say nothing about the problem it learnt to ignore them (p(y|x,j) = p(y|x)), and CUT had nothing to
+    contrast."""
     rows = [json.loads(line) for line in plain.read_text().splitlines()]
     cut, contrastive = CUTSettings(), ContrastiveSettings()
-    fillers = tokenizer_words(random.Random(3), n=200)[2:]  # judgments of other problems
     for row in rows:
-        kind = rng.random()
-        if kind >= share:
+        kind, problem = rng.random(), world.parse(row["prompt"])
+        if kind >= share or problem is None:
             continue
+        wrong = world.corrupt(problem.value, rng)
         if kind < share / 2:
-            judgment = rng.choice(fillers)
+            given = str(wrong) if rng.random() < 0.75 else str(problem.value)
+            judgment = world.grade(problem.prompt("framed"), given)[1]
             row["prompt"] = cut.template.format(prompt=row["prompt"], judgment=rng.choice([judgment, verdict(judgment)]))
         else:
-            other = world.parse(rng.choice(rows)["prompt"])
-            negative = other.solution(world.corrupt(other.value, rng)) if other and rng.random() < 0.5 else None
+            negative = problem.solution(wrong) if rng.random() < 0.5 else None
             row["prompt"] = contrastive_prompt(row["prompt"], contrastive, negative=negative)
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return out

@@ -1,0 +1,37 @@
+"""The methods table's SFT start reads judgments and negatives: its framed rows carry the judgment of an answer to
+their own problem (or its verdict), and the contrastive negatives are wrong worked answers to the same problem."""
+
+import json
+import random
+import re
+
+from agents.worlds import arithmetic as world
+from studies.methods_table.world import framed_sft
+from trainer.methods.contrastive import ContrastiveSettings
+from trainer.methods.cut import CUTSettings
+
+
+def test_framed_rows_carry_their_own_problems_judgment_or_negative(tmp_path):
+    problems = world.problems(400, (2, 3), random.Random(0))
+    plain = tmp_path / "sft.jsonl"
+    plain.write_text("".join(json.dumps({"prompt": p.text, "completion": p.solution()}) + "\n" for p in problems))
+    rows = [json.loads(line) for line in framed_sft(plain, tmp_path / "framed.jsonl", 0.5, random.Random(1))
+            .read_text().splitlines()]
+    cut_head = CUTSettings().template.split("{prompt}")[1].split("{judgment}")[0]
+    negative_head = ContrastiveSettings().template.split("{negative}")[0].split("{question}")[1]
+    judged = named = negatives = 0
+    for p, row in zip(problems, rows, strict=True):
+        assert row["completion"] == p.solution()  # the right worked answer, whatever the frame
+        if cut_head in row["prompt"]:
+            judged += 1
+            judgment = row["prompt"].split(cut_head)[1]
+            stated = re.search(r" is (\d+)[,.]", judgment)
+            if stated:  # a whole judgment: it states this problem's result
+                named += 1
+                assert p.expression in judgment and stated.group(1) == str(p.value)
+        elif negative_head in row["prompt"] and "Negative answer: \n" not in row["prompt"]:
+            negative = row["prompt"].split("Negative answer: ")[1].split("\n")[0]
+            if negative:
+                negatives += 1
+                assert negative != p.solution() and negative.rsplit(" ", 1)[0] == p.solution().rsplit(" ", 1)[0]
+    assert judged > 50 and named > 20 and negatives > 20
