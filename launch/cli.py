@@ -150,8 +150,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_demo_and_report(commands: argparse._SubParsersAction) -> None:
-    from launch.demo import ALGOS, Plan
-    from trainer.methods import DEFAULT_METHOD
+    from launch.demo import ALGOS, DEMO_METHOD, Plan
 
     demo = commands.add_parser(
         "demo", help="run the embedded arithmetic world end to end on a CPU (what `make demo` runs)",
@@ -159,8 +158,8 @@ def _add_demo_and_report(commands: argparse._SubParsersAction) -> None:
                     "run hub, creator (eva), two solvers, a judge (the world's checker) and a trainer as processes "
                     "for a few rounds, and report held-out accuracy before and after, reward by round and the "
                     "evolved prompts. Writes RUN/ALGO/summary.json, RUN/ALGO/report.png and one log per process.")
-    demo.add_argument("--algo", default=DEFAULT_METHOD, choices=ALGOS,
-                      help=f"training method (default {DEFAULT_METHOD}, with eva's evolving prompts); those that "
+    demo.add_argument("--algo", default=DEMO_METHOD, choices=ALGOS,
+                      help=f"training method (default {DEMO_METHOD}, with eva's evolving prompts); those that "
                            "learn from demonstrations see a fifth of them wrong, those that learn from judgments get "
                            "the checker's written ones")
     demo.add_argument("--run-dir", default="runs/demo", help="where data, the cached model and runs go "

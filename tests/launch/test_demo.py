@@ -11,7 +11,7 @@ import msgpack
 import pytest
 
 from agents.worlds.arithmetic import parse
-from launch.demo import QUICK, Plan, prepare_model, to_toml, topology
+from launch.demo import DEMO_METHOD, QUICK, Plan, prepare_model, to_toml, topology
 from launch.topology import TopologyError, load_topology
 from protocol.settings import read_config_file
 from tests.launch.test_cli import SELFPLAY
@@ -24,7 +24,7 @@ def test_configs_demo_toml_is_what_the_demo_runs():
     data = {k: root / "data" / f"{k}.jsonl" for k in ("seeds", "eval", "validation", "sft")}
     shipped = (ROOT / "configs" / "demo.toml").read_text()
     body = "\n".join(line for line in shipped.splitlines() if not line.startswith("#")).strip()
-    assert body == to_toml(topology(Plan(), "dpo", root / "dpo", root / "model", data)).strip()
+    assert body == to_toml(topology(Plan(), DEMO_METHOD, root / DEMO_METHOD, root / "model", data)).strip()
     load_topology(ROOT / "configs" / "demo.toml")  # and it is a valid topology
 
 
