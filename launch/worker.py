@@ -185,9 +185,9 @@ def run_creator(link, topo) -> int:
         print(f"creator: the run stops: {e}", file=sys.stderr, flush=True)
     summary = {"rounds": creator.round, "policy_version": creator.policy_version,
                "seconds": time.time() - started, "eval_reward": creator.eval_rewards,
-               "failed_rounds": creator.failures, "stopped": stopped, "best_version": creator.best,
-               "rollbacks": creator.rollbacks,
-               "validation": {v: score.mean for v, score in creator.validation.items()}}
+               "failed_rounds": creator.failures, "stopped": stopped, "best_version": creator.promotion.best,
+               "rollbacks": creator.promotion.rollbacks,
+               "validation": {v: score.mean for v, score in creator.promotion.validation.items()}}
     (Path(topo.run.dir) / "creator-done.json").write_text(json.dumps(summary))
     return EXIT_RUN_FAILED if stopped else 0
 
