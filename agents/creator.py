@@ -113,7 +113,8 @@ class CreatorConfig(Strict):
     task_timeout_s: float = Field(3600.0, gt=0, description="Give up on a round whose tasks take longer.")
     seed: int = Field(0, description="Seed of sampling, mutation choice and mixing.")
     eval_every: int = Field(1, ge=1, description="Evaluate on the held-out prompts every N rounds (and before round 1).")
-    max_wall_s: float | None = Field(None, gt=0, description="Stop starting rounds after this many seconds.")
+    max_wall_s: float | None = Field(None, gt=0, description="Stop starting rounds after this many seconds of the run "
+                                                           "(journaled: a restarted creator does not start afresh).")
     target_eval_reward: float | None = Field(None, description="Stop once the held-out mean reward reaches this.")
     on_failed_round: Literal["continue", "stop"] = Field(
         "continue", description="A round whose task went DEAD or timed out is recorded (log, journal, summary); then "
@@ -172,6 +173,7 @@ class Creator:
         self.policy_version = link.hub_policy_version  # answers must come from at least this version
         self._training: deque[tuple[int, str]] = deque()  # (round, train task id) submitted, not yet reported
         self.failures: list[dict] = []  # {"round", "reason"} of each failed round
+        self.elapsed_s, self._started = 0.0, None  # seconds of run() so far, counting earlier incarnations
         self.failing = 0  # rounds failed in a row
         self.state_path = Path(state_path) if state_path else None
         self.journal_id = os.urandom(6).hex()  # names this run's train submissions (kept in the journal)
@@ -185,7 +187,9 @@ class Creator:
         if self.state_path is None:
             return
         version, internal, gauss = self.rng.getstate()
-        state = {"journal_id": self.journal_id, "round": self.round, "policy_version": self.policy_version,
+        if self._started is not None:
+            self.elapsed_s = time.monotonic() - self._started
+        state = {"elapsed_s": self.elapsed_s, "journal_id": self.journal_id, "round": self.round, "policy_version": self.policy_version,
                  "training": list(self._training), "failures": self.failures, "failing": self.failing,
                  "eval_rewards": self.eval_rewards, "pool": [p.model_dump(mode="json") for p in self.pool],
                  "promotion": self.promotion.to_json(),
@@ -201,6 +205,7 @@ class Creator:
         self.journal_id = state.get("journal_id", self.journal_id)
         self._training = deque((r, t) for r, t in state["training"])
         self.failures, self.failing = state.get("failures", []), state.get("failing", 0)
+        self.elapsed_s = state.get("elapsed_s", 0.0)
         self.eval_rewards = {int(v): reward for v, reward in state["eval_rewards"].items()}
         self.promotion.load(state.get("promotion", {}))
         self.pool = [Prompt.model_validate(p) for p in state["pool"]]
@@ -213,13 +218,14 @@ class Creator:
         """Rounds up to round `rounds` (counting those of a resumed journal); stops early at `max_wall_s`
         or once `target_eval_reward` is reached.
         Every submitted train task is waited for before it returns, whichever stop ended the rounds."""
-        cfg, started, reports = self.config, time.monotonic(), []
+        cfg, reports = self.config, []
+        self._started = time.monotonic() - self.elapsed_s  # a resumed run goes on counting where it was
         if self.policy_version not in self.eval_rewards:
             self._unless_failed(self.round, self.evaluate)
         if cfg.promotion:  # the start, or what a crash left: a version not validated yet, a rollback not done
             self._unless_failed(self.round, self.settle)
         while self.round < rounds:
-            if cfg.max_wall_s is not None and time.monotonic() - started > cfg.max_wall_s:
+            if cfg.max_wall_s is not None and time.monotonic() - self._started > cfg.max_wall_s:
                 log.info("stopping: wall time reached", rounds=self.round)
                 break
             if self._unless_failed(self.round + 1, lambda: self._next_round(reports)):

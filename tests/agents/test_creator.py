@@ -1,5 +1,7 @@
 """The creator's choice of trainable groups, on a LocalLink (no hub needed for this decision)."""
 
+import time
+
 import pytest
 
 from agents.creator import Creator, CreatorConfig
@@ -98,3 +100,15 @@ def test_a_failed_round_stops_the_run_when_asked_or_after_too_many(tmp_path):
     with pytest.raises(RunStopped, match=r"2 failed round\(s\) in a row"):
         creator.run(rounds=5)
     assert workers.trained == [] and creator.round == 2  # not spinning through all five
+
+
+def test_a_restarted_creator_keeps_counting_the_runs_wall_time(tmp_path):
+    """max_wall_s bounds the run, not each incarnation: the journal carries the seconds spent."""
+    first, _ = _creator(tmp_path, max_wall_s=3600)
+    first.run(rounds=1)
+    first._started = time.monotonic() - 3600.5  # as if the first hour had been spent
+    first._save()
+    second, workers = _creator(tmp_path, max_wall_s=3600)
+    assert second.elapsed_s >= 3600.5
+    second.run(rounds=5)
+    assert second.round == 1 and workers.trained == []  # past the limit: no round started
