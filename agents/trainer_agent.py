@@ -92,11 +92,10 @@ class TrainerAgent:
             # the last round's policy never reached the hub (its task went DEAD meanwhile): versions follow one
             # another, so it goes first; until it is taken, nothing more is trained
             return self.link.fail(assign, f"the hub has not taken policy v{self.version} yet", retryable=True)
-        if task.best is not None:
-            self.best = task.best
-            if task.best not in self.checkpoints():
-                log.warning("no checkpoint of the best version is kept: a rollback to it will fail", best=task.best,
-                            kept=sorted(self.checkpoints()))
+        self.best = task.best  # None unpins: a run without promotion keeps no old checkpoint
+        if task.best is not None and task.best not in self.checkpoints():
+            log.warning("no checkpoint of the best version is kept: a rollback to it will fail", best=task.best,
+                        kept=sorted(self.checkpoints()))
         started, first_step, metrics = time.perf_counter(), len(self.recipe.step_seconds), {}
         if task.restore is not None:
             path = self.checkpoints().get(task.restore)
