@@ -130,6 +130,9 @@ class CreatorConfig(Strict):
     promotion_tolerance_se: float = Field(2.0, ge=0, description="How far below the best a version may score on "
                                                                  "validation and still be served, in standard errors "
                                                                  "of the difference.")
+    promotion_metric: Literal["mean", "solved"] = Field(
+        "mean", description="What validation compares: the mean verdict score, or the share of answers scoring at "
+                            "least good_score (with an exact checker, the accuracy a report shows).")
 
     @field_validator("algo")
     @classmethod
@@ -324,6 +327,8 @@ class Creator:
         it is served, and it becomes the best when it beats it. The decision is journaled before anything else."""
         version = self.policy_version
         scores = self.greedy_scores(self.validation_prompts)
+        if self.config.promotion_metric == "solved":
+            scores = [float(s >= self.config.good_score) for s in scores]
         if not scores:
             raise RoundFailed(f"round {self.round}: no validation answer of policy v{version} was judged")
         rejected = self.promotion.decide(version, Score.of(scores))

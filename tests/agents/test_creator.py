@@ -73,8 +73,9 @@ def _creator(tmp_path, **settings):
     workers = Workers(link)
     link.workers = {"generate": workers.generate, "judge": workers.judge, "train": workers.train}
     seeds = [Prompt(prompt_id=f"s{i}", text=f"What is {i} + 1?", answer=str(i + 1)) for i in range(4)]
+    validation = [Prompt(prompt_id=f"v{i}", text=f"What is {i} + 2?", answer=str(i + 2)) for i in range(3)]
     config = CreatorConfig(algo="dpo", evolve=False, samples_per_prompt=2, **settings)
-    return Creator(link, config, seeds, state_path=tmp_path / "journal.json"), workers
+    return Creator(link, config, seeds, state_path=tmp_path / "journal.json", validation_prompts=validation), workers
 
 
 def test_a_round_with_a_dead_task_is_recorded_and_the_next_one_runs(tmp_path):
@@ -112,3 +113,11 @@ def test_a_restarted_creator_keeps_counting_the_runs_wall_time(tmp_path):
     assert second.elapsed_s >= 3600.5
     second.run(rounds=5)
     assert second.round == 1 and workers.trained == []  # past the limit: no round started
+
+
+@pytest.mark.parametrize("metric, mean", [("mean", 2 / 3), ("solved", 1 / 3)])
+def test_promotion_compares_the_mean_score_or_the_share_solved(tmp_path, metric, mean):
+    creator, _ = _creator(tmp_path, promotion=True, promotion_metric=metric)
+    creator.greedy_scores = lambda prompts: [0.5, 0.5, 1.0]  # graded verdicts: two half right, one right
+    assert creator.promote() is False
+    assert creator.promotion.validation[0].mean == pytest.approx(mean)
