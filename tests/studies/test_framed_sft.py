@@ -35,3 +35,5 @@ def test_framed_rows_carry_their_own_problems_judgment_or_negative(tmp_path):
                 negatives += 1
                 assert negative != p.solution() and negative.rsplit(" ", 1)[0] == p.solution().rsplit(" ", 1)[0]
     assert judged > 50 and named > 20 and negatives > 20
+    framed = sum(p.text != row["prompt"] for p, row in zip(problems, rows, strict=True))
+    assert 150 < framed < 250  # about half of the rows are framed

@@ -3,17 +3,15 @@ through the real command (real processes, tiny real models), resumed from its sa
 
 import json
 import math
-import random
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from agents.worlds import arithmetic as world
 from studies.methods_table.arms import ARMS
 from studies.methods_table.context import Context
 from studies.methods_table.table import accuracy
-from studies.methods_table.world import framed_sft, quick_budget, verdict
+from studies.methods_table.world import quick_budget, verdict
 from tests.launch.test_cli import SELFPLAY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,21 +30,6 @@ def test_accuracy_adds_seed_spread_to_the_binomial_error():
 def test_hindsight_verdicts_do_not_carry_the_answer():
     assert verdict("The tens digit is wrong: 37 + 48 is 85, not 75.") == "The tens digit is wrong."
     assert verdict("Correct: 37 + 48 is 85.") == "Correct."  # what the hindsight arm is asked with
-
-
-def test_framed_sft_asks_half_inside_uninformative_frames(tmp_path):
-    rng = random.Random(0)
-    plain = [{"prompt": p.text, "completion": p.solution()} for p in world.problems(400, (2, 3), rng)]
-    source = tmp_path / "sft.jsonl"
-    source.write_text("".join(json.dumps(r) + "\n" for r in plain))
-    framed = [json.loads(line) for line in framed_sft(source, tmp_path / "out.jsonl", 0.5, rng).read_text().splitlines()]
-    assert [r["completion"] for r in framed] == [r["completion"] for r in plain]  # answers untouched
-    changed = [(a["prompt"], b["prompt"]) for a, b in zip(plain, framed, strict=True) if a != b]
-    assert 150 < len(changed) < 250
-    for question, prompt in changed:
-        assert question in prompt and ("Judgment: " in prompt or prompt.startswith("Instruction: "))
-        expression = question.removeprefix("What is ").removesuffix("?")
-        assert prompt.count(expression) == 1  # a filler never speaks of this problem
 
 
 def test_fit_gives_every_arm_exactly_k_examples(tmp_path):
