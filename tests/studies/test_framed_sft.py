@@ -22,6 +22,9 @@ def test_framed_rows_carry_their_own_problems_judgment_or_negative(tmp_path):
     judged = named = negatives = 0
     for p, row in zip(problems, rows, strict=True):
         assert row["completion"] == p.solution()  # the right worked answer, whatever the frame
+        if row["prompt"] != p.text:  # framed: the question inside one of the arms' two frames
+            assert p.text in row["prompt"]
+            assert "Judgment: " in row["prompt"] or row["prompt"].startswith("Instruction: ")
         if cut_head in row["prompt"]:
             judged += 1
             judgment = row["prompt"].split(cut_head)[1]
