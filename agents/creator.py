@@ -29,7 +29,7 @@ With `promotion` (docs/live.md, *promotion and rollback*) every new version is f
 far by more than `promotion_tolerance_se` standard errors is rejected before any round generates with
 it: a train task with `restore` makes the trainer resume from the best version (adapter and
 optimizer) and publish it again as the next version, which the solvers then serve. The run ends on
-its best version. Train tasks name the best version (`keep`), so the trainer keeps its checkpoint.
+its best version. Train tasks name the best version (`best`), so the trainer keeps its checkpoint.
 A round fails when one of its tasks goes DEAD (or takes longer than `task_timeout_s`): it is logged,
 journaled and listed in the run's summary, and then the creator goes on with the next round or, with
 `on_failed_round = "stop"` or after `max_failed_rounds`, stops the run (`RunStopped`), never a crash
@@ -192,8 +192,8 @@ class Creator:
         version, internal, gauss = self.rng.getstate()
         if self._started is not None:
             self.elapsed_s = time.monotonic() - self._started
-        state = {"elapsed_s": self.elapsed_s, "journal_id": self.journal_id, "round": self.round, "policy_version": self.policy_version,
-                 "training": list(self._training), "failures": self.failures, "failing": self.failing,
+        state = {"journal_id": self.journal_id, "round": self.round, "policy_version": self.policy_version,
+                 "elapsed_s": self.elapsed_s, "training": list(self._training), "failures": self.failures, "failing": self.failing,
                  "eval_rewards": self.eval_rewards, "pool": [p.model_dump(mode="json") for p in self.pool],
                  "promotion": self.promotion.to_json(),
                  "rng": [version, list(internal), gauss]}

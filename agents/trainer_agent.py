@@ -92,16 +92,16 @@ class TrainerAgent:
             # the last round's policy never reached the hub (its task went DEAD meanwhile): versions follow one
             # another, so it goes first; until it is taken, nothing more is trained
             return self.link.fail(assign, f"the hub has not taken policy v{self.version} yet", retryable=True)
-        self.best = task.best  # None unpins: a run without promotion keeps no old checkpoint
-        if task.best is not None and task.best not in self.checkpoints():
+        self.best, kept = task.best, self.checkpoints()  # None unpins: a run without promotion keeps no old checkpoint
+        if task.best is not None and task.best not in kept:
             log.warning("no checkpoint of the best version is kept: a rollback to it will fail", best=task.best,
-                        kept=sorted(self.checkpoints()))
+                        kept=sorted(kept))
         started, first_step, metrics = time.perf_counter(), len(self.recipe.step_seconds), {}
         if task.restore is not None:
-            path = self.checkpoints().get(task.restore)
+            path = kept.get(task.restore)
             if path is None:
                 return self.link.fail(assign, f"no checkpoint of policy v{task.restore} is kept (kept: "
-                                      f"{sorted(self.checkpoints())}); a rollback goes to the version the train "
+                                      f"{sorted(kept)}); a rollback goes to the version the train "
                                       f"tasks name in `best`", retryable=False)
             self.recipe.restore(path)
             metrics["restored_from"] = float(task.restore)
@@ -112,7 +112,7 @@ class TrainerAgent:
                                 tokens_per_s=tokens_per_s, metrics={**metrics, "round_s": time.perf_counter() - started,
                                                                     "groups_skipped": skipped})
         self.trained = {"task_id": assign.task_id, "version": report.policy_version, "report": report.model_dump()}
-        self._checkpoint()
+        self._checkpoint(kept)
         self.version = report.policy_version
         steps = self.recipe.step_seconds[first_step:] or [0.0]
         log.info("round trained", task_id=assign.task_id, version=self.version, examples=len(rows),
@@ -130,11 +130,12 @@ class TrainerAgent:
                 found[version] = path  # a version checkpointed twice (a retry): the newer
         return found
 
-    def _checkpoint(self) -> None:
-        """A new checkpoint of this version (never replacing one: a rollback trains no step), the best's pinned."""
-        kept = self.checkpoints().get(self.best) if self.best is not None else None
+    def _checkpoint(self, kept: dict[int, Path] | None = None) -> None:
+        """A new checkpoint of this version (never replacing one: a rollback trains no step), the best's pinned;
+        `kept`: self.checkpoints() when the caller has it already."""
+        best = (self.checkpoints() if kept is None else kept).get(self.best) if self.best is not None else None
         self.recipe.save_checkpoint(extra={"live": self.trained, "best": self.best}, new=True,
-                                    pinned=[kept.name] if kept else ())
+                                    pinned=[best.name] if best else ())
 
     def _publish_and_report(self, assign: Assign, report: TrainingReport) -> None:
         started = time.perf_counter()

@@ -60,7 +60,7 @@ def save_checkpoint(root: Path, model: nn.Module, tokenizer: Any, optimizer: tor
     `new`: never replace a checkpoint of the same step (step-000040.001 follows step-000040); `pinned`: names of
     checkpoints kept whatever `keep` says."""
     name = f"step-{cursor.step:06d}"
-    same_step = [_order(p)[1] for p in root.glob("step-*") if _order(p)[0] == cursor.step]
+    same_step = [n for step, n in map(_order, root.glob("step-*")) if step == cursor.step]
     if new and same_step:
         name += f".{max(same_step) + 1:03d}"  # after every checkpoint of this step, whichever were pruned
     final, tmp = root / name, root / f".tmp-{name}"
