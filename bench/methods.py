@@ -1,7 +1,7 @@
 """Methods table: every training method on the arithmetic world, same SFT start, same budget, side by side.
 
     python bench/methods.py --quick                 # smoke run (make test runs it)
-    python bench/methods.py --out docs/methods      # the full table (about 45 minutes on 2 cores)
+    python bench/methods.py --out docs/methods      # the full table (under two hours on 2 cores)
 
 The same as `selfplay bench methods`; what it runs and writes: studies/methods_table/__init__.py. Its last
 line is one JSON object with one entry per method.

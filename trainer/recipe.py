@@ -55,6 +55,9 @@ class Recipe:
         self.logp_cache: dict[tuple[int, str, str], tuple[float, torch.Tensor]] = {}
         self.step_seconds: list[float] = []  # wall time of each optimizer step (benchmarks read it)
         self._plans: dict[int, list[list[int]]] = {}
+        # the steps the warmup and decay span when rounds arrive one at a time (train_round) and their total is
+        # planned ahead (the methods table); None: the schedule spans this run's own total steps
+        self.schedule_steps: int | None = None
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -111,10 +114,11 @@ class Recipe:
                  trainable=sum(p.numel() for p in params), device=str(self.device), bf16=self.autocast_bf16)
 
     def _lr_factor(self, step: int) -> float:
-        warmup = int(self.config.warmup_ratio * self.total_steps)
+        total = self.schedule_steps or self.total_steps
+        warmup = int(self.config.warmup_ratio * total)
         if step < warmup:
             return (step + 1) / (warmup + 1)
-        progress = (step - warmup) / max(1, self.total_steps - warmup)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return {"cosine": 0.5 * (1 + math.cos(math.pi * progress)), "linear": 1 - progress,
                 "constant": 1.0}[self.config.scheduler]
 

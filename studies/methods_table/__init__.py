@@ -2,13 +2,14 @@
 with the same number of training examples, measured on the same held-out prompts.
 
     selfplay bench methods --quick                     # a smoke run (the test suite runs it)
-    selfplay bench methods --out docs/methods          # the full table (about 45 minutes on 2 cores)
+    selfplay bench methods --out docs/methods          # the full table (under two hours on 2 cores)
     python bench/methods.py --methods spin,gsil-logistic --seeds 0
 
 Steps: the data and the SFT start (cached in WORK); the SFT start's held-out accuracy; per seed, the
-offline preference pairs; then every (arm, seed) as a job in a pool of `--jobs` processes with one
-torch thread each. Each job's result is saved in WORK/results/<budget>/ as it finishes, so an
-interrupted run resumes where it stopped. At the end: OUT/methods.md (the table), OUT/accuracy.png,
+offline preference pairs; then every (arm, learning rate of its grid, seed) as a job in a pool of `--jobs`
+processes with one torch thread each. Each job's result is saved in WORK/results/<budget>/ as it finishes, so
+an interrupted run resumes where it stopped. An arm's row is its learning rate with the best mean
+validation accuracy, reported on the held-out test set. At the end: OUT/methods.md (the table), OUT/accuracy.png,
 OUT/rounds.png, OUT/rewards.png and OUT/results.json; the last line printed is one JSON object.
 What each arm does: studies/methods_table/arms.py; the statistics: studies/methods_table/table.py.
 """
@@ -98,7 +99,7 @@ def run_table(budget: Any, arms: list[str], work: Path, out: Path, *, jobs: int 
     start_file = results_dir / "start.json"
     if not start_file.exists():
         say("[methods] held-out accuracy of the SFT start")
-        policy = Policy(budget, data.model, results_dir / "start", 0, SUPERVISED)
+        policy = Policy(budget, data.model, results_dir / "start", 0, SUPERVISED, lr=1.0)  # (never trained)
         _write_atomic(start_file, json.dumps(policy.evaluate(data.held_out)))
         policy.close()
     start_scores = levels_of(json.loads(start_file.read_text()))
@@ -114,32 +115,40 @@ def run_table(budget: Any, arms: list[str], work: Path, out: Path, *, jobs: int 
             made = offline_pairs(budget, data, seed, model, tokenizer)
             _write_atomic(path, "".join(json.dumps(p) + "\n" for p in made))
 
-    todo = [(arm, seed) for arm in arms for seed in budget.seeds if not _done(results_dir / f"{arm}@{seed}.json", ARMS[arm])]
-    say(f"[methods] {len(arms)} arms x {len(budget.seeds)} seeds: {len(todo)} to run "
-        f"({len(arms) * len(budget.seeds) - len(todo)} done before), {jobs} at a time; results in {results_dir}")
+    grid = {arm: lrs_of(ARMS[arm], budget) for arm in arms}
+    runs = [(arm, lr, seed) for arm in arms for lr in grid[arm] for seed in budget.seeds]
+    todo = [run for run in runs if not _done(results_dir / result_name(*run), ARMS[run[0]])]
+    say(f"[methods] {len(arms)} arms, {len(runs) // len(budget.seeds)} learning rates in all, x {len(budget.seeds)} "
+        f"seeds: {len(todo)} runs to do ({len(runs) - len(todo)} done before), {jobs} at a time; results in {results_dir}")
     os.environ["TQDM_DISABLE"] = "1"  # the workers' progress bars would interleave; each arm says when it ends
     slow_first = {"prompts": 0, "judgments": 1, "rewards": 1, "demonstrations": 2, "pairs": 3}  # a short tail
     todo.sort(key=lambda job: slow_first[ARMS[job[0]].group])
-    jobs_args = [(arm, seed, budget, data, results_dir) for arm, seed in todo]
+    jobs_args = [(arm, lr, seed, budget, data, results_dir) for arm, lr, seed in todo]
     if jobs_args:
         context = multiprocessing.get_context("spawn")  # fresh interpreters: no torch state shared by fork
         with context.Pool(min(jobs, len(jobs_args)), maxtasksperchild=1) as pool:
-            for done, (arm, seed, acc, seconds) in enumerate(pool.imap_unordered(_job, jobs_args), 1):
-                say(f"[{(time.monotonic() - started) / 60:5.1f} min] {arm} seed {seed}: held-out accuracy {acc:.3f} "
-                    f"({seconds:.0f} s; {done}/{len(todo)})")
+            for done, (arm, lr, seed, acc, val, seconds) in enumerate(pool.imap_unordered(_job, jobs_args), 1):
+                say(f"[{(time.monotonic() - started) / 60:5.1f} min] {arm} lr {lr:g} seed {seed}: validation {val:.3f}, "
+                    f"test {acc:.3f} ({seconds:.0f} s; {done}/{len(todo)})")
 
-    results = {arm: [json.loads((results_dir / f"{arm}@{seed}.json").read_text()) for seed in budget.seeds]
-               for arm in arms}
+    every = {arm: {lr: [json.loads((results_dir / result_name(arm, lr, seed)).read_text()) for seed in budget.seeds]
+                   for lr in grid[arm]} for arm in arms}
+    chosen = {arm: select_lr(by_lr) for arm, by_lr in every.items()}
+    results = {arm: every[arm][chosen[arm]] for arm in arms}
     start = {level: accuracy([scores]) for level, scores in start_scores.items()}
-    rows = {arm: summarize(arm, results[arm], start_scores) for arm in arms}
+    rows = {arm: summarize(arm, results[arm], start_scores) | {"lr": chosen[arm], "by_lr": by_lr_figures(every[arm])}
+            for arm in arms}
     groups = {g: [a for a in ARMS if ARMS[a].group == g and a in arms] for g in GROUPS}
     minutes = (time.monotonic() - started) / 60
     header = (f"Made by `{command or 'selfplay bench methods'}` on {os.cpu_count()} CPU cores in {minutes:.1f} minutes "
-              f"({len(todo)} of {len(arms) * len(budget.seeds)} arm runs in this invocation). Seeds "
-              f"{list(budget.seeds)}; every arm sees {budget.rounds} x {budget.examples_per_round} training examples "
-              f"from the same SFT start. Accuracy: exact greedy answers to {len(data.held_out)} held-out prompts, mean "
-              f"over seeds ± standard error (prompt sampling and seed-to-seed spread); train s: wall time of data "
-              f"generation, judging and training per seed, evaluation excluded.\n")
+              f"({len(todo)} of {len(runs)} runs in this invocation). Seeds {list(budget.seeds)}; every arm sees "
+              f"{budget.rounds} x {budget.examples_per_round} training examples from the same SFT start, at each "
+              f"learning rate of its family's grid (LoRA r {budget.lora_r}, warmup {budget.warmup_ratio:.0%} of the "
+              f"steps, then {budget.scheduler} decay); the row is the rate with the best mean validation accuracy "
+              f"({len(data.validation)} prompts), reported on the test set. Accuracy: exact greedy answers to "
+              f"{len(data.held_out)} held-out test prompts, mean over seeds ± standard error (prompt sampling and "
+              f"seed-to-seed spread); train s: wall time of data generation, judging and training per seed, "
+              f"evaluation excluded.\n")
     out.mkdir(parents=True, exist_ok=True)
     (out / "methods.md").write_text(markdown(rows, start, groups, {a: ARMS[a].about for a in arms}, header))
     traces = {a: mean_trace(results[a], ("r_real", "r_generated")) for a in arms
@@ -148,7 +157,8 @@ def run_table(budget: Any, arms: list[str], work: Path, out: Path, *, jobs: int 
     figures = {"bench": "methods", "minutes": round(minutes, 2), "seeds": list(budget.seeds),
                "rounds": budget.rounds, "examples_per_round": budget.examples_per_round,
                "start": {lv: round(a["acc"], 4) for lv, a in start.items()},
-               "methods": {arm: {"group": ARMS[arm].group, "acc": round(r["acc"]["all"]["acc"], 4),
+               "methods": {arm: {"group": ARMS[arm].group, "lr": r["lr"], "by_lr": r["by_lr"],
+                                 "acc": round(r["acc"]["all"]["acc"], 4),
                                  "se": round(r["acc"]["all"]["se"], 4), "delta": round(r["delta"], 4),
                                  "by_level": {lv: round(a["acc"], 4) for lv, a in r["acc"].items() if lv != "all"},
                                  "by_round": [round(x, 4) for x in r["by_round"]],
@@ -170,6 +180,39 @@ def _plots(rows: dict, start: dict, groups: dict, traces: dict, budget: Any, out
         rewards_plot(traces, -(-budget.examples_per_round // budget.batch_size), out / "rewards.png")
 
 
+def lrs_of(arm: Any, budget: Any) -> tuple[float, ...]:
+    """The learning rates of the arm's grid that run: all of them, or the budget's `lr_points` smallest."""
+    return arm.lrs[:budget.lr_points] if budget.lr_points else arm.lrs
+
+
+def result_name(arm: str, lr: float, seed: int) -> str:
+    return f"{arm}@{lr:g}@{seed}.json"
+
+
+def _validation_acc(result: dict[str, Any]) -> float:
+    from studies.methods_table.policy import exact
+
+    return exact({int(k): v for k, v in result["record"]["validation"].items()})
+
+
+def select_lr(by_lr: dict[float, list[dict[str, Any]]]) -> float:
+    """The learning rate whose runs (one per seed) have the best mean validation accuracy; a tie goes to the
+    smaller rate. The test set takes no part."""
+    mean = {lr: sum(map(_validation_acc, results)) / len(results) for lr, results in by_lr.items()}
+    return max(sorted(mean), key=lambda lr: (mean[lr], -lr))
+
+
+def by_lr_figures(by_lr: dict[float, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
+    """Per learning rate of the grid: mean validation and test accuracy over seeds."""
+    from studies.methods_table.policy import exact
+
+    def test_acc(result: dict[str, Any]) -> float:
+        return exact({int(k): v for k, v in result["record"]["scores"].items()})
+
+    return {f"{lr:g}": {"validation": round(sum(map(_validation_acc, rs)) / len(rs), 4),
+                        "test": round(sum(map(test_acc, rs)) / len(rs), 4)} for lr, rs in by_lr.items()}
+
+
 def _done(path: Path, arm: Any) -> bool:
     """A saved result of this arm as arms.toml has it now (a result saved without its spec counts)."""
     return path.exists() and json.loads(path.read_text()).get("spec", arm.spec) == arm.spec
@@ -182,9 +225,10 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _job(job: tuple) -> tuple[str, int, float, float]:
-    """One arm and seed in a worker process (one torch thread); saves its result and returns a summary."""
-    arm, seed, budget, data, results_dir = job
+def _job(job: tuple) -> tuple[str, float, int, float, float, float]:
+    """One arm, learning rate and seed in a worker process (one torch thread); saves its result and returns a
+    summary."""
+    arm, lr, seed, budget, data, results_dir = job
     import shutil
     import warnings
 
@@ -198,15 +242,16 @@ def _job(job: tuple) -> tuple[str, int, float, float]:
     torch.set_num_threads(1)
     configure_logging("warning")
     warnings.filterwarnings("ignore", category=FutureWarning)  # peft calls a deprecated transformers helper
-    scratch = results_dir / f"{arm}@{seed}.run"
+    name = result_name(arm, lr, seed)
+    scratch = results_dir / name.replace(".json", ".run")
     shutil.rmtree(scratch, ignore_errors=True)
     pairs = results_dir / f"pairs@{seed}.jsonl"
-    ctx = Context(budget, data, seed, scratch, pairs if pairs.exists() else None)
+    ctx = Context(budget, data, seed, scratch, lr, pairs if pairs.exists() else None)
     record = run_arm(arm, ctx)
-    _write_atomic(results_dir / f"{arm}@{seed}.json",
-                  json.dumps({"arm": arm, "seed": seed, "spec": ARMS[arm].spec, "record": asdict(record)}))
+    _write_atomic(results_dir / name, json.dumps({"arm": arm, "lr": lr, "seed": seed, "spec": ARMS[arm].spec,
+                                                  "record": asdict(record)}))
     shutil.rmtree(scratch, ignore_errors=True)
-    return arm, seed, exact(record.scores), record.train_s
+    return arm, lr, seed, exact(record.scores), exact(record.validation), record.train_s
 
 
 def run_from_args(args: argparse.Namespace, command: str) -> dict[str, Any]:

@@ -46,6 +46,7 @@ class Arm:
     about: str
     run: Callable[[Context], Record]
     algo: str  # the method it trains
+    lrs: tuple[float, ...]  # its learning-rate grid (its family's, arms.toml [grids]); validation picks one
     spec: str = ""  # its arms.toml entry: a saved result of another spec is stale
 
 
@@ -203,19 +204,28 @@ ARMS_FILE = Path(__file__).with_name("arms.toml")
 
 
 def load_arms(path: Path = ARMS_FILE) -> dict[str, Arm]:
-    """The arms of arms.toml, each with its group's runner; an unknown method or group is named."""
+    """The arms of arms.toml, each with its group's runner and its family's learning-rate grid; an unknown
+    method, group or grid is named."""
+    config = read_config_file(path)
+    grids = {name: tuple(sorted(float(lr) for lr in lrs)) for name, lrs in config.get("grids", {}).items()}
     arms: dict[str, Arm] = {}
-    for entry in read_config_file(path)["arm"]:
+    for entry in config["arm"]:
         spec, entry = json.dumps(entry, sort_keys=True), dict(entry)
-        name, group, about, algo = (entry.pop(k) for k in ("name", "group", "about", "algo"))
+        missing = [k for k in ("name", "group", "about", "algo", "grid") if k not in entry]
+        if missing:
+            raise ValueError(f"{path}: arm {entry.get('name', '?')!r} has no {', '.join(missing)}")
+        name, group, about, algo, grid = (entry.pop(k) for k in ("name", "group", "about", "algo", "grid"))
         get_method(algo)  # an unknown method is an error here, not when the arm runs
         if group not in RUNNERS:
             raise ValueError(f"{path}: arm {name!r}: unknown group {group!r}; one of {', '.join(RUNNERS)}")
+        if grid not in grids or not grids[grid] or min(grids[grid]) <= 0:
+            raise ValueError(f"{path}: arm {name!r}: grid {grid!r} is not a [grids] entry of positive learning "
+                             f"rates; one of {', '.join(grids)}")
         unknown = set(entry) - {"settings"} - set(inspect.signature(RUNNERS[group]).parameters)
         if unknown:
             raise ValueError(f"{path}: arm {name!r}: {', '.join(sorted(unknown))} is not a key of a {group} arm")
         settings = entry.pop("settings", {})
-        arms[name] = Arm(name, group, about, RUNNERS[group](algo, **entry, **settings), algo, spec)
+        arms[name] = Arm(name, group, about, RUNNERS[group](algo, **entry, **settings), algo, grids[grid], spec)
     return arms
 
 
@@ -223,10 +233,13 @@ ARMS = load_arms()
 
 
 def run_arm(name: str, ctx: Context) -> Record:
-    """One arm for one seed; train_s is its wall time less evaluation."""
+    """One arm for one seed at ctx.lr; train_s is its wall time less evaluation. The trained policy answers
+    the validation set last, asked as the arm asks the test set."""
     started = time.perf_counter()
     try:
         record = ARMS[name].run(ctx)
+        assert ctx.current is not None, f"arm {name} made no policy"
+        record.validation = ctx.current.evaluate(ctx.data.validation, ctx.frames)
     finally:
         if ctx.current is not None:
             ctx.current.close()

@@ -22,8 +22,10 @@ class Context:
     data: Data
     seed: int
     out: Path  # this arm and seed's directory
+    lr: float  # this run's point of the arm's learning-rate grid
     pairs_file: Path | None = None  # the seed's offline pairs (pair arms)
     current: Policy | None = None  # the arm's policy, closed by run_arm
+    frames: Frames = plain  # how the arm asks at test time (its last round's), for the validation set too
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -33,7 +35,7 @@ class Context:
         return self.budget.examples_per_round
 
     def policy(self, algo: str, **settings: Any) -> Policy:
-        self.current = Policy(self.budget, self.data.model, self.out / "train", self.seed, algo, **settings)
+        self.current = Policy(self.budget, self.data.model, self.out / "train", self.seed, algo, lr=self.lr, **settings)
         return self.current
 
     def fit(self, policy: Policy, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -48,5 +50,6 @@ class Context:
         return out[:self.k]
 
     def round_done(self, policy: Policy, frames: Frames = plain) -> None:
+        self.frames = frames
         policy.record.scores = policy.evaluate(self.data.held_out, frames)
         policy.record.by_round.append(exact(policy.record.scores))

@@ -5,9 +5,10 @@
     policy.train(rows)                                    # one pass of Recipe.train_round over the rows
     scores = policy.evaluate(held_out)                    # greedy answers, graded: {level: [score, ...]}
 
-Training uses the live trainer's settings (constant learning rate; the method's online reference: the
-policy at the start of each round, or the SFT start for GRPO/RLOO and with reference="initial"), so the
-table measures the objectives the live system trains with.
+Training uses the live trainer's recipe and the method's online reference (the policy at the start of each
+round, or the SFT start for GRPO/RLOO and with reference="initial"), so the table measures the objectives the
+live system trains with; the learning rate is the arm's (one point of its grid), with the authors' schedule
+planned over the whole arm: warmup over the budget's share of rounds x K / batch steps, then cosine decay.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Record:
     """What an arm measured: held-out scores, accuracy after each round, training traces, costs."""
 
     scores: dict[int, list[float]] = field(default_factory=dict)  # difficulty -> graded score per held-out prompt
+    validation: dict[int, list[float]] = field(default_factory=dict)  # the same on the validation set, at the end
     variants: dict[str, dict[int, list[float]]] = field(default_factory=dict)  # other inference frames
     by_round: list[float] = field(default_factory=list)  # held-out exact accuracy after each round
     trace: list[dict[str, float]] = field(default_factory=list)  # per optimizer step: loss terms, r_real, ...
@@ -50,18 +52,19 @@ class Record:
 
 
 class Policy:
-    def __init__(self, budget: Budget, model: Path, out: Path, seed: int, algo: str, *,
+    def __init__(self, budget: Budget, model: Path, out: Path, seed: int, algo: str, *, lr: float,
                  reference: str | None = None, **settings: Any) -> None:
         reference = reference or get_method(algo).online_reference  # as the live trainer, unless told
         config = TrainConfig(
-            algo=algo, model=str(model), data="(methods table)", out=str(out), lr=budget.lr,
+            algo=algo, model=str(model), data="(methods table)", out=str(out), lr=lr,
             batch_size=budget.batch_size, lora={"r": budget.lora_r, "alpha": 2 * budget.lora_r},
             max_length=budget.max_length, max_prompt_length=budget.max_prompt_length, seed=seed,
-            scheduler="constant", warmup_ratio=0.0, reference=reference, save_every=10**9, log_every=1,
-            tensorboard=False, **settings)
+            scheduler=budget.scheduler, warmup_ratio=budget.warmup_ratio, reference=reference, save_every=10**9,
+            log_every=1, tensorboard=False, **settings)
         self.budget, self.seed, self.calls = budget, seed, 0
         self.recipe = Recipe(config, rows=[])
         self.recipe.setup()
+        self.recipe.schedule_steps = budget.rounds * -(-budget.examples_per_round // budget.batch_size)
         self.record = Record()
 
     @property

@@ -62,23 +62,30 @@ def cell(a: dict[str, float]) -> str:
 
 def markdown(rows: dict[str, dict[str, Any]], start: dict[str, dict[str, float]], groups: dict[str, list[str]],
              about: dict[str, str], header: str) -> str:
-    """The table: one section per group, the SFT start first in each."""
+    """The table: one section per group, the SFT start first in each (each row at its selected learning rate);
+    then every arm's grid: mean validation and test accuracy at each learning rate."""
     levels = [k for k in start if k != "all"]
-    head = ("| method | " + " | ".join(f"level {lv}" for lv in levels) + " | all | Δ all vs start | train s | "
-            "examples |\n|---|" + "---|" * (len(levels) + 4) + "\n")
+    head = ("| method | lr | " + " | ".join(f"level {lv}" for lv in levels) + " | all | Δ all vs start | train s | "
+            "examples |\n|---|" + "---|" * (len(levels) + 5) + "\n")
     text = header
     for group, names in groups.items():
         if not any(n in rows for n in names):
             continue
         text += f"\n### {group}\n\n" + head
-        text += "| SFT start | " + " | ".join(cell(start[lv]) for lv in levels) + f" | {cell(start['all'])} | | | |\n"
+        text += "| SFT start | | " + " | ".join(cell(start[lv]) for lv in levels) + f" | {cell(start['all'])} | | | |\n"
         for name in names:
             if name not in rows:
                 continue
             r = rows[name]
-            text += (f"| {name} ({about[name]}) | " + " | ".join(cell(r["acc"][lv]) for lv in levels) +
+            text += (f"| {name} ({about[name]}) | {r['lr']:g} | " + " | ".join(cell(r["acc"][lv]) for lv in levels) +
                      f" | **{cell(r['acc']['all'])}** | {r['delta']:+.3f} | {r['train_s']:.0f} | {r['examples']:.0f} |\n")
             for variant, a in r["variants"].items():
-                text += f"| ↳ {name}, asked with a {variant} | " + " | ".join("" for _ in levels) + \
+                text += f"| ↳ {name}, asked with a {variant} | | " + " | ".join("" for _ in levels) + \
                         f" | {cell(a)} | {a['acc'] - start['all']['acc']:+.3f} | | |\n"
+    text += ("\n### learning-rate grids\n\nMean accuracy over seeds at each learning rate of the arm's grid, "
+             "validation / test; the selected rate (best validation) in bold.\n\n| method | grid |\n|---|---|\n")
+    for name, r in rows.items():
+        points = [(f"**{lr}: {f['validation']:.3f} / {f['test']:.3f}**" if float(lr) == r["lr"] else
+                   f"{lr}: {f['validation']:.3f} / {f['test']:.3f}") for lr, f in r["by_lr"].items()]
+        text += f"| {name} | " + ", ".join(points) + " |\n"
     return text

@@ -41,9 +41,12 @@ class Budget:
     pair_prompts: int = 3072  # prompts the offline pairs are drawn from (one pair per usable prompt)
     pool_per_round: int = 512  # eva / static: prompts solved per round
     levels: tuple[int, ...] = (2, 3)  # difficulty of every training prompt set
-    eval_per_level: tuple[tuple[int, int], ...] = ((2, 400), (3, 200), (4, 200))
-    framed_share: float = 0.5  # SFT examples asked inside the arms' frames (with uninformative fillers)
-    lr: float = 5e-4
+    eval_per_level: tuple[tuple[int, int], ...] = ((2, 400), (3, 200), (4, 200))  # the held-out test set
+    validation_per_level: tuple[tuple[int, int], ...] = ((2, 400), (3, 200), (4, 200))  # selects each arm's lr
+    framed_share: float = 0.5  # SFT examples asked inside the arms' frames (judgments and negatives of this problem)
+    lr_points: int = 0  # learning rates of each arm's grid (arms.toml) that run: 0 all, k the k smallest
+    warmup_ratio: float = 0.1  # the authors' schedule: linear warmup, then cosine decay over the arm's whole run
+    scheduler: str = "cosine"
     batch_size: int = 8
     lora_r: int = 16
     max_length: int = 160
@@ -57,7 +60,8 @@ class Budget:
 QUICK = Budget(model=Plan(hidden=32, layers=1, sft_steps=20, sft_batch=16, wrong_demonstrations=0.2,
                           sft_max_prompt_length=112), seeds=(0,),
                rounds=1, examples_per_round=16, demonstrations=16, pair_prompts=48, pool_per_round=16,
-               eval_per_level=((2, 8), (3, 4), (4, 4)), max_new_tokens=24)
+               eval_per_level=((2, 8), (3, 4), (4, 4)), validation_per_level=((2, 8), (3, 4), (4, 4)),
+               lr_points=2, max_new_tokens=24)
 
 
 def quick_budget(**changes: Any) -> Budget:
@@ -69,7 +73,8 @@ class Data:
     """The prompt sets every arm draws from (all disjoint from `held_out`)."""
 
     model: Path
-    held_out: list[Prompt]
+    held_out: list[Prompt]  # the test set: what the table reports
+    validation: list[Prompt]  # what each arm's learning rate is selected on
     demonstrations: list[Prompt]  # with .demonstration, a share of them stating a wrong result
     pair_prompts: list[Prompt]
     judged_prompts: list[Prompt]  # rounds x examples_per_round, a fresh slice each round
@@ -125,16 +130,18 @@ def verdict(judgment: str) -> str:
 
 def prepare(budget: Budget, root: Path, say: Say) -> Data:
     """The SFT start (cached in ROOT/model) and the prompt sets."""
-    plan = replace(budget.model, eval_per_level=budget.eval_per_level, seed=budget.data_seed)
-    files = write_data(plan, root / "data")  # the SFT data and the held-out set, as the demo makes them
+    plan = replace(budget.model, eval_per_level=budget.eval_per_level, validation_per_level=budget.validation_per_level,
+                   seed=budget.data_seed)
+    files = write_data(plan, root / "data")  # the SFT data, the test and validation sets, as the demo makes them
     sft = framed_sft(files["warmup"], root / "data" / "sft-framed.jsonl", budget.framed_share, random.Random(2))
     model = prepare_model(plan, root / "model", sft, say, words=tokenizer_words(random.Random(1)),
                           vocab_size=budget.vocab_size)
-    held_out = [Prompt.model_validate({"prompt_id": r["id"], "text": r["prompt"], "answer": r["answer"],
-                                       "difficulty": r["difficulty"], "source": "eval"})
-                for r in map(json.loads, files["eval"].read_text().splitlines())]
+    held_out, validation = (
+        [Prompt.model_validate({"prompt_id": r["id"], "text": r["prompt"], "answer": r["answer"],
+                                "difficulty": r["difficulty"], "source": "eval"})
+         for r in map(json.loads, files[name].read_text().splitlines())] for name in ("eval", "validation"))
     rng = random.Random(budget.data_seed + 1)
-    taken = {p.text for p in held_out}
+    taken = {p.text for p in held_out + validation}
 
     def draw(n: int, prefix: str) -> list[Prompt]:
         made = world.problems(n, budget.levels, rng, exclude=taken)
@@ -144,7 +151,7 @@ def prepare(budget: Budget, root: Path, say: Say) -> Data:
     demos = world.demonstrations(world.problems(budget.demonstrations, budget.levels, rng, exclude=taken), rng,
                                  wrong_fraction=budget.model.wrong_demonstrations, prefix="demo")
     taken.update(p.text for p in demos)
-    return Data(model=model, held_out=held_out, demonstrations=demos,
+    return Data(model=model, held_out=held_out, validation=validation, demonstrations=demos,
                 pair_prompts=draw(budget.pair_prompts, "pair"),
                 judged_prompts=draw(budget.rounds * budget.examples_per_round, "judged"),
                 eva_seeds=draw(budget.pool_per_round * 2, "seed"))

@@ -1,6 +1,7 @@
 """The methods table: its statistics, the frames and verdicts its arms use, and a --quick run of every arm
 through the real command (real processes, tiny real models), resumed from its saved results."""
 
+import itertools
 import json
 import math
 import subprocess
@@ -33,7 +34,7 @@ def test_hindsight_verdicts_do_not_carry_the_answer():
 
 
 def test_fit_gives_every_arm_exactly_k_examples(tmp_path):
-    ctx = Context(quick_budget(examples_per_round=5), data=None, seed=0, out=tmp_path)
+    ctx = Context(quick_budget(examples_per_round=5), data=None, seed=0, out=tmp_path, lr=1e-4)
     policy = type("P", (), {"record": type("R", (), {"notes": {}})()})()
     rows = [{"i": i} for i in range(12)]
     assert len(ctx.fit(policy, rows)) == 5 and len({r["i"] for r in ctx.fit(policy, rows)}) == 5
@@ -46,16 +47,59 @@ def test_arms_are_data_and_a_bad_arm_is_named(tmp_path):
     from studies.methods_table.arms import load_arms
 
     assert {ARMS["grpo"].group, ARMS["rloo"].group} == {"rewards"} and ARMS["dpo+nll"].algo == ARMS["dpo"].algo
+    assert max(ARMS["dpo"].lrs) < max(ARMS["sft"].lrs) and ARMS["cut"].lrs == ARMS["sft"].lrs  # families' grids
+    assert ARMS["gsil-logistic-script"].lrs == ARMS["gsil-logistic"].lrs
     bad = tmp_path / "arms.toml"
-    bad.write_text('[[arm]]\nname = "x"\ngroup = "pairs"\nabout = "x"\nalgo = "ppo"\n')
+    grids = '[grids]\nlow = [1e-6, 1e-5]\n\n'
+    bad.write_text(grids + '[[arm]]\nname = "x"\ngroup = "pairs"\nabout = "x"\nalgo = "ppo"\ngrid = "low"\n')
     with pytest.raises(ValueError, match="unknown method 'ppo'"):
         load_arms(bad)
-    bad.write_text('[[arm]]\nname = "x"\ngroup = "vibes"\nabout = "x"\nalgo = "dpo"\n')
+    bad.write_text(grids + '[[arm]]\nname = "x"\ngroup = "vibes"\nabout = "x"\nalgo = "dpo"\ngrid = "low"\n')
     with pytest.raises(ValueError, match="arm 'x': unknown group 'vibes'"):
         load_arms(bad)
-    bad.write_text('[[arm]]\nname = "x"\ngroup = "pairs"\nabout = "x"\nalgo = "dpo"\nas_sfft = true\n')
+    bad.write_text(grids + '[[arm]]\nname = "x"\ngroup = "pairs"\nabout = "x"\nalgo = "dpo"\ngrid = "low"\nas_sfft = true\n')
     with pytest.raises(ValueError, match="arm 'x': as_sfft is not a key of a pairs arm"):
         load_arms(bad)
+    bad.write_text(grids + '[[arm]]\nname = "x"\ngroup = "pairs"\nabout = "x"\nalgo = "dpo"\ngrid = "high"\n')
+    with pytest.raises(ValueError, match="arm 'x': grid 'high' is not a \\[grids\\] entry"):
+        load_arms(bad)
+    bad.write_text(grids + '[[arm]]\nname = "x"\ngroup = "pairs"\nabout = "x"\nalgo = "dpo"\n')
+    with pytest.raises(ValueError, match="arm 'x' has no grid"):
+        load_arms(bad)
+
+
+def test_the_lr_is_selected_on_validation_and_never_on_test():
+    from studies.methods_table import select_lr
+
+    def result(validation: list[float], test: list[float]) -> dict:
+        return {"record": {"validation": {"2": validation}, "scores": {"2": test}}}
+
+    by_lr = {1e-5: [result([1, 0], [1, 1]), result([0, 0], [1, 1])],  # the test set's favourite
+             1e-4: [result([1, 1], [0, 0]), result([1, 0], [0, 0])],  # validation's: 0.75 against 0.25
+             1e-3: [result([1, 1], [0, 0]), result([0, 1], [0, 0])]}  # a tie with 1e-4 goes to the smaller rate
+    assert select_lr(by_lr) == 1e-4
+
+
+def test_the_schedule_spans_the_whole_arm(tmp_path):
+    """Warmup, then cosine decay planned over every round of the arm, not restarted each round."""
+    from studies.methods_table.policy import Policy
+    from trainer.tiny import build_causal_lm, build_tokenizer
+
+    tokenizer = build_tokenizer(["What is 1 + 2? 3"], vocab_size=64, individual_digits=True)
+    model = build_causal_lm(tokenizer, seed=0, hidden_size=16, num_layers=1, intermediate_size=32, max_positions=64)
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    budget = quick_budget(rounds=2, examples_per_round=40, batch_size=4, warmup_ratio=0.1)  # 20 steps in all
+    policy = Policy(budget, tmp_path / "m", tmp_path / "out", 0, "sft", lr=1e-3)
+    rows = [{"prompt": f"What is {i} + 2?", "completion": str(i + 2)} for i in range(40)]
+    lrs = []
+    for _ in range(budget.rounds):
+        policy.train(rows)
+        lrs += [m["lr"] for m in policy.record.trace[len(lrs):]]
+    policy.close()
+    assert len(lrs) == 20
+    assert lrs[0] < lrs[1] <= 1e-3 and max(lrs) == pytest.approx(1e-3, rel=0.05)  # two warmup steps
+    assert all(a >= b for a, b in itertools.pairwise(lrs[1:])) and lrs[-1] < 0.05 * 1e-3  # one decay over both rounds
 
 
 def test_bad_arguments_are_one_line(tmp_path):
@@ -83,6 +127,11 @@ def test_quick_table_runs_every_arm_and_resumes(tmp_path):
         if ARMS[name].group in ("demonstrations", "judgments") and name != "sft-good":
             assert row["examples"] == per_arm, name  # the same budget for every arm that has data
     assert figures["methods"]["contrastive-sft"]["variants"].keys() == {"generated negative"}
+    for name, row in figures["methods"].items():  # each arm ran the first points of its grid; validation chose
+        assert list(row["by_lr"]) == [f"{lr:g}" for lr in ARMS[name].lrs[:budget.lr_points]], name
+        best = max(point["validation"] for point in row["by_lr"].values())
+        assert row["by_lr"][f"{row['lr']:g}"]["validation"] == best, name
+    assert figures["methods"]["dpo"]["by_lr"].keys() != figures["methods"]["sft"]["by_lr"].keys()  # two families
 
     table = (report / "methods.md").read_text()
     assert all(f"| {name} (" in table for name in ARMS) and "SFT start" in table
@@ -95,11 +144,11 @@ def test_quick_table_runs_every_arm_and_resumes(tmp_path):
 
     again = subprocess.run([*command, "--methods", "spin,dpo"], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "0 to run (2 done before)" in again.stderr  # finished arms are reused, not rerun
+    assert "0 runs to do (4 done before)" in again.stderr  # finished runs are reused, not rerun
     resumed = json.loads(again.stdout.strip().splitlines()[-1])
     assert resumed["methods"]["spin"] == figures["methods"]["spin"]
 
-    [saved] = work.glob("results/*/dpo@0.json")  # an arm whose arms.toml entry changed since is run again
-    saved.write_text(json.dumps({**json.loads(saved.read_text()), "spec": "another spec"}))
+    [saved] = work.glob(f"results/*/dpo@{ARMS['dpo'].lrs[0]:g}@0.json")  # an arm whose arms.toml entry changed
+    saved.write_text(json.dumps({**json.loads(saved.read_text()), "spec": "another spec"}))  # since runs again
     stale = subprocess.run([*command, "--methods", "spin,dpo"], capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert stale.returncode == 0 and "1 to run (1 done before)" in stale.stderr, stale.stderr[-3000:]
+    assert stale.returncode == 0 and "1 runs to do (3 done before)" in stale.stderr, stale.stderr[-3000:]
