@@ -92,7 +92,9 @@ def run_table(budget: Any, arms: list[str], work: Path, out: Path, *, jobs: int 
     started = time.monotonic()
     torch.set_num_threads(jobs)
     data = prepare(budget, work, say)
-    results_dir = work / "results" / hashlib.sha256(budget.fingerprint().encode()).hexdigest()[:12]
+    # keyed by the budget and by the SFT start (its recipe and data): results of another start are never reused
+    start_id = (data.model / "demo-model.json").read_text()
+    results_dir = work / "results" / hashlib.sha256((budget.fingerprint() + start_id).encode()).hexdigest()[:12]
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "budget.json").write_text(budget.fingerprint())
 

@@ -40,9 +40,13 @@ class Budget:
     demonstrations: int = 512  # prompts with a demonstration (a share of them wrong), iterated on
     pair_prompts: int = 3072  # prompts the offline pairs are drawn from (one pair per usable prompt)
     pool_per_round: int = 512  # eva / static: prompts solved per round
-    levels: tuple[int, ...] = (2, 3)  # difficulty of every training prompt set
-    eval_per_level: tuple[tuple[int, int], ...] = ((2, 400), (3, 200), (4, 200))  # the held-out test set
-    validation_per_level: tuple[tuple[int, int], ...] = ((2, 400), (3, 200), (4, 200))  # selects each arm's lr
+    # difficulty of every training prompt set: what the start mostly solves (level 3: two 3-digit numbers) and the
+    # level it barely does (4: three numbers), where a method has something to add
+    levels: tuple[int, ...] = (3, 4)
+    # the held-out test set and the validation set (which selects each arm's lr), most prompts on level 4; level 2
+    # shows what a method forgets
+    eval_per_level: tuple[tuple[int, int], ...] = ((2, 200), (3, 200), (4, 400))
+    validation_per_level: tuple[tuple[int, int], ...] = ((2, 200), (3, 200), (4, 400))
     framed_share: float = 0.5  # SFT examples asked inside the arms' frames (judgments and negatives of this problem)
     lr_points: int = 0  # learning rates of each arm's grid (arms.toml) that run: 0 all, k the k smallest
     warmup_ratio: float = 0.1  # the authors' schedule: linear warmup, then cosine decay over the arm's whole run
@@ -96,14 +100,16 @@ def tokenizer_words(rng: random.Random, n: int = 400) -> tuple[str, ...]:
 
 def framed_sft(plain: Path, out: Path, share: float, rng: random.Random) -> Path:
     """The SFT data with `share` of its prompts put in the frames the arms ask in, filled as a pretrained LLM would
-    have read them, so that the start has the in-context abilities the arms assume: CUT's judgment template with
-    the checker's judgment of an answer to this problem (of a wrong one, which says what is wrong and what the
-    result is, or of the right one), or its verdict alone (hindsight's "The tens digit is wrong."); contrastive
-    SFT's frame with a wrong worked answer to this problem as the negative, or none. The completion is always the
-    right worked answer: the start learns to answer from a judgment and away from a negative. Without frames the
-    tiny start answers 0.5% of held-out prompts once words stand between question and answer; with frames whose
-    fillers say nothing about the problem it learnt to ignore them (p(y|x,j) = p(y|x)), and CUT had nothing to
-    contrast."""
+    have read them, so that the start has the in-context abilities the arms assume. Half of the framed rows use
+    CUT's judgment template, which means "the response that received this judgment" (Align-N trains a bad answer
+    in it): the checker's judgment of an answer to this problem (wrong three times in four: it says which digits
+    are wrong, and what the result is) or its verdict alone (hindsight's "The tens digit is wrong."), with that
+    answer as the completion, so that given a critique the start makes the answer it criticises more likely, the
+    signal CUT's Misalign term detects. The other half use contrastive SFT's frame, a wrong worked answer to this
+    problem as the negative or none, with the right worked answer as the completion: the start answers away from
+    a negative. Without frames the tiny start answers 0.5% of held-out prompts once words stand between question
+    and answer; with fillers that say nothing about the problem it learnt to ignore them (p(y|x,j) = p(y|x)); with
+    judgments followed by the right answer it learnt the opposite of CUT's frame, and CUT flagged 4% of tokens."""
     rows = [json.loads(line) for line in plain.read_text().splitlines()]
     cut, contrastive = CUTSettings(), ContrastiveSettings()
     for row in rows:
@@ -112,9 +118,10 @@ def framed_sft(plain: Path, out: Path, share: float, rng: random.Random) -> Path
             continue
         wrong = world.corrupt(problem.value, rng)
         if kind < share / 2:
-            given = str(wrong) if rng.random() < 0.75 else str(problem.value)
-            judgment = world.grade(problem.prompt("framed"), given)[1]
+            given = wrong if rng.random() < 0.75 else problem.value
+            judgment = world.grade(problem.prompt("framed"), str(given))[1]
             row["prompt"] = cut.template.format(prompt=row["prompt"], judgment=rng.choice([judgment, verdict(judgment)]))
+            row["completion"] = problem.solution(given)
         else:
             negative = problem.solution(wrong) if rng.random() < 0.5 else None
             row["prompt"] = contrastive_prompt(row["prompt"], contrastive, negative=negative)
