@@ -12,7 +12,8 @@ examples_per_round; a round short of data repeats what it has, and says so in it
   judgment of each answer; CUT trains on the triples, "sft-good" on the right answers only, and
   "hindsight" on every answer conditioned on its verdict (asked with "Correct." at test time);
 - rewards, online: each round the policy answers fresh prompts `samples_per_prompt` times and the
-  world's checker grades each answer; GRPO and RLOO train on the rewarded groups;
+  world's checker grades each answer; GRPO and RLOO train on the groups whose rewards differ, K answers
+  a round (more prompts are answered until K are found, up to the round's share of the prompt set);
 - prompts, online: eva (the real creator, evolving prompts with the world's mutator) against the
   static prompt set, both with DPO + NLL and the same number of pairs per round.
 """
@@ -164,13 +165,24 @@ def rewards(algo: str, **settings: Any) -> Callable[[Context], Record]:
     def run(ctx: Context) -> Record:
         budget, n = ctx.budget, ctx.budget.samples_per_prompt
         policy = ctx.policy(algo, **settings)
-        per_round = ctx.k // n  # prompts a round: n answers each, K answers in all
+        chunk = ctx.k // n  # prompts answered at a time: n answers each, K answers in all
+        prompts = iter(ctx.data.judged_prompts)
         for r in range(budget.rounds):
-            prompts = ctx.data.judged_prompts[r * per_round:(r + 1) * per_round]
-            answers = policy.answer([p.text for p in prompts], n=n)
-            groups = [graded_group(p, group, r) for p, group in zip(prompts, answers, strict=True)]
-            rows = rows_from_groups(groups, algo)  # as the live trainer: groups whose rewards all tie give none
-            policy.record.notes.setdefault("groups_with_signal", []).append(round(len(rows) / n / max(1, len(prompts)), 3))
+            rows: list[dict[str, Any]] = []
+            asked = 0
+            for _ in range(-(-len(ctx.data.judged_prompts) // (budget.rounds * chunk))):  # this round's share
+                batch = [p for _, p in zip(range(chunk), prompts, strict=False)]
+                answers = policy.answer([p.text for p in batch], n=n)
+                groups = [graded_group(p, group, r) for p, group in zip(batch, answers, strict=True)]
+                rows += rows_from_groups(groups, algo)  # as the live trainer: groups whose rewards all tie give none
+                asked += len(batch)
+                if len(rows) >= ctx.k or not batch:
+                    break
+            notes = policy.record.notes
+            notes.setdefault("groups_with_signal", []).append(round(len(rows) / n / max(1, asked), 3))
+            rows = rows[:ctx.k]  # K answers a round, as every arm (whole groups: K is a multiple of n)
+            if len(rows) < ctx.k:
+                notes["short_rounds"] = notes.get("short_rounds", 0) + 1
             if rows:
                 policy.train(rows)
             ctx.round_done(policy)
@@ -207,7 +219,10 @@ def load_arms(path: Path = ARMS_FILE) -> dict[str, Arm]:
     """The arms of arms.toml, each with its group's runner and its family's learning-rate grid; an unknown
     method, group or grid is named."""
     config = read_config_file(path)
-    grids = {name: tuple(sorted(float(lr) for lr in lrs)) for name, lrs in config.get("grids", {}).items()}
+    grids = {name: tuple(sorted({float(lr) for lr in lrs})) for name, lrs in config.get("grids", {}).items()}
+    for name, lrs in grids.items():  # a rate names its result file and its column: two must not print alike
+        if len({f"{lr:g}" for lr in lrs}) < len(lrs):
+            raise ValueError(f"{path}: grid {name!r} has learning rates equal to 6 significant digits: {list(lrs)}")
     arms: dict[str, Arm] = {}
     for entry in config["arm"]:
         spec, entry = json.dumps(entry, sort_keys=True), dict(entry)

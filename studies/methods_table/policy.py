@@ -1,6 +1,6 @@
 """One arm's policy: the SFT start with a fresh LoRA adapter, trained round by round by the trainer's recipe.
 
-    policy = Policy(arm_context, "gsil", gsil={"variant": "brier"})
+    policy = Policy(budget, model_dir, out_dir, seed, "gsil", lr=1.5e-5, gsil={"variant": "brier"})
     answers = policy.answer(["What is 2 + 3?"], n=4)      # sampled from the current policy
     policy.train(rows)                                    # one pass of Recipe.train_round over the rows
     scores = policy.evaluate(held_out)                    # greedy answers, graded: {level: [score, ...]}
@@ -63,8 +63,9 @@ class Policy:
             log_every=1, tensorboard=False, **settings)
         self.budget, self.seed, self.calls = budget, seed, 0
         self.recipe = Recipe(config, rows=[])
-        self.recipe.setup()
+        # before setup, which builds the scheduler and takes step 0's rate from it
         self.recipe.schedule_steps = budget.rounds * -(-budget.examples_per_round // budget.batch_size)
+        self.recipe.setup()
         self.record = Record()
 
     @property

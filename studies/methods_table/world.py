@@ -49,7 +49,9 @@ class Budget:
     validation_per_level: tuple[tuple[int, int], ...] = ((2, 200), (3, 200), (4, 400))
     framed_share: float = 0.5  # SFT examples asked inside the arms' frames (judgments and negatives of this problem)
     lr_points: int = 0  # learning rates of each arm's grid (arms.toml) that run: 0 all, k the k smallest
-    warmup_ratio: float = 0.1  # the authors' schedule: linear warmup, then cosine decay over the arm's whole run
+    # warmup, then decay over the arm's whole run: 10% and cosine, the most common of the authors' recipes (SPIN and
+    # GSIL decay linearly, CUT warms up for 100 steps; docs/methods.md)
+    warmup_ratio: float = 0.1
     scheduler: str = "cosine"
     batch_size: int = 8
     lora_r: int = 16
@@ -58,7 +60,7 @@ class Budget:
 
     def fingerprint(self) -> str:
         """What a result depends on; a saved result with another fingerprint is not reused."""
-        return json.dumps({k: v for k, v in asdict(self).items() if k != "seeds"}, sort_keys=True)
+        return json.dumps({k: v for k, v in asdict(self).items() if k not in ("seeds", "lr_points")}, sort_keys=True)
 
 
 QUICK = Budget(model=Plan(hidden=32, layers=1, sft_steps=20, sft_batch=16, wrong_demonstrations=0.2,

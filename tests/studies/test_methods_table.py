@@ -66,6 +66,10 @@ def test_arms_are_data_and_a_bad_arm_is_named(tmp_path):
     bad.write_text(grids + '[[arm]]\nname = "x"\ngroup = "pairs"\nabout = "x"\nalgo = "dpo"\n')
     with pytest.raises(ValueError, match="arm 'x' has no grid"):
         load_arms(bad)
+    bad.write_text('[grids]\nlow = [1e-6, 1.0000001e-6]\n\n[[arm]]\nname = "x"\ngroup = "pairs"\nabout = "x"\n'
+                   'algo = "dpo"\ngrid = "low"\n')  # two rates that would share a result file
+    with pytest.raises(ValueError, match="grid 'low' has learning rates equal to 6 significant digits"):
+        load_arms(bad)
 
 
 def test_the_lr_is_selected_on_validation_and_never_on_test():
@@ -91,6 +95,7 @@ def test_the_schedule_spans_the_whole_arm(tmp_path):
     tokenizer.save_pretrained(tmp_path / "m")
     budget = quick_budget(rounds=2, examples_per_round=40, batch_size=4, warmup_ratio=0.1)  # 20 steps in all
     policy = Policy(budget, tmp_path / "m", tmp_path / "out", 0, "sft", lr=1e-3)
+    assert policy.recipe.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 / 3)  # step 0 warms up too
     rows = [{"prompt": f"What is {i} + 2?", "completion": str(i + 2)} for i in range(40)]
     lrs = []
     for _ in range(budget.rounds):
@@ -98,7 +103,8 @@ def test_the_schedule_spans_the_whole_arm(tmp_path):
         lrs += [m["lr"] for m in policy.record.trace[len(lrs):]]
     policy.close()
     assert len(lrs) == 20
-    assert lrs[0] < lrs[1] <= 1e-3 and max(lrs) == pytest.approx(1e-3, rel=0.05)  # two warmup steps
+    # (each step logs the rate of the step after it) the second warmup step, then the peak
+    assert lrs[0] == pytest.approx(2e-3 / 3) and lrs[1] == pytest.approx(1e-3)
     assert all(a >= b for a, b in itertools.pairwise(lrs[1:])) and lrs[-1] < 0.05 * 1e-3  # one decay over both rounds
 
 
