@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from studies.methods_table.arms import ARMS
 
     parser.add_argument("--quick", action="store_true",
-                        help="a tiny model, one seed and one short round per arm: a smoke test, not a result")
+                        help="a tiny model, one seed, one short round and the two smallest learning rates of its grid "
+                             "per arm: a smoke test, not a result")
     parser.add_argument("--methods", default=None, metavar="A,B,...",
                         help=f"arms to run (default: all): {', '.join(ARMS)}")
     parser.add_argument("--seeds", default=None, metavar="0,1,2", help="training seeds (default 0,1,2; --quick: 0)")
@@ -46,8 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="arms run at once, each in its own process with one torch thread (default: 2, or 1 "
                              "on a one-core machine)")
     parser.add_argument("--work", default=DEFAULT_WORK,
-                        help=f"data, the cached SFT start and each arm's result (default {DEFAULT_WORK}; a second "
-                             "run with the same budget reuses finished arms)")
+                        help=f"data, the cached SFT start and each run's result (default {DEFAULT_WORK}; a second "
+                             "run with the same budget and start reuses finished runs)")
     parser.add_argument("--out", default=None, help="where the table, plots and results.json go (default WORK/report)")
 
 
