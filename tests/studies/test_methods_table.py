@@ -49,27 +49,24 @@ def test_arms_are_data_and_a_bad_arm_is_named(tmp_path):
     assert {ARMS["grpo"].group, ARMS["rloo"].group} == {"rewards"} and ARMS["dpo+nll"].algo == ARMS["dpo"].algo
     assert max(ARMS["dpo"].lrs) < max(ARMS["sft"].lrs) and ARMS["cut"].lrs == ARMS["sft"].lrs  # families' grids
     assert ARMS["gsil-logistic-script"].lrs == ARMS["gsil-logistic"].lrs
+    arm = '[[arm]]\nname = "x"\ngroup = "{group}"\nabout = "x"\nalgo = "{algo}"\n{grid}'
+    low = '[grids]\nlow = [1e-6, 1e-5]\n\n'
+    cases = [  # (arms.toml, the error that names what is wrong)
+        (low + arm.format(group="pairs", algo="ppo", grid='grid = "low"\n'), "unknown method 'ppo'"),
+        (low + arm.format(group="vibes", algo="dpo", grid='grid = "low"\n'), "arm 'x': unknown group 'vibes'"),
+        (low + arm.format(group="pairs", algo="dpo", grid='grid = "low"\nas_sfft = true\n'),
+         "arm 'x': as_sfft is not a key of a pairs arm"),
+        (low + arm.format(group="pairs", algo="dpo", grid='grid = "high"\n'),
+         "arm 'x': grid 'high' is not a \\[grids\\] entry"),
+        (low + arm.format(group="pairs", algo="dpo", grid=""), "arm 'x' has no grid"),
+        ('[grids]\nlow = [1e-6, 1.0000001e-6]\n\n' + arm.format(group="pairs", algo="dpo", grid='grid = "low"\n'),
+         "grid 'low' has learning rates equal to 6 significant digits"),  # two rates that would share a result file
+    ]
     bad = tmp_path / "arms.toml"
-    grids = '[grids]\nlow = [1e-6, 1e-5]\n\n'
-    bad.write_text(grids + '[[arm]]\nname = "x"\ngroup = "pairs"\nabout = "x"\nalgo = "ppo"\ngrid = "low"\n')
-    with pytest.raises(ValueError, match="unknown method 'ppo'"):
-        load_arms(bad)
-    bad.write_text(grids + '[[arm]]\nname = "x"\ngroup = "vibes"\nabout = "x"\nalgo = "dpo"\ngrid = "low"\n')
-    with pytest.raises(ValueError, match="arm 'x': unknown group 'vibes'"):
-        load_arms(bad)
-    bad.write_text(grids + '[[arm]]\nname = "x"\ngroup = "pairs"\nabout = "x"\nalgo = "dpo"\ngrid = "low"\nas_sfft = true\n')
-    with pytest.raises(ValueError, match="arm 'x': as_sfft is not a key of a pairs arm"):
-        load_arms(bad)
-    bad.write_text(grids + '[[arm]]\nname = "x"\ngroup = "pairs"\nabout = "x"\nalgo = "dpo"\ngrid = "high"\n')
-    with pytest.raises(ValueError, match="arm 'x': grid 'high' is not a \\[grids\\] entry"):
-        load_arms(bad)
-    bad.write_text(grids + '[[arm]]\nname = "x"\ngroup = "pairs"\nabout = "x"\nalgo = "dpo"\n')
-    with pytest.raises(ValueError, match="arm 'x' has no grid"):
-        load_arms(bad)
-    bad.write_text('[grids]\nlow = [1e-6, 1.0000001e-6]\n\n[[arm]]\nname = "x"\ngroup = "pairs"\nabout = "x"\n'
-                   'algo = "dpo"\ngrid = "low"\n')  # two rates that would share a result file
-    with pytest.raises(ValueError, match="grid 'low' has learning rates equal to 6 significant digits"):
-        load_arms(bad)
+    for text, error in cases:
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=error):
+            load_arms(bad)
 
 
 def test_the_lr_is_selected_on_validation_and_never_on_test():
