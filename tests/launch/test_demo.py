@@ -11,7 +11,7 @@ import msgpack
 import pytest
 
 from agents.worlds.arithmetic import parse
-from launch.demo import DEMO_METHOD, QUICK, Plan, prepare_model, to_toml, topology
+from launch.demo import DEMO_METHOD, QUICK, Plan, prepare_model, to_toml, topology, write_data
 from launch.topology import TopologyError, load_topology
 from protocol.settings import read_config_file
 from tests.launch.test_cli import SELFPLAY
@@ -102,6 +102,19 @@ def test_quick_demo_writes_a_summary_and_report_that_agree_with_the_ledger(tmp_p
     stamp = (model / "model.safetensors").stat().st_mtime_ns
     assert prepare_model(replace(QUICK, seed=seed), model, tmp_path / f"data{suffix}" / "sft.jsonl") == model  # cached
     assert (model / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_the_cached_model_is_rebuilt_when_its_sft_data_changes(tmp_path):
+    data = write_data(QUICK, tmp_path / "data")
+    said: list[str] = []
+    model = prepare_model(QUICK, tmp_path / "model", data["warmup"], say=said.append)
+    stamp = (model / "model.safetensors").stat().st_mtime_ns
+    prepare_model(QUICK, model, data["warmup"], say=said.append)
+    assert "reusing" in said[-1] and (model / "model.safetensors").stat().st_mtime_ns == stamp
+    rows = data["warmup"].read_text().splitlines()
+    data["warmup"].write_text("\n".join(rows[1:] + rows[:1]) + "\n")  # the same settings, other data
+    prepare_model(QUICK, model, data["warmup"], say=said.append)
+    assert "building" in said[-1] and (model / "model.safetensors").stat().st_mtime_ns != stamp
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.toml")), ids=lambda p: p.name)
