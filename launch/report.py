@@ -7,7 +7,8 @@
 comes from the ledger (never from a process's memory), so a report of a crashed or still-running run
 is as good as one of a finished run. Held-out accuracy is the share of held-out prompts whose greedy
 answer scored 1 (exact), per policy version that was evaluated; its standard error is sqrt(p(1-p)/n).
-With promotion, the summary also has each version's validation score, the versions promoted to best
+With promotion, the summary also has each version's validation score (by the creator's promotion metric, from
+the creator-done.json it writes when it ends; the mean score before that), the versions promoted to best
 (each scored above every version validated before it: the creator's rule, agents/promotion.py) and the
 rollbacks (version -> the version it restored), and the report marks them; `acc_best` is the best test
 accuracy of any version, to set the final one against. `rounds` counts the versions trained (a
@@ -16,6 +17,7 @@ rollback publishes a version but trains nothing).
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,16 @@ def accuracy(scores: list[float]) -> dict[str, float]:
     n = len(scores)
     p = sum(s >= 1.0 for s in scores) / n if n else 0.0
     return {"acc": p, "stderr": math.sqrt(p * (1 - p) / n) if n else 0.0, "n": n}
+
+
+def _decided_validation(run_dir: Path) -> dict[int, float]:
+    """Each version's validation score as the creator decided on it (its `promotion_metric`: the mean score, or
+    the share solved), from the summary it writes when it ends; empty before that or without promotion."""
+    try:
+        done = json.loads((run_dir / "creator-done.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return dict(sorted((int(v), float(score)) for v, score in (done.get("validation") or {}).items()))
 
 
 def summarize(run_dir: str | Path) -> dict[str, Any]:
@@ -45,10 +57,11 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
                     "before": accuracy([s for d, s in evals[first].values() if d == level]),
                     "after": accuracy([s for d, s in evals[last].values() if d == level])}
         rewards = ledger.reward_by_version()
-        validation = ledger.reward_by_version("validation")
+        validation = {v: mean for v, (mean, _) in ledger.reward_by_version("validation").items()}
+        validation = _decided_validation(Path(run_dir)) or validation  # the creator's own metric, once it has ended
         restores = ledger.restores()
         promotions, top = [], None
-        for version, (mean, _) in validation.items():  # versions in order; a restored copy has no answers of its own
+        for version, mean in validation.items():  # versions in order; a restored copy has no answers of its own
             if top is not None and mean > top:
                 promotions.append(version)
             top = mean if top is None else max(top, mean)
@@ -69,7 +82,7 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
         "acc_best": {"version": best, **by_version[best]} if best is not None else None,
         "acc_final": {"version": max(by_version), **after} if after else None,
         "acc_by_version": {str(v): a for v, a in by_version.items()},
-        "validation_by_version": {str(v): mean for v, (mean, _) in validation.items()},
+        "validation_by_version": {str(v): mean for v, mean in validation.items()},
         "promotions": promotions,
         "rollbacks": {str(v): source for v, source in restores.items()},
         "acc_by_difficulty": by_difficulty,

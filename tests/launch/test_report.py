@@ -1,5 +1,6 @@
 """`summarize` on a small ledger built through agents/ledger.py, the figures worked by hand."""
 
+import json
 import math
 
 import pytest
@@ -61,3 +62,9 @@ def test_a_run_with_promotion_reports_validation_promotions_and_rollbacks(tmp_pa
     assert summary["acc_final"]["acc"] == summary["acc_best"]["acc"] == 1.0
     assert summary["acc_by_version"]["2"]["acc"] == 0.0  # the rejected version is reported, not hidden
     assert write_report(summary, tmp_path / "report.png").stat().st_size > 10_000
+
+    # once the creator has ended, its own scores (by its promotion metric, here not the mean) decide what is marked
+    (tmp_path / "creator-done.json").write_text(json.dumps({"validation": {"0": 0.25, "1": 0.5, "2": 0.75}}))
+    decided = summarize(tmp_path)
+    assert decided["validation_by_version"] == {"0": 0.25, "1": 0.5, "2": 0.75}
+    assert decided["promotions"] == [1, 2]
