@@ -57,8 +57,8 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
                     "before": accuracy([s for d, s in evals[first].values() if d == level]),
                     "after": accuracy([s for d, s in evals[last].values() if d == level])}
         rewards = ledger.reward_by_version()
-        validation = {v: mean for v, (mean, _) in ledger.reward_by_version("validation").items()}
-        validation = _decided_validation(Path(run_dir)) or validation  # the creator's own metric, once it has ended
+        validation = _decided_validation(Path(run_dir)) or {  # the creator's own metric once it has ended
+            v: mean for v, (mean, _) in ledger.reward_by_version("validation").items()}
         restores = ledger.restores()
         promotions, top = [], None
         for version, mean in validation.items():  # versions in order; a restored copy has no answers of its own
