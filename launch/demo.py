@@ -62,6 +62,12 @@ class Plan:
     sft_max_prompt_length: int = 32  # tokens of an SFT prompt (the methods table's framed prompts need more)
     seeds: int = 16384  # seed prompts of the loop: more than its rounds solve, so each round meets fresh ones
     seed_levels: tuple[int, ...] = (3, 4, 4)  # the seed prompts: the hardest SFT taught, and the level it barely does
+    # more seed prompts, of a level the start already solves: while it does, their answers all score alike and
+    # train nothing; if learning the harder levels makes the policy forget it, their groups differ and RLOO pulls
+    # it back. Drawn after the SFT data with their own generator, so they do not change the start. Off: on seeds
+    # 3-5 it did not raise the gain (docs/demo.md)
+    guard_seeds: int = 0
+    guard_levels: tuple[int, ...] = (2,)
     eval_per_level: tuple[tuple[int, int], ...] = ((2, 200), (3, 200), (4, 600))  # held-out test (level, prompts)
     validation_per_level: tuple[tuple[int, int], ...] = ((2, 200), (3, 200), (4, 600))  # what promotion decides on
     promotion: bool = True  # a version worse than the best on validation is not served (docs/live.md)
@@ -105,6 +111,11 @@ def write_data(plan: Plan, directory: Path) -> dict[str, Path]:
     sft = world.problems(total - three, plan.sft_levels, rng, exclude=exclude, distinct=False)
     sft += world.problems(three, (3, 4), rng, exclude=exclude, distinct=False, operands=3)
     rng.shuffle(sft)
+    if plan.guard_seeds:
+        guard_rng = random.Random(30_000 + plan.seed)
+        guard = world.problems(plan.guard_seeds, plan.guard_levels, guard_rng, exclude=unseen | {p.text for p in seeds})
+        seeds += world.demonstrations(guard, guard_rng, wrong_fraction=plan.wrong_demonstrations, prefix="guard")
+        guard_rng.shuffle(seeds)
 
     def row(p) -> dict[str, Any]:
         return {"id": p.prompt_id, "prompt": p.text, "answer": p.answer, "difficulty": p.difficulty,

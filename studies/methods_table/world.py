@@ -20,7 +20,7 @@ from protocol.messages import Prompt
 from trainer.methods.contrastive import ContrastiveSettings, contrastive_prompt
 from trainer.methods.cut import CUTSettings
 
-TABLE_DATA = {"seeds": 2048, "seed_levels": (2, 3, 4), "sft_three_operands": 0.10}
+TABLE_DATA = {"seeds": 2048, "seed_levels": (2, 3, 4), "sft_three_operands": 0.10, "guard_seeds": 0}
 
 
 @dataclass(frozen=True)

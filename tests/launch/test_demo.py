@@ -117,6 +117,21 @@ def test_the_cached_model_is_rebuilt_when_its_sft_data_changes(tmp_path):
     assert "building" in said[-1] and (model / "model.safetensors").stat().st_mtime_ns != stamp
 
 
+def test_guard_seeds_join_the_seed_prompts_without_changing_the_start(tmp_path):
+    plan = replace(QUICK, seeds=64, seed_levels=(3, 4, 4), guard_seeds=32, guard_levels=(2,))
+    guarded, plain = write_data(plan, tmp_path / "guarded"), write_data(replace(plan, guard_seeds=0), tmp_path / "plain")
+    assert guarded["warmup"].read_bytes() == plain["warmup"].read_bytes()  # the same SFT data, so the same start
+    rows = [json.loads(line) for line in guarded["seeds"].read_text().splitlines()]
+    plain_ids = {json.loads(line)["id"] for line in plain["seeds"].read_text().splitlines()}
+    guards = [r for r in rows if r["id"] not in plain_ids]
+    assert len(rows) == 96 and len({r["id"] for r in rows}) == 96 and len(guards) == 32
+    assert {r["difficulty"] for r in guards} == {2} and all(r["demonstration"] for r in guards)
+    assert any(r["id"] in plain_ids for r in rows[:48]) and guards != rows[-32:]  # mixed in, not appended
+    held = {json.loads(line)["prompt"] for name in ("eval", "validation")
+            for line in guarded[name].read_text().splitlines()}
+    assert not held & {r["prompt"] for r in rows}
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.toml")), ids=lambda p: p.name)
 def test_every_shipped_config_is_a_valid_topology(path):
     topo = load_topology(path)
