@@ -78,7 +78,11 @@ class Plan:
     temperature: float = 0.7  # eva's
     pool_per_round: int = 1024  # prompts solved per round (seeds and evolved ones)
     rewrites_per_prompt: int = 1  # eva: 4; one rewrite keeps evolved prompts near what the model can learn
-    lr: float = 2e-4  # LoRA; tuned for RLOO on seed 3 (docs/demo.md), not on the seeds the README reports
+    lr: float = 2e-4  # LoRA, RLOO and GRPO; tuned for RLOO on seed 3 (docs/demo.md), not on the seeds the README reports
+    # the other methods, which the demo did not tune: the rate the methods table selected for each on its validation
+    # split, from the authors' LoRA range (docs/methods.md); DPO is the table's DPO + NLL arm, GSIL its logistic one
+    method_lr: tuple[tuple[str, float], ...] = (("dpo", 1.5e-5), ("ipo", 3e-6), ("simpo", 3e-6), ("spin", 3e-6),
+                                                ("gsil", 1.5e-5), ("cut", 5e-5), ("contrastive-sft", 5e-5))
     nll_alpha: float = 10.0  # the DPO family's NLL term on the chosen answer (docs/demo.md: without it DPO degrades)
     min_train_score: float | None = 1.0  # pair methods train on groups with a right answer (it is the chosen one);
     # RLOO and GRPO learn from every group whose graded scores differ (partial credit where no answer is right yet)
@@ -178,9 +182,9 @@ def topology(plan: Plan, algo: str, run_dir: Path, model: Path, data: dict[str, 
     method = get_method(algo)
     demos = method.judge == "none"  # learns from demonstrations
     pairs = any({"chosen", "rejected"} <= set(fields) for fields in method.formats)
-    trainer: dict[str, Any] = {"algo": algo, "model": str(model), "lr": plan.lr, "batch_size": 8,
-                               "lora": {"r": 16, "alpha": 32}, "max_length": 96, "max_prompt_length": 32,
-                               "seed": plan.seed}
+    trainer: dict[str, Any] = {"algo": algo, "model": str(model), "lr": dict(plan.method_lr).get(algo, plan.lr),
+                               "batch_size": 8, "lora": {"r": 16, "alpha": 32}, "max_length": 96,
+                               "max_prompt_length": 32, "seed": plan.seed}
     if method.settings is not None and "nll_alpha" in method.settings.model_fields:  # the DPO family
         trainer[method.section] = {"nll_alpha": plan.nll_alpha}
     return {

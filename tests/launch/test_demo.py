@@ -11,7 +11,7 @@ import msgpack
 import pytest
 
 from agents.worlds.arithmetic import parse
-from launch.demo import DEMO_METHOD, QUICK, Plan, prepare_model, to_toml, topology, write_data
+from launch.demo import ALGOS, DEMO_METHOD, QUICK, Plan, prepare_model, to_toml, topology, write_data
 from launch.topology import TopologyError, load_topology
 from protocol.settings import read_config_file
 from tests.launch.test_cli import SELFPLAY
@@ -115,6 +115,20 @@ def test_the_cached_model_is_rebuilt_when_its_sft_data_changes(tmp_path):
     data["warmup"].write_text("\n".join(rows[1:] + rows[:1]) + "\n")  # the same settings, other data
     prepare_model(QUICK, model, data["warmup"], say=said.append)
     assert "building" in said[-1] and (model / "model.safetensors").stat().st_mtime_ns != stamp
+
+
+def test_each_method_trains_at_the_rate_the_methods_table_selected(tmp_path):
+    """The demo's rate of every method it did not tune is the one the committed methods table chose on validation."""
+    rows = json.loads((ROOT / "docs" / "methods" / "results.json").read_text())["rows"]
+    arm = {"dpo": "dpo+nll", "gsil": "gsil-logistic"}
+    plan, data = Plan(), {name: tmp_path / name for name in ("seeds", "eval", "validation")}
+    assert set(ALGOS) == {"rloo", "grpo", *dict(plan.method_lr)}  # a new method needs its rate
+    for algo in ALGOS:
+        lr = topology(plan, algo, tmp_path / algo, tmp_path / "model", data)["trainer"]["lr"]
+        if algo in ("rloo", "grpo"):
+            assert lr == plan.lr  # tuned in the demo itself
+        else:
+            assert lr == rows[arm.get(algo, algo)]["lr"], algo
 
 
 def test_guard_seeds_join_the_seed_prompts_without_changing_the_start(tmp_path):
