@@ -32,7 +32,11 @@ import structlog
 
 from agents.worlds import arithmetic as world
 from trainer.methods import SUPERVISED, get_method, names
+from trainer.methods.contrastive import CONTRASTIVE_SFT
+from trainer.methods.cut import CUT
+from trainer.methods.demonstrations import GSIL, SPIN
 from trainer.methods.policy_gradient import RLOO
+from trainer.methods.preference import DPO, IPO, SIMPO
 
 log = structlog.get_logger("launch.demo")
 
@@ -81,8 +85,9 @@ class Plan:
     lr: float = 2e-4  # LoRA, RLOO and GRPO; tuned for RLOO on seed 3 (docs/demo.md), not on the seeds the README reports
     # the other methods, which the demo did not tune: the rate the methods table selected for each on its validation
     # split, from the authors' LoRA range (docs/methods.md); DPO is the table's DPO + NLL arm, GSIL its logistic one
-    method_lr: tuple[tuple[str, float], ...] = (("dpo", 1.5e-5), ("ipo", 3e-6), ("simpo", 3e-6), ("spin", 3e-6),
-                                                ("gsil", 1.5e-5), ("cut", 5e-5), ("contrastive-sft", 5e-5))
+    method_lr: tuple[tuple[str, float], ...] = (
+        (DPO.name, 1.5e-5), (IPO.name, 3e-6), (SIMPO.name, 3e-6), (SPIN.name, 3e-6), (GSIL.name, 1.5e-5),
+        (CUT.name, 5e-5), (CONTRASTIVE_SFT.name, 5e-5))
     nll_alpha: float = 10.0  # the DPO family's NLL term on the chosen answer (docs/demo.md: without it DPO degrades)
     min_train_score: float | None = 1.0  # pair methods train on groups with a right answer (it is the chosen one);
     # RLOO and GRPO learn from every group whose graded scores differ (partial credit where no answer is right yet)
