@@ -5,13 +5,15 @@
     python bench/demo_table.py --quick --algos dpo --seeds 0 --root /tmp/d   # a smoke run
 
 Resumable: a run whose summary.json was written with the same plan is read, not run again (kill it and
-start it again: only the unfinished runs go again). Writes OUT/table.md and OUT/results.json; the last
-line printed is one JSON object with every run's figures.
+start it again: only the unfinished runs go again). Writes OUT/table.md and OUT/results.json, keeping the
+rows already in OUT/results.json for other methods and seeds when they were run with the same plan (a row
+of another plan is dropped, and said so); the last line printed is one JSON object with every run's figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import sys
@@ -33,6 +35,28 @@ def one(algo: str, seed: int, root: Path, plan: Plan) -> dict:
         if summary.get("plan") == json.loads(json.dumps(asdict(plan))):
             return summary
     return run_demo(algo, root, plan, say=lambda line: print(f"  {algo} seed {seed}: {line}", flush=True))
+
+
+def plan_digest(plan: Plan) -> str:
+    """What makes rows of the table comparable: every knob of the plan but the seed."""
+    knobs = {k: v for k, v in asdict(plan).items() if k != "seed"}
+    return hashlib.sha256(json.dumps(knobs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def kept_rows(path: Path, digest: str, ran: dict[str, dict[int, dict]]) -> dict[str, dict[int, dict]]:
+    """The rows of an earlier results.json that this run did not redo and that share its plan."""
+    if not path.exists():
+        return {}
+    kept: dict[str, dict[int, dict]] = {}
+    for algo, by_seed in json.loads(path.read_text()).items():
+        for seed, row in by_seed.items():
+            if int(seed) in ran.get(algo, {}):
+                continue
+            if row.get("plan") != digest:
+                print(f"dropping {algo} seed {seed} from {path}: run with another plan ({row.get('plan')})")
+                continue
+            kept.setdefault(algo, {})[int(seed)] = row
+    return kept
 
 
 def figures(summary: dict) -> dict:
@@ -73,12 +97,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the demo's --quick plan: a smoke run, not a result")
     args = parser.parse_args()
     plan = QUICK if args.quick else Plan()
-    results: dict[str, dict[int, dict]] = {}
+    digest = plan_digest(plan)
+    ran: dict[str, dict[int, dict]] = {}
     for algo in args.algos.split(","):
         if algo not in ALGOS:
             parser.error(f"unknown method {algo!r}; one of {', '.join(ALGOS)}")
         for seed in (int(s) for s in args.seeds.split(",")):
-            results.setdefault(algo, {})[seed] = figures(one(algo, seed, Path(args.root), plan))
+            ran.setdefault(algo, {})[seed] = figures(one(algo, seed, Path(args.root), plan)) | {"plan": digest}
+    results = kept_rows(Path(args.out) / "results.json", digest, ran) if args.out else {}
+    for algo, by_seed in ran.items():
+        results[algo] = dict(sorted((results.get(algo, {}) | by_seed).items()))
     text = table(results)
     print(text)
     if args.out:
