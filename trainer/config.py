@@ -18,7 +18,7 @@ from pydantic import Field, ValidationError, create_model, field_validator, mode
 from protocol.settings import ConfigError, Strict, format_validation_error, read_config_file
 from trainer.methods import METHODS, settings_sections
 
-__all__ = ["LIVE_FIXED", "ConfigError", "GenerationSettings", "LoraSettings", "TrainConfig", "config_reference",
+__all__ = ["LIVE_FIXED", "ConfigError", "GenerationSettings", "LoraSettings", "ReplaySettings", "TrainConfig", "config_reference",
            "load_config"]
 
 
@@ -35,6 +35,15 @@ class GenerationSettings(Strict):
     temperature: float = Field(1.0, ge=0, description="Sampling temperature; 0 = greedy.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     batch_size: int = Field(16, ge=1, description="Prompts per generate() call.")
+
+
+class ReplaySettings(Strict):
+    data: str | None = Field(
+        None, description="Demonstrations (prompt/completion rows) kept in play against forgetting: every optimizer "
+                          "step adds `weight` times their token-mean NLL on `batch_size` of them to the method's loss "
+                          "(InstructGPT's PPO-ptx term, there on pretraining text). None: off.")
+    weight: float = Field(1.0, ge=0, description="Weight of the replay NLL in the loss.")
+    batch_size: int = Field(8, ge=1, description="Replay rows per micro-batch (per optimizer step unless grad_accum > 1).")
 
 
 class TrainSettings(Strict):
@@ -72,6 +81,9 @@ class TrainSettings(Strict):
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     generation: GenerationSettings = Field(default_factory=GenerationSettings,
                                            description="Sampling of y_gen for GSIL/SPIN when the data has none.")
+    replay: ReplaySettings = Field(default_factory=ReplaySettings,
+                                   description="A likelihood term on fixed demonstrations in every step (off "
+                                               "unless replay.data is set).")
 
     @field_validator("algo")
     @classmethod

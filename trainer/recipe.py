@@ -37,10 +37,11 @@ from trainer.checkpoint import (
     save_checkpoint,
 )
 from trainer.config import TrainConfig
-from trainer.data import Batch, Renderer, collate, plan_batches, read_rows, split_messages
+from trainer.data import Batch, Example, Renderer, collate, plan_batches, read_rows, split_messages
 from trainer.generate import sample_responses
 from trainer.logps import SeqLogps, reference_logps, sequence_logps
-from trainer.methods import build_examples, check_rows, get_method
+from trainer.methods import SUPERVISED, build_examples, check_rows, get_method
+from trainer.methods.losses import sft_loss
 
 log = structlog.get_logger("trainer.recipe")
 
@@ -55,6 +56,7 @@ class Recipe:
         self.logp_cache: dict[tuple[int, str, str], tuple[float, torch.Tensor]] = {}
         self.step_seconds: list[float] = []  # wall time of each optimizer step (benchmarks read it)
         self._plans: dict[int, list[list[int]]] = {}
+        self._replay_plan: tuple[int, list[list[int]]] = (-1, [])  # (epoch, batches) of config.replay's rows
         # the steps the warmup and decay span when rounds arrive one at a time (train_round) and their total is
         # planned ahead (the methods table); None: the schedule spans this run's own total steps
         self.schedule_steps: int | None = None
@@ -91,6 +93,7 @@ class Recipe:
             generated = self._generated_answers(rows, renderer)
             rows = [{**row, "generated": generated[i]} for i, row in enumerate(rows)]
         self.examples = build_examples(rows, cfg, renderer)
+        self.replay = self._replay_examples()
         batches_per_epoch = math.ceil(len(self.examples) / cfg.batch_size)
         self.total_steps = cfg.max_steps or cfg.epochs * math.ceil(batches_per_epoch / cfg.grad_accum)
 
@@ -161,6 +164,29 @@ class Recipe:
         positions = plan[self.cursor.batch]
         self.cursor.batch += 1
         return collate([self.examples[i] for i in positions], self.tokenizer.pad_token_id).to(self.device)
+
+    def _replay_examples(self) -> list[Example]:
+        """config.replay's rows as SFT examples; none when replay is off."""
+        spec = self.config.replay
+        if spec.data is None:
+            return []
+        rows = read_rows(spec.data)
+        check_rows(rows, SUPERVISED, source=spec.data)
+        examples = build_examples(rows, self.config.model_copy(update={"algo": SUPERVISED}), self.renderer)
+        log.info("replay", rows=len(examples), weight=spec.weight, batch_size=spec.batch_size)
+        return examples
+
+    def replay_nll(self, index: int) -> torch.Tensor:
+        """Token-mean NLL of the replay batch of micro-batch `index` (counted over the whole run). The batch is a
+        function of the index alone, so a resumed run replays what an uninterrupted one would have."""
+        size = self.config.replay.batch_size
+        per_epoch = math.ceil(len(self.replay) / size)
+        epoch, position = divmod(index, per_epoch)
+        if self._replay_plan[0] != epoch:
+            self._replay_plan = (epoch, plan_batches(self.replay, size, self.config.seed + 1, epoch))
+        batch = collate([self.replay[i] for i in self._replay_plan[1][position]], self.tokenizer.pad_token_id)
+        out = self.policy_logps(batch.to(self.device))
+        return sft_loss(out.token_logps, out.mask).loss
 
     def _plan(self, epoch: int) -> list[list[int]]:
         if epoch not in self._plans:
@@ -233,11 +259,16 @@ class Recipe:
         while self.cursor.step < end:
             started, tokens = time.perf_counter(), 0
             sums: dict[str, float] = defaultdict(float)
-            for _ in range(cfg.grad_accum):
+            for micro in range(cfg.grad_accum):
                 batch = self.next_batch()
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
                     out = step_fn(self, batch)
-                (out.loss / cfg.grad_accum).backward()
+                    loss = out.loss
+                    if self.replay:  # the method's loss plus a likelihood term on fixed demonstrations
+                        nll = self.replay_nll(self.cursor.step * cfg.grad_accum + micro)
+                        loss = loss + cfg.replay.weight * nll
+                        sums["replay_nll"] += nll.item() / cfg.grad_accum
+                (loss / cfg.grad_accum).backward()
                 tokens += int(batch.attention_mask.sum())
                 sums["loss"] += out.loss.item() / cfg.grad_accum
                 for name, value in out.metrics.items():
@@ -313,7 +344,7 @@ class Recipe:
 
 
 _SHOWN = {"loss", "nll", "margin", "accuracy", "r_real", "r_generated", "real_term", "generated_term", "l1", "l2",
-          "flagged_fraction", "r_chosen", "r_rejected", "kl", "clip_fraction"}
+          "flagged_fraction", "r_chosen", "r_rejected", "kl", "clip_fraction", "replay_nll"}
 
 
 def run(config: TrainConfig, resume: bool = False) -> dict[str, float]:

@@ -10,8 +10,9 @@ from transformers import AutoModelForCausalLM
 
 from tests.trainer.datasets import FORMAT_OF, write
 from trainer.config import TrainConfig
-from trainer.data import collate
+from trainer.data import collate, read_rows
 from trainer.logps import sequence_logps
+from trainer.methods import build_examples
 from trainer.recipe import Recipe, run
 
 ALGOS = ["sft", "dpo", "ipo", "simpo", "spin", "gsil", "cut", "contrastive-sft", "grpo", "rloo"]
@@ -86,12 +87,16 @@ def test_full_finetuning_changes_every_weight(tmp_path, tiny_models, algo):
     assert all(torch.equal(p, dict(recipe.model.named_parameters())[n]) for n, p in reloaded.named_parameters())
 
 
-@pytest.mark.parametrize("algo", ["dpo", "gsil", "grpo"])  # grpo: clipped against the run's start, kept on resume
-def test_resume_is_exact(tmp_path, tiny_models, algo):
+# grpo: clipped against the run's start, kept on resume; with replay: 8 replay rows at 3 a step cross two epochs
+@pytest.mark.parametrize("algo, replay", [("dpo", False), ("gsil", False), ("grpo", False), ("grpo", True)])
+def test_resume_is_exact(tmp_path, tiny_models, algo, replay):
     """6 steps straight == 3 steps, a 'crash', and --resume for the other 3: same losses and weights.
     LoRA dropout is on, so the RNG state must be restored too; 8 rows at batch 4 cross an epoch."""
     overrides = {"batch_size": 4, "lora": {"r": 4, "alpha": 8, "dropout": 0.1}, "scheduler": "cosine",
                  "warmup_ratio": 0.2}
+    if replay:
+        data = write(tmp_path / "replay.jsonl", "prompt_completion", n=8, seed=1)
+        overrides["replay"] = {"data": str(data), "batch_size": 3}
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     run(make_config(tmp_path / "a", tiny_models, algo, **overrides))
@@ -130,3 +135,24 @@ def test_bf16_autocast_path_runs(tmp_path, tiny_models, algo):
     assert torch.isfinite(torch.tensor(metrics["loss"]))
     assert all(isinstance(total, float) and tokens.dtype == torch.float32
                for total, tokens in recipe.logp_cache.values())
+
+
+def test_replay_keeps_its_demonstrations_likely(tmp_path, tiny_models):
+    """DPO on arithmetic pairs with and without a replay term on other problems' demonstrations: the replay rows
+    become more likely only with it, and its NLL is logged each step."""
+    replay = write(tmp_path / "replay.jsonl", "prompt_completion", n=8, seed=1)
+    nll = {}
+    for on in (False, True):
+        (tmp_path / str(on)).mkdir()
+        config = make_config(tmp_path / str(on), tiny_models, "dpo", **({"replay": {"data": str(replay)}} if on else {}))
+        recipe, _ = train_with_snapshot(config)
+        examples = build_examples(read_rows(replay), config.model_copy(update={"algo": "sft"}), recipe.renderer)
+        batch = collate(examples, recipe.tokenizer.pad_token_id)
+        with torch.no_grad():
+            out = sequence_logps(recipe.model, batch.input_ids, batch.attention_mask, batch.score_mask)
+        nll[on] = float(-(out.token_logps * out.mask).sum() / out.mask.sum())
+        logged = [json.loads(line) for line in (tmp_path / str(on) / "out" / "metrics.jsonl").read_text().splitlines()]
+        assert all(("replay_nll" in step) == on for step in logged)
+        if on:
+            assert logged[-1]["replay_nll"] < logged[0]["replay_nll"]
+    assert nll[True] < nll[False] - 0.1, nll
