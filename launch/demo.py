@@ -72,6 +72,13 @@ class Plan:
     # 3-5 it did not raise the gain (docs/demo.md)
     guard_seeds: int = 0
     guard_levels: tuple[int, ...] = (2,)
+    # a likelihood term on SFT rows in every training step (the trainer's replay, InstructGPT's PPO-ptx): weight 0 is
+    # off. Against what seed 1 showed: training on levels 3-4 moved where the tens column reads its digits from,
+    # and level 2 fell (docs/demo.md); replay keeps SFT problems of every level in play. Rows: the first
+    # `replay_rows` of the SFT data (it is shuffled), so the start does not change
+    replay_weight: float = 0.0
+    replay_rows: int = 4096
+    replay_batch: int = 4
     eval_per_level: tuple[tuple[int, int], ...] = ((2, 200), (3, 200), (4, 600))  # held-out test (level, prompts)
     validation_per_level: tuple[tuple[int, int], ...] = ((2, 200), (3, 200), (4, 600))  # what promotion decides on
     promotion: bool = True  # a version worse than the best on validation is not served (docs/live.md)
@@ -131,11 +138,14 @@ def write_data(plan: Plan, directory: Path) -> dict[str, Path]:
                 **({"demonstration": p.demonstration} if p.demonstration else {})}
 
     paths = {"seeds": directory / "seeds.jsonl", "eval": directory / "eval.jsonl",
-             "validation": directory / "validation.jsonl", "warmup": directory / "sft.jsonl"}
+             "validation": directory / "validation.jsonl", "warmup": directory / "sft.jsonl",
+             "replay": directory / "replay.jsonl"}
     paths["seeds"].write_text("".join(json.dumps(row(p)) + "\n" for p in seeds))
     paths["eval"].write_text("".join(json.dumps(row(p)) + "\n" for p in held_out))
     paths["validation"].write_text("".join(json.dumps(row(p)) + "\n" for p in validation))
-    paths["warmup"].write_text("".join(json.dumps({"prompt": p.text, "completion": p.solution()}) + "\n" for p in sft))
+    sft_rows = [json.dumps({"prompt": p.text, "completion": p.solution()}) + "\n" for p in sft]
+    paths["warmup"].write_text("".join(sft_rows))
+    paths["replay"].write_text("".join(sft_rows[:plan.replay_rows]))
     return paths
 
 
@@ -190,6 +200,8 @@ def topology(plan: Plan, algo: str, run_dir: Path, model: Path, data: dict[str, 
     trainer: dict[str, Any] = {"algo": algo, "model": str(model), "lr": dict(plan.method_lr).get(algo, plan.lr),
                                "batch_size": 8, "lora": {"r": 16, "alpha": 32}, "max_length": 96,
                                "max_prompt_length": 32, "seed": plan.seed}
+    if plan.replay_weight:
+        trainer["replay"] = {"data": str(data["replay"]), "weight": plan.replay_weight, "batch_size": plan.replay_batch}
     if method.settings is not None and "nll_alpha" in method.settings.model_fields:  # the DPO family
         trainer[method.section] = {"nll_alpha": plan.nll_alpha}
     return {
