@@ -73,9 +73,9 @@ class Plan:
     guard_seeds: int = 0
     guard_levels: tuple[int, ...] = (2,)
     # a likelihood term on SFT rows in every training step (the trainer's replay, InstructGPT's PPO-ptx): weight 0 is
-    # off. Against what seed 1 showed: training on levels 3-4 moved where the tens column reads its digits from,
-    # and level 2 fell (docs/demo.md); replay keeps SFT problems of every level in play. Rows: the first
-    # `replay_rows` of the SFT data (it is shuffled), so the start does not change
+    # off. Against the forgetting seeds 1 and 7 showed (training on levels 3-4 moves where the tens column reads its
+    # digits from). Off: at weight 1 it kept level 2 on seed 7 (+4.2 se against +0.8) but cost seed 3 four of
+    # its ten rounds (+0.1 against +2.1; docs/demo.md). Rows: the first `replay_rows` of the (shuffled) SFT data
     replay_weight: float = 0.0
     replay_rows: int = 4096
     replay_batch: int = 4
