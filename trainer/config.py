@@ -42,7 +42,8 @@ class ReplaySettings(Strict):
         None, description="Demonstrations (prompt/completion rows) kept in play against forgetting: every optimizer "
                           "step adds `weight` times their token-mean NLL on `batch_size` of them to the method's loss "
                           "(InstructGPT's PPO-ptx term, there on pretraining text). None: off.")
-    weight: float = Field(1.0, ge=0, description="Weight of the replay NLL in the loss.")
+    weight: float = Field(1.0, ge=0, description="Weight of the replay NLL in the loss (averaged over grad_accum like "
+                                                 "the method's loss; 0: no replay pass).")
     batch_size: int = Field(8, ge=1, description="Replay rows per micro-batch (per optimizer step unless grad_accum > 1).")
 
 

@@ -37,7 +37,7 @@ from trainer.checkpoint import (
     save_checkpoint,
 )
 from trainer.config import TrainConfig
-from trainer.data import Batch, Example, Renderer, collate, plan_batches, read_rows, split_messages
+from trainer.data import Batch, DataError, Example, Renderer, collate, plan_batches, read_rows, split_messages
 from trainer.generate import sample_responses
 from trainer.logps import SeqLogps, reference_logps, sequence_logps
 from trainer.methods import SUPERVISED, build_examples, check_rows, get_method
@@ -170,9 +170,12 @@ class Recipe:
         spec = self.config.replay
         if spec.data is None:
             return []
-        rows = read_rows(spec.data)
-        check_rows(rows, SUPERVISED, source=spec.data)
-        examples = build_examples(rows, self.config.model_copy(update={"algo": SUPERVISED}), self.renderer)
+        try:
+            rows = read_rows(spec.data)
+            check_rows(rows, SUPERVISED, source=spec.data)
+            examples = build_examples(rows, self.config.model_copy(update={"algo": SUPERVISED}), self.renderer)
+        except (DataError, OSError) as e:
+            raise DataError(f"replay data {spec.data}: {e}") from None
         log.info("replay", rows=len(examples), weight=spec.weight, batch_size=spec.batch_size)
         return examples
 
@@ -263,12 +266,12 @@ class Recipe:
                 batch = self.next_batch()
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
                     out = step_fn(self, batch)
-                    loss = out.loss
-                    if self.replay:  # the method's loss plus a likelihood term on fixed demonstrations
+                (out.loss / cfg.grad_accum).backward()
+                if self.replay and cfg.replay.weight:  # a likelihood term on fixed demonstrations, its own backward
+                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
                         nll = self.replay_nll(self.cursor.step * cfg.grad_accum + micro)
-                        loss = loss + cfg.replay.weight * nll
-                        sums["replay_nll"] += nll.item() / cfg.grad_accum
-                (loss / cfg.grad_accum).backward()
+                    (cfg.replay.weight * nll / cfg.grad_accum).backward()
+                    sums["replay_nll"] += nll.item() / cfg.grad_accum
                 tokens += int(batch.attention_mask.sum())
                 sums["loss"] += out.loss.item() / cfg.grad_accum
                 for name, value in out.metrics.items():

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from tests.trainer.datasets import FORMAT_OF, write
 from trainer.config import TrainConfig
-from trainer.data import collate, read_rows
+from trainer.data import DataError, collate, read_rows
 from trainer.logps import sequence_logps
 from trainer.methods import build_examples
 from trainer.recipe import Recipe, run
@@ -87,7 +87,7 @@ def test_full_finetuning_changes_every_weight(tmp_path, tiny_models, algo):
     assert all(torch.equal(p, dict(recipe.model.named_parameters())[n]) for n, p in reloaded.named_parameters())
 
 
-# grpo: clipped against the run's start, kept on resume; with replay: 8 replay rows at 3 a step cross two epochs
+# grpo: clipped against the run's start, kept on resume; with replay: 8 replay rows, 3 a micro-batch, cross epochs
 @pytest.mark.parametrize("algo, replay", [("dpo", False), ("gsil", False), ("grpo", False), ("grpo", True)])
 def test_resume_is_exact(tmp_path, tiny_models, algo, replay):
     """6 steps straight == 3 steps, a 'crash', and --resume for the other 3: same losses and weights.
@@ -96,7 +96,7 @@ def test_resume_is_exact(tmp_path, tiny_models, algo, replay):
                  "warmup_ratio": 0.2}
     if replay:
         data = write(tmp_path / "replay.jsonl", "prompt_completion", n=8, seed=1)
-        overrides["replay"] = {"data": str(data), "batch_size": 3}
+        overrides |= {"replay": {"data": str(data), "batch_size": 3}, "grad_accum": 2}  # two replay batches a step
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     run(make_config(tmp_path / "a", tiny_models, algo, **overrides))
@@ -156,3 +156,9 @@ def test_replay_keeps_its_demonstrations_likely(tmp_path, tiny_models):
         if on:
             assert logged[-1]["replay_nll"] < logged[0]["replay_nll"]
     assert nll[True] < nll[False] - 0.1, nll
+
+
+def test_bad_replay_data_names_the_replay_file(tmp_path, tiny_models):
+    config = make_config(tmp_path, tiny_models, "dpo", replay={"data": str(tmp_path / "missing.jsonl")})
+    with pytest.raises(DataError, match=r"replay data .*missing\.jsonl"):
+        Recipe(config).setup()
