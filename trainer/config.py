@@ -39,8 +39,8 @@ class GenerationSettings(Strict):
 
 class ReplaySettings(Strict):
     data: str | None = Field(
-        None, description="Demonstrations (prompt/completion rows) kept in play against forgetting: every optimizer "
-                          "step adds `weight` times their token-mean NLL on `batch_size` of them to the method's loss "
+        None, description="Demonstrations (prompt/completion rows) kept in play against forgetting: every micro-batch "
+                          "adds `weight` times their token-mean NLL on `batch_size` of them to the method's loss "
                           "(InstructGPT's PPO-ptx term, there on pretraining text). None: off.")
     weight: float = Field(1.0, ge=0, description="Weight of the replay NLL in the loss (averaged over grad_accum like "
                                                  "the method's loss; 0: no replay pass).")

@@ -41,7 +41,6 @@ from trainer.data import Batch, DataError, Example, Renderer, collate, plan_batc
 from trainer.generate import sample_responses
 from trainer.logps import SeqLogps, reference_logps, sequence_logps
 from trainer.methods import SUPERVISED, build_examples, check_rows, get_method
-from trainer.methods.losses import sft_loss
 
 log = structlog.get_logger("trainer.recipe")
 
@@ -188,8 +187,7 @@ class Recipe:
         if self._replay_plan[0] != epoch:
             self._replay_plan = (epoch, plan_batches(self.replay, size, self.config.seed + 1, epoch))
         batch = collate([self.replay[i] for i in self._replay_plan[1][position]], self.tokenizer.pad_token_id)
-        out = self.policy_logps(batch.to(self.device))
-        return sft_loss(out.token_logps, out.mask).loss
+        return get_method(SUPERVISED).step(self, batch.to(self.device)).loss
 
     def _plan(self, epoch: int) -> list[list[int]]:
         if epoch not in self._plans:
