@@ -100,6 +100,7 @@ class Plan:
     # RLOO and GRPO learn from every group whose graded scores differ (partial credit where no answer is right yet)
     wrong_demonstrations: float = 0.2  # GSIL/SPIN: share of demonstrations stating a wrong result
     solvers: int = 2
+    solver_batch: int = 128  # prompts per generate() call: a whole task (about 2x faster than 16 on a CPU)
     max_minutes: float = 6.0  # the loop starts no round after this (with the SFT start, the demo stays within 10)
     seed: int = 0
 
@@ -221,7 +222,8 @@ def topology(plan: Plan, algo: str, run_dir: Path, model: Path, data: dict[str, 
                                 "promotion_metric": plan.promotion_metric}
                             if plan.promotion else {})},
         },
-        "solver": {"count": plan.solvers, "model": str(model), "device": "cpu", "threads": 1},
+        "solver": {"count": plan.solvers, "model": str(model), "device": "cpu", "threads": 1,
+                   "batch_size": plan.solver_batch},
         "judge": {"count": 1, "backend": "verifier", "checker": "agents.worlds.arithmetic:Checker"},
         "trainer": trainer,
     }

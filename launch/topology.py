@@ -103,6 +103,8 @@ class SolverSection(Strict):
                                                "next waits at the solver, not on a round trip to the hub. The hub "
                                                "gives a busy solver a task to hold only while every other solver "
                                                "still has one queued, so a held task never keeps a solver idle.")
+    batch_size: int = Field(16, ge=1, description="hf only: prompts per generate() call (each with its n samples). "
+                                                  "Larger batches generate faster per prompt while memory lasts.")
     threads: int | None = Field(None, ge=1, description="CPU threads of each solver's torch (None: torch's default; "
                                                         "on a CPU, cores / count avoids oversubscription).")
     max_lora_rank: int = Field(64, ge=1, description="vllm only: the largest LoRA rank the engine accepts (at least "
@@ -117,6 +119,8 @@ class SolverSection(Strict):
         if self.backend == "vllm" and (self.threads is not None or not self.device.startswith(("auto", "cuda"))):
             raise ValueError(f"the vllm backend runs on a GPU: device must be auto or cuda[:N] (got {self.device!r}), "
                              "and threads is a setting of the hf backend")
+        if self.backend == "vllm" and "batch_size" in self.model_fields_set:
+            raise ValueError("batch_size is a setting of the hf backend (vllm schedules its own batches)")
         return self
 
 

@@ -134,7 +134,7 @@ def build_worker(role: str, link, topo):
             import torch
 
             torch.set_num_threads(topo.solver.threads)
-        return Solver(link, HFGenerator(topo.solver.model, device=topo.solver.device))
+        return Solver(link, HFGenerator(topo.solver.model, device=topo.solver.device, batch_size=topo.solver.batch_size))
     if role == "judge":
         from agents.backends import scoring
         from agents.judge import Judge

@@ -4,6 +4,10 @@
     outputs = gen.generate([prompt], SamplingParams(n=4, temperature=0.7, top_p=0.9, max_new_tokens=32))
     gen.load_policy(update.version, update.adapter_config, tensors)   # a trainer's PolicyUpdate: new LoRA weights
 
+A published adapter is merged into the base weights for generation (on a CPU the unmerged LoRA layers
+cost about a third of the time), and unmerged before the next one is written; a base model kept in 16-bit
+floats runs the adapter unmerged instead, since merging and unmerging again and again would round its weights.
+
 Log-probs are those of the *policy* (raw logits, temperature 1) at each sampled token, not of the
 temperature/top-p-processed sampling distribution: off-policy corrections and staleness checks
 compare them with the trainer's log-probs of the same tokens.
@@ -49,6 +53,7 @@ class HFGenerator:
         self.model = AutoModelForCausalLM.from_pretrained(model_path).to(self.device).eval()
         self.batch_size, self.version = batch_size, 0
         self._adapter: dict[str, torch.nn.Parameter] | None = None  # LoRA parameters by peft key, once loaded
+        self._merge = self.model.dtype == torch.float32  # merge adapters into the weights (see the module's doc)
 
     @torch.no_grad()
     def generate(self, prompts: list[Prompt], sampling: SamplingParams) -> list[list[Generation]]:
@@ -94,6 +99,12 @@ class HFGenerator:
         if self._adapter is None:  # the first version: wrap the model in LoRA, once
             self.model = get_peft_model(self.model, lora_config(adapter_config)).eval()
             self._adapter = adapter_parameters(self.model)
-        write_adapter(self._adapter, tensors)
+        elif self._merge:
+            self.model.unmerge_adapter()  # back to the base weights before the next adapter is written
+        try:
+            write_adapter(self._adapter, tensors)  # a misfit raises before any copy: the old adapter stays
+        finally:
+            if self._merge:
+                self.model.merge_adapter()
         self.version = version
 

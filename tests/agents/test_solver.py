@@ -3,6 +3,7 @@
 import threading
 import time
 
+import pytest
 import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 from structlog.testing import capture_logs
@@ -46,15 +47,38 @@ def test_n_samples_per_prompt_and_seeded(tiny_models):
 
 
 def test_a_published_adapter_is_hot_swapped(tiny_models):
+    """Each version is merged into the weights for generation and unmerged before the next: the logits are
+    those of the newest adapter alone, not of a sum of versions."""
+    gen = HFGenerator(str(tiny_models.policy))
+    config = {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}
+    ids = torch.tensor([[5, 40, 41, 42]])
+    for version, seed in ((3, 0), (4, 1)):
+        torch.manual_seed(seed)
+        trained = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_models.policy),
+                                 LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+        gen.load_policy(version, config, get_peft_model_state_dict(trained))
+        with torch.no_grad():
+            torch.testing.assert_close(gen.model(input_ids=ids).logits, trained.eval()(input_ids=ids).logits,
+                                       rtol=1e-4, atol=1e-4)
+        assert gen.version == version
+    layers = [m for m in gen.model.modules() if hasattr(m, "merged")]
+    assert layers and all(m.merged for m in layers)  # generation runs on merged weights
+
+
+def test_a_misfit_adapter_leaves_the_served_one_in_place(tiny_models):
     gen = HFGenerator(str(tiny_models.policy))
     trained = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_models.policy),
                              LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
     state = get_peft_model_state_dict(trained)
-    gen.load_policy(3, {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}, state)
+    gen.load_policy(1, {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}, state)
+    key = next(iter(state))
+    with pytest.raises(ValueError, match="does not fit"):
+        gen.load_policy(2, {}, {**state, key: torch.zeros(3, 3)})
     ids = torch.tensor([[5, 40, 41, 42]])
     with torch.no_grad():
-        torch.testing.assert_close(gen.model(input_ids=ids).logits, trained.eval()(input_ids=ids).logits)
-    assert gen.version == 3
+        torch.testing.assert_close(gen.model(input_ids=ids).logits, trained.eval()(input_ids=ids).logits,
+                                   rtol=1e-4, atol=1e-4)
+    assert gen.version == 1
 
 
 def test_solver_answers_tasks_and_switches_policy_versions(tmp_path, tiny_models):

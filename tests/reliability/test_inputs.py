@@ -40,6 +40,7 @@ def _one_line_error(capsys, argv) -> str:
     (("samples_per_prompt = 3", "samples_per_prompt = 3\nmax_staleness = 2"), "exceeds hub.max_staleness"),
     (("threads = 1", 'threads = 1\nbackend = "vllm"'), "the vllm backend runs on a GPU"),
     (("threads = 1", 'threads = 1\nengine_args = { max_model_len = 512 }'), "are settings of the vllm backend"),
+    (("threads = 1", 'backend = "vllm"\nbatch_size = 8'), "batch_size is a setting of the hf backend"),
 ])
 def test_a_bad_topology_is_one_line_naming_the_problem(tmp_path, tiny_models, capsys, change, named):
     path = write_topology(tmp_path, tiny_models)
