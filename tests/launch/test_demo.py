@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_configs_demo_toml_is_what_the_demo_runs():
     root = Path("runs/demo")
-    data = {k: root / "data" / f"{k}.jsonl" for k in ("seeds", "eval", "validation", "sft")}
+    data = {k: root / "data" / f"{k}.jsonl" for k in ("seeds", "eval", "validation", "sft", "replay")}
     shipped = (ROOT / "configs" / "demo.toml").read_text()
     body = "\n".join(line for line in shipped.splitlines() if not line.startswith("#")).strip()
     assert body == to_toml(topology(Plan(), DEMO_METHOD, root / DEMO_METHOD, root / "model", data)).strip()
@@ -152,13 +152,15 @@ def test_every_shipped_config_is_a_valid_topology(path):
     assert topo.trainer_config().algo
 
 
-def test_replay_trains_on_the_first_sft_rows_and_is_off_by_default(tmp_path):
-    """With `replay_weight`, the trainer's replay term reads the first `replay_rows` SFT rows (the SFT data, so the
-    start, unchanged); at the default weight 0 the topology has no replay at all."""
+def test_replay_trains_on_the_first_sft_rows_and_weight_0_turns_it_off(tmp_path):
+    """With `replay_weight` (on by default), the trainer's replay term reads the first `replay_rows` SFT rows (the
+    SFT data, so the start, unchanged); at weight 0 the topology has no replay at all."""
     plan = replace(QUICK, replay_weight=0.5, replay_rows=16, replay_batch=4)
     data = write_data(plan, tmp_path / "data")
     assert data["warmup"].read_bytes() == write_data(QUICK, tmp_path / "plain")["warmup"].read_bytes()
     trainer = topology(plan, "rloo", tmp_path / "run", tmp_path / "model", data)["trainer"]
     assert trainer["replay"] == {"data": str(data["replay"]), "weight": 0.5, "batch_size": 4}
     assert data["replay"].read_text().splitlines() == data["warmup"].read_text().splitlines()[:16]
-    assert "replay" not in topology(QUICK, "rloo", tmp_path / "run", tmp_path / "model", data)["trainer"]
+    assert Plan().replay_weight > 0
+    off = replace(QUICK, replay_weight=0.0)
+    assert "replay" not in topology(off, "rloo", tmp_path / "run", tmp_path / "model", data)["trainer"]
