@@ -43,10 +43,11 @@ $(VENV)/.bench: pyproject.toml $(VENV)/.dev
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	touch $@
 
-bench: $(VENV)/.bench  ## benchmarks: bus (vs raw pyzmq, memcpy), trainer (vs TRL), loop (vs one process)
+bench: $(VENV)/.bench  ## benchmarks: bus (vs raw pyzmq, memcpy), trainer (vs TRL), loop (vs one process), solver generation
 	$(PY) bench/bus.py
 	$(PY) bench/trainer.py
 	$(PY) bench/loop.py
+	$(PY) bench/solver.py
 
 clean:  ## remove the environment
 	rm -rf $(VENV)
