@@ -121,7 +121,7 @@ def test_each_method_trains_at_the_rate_the_methods_table_selected(tmp_path):
     """The demo's rate of every method it did not tune is the one the committed methods table chose on validation."""
     rows = json.loads((ROOT / "docs" / "methods" / "results.json").read_text())["rows"]
     arm = {"dpo": "dpo+nll", "gsil": "gsil-logistic"}
-    plan, data = Plan(), {name: tmp_path / name for name in ("seeds", "eval", "validation")}
+    plan, data = Plan(), {name: tmp_path / name for name in ("seeds", "eval", "validation", "replay")}
     assert set(ALGOS) == {"rloo", "grpo", *dict(plan.method_lr)}  # a new method needs its rate
     for algo in ALGOS:
         lr = topology(plan, algo, tmp_path / algo, tmp_path / "model", data)["trainer"]["lr"]
