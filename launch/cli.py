@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status", help="show a running hub's agents, queues, policy version and counters",
         description="Ask a running hub for its state: agents (role, tasks held, liveness, policy version), "
-                    "queue depths per task kind, the policy version and counters (results/s, refusals).")
+                    "queue depths per task kind, the policy version and counters (results/s, refusals). With "
+                    "--run-dir, also this machine's processes: restarts and the last error each printed.")
     where = status.add_mutually_exclusive_group(required=True)
     where.add_argument("--run-dir", help="run directory of a local hub (uses RUN_DIR/sock/hub-control.ipc)")
     where.add_argument("--hub", help="control endpoint, e.g. tcp://host:5555 or ipc:///path/hub-control.ipc")
@@ -348,17 +349,24 @@ def _alive(pid: int) -> bool:
 
 
 def _status(args: argparse.Namespace) -> int:
+    import json
     from pathlib import Path
 
-    from launch.status import format_status, query_status
+    from launch.status import format_processes, format_status, query_status, read_processes
 
     endpoint = args.hub or f"ipc://{Path(args.run_dir).resolve() / 'sock' / 'hub-control.ipc'}"
+    processes = read_processes(args.run_dir) if args.run_dir else None
     try:
         reply = query_status(endpoint, keys_dir=args.keys, name=args.name, timeout_s=args.timeout)
     except (TimeoutError, RuntimeError) as e:
+        if processes:  # a hub that does not answer may be the process that keeps failing
+            print(json.dumps({"processes": processes}, indent=2) if args.json else format_processes(processes))
         print(f"selfplay status: {e}", file=sys.stderr)
         return 1
-    print(reply.model_dump_json(indent=2) if args.json else format_status(reply))
+    if args.json:
+        print(json.dumps(reply.model_dump(mode="json") | ({"processes": processes} if processes else {}), indent=2))
+    else:
+        print(format_status(reply) + (f"\n\n{format_processes(processes)}" if processes else ""))
     return 0
 
 

@@ -4,10 +4,17 @@
     print(format_status(reply))
 
 A status query needs no READY, so asking does not register an agent. Over tcp it needs an allowed
-key (an observer's): `--keys DIR --name NAME`.
+key (an observer's): `--keys DIR --name NAME`. With a run directory, the processes of this machine's
+supervisor are shown too (RUN/supervisor.json: pid, restarts, the last line each printed before it exited):
+
+    print(format_processes(read_processes("runs/a")))
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
 
 import zmq
 
@@ -77,3 +84,22 @@ def format_status(reply: StatusReply) -> str:
 def _by_version(metrics: dict[str, float], prefix: str) -> list[tuple[int, float]]:
     """(version, value) of the metrics named PREFIX + version, in version order."""
     return sorted((int(k[len(prefix):]), v) for k, v in metrics.items() if k.startswith(prefix))
+
+
+def read_processes(run_dir: str | Path) -> dict[str, dict[str, Any]] | None:
+    """This machine's supervisor's processes (name -> pid, restarts, last_error), or None when none runs here."""
+    try:
+        return json.loads((Path(run_dir) / "supervisor.json").read_text()).get("processes")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def format_processes(processes: dict[str, dict[str, Any]]) -> str:
+    lines = ["processes (this machine's supervisor):"]
+    for name, p in sorted(processes.items()):
+        state = f"pid {p['pid']}" if p.get("pid") else "waiting to restart"
+        line = f"  {name:<20} {state:<20} restarts {p.get('restarts', 0)}"
+        if p.get("last_error"):
+            line += f"   last error: {p['last_error']}"
+        lines.append(line)
+    return "\n".join(lines)

@@ -3,11 +3,16 @@ this machine), restarts a crashed one with backoff, and stops them all cleanly o
 (`selfplay stop`) or when the creator finishes its rounds.
 
 A process that exits with EXIT_FATAL cannot run as set up (a damaged ledger): the run stops at once
-with the line it printed, instead of restarting it into the same failure forever. The creator's exit
+with the line it printed, instead of restarting it into the same failure forever. So does one that fails
+the same way `max_identical_crashes` times in a row (an error exit whose last printed line is the same
+each time: a bad prompts file, a checker that raises); a process killed by a signal (kill -9, the OOM
+killer) is restarted however often it happens. Each restart's console line carries the last line the
+process printed. The creator's exit
 ends the run: 0 when its rounds are done, EXIT_RUN_FAILED when it stopped after failed rounds; `up`
 exits with that code.
 
-State for other commands lives in RUN/supervisor.json: the supervisor's pid and each child's pid.
+State for other commands lives in RUN/supervisor.json: the supervisor's pid, each child's pid, and each
+child's restarts and last error (`selfplay status --run-dir` shows them).
 Each child's stdout and stderr go to RUN/logs/NAME.out; its structlog events to RUN/logs/NAME.jsonl.
 """
 
@@ -36,15 +41,20 @@ class Child:
     argv: list[str]
     finisher: bool = False  # its clean exit ends the run (the creator)
     proc: subprocess.Popen | None = None
-    restarts: int = 0
+    restarts: int = 0  # since it last ran a good while (sets the backoff)
+    crashes: int = 0  # exits that were restarted, over the run
+    last_error: str = ""  # the last line it printed before its last exit
+    same_crashes: int = 0  # error exits in a row with that same last line
     next_start: float = 0.0
     started: float = field(default=0.0)
 
 
 class Supervisor:
     def __init__(self, run_dir: str | Path, children: list[Child], backoff_min_s: float = 1.0,
-                 backoff_max_s: float = 30.0, log_max_bytes: int = 50 << 20, log_backups: int = 3) -> None:
+                 backoff_max_s: float = 30.0, log_max_bytes: int = 50 << 20, log_backups: int = 3,
+                 max_identical_crashes: int = 5) -> None:
         self.run_dir, self.children = Path(run_dir), children
+        self.max_identical_crashes = max_identical_crashes  # 0: restart forever
         self.backoff_min_s, self.backoff_max_s = backoff_min_s, backoff_max_s
         self.log_max_bytes, self.log_backups = log_max_bytes, log_backups
         self._stopping = False
@@ -70,6 +80,11 @@ class Supervisor:
                             log.error("process cannot run as set up; stopping the run", name=child.name,
                                       why=self.last_line(child))
                             return code
+                        if self._crash_looping(child, code):
+                            log.error("process fails the same way every time; stopping the run", name=child.name,
+                                      exits=child.same_crashes, why=child.last_error,
+                                      log=str(self.run_dir / "logs" / f"{child.name}.out"))
+                            return EXIT_FATAL
                         self._schedule_restart(child, code)
                     elif child.proc is None and time.monotonic() >= child.next_start:
                         self._start(child)
@@ -86,6 +101,14 @@ class Supervisor:
         except OSError:
             return ""
         return next((line for line in reversed(lines.splitlines()) if line.strip()), "")
+
+    def _crash_looping(self, child: Child, code: int) -> bool:
+        """Record an exit; True when it is the `max_identical_crashes`-th error exit in a row with the same last
+        line. A negative code is a signal (kill -9, the OOM killer): restarted, never counted."""
+        why = self.last_line(child)
+        child.same_crashes = (child.same_crashes + 1 if why == child.last_error else 1) if code > 0 else 0
+        child.last_error = why
+        return bool(self.max_identical_crashes) and child.same_crashes >= self.max_identical_crashes
 
     def _on_signal(self, *_: object) -> None:
         self._stopping = True
@@ -106,11 +129,15 @@ class Supervisor:
             child.restarts = 0  # it ran a good while: start the backoff over
         delay = min(self.backoff_max_s, self.backoff_min_s * 2 ** child.restarts)
         child.restarts += 1
+        child.crashes += 1
         child.proc, child.next_start = None, time.monotonic() + delay
-        log.warning("process exited, restarting", name=child.name, code=code, in_s=delay)
+        log.warning("process exited, restarting", name=child.name, code=code, in_s=delay, why=child.last_error)
+        self._write_state()
 
     def _write_state(self) -> None:
-        state = {"pid": os.getpid(), "children": {c.name: c.proc.pid for c in self.children if c.proc}}
+        state = {"pid": os.getpid(), "children": {c.name: c.proc.pid for c in self.children if c.proc},
+                 "processes": {c.name: {"pid": c.proc.pid if c.proc else None, "restarts": c.crashes,
+                                        "last_error": c.last_error} for c in self.children}}
         tmp = self.run_dir / "supervisor.json.tmp"
         tmp.write_text(json.dumps(state))
         os.replace(tmp, self.run_dir / "supervisor.json")  # readers (status, stop) never see half a file
@@ -147,4 +174,5 @@ def children_for(topology_path: str, topo, roles: tuple[str, ...] = ROLES) -> li
 def supervisor_for(topology_path: str, topo, roles: tuple[str, ...] = ROLES) -> Supervisor:
     """The supervisor of a topology's processes (those of `roles`), with its log retention."""
     return Supervisor(topo.run.dir, children_for(topology_path, topo, roles),
-                      log_max_bytes=int(topo.run.log_max_mb * 2**20), log_backups=topo.run.log_backups)
+                      log_max_bytes=int(topo.run.log_max_mb * 2**20), log_backups=topo.run.log_backups,
+                      max_identical_crashes=topo.run.max_identical_crashes)

@@ -51,6 +51,10 @@ class RunSection(Strict):
     log_max_mb: float = Field(50.0, gt=0, description="A process's JSON log is rotated past this size (MB); its "
                                                       "console output file when the process restarts.")
     log_backups: int = Field(3, ge=0, description="Rotated log files kept per process.")
+    max_identical_crashes: int = Field(5, ge=0, description="Stop the run when a process exits with an error this "
+                                                            "many times in a row with the same last printed line "
+                                                            "(it would fail the same way forever); 0: restart "
+                                                            "forever. Kills by a signal never count.")
 
 
 class HubSection(HubSettings):

@@ -32,3 +32,16 @@ def test_status_without_a_hub_says_so(tmp_path):
     out = subprocess.run([SELFPLAY, "status", "--run-dir", str(tmp_path), "--timeout", "0.5"], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 1 and "no answer from a hub" in out.stderr
+
+
+def test_status_shows_this_machines_processes_even_when_the_hub_does_not_answer(tmp_path):
+    """RUN/supervisor.json as the supervisor writes it (tests/launch/test_supervisor.py makes a real one)."""
+    (tmp_path / "supervisor.json").write_text(json.dumps({"pid": 1, "children": {}, "processes": {
+        "hub": {"pid": None, "restarts": 3, "last_error": "OSError: [Errno 98] Address already in use"},
+        "solver-0": {"pid": 4242, "restarts": 0, "last_error": ""}}}))
+    out = subprocess.run([SELFPLAY, "status", "--run-dir", str(tmp_path), "--timeout", "0.5"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 1 and "no answer from a hub" in out.stderr
+    hub = next(line for line in out.stdout.splitlines() if line.split()[:1] == ["hub"])
+    assert "waiting to restart" in hub and "restarts 3" in hub and "Address already in use" in hub
+    assert "pid 4242" in out.stdout
