@@ -130,7 +130,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         description="Train a LoRA adapter (or all weights) on a dataset file (JSON lines or a JSON list) whose rows "
                     f"have the fields the method reads ({formats}). Writes OUT/adapter (PeftModel.from_pretrained) "
                     "or OUT/model, OUT/metrics.jsonl, OUT/tensorboard and OUT/checkpoints. Every option of the "
-                    "config (--print-config lists them) can be set in --config or with --set.",
+                    "config (--print-config lists them) can be set in --config or with --set. Ctrl-C finishes the "
+                    "current step, saves a checkpoint and exits; --resume continues it.",
         epilog=f"example: selfplay train --algo {DEFAULT_METHOD} --data pairs.jsonl --model ./my-model --out runs/x "
                f"--set {DEFAULT_METHOD}.beta=0.05 --max-steps 200")
     train.add_argument("--algo", help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()) + " (required)")
@@ -138,7 +139,10 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--model", help="base model: a local directory or a hub id (required)")
     train.add_argument("--out", help="output directory (required)")
     train.add_argument("--config", help="TOML or JSON file with any config fields (flags override it)")
-    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT")
+    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT (with the "
+                       "same settings but how long it trains and how it logs)")
+    train.add_argument("--overwrite", action="store_true", help="replace the run already in OUT (its checkpoints, "
+                       "metrics and saved weights); without it or --resume, an OUT holding a run is refused")
     train.add_argument("--finetune", choices=["lora", "full"], help="LoRA adapter (default) or all weights")
     train.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     train.add_argument("--epochs", type=int, help="passes over the data (default 1)")
@@ -252,16 +256,24 @@ def _train(args: argparse.Namespace) -> int:
         print(config_reference(), end="")
         return 0
     from trainer.data import DataError
-    from trainer.recipe import run
+    from trainer.outdir import OutDirError
+    from trainer.recipe import Interrupted, run
 
     flags = {"algo": args.algo, "data": args.data, "model": args.model, "out": args.out, "finetune": args.finetune,
              "max_steps": args.max_steps, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
     config = load_config(args.config, **flags, **_parse_set(args.set))
     try:
-        metrics = run(config, resume=args.resume)
-    except DataError as e:
+        metrics = run(config, resume=args.resume, overwrite=args.overwrite)
+    except (DataError, OutDirError) as e:
         print(f"selfplay train: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"selfplay train: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("selfplay train: stopped at once (a second Ctrl-C); the newest checkpoint in --out is what "
+              "--resume continues from", file=sys.stderr)
+        return 130
     print(f"trained {config.algo}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return 0
 

@@ -184,7 +184,7 @@ def prepare_model(plan: Plan, directory: Path, sft_data: Path, say: Say = _log_l
                          lr=plan.sft_lr, batch_size=plan.sft_batch, max_length=plan.sft_max_prompt_length + 64,
                          max_prompt_length=plan.sft_max_prompt_length,
                          warmup_ratio=0.05, save_every=10**9, log_every=25, tensorboard=False, seed=plan.seed)
-    run(config)
+    run(config, overwrite=True)  # an SFT killed half-way left its folder behind: start it again
     shutil.move(str(sft_out / "model"), str(directory))
     shutil.rmtree(init)
     shutil.rmtree(sft_out)

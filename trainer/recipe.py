@@ -16,9 +16,12 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,7 @@ from trainer.data import Batch, DataError, Example, Renderer, collate, plan_batc
 from trainer.generate import sample_responses
 from trainer.logps import SeqLogps, reference_logps, sequence_logps
 from trainer.methods import SUPERVISED, build_examples, check_rows, get_method
+from trainer.outdir import prepare_out, trim_metrics
 
 log = structlog.get_logger("trainer.recipe")
 
@@ -59,6 +63,7 @@ class Recipe:
         # the steps the warmup and decay span when rounds arrive one at a time (train_round) and their total is
         # planned ahead (the methods table); None: the schedule spans this run's own total steps
         self.schedule_steps: int | None = None
+        self.stop_requested = False  # set by run's Ctrl-C handler: train stops after the current step
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -69,6 +74,8 @@ class Recipe:
                                    else "cpu" if cfg.device == "auto" else cfg.device)
         self.autocast_bf16 = cfg.precision == "bf16" or (
             cfg.precision == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported())
+        rows = read_rows(cfg.data) if self.rows is None else self.rows  # a bad file is named before the model loads
+        check_rows(rows, cfg.algo, source=cfg.data)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -85,8 +92,6 @@ class Recipe:
             self.frozen_reference.requires_grad_(False)
         self.model.train()
 
-        rows = read_rows(cfg.data) if self.rows is None else self.rows
-        check_rows(rows, cfg.algo, source=cfg.data)
         self.renderer = renderer = Renderer(self.tokenizer, cfg.max_length, cfg.max_prompt_length)
         if self.method.samples_own_answers and rows and not all("generated" in row for row in rows):
             generated = self._generated_answers(rows, renderer)
@@ -110,6 +115,8 @@ class Recipe:
         elif self.resume:
             log.warning("no checkpoint to resume from; starting fresh", out=str(self.out))
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.resume:  # the steps after the checkpoint are trained again: logged once, not twice
+            trim_metrics(self.out / "metrics.jsonl", self.cursor.step)
         self.metrics_file = open(self.out / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
         self.tb = self._tensorboard()
         log.info("setup", config=cfg.model_dump(), examples=len(self.examples), steps=self.total_steps,
@@ -257,7 +264,7 @@ class Recipe:
             self.precompute_reference()
         bar = tqdm(total=self.total_steps, initial=self.cursor.step, desc=f"{cfg.algo}", dynamic_ncols=True)
         last: dict[str, float] = {}
-        while self.cursor.step < end:
+        while self.cursor.step < end and not self.stop_requested:
             started, tokens = time.perf_counter(), 0
             sums: dict[str, float] = defaultdict(float)
             for micro in range(cfg.grad_accum):
@@ -348,15 +355,47 @@ _SHOWN = {"loss", "nll", "margin", "accuracy", "r_real", "r_generated", "real_te
           "flagged_fraction", "r_chosen", "r_rejected", "kl", "clip_fraction", "replay_nll"}
 
 
-def run(config: TrainConfig, resume: bool = False) -> dict[str, float]:
-    """setup -> train -> save the final adapter/model -> cleanup. Returns the last step's metrics."""
+class Interrupted(Exception):
+    """Ctrl-C stopped `run` between two steps; a checkpoint of that step was saved (`--resume` continues)."""
+
+    def __init__(self, step: int, checkpoint: Path) -> None:
+        super().__init__(f"interrupted at step {step}; saved {checkpoint} (--resume continues from it)")
+        self.step, self.checkpoint = step, checkpoint
+
+
+def run(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict[str, float]:
+    """check the output folder -> setup -> train -> save the final adapter/model -> cleanup. Returns the last step's
+    metrics. Ctrl-C (SIGINT, in the main thread) finishes the current step, saves a checkpoint and raises
+    Interrupted; a second Ctrl-C stops at once."""
+    prepare_out(config, resume=resume, overwrite=overwrite)
     recipe = Recipe(config, resume=resume)
     recipe.setup()
     try:
-        metrics = recipe.train()
+        with _stop_on_interrupt(recipe):
+            metrics = recipe.train()
+        if recipe.stop_requested:
+            raise Interrupted(recipe.cursor.step, recipe.save_checkpoint())
         if recipe.cursor.step % config.save_every:
             recipe.save_checkpoint()
         recipe.save_final()
         return metrics
     finally:
         recipe.cleanup()
+
+
+@contextmanager
+def _stop_on_interrupt(recipe: Recipe) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():  # only the main thread receives signals
+        yield
+        return
+
+    def first(*_: object) -> None:
+        recipe.stop_requested = True
+        log.warning("interrupted: stopping after this step and saving a checkpoint (Ctrl-C again stops at once)")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, first)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -104,3 +104,68 @@ def test_train_bad_row_names_the_row_and_the_missing_field(tmp_path, tiny_models
     out = run("train", "--algo", "dpo", "--data", str(data), "--model", model, "--out", str(tmp_path / "o"))
     assert out.returncode == 2
     assert "row 0: missing 'chosen', 'rejected'" in out.stderr and "Traceback" not in out.stderr
+
+
+def _train(data, model, out, *more):
+    return run("train", "--algo", "dpo", "--data", str(data), "--model", model, "--out", str(out), "--batch-size", "2",
+               "--set", "tensorboard=false", *more)
+
+
+def _steps(out):
+    return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_refuses_an_out_holding_a_run_and_overwrite_replaces_it(tmp_path, tiny_models):
+    data, model = _train_files(tmp_path, tiny_models)
+    out = tmp_path / "o"
+    assert _train(data, model, out, "--max-steps", "2").returncode == 0
+    again = _train(data, model, out, "--max-steps", "3")
+    assert again.returncode == 2 and "already holds a run" in again.stderr and "--overwrite" in again.stderr
+    assert _steps(out) == [1, 2]  # untouched
+    replaced = _train(data, model, out, "--max-steps", "3", "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert _steps(out) == [1, 2, 3]  # the new run's metrics only
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000003"]
+
+
+def test_train_resume_must_keep_the_runs_settings_and_logs_each_step_once(tmp_path, tiny_models):
+    data, model = _train_files(tmp_path, tiny_models)
+    out = tmp_path / "o"
+    assert _train(data, model, out, "--max-steps", "2").returncode == 0
+    other = _train(data, model, out, "--max-steps", "4", "--resume", "--set", "dpo.beta=0.5", "--lr", "0.001")
+    assert other.returncode == 2 and "dpo.beta 0.1 -> 0.5" in other.stderr and "lr 0.0001 -> 0.001" in other.stderr
+    with (out / "metrics.jsonl").open("a") as f:  # steps an interrupted run logged after its last checkpoint
+        f.write(json.dumps({"step": 3, "loss": 1.0}) + "\n" + '{"step": 4, "lo')
+    longer = _train(data, model, out, "--max-steps", "4", "--resume")  # how long it trains may change
+    assert longer.returncode == 0, longer.stderr
+    assert _steps(out) == [1, 2, 3, 4]
+
+
+def test_train_names_bad_data_before_it_loads_the_model(tmp_path, tiny_models):
+    data, _ = _train_files(tmp_path, tiny_models, kind="prompt_completion")
+    out = _train(data, str(tmp_path / "no-such-model"), tmp_path / "o")
+    assert out.returncode == 2 and "row 0: missing 'chosen', 'rejected'" in out.stderr
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path, tiny_models):
+    import signal
+    import time
+
+    data, model = _train_files(tmp_path, tiny_models)
+    out = tmp_path / "o"
+    argv = [SELFPLAY, "train", "--algo", "dpo", "--data", str(data), "--model", model, "--out", str(out),
+            "--batch-size", "2", "--set", "tensorboard=false", "--set", "save_every=1000000", "--max-steps", "100000"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not ((out / "metrics.jsonl").exists() and len(_steps(out)) >= 3) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("selfplay train: interrupted at step ") and "--resume" in last and "Traceback" not in err
+    step = int(last.split("interrupted at step ")[1].split(";")[0])
+    assert (out / "checkpoints" / f"step-{step:06d}").is_dir() and _steps(out)[-1] == step
+    resumed = _train(data, model, out, "--set", "save_every=1000000", "--max-steps", str(step + 2), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert _steps(out) == list(range(1, step + 3)) and (out / "adapter" / "adapter_config.json").exists()
