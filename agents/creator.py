@@ -88,7 +88,7 @@ class Creator:
         self.link, self.config, self.mutator = link, config, mutator
         self.eval_prompts = [p.model_copy(update={"source": "eval"}) for p in eval_prompts or []]
         self.validation_prompts = [p.model_copy(update={"source": "validation"}) for p in validation_prompts or []]
-        _disjoint({"seed": seed_prompts, "test": self.eval_prompts, "validation": self.validation_prompts})
+        check_disjoint({"seed": seed_prompts, "test": self.eval_prompts, "validation": self.validation_prompts})
         if config.promotion and not self.validation_prompts:
             raise ValueError("promotion needs validation prompts (a topology's creator.validation_prompts), disjoint "
                              "from the held-out test prompts")
@@ -458,7 +458,7 @@ def _groups(prompts: list[Prompt], result: GenerateResult) -> list[JudgedGroup]:
             for p in prompts]
 
 
-def _disjoint(sets: dict[str, list[Prompt]]) -> None:
+def check_disjoint(sets: dict[str, list[Prompt]]) -> None:
     """Seed, test and validation prompts share no id (the ledger files a prompt under its first source) and no
     text (a test or validation prompt trained on measures nothing)."""
     names = list(sets)

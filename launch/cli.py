@@ -282,6 +282,7 @@ def _up(args: argparse.Namespace) -> int:
     import importlib.util
     from pathlib import Path
 
+    from launch.preflight import preflight
     from launch.supervisor import supervisor_for
     from launch.topology import load_topology
 
@@ -297,6 +298,10 @@ def _up(args: argparse.Namespace) -> int:
         print(f"selfplay up: {args.topology}: solver.backend = 'vllm' needs vLLM on this machine: "
               "pip install -e '.[gpu]' (or start solvers elsewhere with `selfplay attach`, and count = 0 here)",
               file=sys.stderr)
+        return 2
+    problems = preflight(topo, roles)
+    if problems:  # each would be a process failing on start, restarted into the same failure
+        print(f"selfplay up: {args.topology}: cannot start:\n" + "\n".join(f"  {p}" for p in problems), file=sys.stderr)
         return 2
     run_dir = Path(topo.run.dir)
     run_dir.mkdir(parents=True, exist_ok=True)

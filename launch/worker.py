@@ -159,18 +159,12 @@ def build_worker(role: str, link, topo):
 
 def run_creator(link, topo) -> int:
     from agents.creator import Creator, RunStopped
+    from launch.preflight import read_prompts
     from launch.topology import load_object
-    from protocol.messages import Prompt
 
-    def read(path: str, prefix: str, source: str) -> list[Prompt]:
-        rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-        return [Prompt(prompt_id=row.get("id", f"{prefix}{i}"), text=row["prompt"], answer=row.get("answer"),
-                       demonstration=row.get("demonstration"), difficulty=row.get("difficulty"), source=source)
-                for i, row in enumerate(rows)]
-
-    seeds = read(topo.creator.prompts, "seed", "seed")
-    held_out = read(topo.creator.eval_prompts, "eval", "eval") if topo.creator.eval_prompts else None
-    validation = (read(topo.creator.validation_prompts, "validation", "validation")
+    seeds = read_prompts(topo.creator.prompts, "seed", "seed")
+    held_out = read_prompts(topo.creator.eval_prompts, "eval", "eval") if topo.creator.eval_prompts else None
+    validation = (read_prompts(topo.creator.validation_prompts, "validation", "validation")
                   if topo.creator.validation_prompts else None)
     mutator = load_object(topo.creator.mutator) if topo.creator.mutator else None
     started = time.time()

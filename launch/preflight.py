@@ -1,0 +1,165 @@
+"""What `selfplay up` checks before it starts a process: each problem found here would otherwise be a process
+that fails on start, is restarted, and fails the same way again.
+
+    problems = preflight(topo, roles=("hub", "creator", "judge"))   # [] when the run can start
+
+- the creator's prompt files (seed, test, validation): readable JSON lines with a text `prompt`, the
+  optional fields of the right types, the three sets disjoint (read_prompts is also what the creator uses);
+- model paths that name a local folder (a path that does not exist is named here, not after a hub's
+  retries), and hub ids while HF_HUB_OFFLINE is set (they must be in the local cache);
+- the judge's checker, called once on a seed prompt as the judge will call it;
+- evolved prompts an answer checker cannot judge: eva without a mutator writes new prompts with a model,
+  and they carry no answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from protocol.messages import Prompt
+
+OPTIONAL_TEXT = ("id", "answer", "demonstration")
+
+
+class PromptFileError(ValueError):
+    """A prompts file that cannot be read (the message names the file and the row)."""
+
+
+def read_prompts(path: str | Path, prefix: str, source: str) -> list[Prompt]:
+    """The prompts of a JSON lines file: one object per line with a text `prompt`; `id`, `answer` (text or a
+    number), `demonstration` and `difficulty` (an integer) are optional."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise PromptFileError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise PromptFileError(f"{path}: {e}") from None
+    prompts = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PromptFileError(f"{where}: not JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise PromptFileError(f"{where}: expected an object with a 'prompt', got {type(row).__name__}")
+        if "prompt" not in row:
+            raise PromptFileError(f"{where}: missing 'prompt' (fields: {', '.join(sorted(row)) or 'none'})")
+        if not isinstance(row["prompt"], str) or not row["prompt"].strip():
+            kind = "a list (conversational prompts are not read from prompt files yet)" if isinstance(
+                row["prompt"], list) else repr(row["prompt"])[:40]
+            raise PromptFileError(f"{where}: 'prompt' must be non-empty text, got {kind}")
+        fields: dict[str, Any] = {}
+        for name in OPTIONAL_TEXT:
+            value = row.get(name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                raise PromptFileError(f"{where}: '{name}' must be text, got {type(value).__name__}")
+            fields[name] = str(value)
+        difficulty = row.get("difficulty")
+        if difficulty is not None and (isinstance(difficulty, bool) or not isinstance(difficulty, int)):
+            raise PromptFileError(f"{where}: 'difficulty' must be an integer, got {difficulty!r}")
+        prompts.append(Prompt(prompt_id=fields.pop("id", f"{prefix}{len(prompts)}"), text=row["prompt"],
+                              difficulty=difficulty, source=source, **fields))
+    if not prompts:
+        raise PromptFileError(f"{path}: no prompts (JSON lines with a 'prompt' each)")
+    return prompts
+
+
+def preflight(topo: Any, roles: tuple[str, ...]) -> list[str]:
+    """One line per problem that would stop a process of `roles` from running (empty: none found)."""
+    problems: list[str] = []
+    seeds: list[Prompt] = []
+    if "creator" in roles:
+        sets = {}
+        for field, source in (("prompts", "seed"), ("eval_prompts", "eval"), ("validation_prompts", "validation")):
+            path = getattr(topo.creator, field)
+            if path is None:
+                continue
+            try:
+                sets[source] = read_prompts(path, source, source)
+            except PromptFileError as e:
+                problems.append(f"creator.{field}: {e}")
+        seeds = sets.get("seed", [])
+        problems += _overlaps(sets)
+    replay = topo.trainer.replay.data
+    if "trainer" in roles and replay and not Path(replay).is_file():
+        problems.append(f"trainer.replay.data: {replay}: no such file")
+    for role, field, path in _models(topo):
+        if role in roles:
+            problem = model_problem(path)
+            if problem:
+                problems.append(f"{field}: {problem}")
+    if topo.judge is not None and topo.judge.backend == "verifier" and ("creator" in roles or "judge" in roles):
+        settings = topo.creator.settings
+        if settings.evolve and topo.creator.mutator is None:
+            problems.append("creator.settings.evolve with no creator.mutator: eva would write new prompts with a model, "
+                            "and they carry no answer for the verifier judge to check. Set creator.mutator (a task "
+                            "world's mutator that keeps answers) or creator.settings.evolve = false")
+        if seeds and "judge" in roles:
+            problems += _checker_problems(topo, seeds[0])
+    return problems
+
+
+def model_problem(path: str) -> str | None:
+    """Why `path` cannot be loaded without a network, or None. A path that looks local must exist; a hub id is
+    checked only while HF_HUB_OFFLINE is set (it must be in the cache)."""
+    if Path(path).expanduser().exists():
+        return None
+    if path.startswith((".", "/", "~")) or path.count("/") > 1:  # a hub id is NAME or OWNER/NAME
+        return f"{path} does not exist"
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(path, "config.json"), str):
+            return f"{path} is not a local folder and not in the Hugging Face cache (HF_HUB_OFFLINE is set)"
+    return None
+
+
+def _models(topo: Any) -> list[tuple[str, str, str]]:
+    found = [("solver", "solver.model", topo.solver.model), ("trainer", "trainer.model", topo.trainer.model)]
+    if topo.judge is not None and topo.judge.model:
+        found.append(("judge", "judge.model", topo.judge.model))
+    return found
+
+
+def _overlaps(sets: dict[str, list[Prompt]]) -> list[str]:
+    from agents.creator import check_disjoint
+
+    try:
+        check_disjoint(sets)
+    except ValueError as e:
+        return [f"creator: {e}"]
+    return []
+
+
+def _checker_problems(topo: Any, prompt: Prompt) -> list[str]:
+    """Call the checker once as the judge will: one (score, judgment or None) per response."""
+    from launch.topology import load_object
+
+    if not topo.judge.checker:
+        if prompt.answer is None:
+            return [f"judge: the default verifier checks answers, and the first seed prompt ({prompt.prompt_id}) "
+                    "has none: give each prompt an 'answer', or a judge.checker"]
+        return []
+    checker = load_object(topo.judge.checker)
+    checker = checker() if isinstance(checker, type) else checker
+    response = prompt.answer or prompt.demonstration or "?"
+    try:
+        scored = checker([prompt], [response], True)
+    except Exception as e:  # any error of user code is the problem to report
+        return [f"judge.checker {topo.judge.checker}: on the first seed prompt ({prompt.prompt_id}) it raised "
+                f"{type(e).__name__}: {e}"]
+    ok = (isinstance(scored, list) and len(scored) == 1 and isinstance(scored[0], tuple) and len(scored[0]) == 2
+          and isinstance(scored[0][0], int | float) and not isinstance(scored[0][0], bool)
+          and (scored[0][1] is None or isinstance(scored[0][1], str)))
+    if not ok:
+        return [f"judge.checker {topo.judge.checker}: returned {str(scored)[:80]} for one response; a checker "
+                "returns a list with one (score, judgment or None) per response"]
+    return []
