@@ -39,6 +39,9 @@ class Judge:
         except ValueError as e:
             log.warning("cannot judge task", task_id=assign.task_id, error=str(e))
             return self.link.fail(assign, str(e), retryable=False)
+        except Exception as e:  # a task's own checker failed: the same samples would fail it again, no retry
+            log.warning("the checker raised", task_id=assign.task_id, error=f"{type(e).__name__}: {e}")
+            return self.link.fail(assign, f"the checker raised {type(e).__name__}: {e}", retryable=False)
         bad = next(((s.sample_id, score) for (_, s), (score, _) in zip(pairs, scored, strict=True)
                     if not (math.isfinite(score) and abs(score) <= MAX_REAL)), None)
         if bad is not None:  # the same scorer would say the same again: no retry

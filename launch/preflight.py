@@ -140,26 +140,18 @@ def _overlaps(sets: dict[str, list[Prompt]]) -> list[str]:
 
 
 def _checker_problems(topo: Any, prompt: Prompt) -> list[str]:
-    """Call the checker once as the judge will: one (score, judgment or None) per response."""
-    from launch.topology import load_object
+    """Call the verifier's checkers once as the judge will: one (score, judgment or None) per response."""
+    from agents.backends.checkers import load_scorer
 
-    if not topo.judge.checker:
+    checkers = topo.judge.checkers()
+    if not checkers:
         if prompt.answer is None:
             return [f"judge: the default verifier checks answers, and the first seed prompt ({prompt.prompt_id}) "
                     "has none: give each prompt an 'answer', or a judge.checker"]
         return []
-    checker = load_object(topo.judge.checker)
-    checker = checker() if isinstance(checker, type) else checker
-    response = prompt.answer or prompt.demonstration or "?"
+    names = ", ".join(spec for spec, _ in checkers)
     try:
-        scored = checker([prompt], [response], True)
+        load_scorer(checkers)([prompt], [prompt.answer or prompt.demonstration or "?"], True)
     except Exception as e:  # any error of user code is the problem to report
-        return [f"judge.checker {topo.judge.checker}: on the first seed prompt ({prompt.prompt_id}) it raised "
-                f"{type(e).__name__}: {e}"]
-    ok = (isinstance(scored, list) and len(scored) == 1 and isinstance(scored[0], tuple) and len(scored[0]) == 2
-          and isinstance(scored[0][0], int | float) and not isinstance(scored[0][0], bool)
-          and (scored[0][1] is None or isinstance(scored[0][1], str)))
-    if not ok:
-        return [f"judge.checker {topo.judge.checker}: returned {str(scored)[:80]} for one response; a checker "
-                "returns a list with one (score, judgment or None) per response"]
+        return [f"judge {names}: on the first seed prompt ({prompt.prompt_id}): {type(e).__name__}: {e}"]
     return []

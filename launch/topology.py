@@ -128,22 +128,40 @@ class SolverSection(Strict):
         return self
 
 
+class RewardSource(Strict):
+    checker: str = Field(description="module:name of a checker: selfplay's (prompts, responses, want_judgment) or a "
+                                     "TRL reward function (prompts, completions, **columns) -> [float]")
+    weight: float = Field(1.0, allow_inf_nan=False, description="Its weight in the sum of scores.")
+
+
 class JudgeSection(Strict):
     count: int = Field(1, ge=0, description="Judge processes to start.")
     backend: Literal["verifier", "reward_model", "llm_judge"] = Field("verifier", description="How samples are scored.")
     model: str | None = Field(None, description="Reward model or judge model path (not for verifier).")
     checker: str | None = Field(None, description="verifier: module:name of a task world's checker (a function, or a "
                                                   "class made with no arguments) called as (prompts, responses, "
-                                                  "want_judgment); default: exact match of the answer.")
+                                                  "want_judgment), or a TRL reward function; default: exact "
+                                                  "match of the answer.")
+    rewards: list[RewardSource] = Field(default_factory=list, description="verifier: several checkers whose "
+                                        "scores add up with their weights (instead of checker); the judgment is "
+                                        "the first one written.")
     device: str = Field("auto", description="auto, cpu, cuda, ...")
 
     @model_validator(mode="after")
     def _needs_model(self) -> JudgeSection:
         if self.backend != "verifier" and not self.model:
             raise ValueError(f"judge backend {self.backend!r} needs a model")
-        if self.checker is not None and self.backend != "verifier":
-            raise ValueError("checker is for the verifier backend")
+        if (self.checker is not None or self.rewards) and self.backend != "verifier":
+            raise ValueError("checker and rewards are for the verifier backend")
+        if self.checker is not None and self.rewards:
+            raise ValueError("give checker (one) or rewards (several with weights), not both")
         return self
+
+    def checkers(self) -> list[tuple[str, float]]:
+        """(module:name, weight) of the verifier's checkers; none: the default exact-answer verifier."""
+        if self.rewards:
+            return [(r.checker, r.weight) for r in self.rewards]
+        return [(self.checker, 1.0)] if self.checker else []
 
 
 class _LiveTrainer(Strict):
@@ -217,8 +235,10 @@ def load_topology(path: str | Path) -> Topology:
         topology.trainer_config()  # validate the trainer section as its process will, now
     except ValidationError as e:
         raise TopologyError(format_validation_error(e, path, section="trainer")) from None
-    for field, spec in (("creator.mutator", topology.creator.mutator),
-                        ("judge.checker", topology.judge.checker if topology.judge else None)):
+    hooks = [("creator.mutator", topology.creator.mutator),
+             ("judge.checker", topology.judge.checker if topology.judge else None)]
+    hooks += [(f"judge.rewards[{i}].checker", r.checker) for i, r in enumerate(topology.judge.rewards if topology.judge else [])]
+    for field, spec in hooks:
         if spec is not None:
             try:
                 load_object(spec)

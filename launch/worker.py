@@ -114,7 +114,6 @@ def run_agent(role: str, name: str, topo, control: str, data: str | None, stop: 
 
 
 def build_worker(role: str, link, topo):
-    from launch.topology import load_object
 
     if role == "solver":
         from agents.solver import Solver
@@ -141,8 +140,9 @@ def build_worker(role: str, link, topo):
 
         j = topo.judge
         if j.backend == "verifier":
-            scorer = load_object(j.checker) if j.checker else scoring.AnswerVerifier()
-            scorer = scorer() if isinstance(scorer, type) else scorer
+            from agents.backends.checkers import load_scorer
+
+            scorer = load_scorer(j.checkers()) if j.checkers() else scoring.AnswerVerifier()
         elif j.backend == "reward_model":
             scorer = scoring.RewardModelScorer(j.model, device=j.device)
         else:

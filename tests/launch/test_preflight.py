@@ -74,10 +74,12 @@ def test_evolving_prompts_without_a_mutator_cannot_be_checked_by_an_answer_verif
 
 
 @pytest.mark.parametrize("body, named", [
-    ("def check(prompts, responses, want_judgment):\n    return [1.0 for _ in responses]\n",
-     "returned [1.0] for one response; a checker returns a list with one (score, judgment or None)"),
+    ("def check(prompts, responses, want_judgment):\n    return 1.0\n",
+     "ValueError: " + "{module}:check returned float for 1 responses; a checker returns one (score, judgment or None)"),
+    ("def check(prompts, responses, want_judgment):\n    return [(float('nan'), None)]\n",
+     "{module}:check returned the score nan; scores are finite numbers"),
     ("def check(prompts, responses, want_judgment):\n    raise KeyError('reference')\n",
-     "it raised KeyError: 'reference'"),
+     "KeyError: 'reference'"),
 ])
 def test_the_judges_checker_is_tried_on_a_seed_prompt(tmp_path, tiny_models, capsys, monkeypatch, body, named):
     module = f"checks_{tmp_path.name.replace('-', '_')}"
@@ -87,4 +89,4 @@ def test_the_judges_checker_is_tried_on_a_seed_prompt(tmp_path, tiny_models, cap
     _verifier(path, tiny_models)
     _edit(path, 'backend = "verifier"', f'backend = "verifier"\nchecker = "{module}:check"')
     err = _up(capsys, path)
-    assert f"judge.checker {module}:check: " in err and named in err, err
+    assert f"judge {module}:check: on the first seed prompt" in err and named.format(module=module) in err, err
