@@ -80,6 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
     attach.add_argument("--name", help="agent name, unique in the run (default: ROLE-attached-PID)")
     attach.add_argument("--control", help="hub control endpoint, e.g. tcp://hub-host:5555")
     attach.add_argument("--data", help="hub data endpoint, e.g. tcp://hub-host:5556")
+    export = commands.add_parser(
+        "export", help="write a run's policy version as a PEFT adapter folder (or a merged model)",
+        description="Write policy version N of RUN_DIR (default: the newest, which is the one served at the end) as "
+                    "a PEFT adapter folder that PeftModel.from_pretrained, AutoPeftModelForCausalLM and vLLM load, "
+                    "with the run's base model recorded (a local path made absolute); --merge writes the base model "
+                    "with the adapter merged into its weights instead, with its tokenizer.",
+        epilog="example: selfplay export runs/demo/rloo --out my-adapter && python -c \"from peft import "
+               "AutoPeftModelForCausalLM; AutoPeftModelForCausalLM.from_pretrained('my-adapter')\"")
+    export.add_argument("run_dir", help="the run directory (topology [run] dir)")
+    export.add_argument("--out", required=True, help="a new (or empty) folder to write")
+    export.add_argument("--version", type=int, help="the policy version (default: the newest the run keeps)")
+    export.add_argument("--merge", action="store_true", help="write a merged model instead of an adapter")
+    export.add_argument("--base-model", help="the base model to record (and merge into), instead of the run's")
     stop = commands.add_parser("stop", help="stop a running topology cleanly",
                                description="Ask the supervisor of RUN_DIR to stop every process and wait until they "
                                            "are gone.")
@@ -313,6 +326,14 @@ def _up(args: argparse.Namespace) -> int:
     return supervisor_for(args.topology, topo, roles).run()
 
 
+def _export(args: argparse.Namespace) -> int:
+    from launch.export import export_version
+
+    out = export_version(args.run_dir, args.out, version=args.version, merge=args.merge, base_model=args.base_model)
+    print(out)
+    return 0
+
+
 def _attach(args: argparse.Namespace) -> int:
     import os
 
@@ -430,6 +451,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _attach(args)
         if args.command == "stop":
             return _stop(args)
+        if args.command == "export":
+            return _export(args)
         if args.command == "demo":
             return _demo(args)
         if args.command == "report":

@@ -21,11 +21,11 @@ def run(*args):
 def test_help_lists_every_command():
     out = run("--help")
     assert out.returncode == 0
-    for command in ["keys", "up", "attach", "status", "stop", "report", "train", "demo"]:
+    for command in ["keys", "up", "attach", "status", "stop", "export", "report", "train", "demo"]:
         assert command in out.stdout
 
 
-@pytest.mark.parametrize("command", ["keys", "keys init", "up", "train", "demo"])
+@pytest.mark.parametrize("command", ["keys", "keys init", "up", "train", "demo", "export"])
 def test_each_command_has_help(command):
     out = run(*command.split(), "--help")
     assert out.returncode == 0 and "usage: selfplay" in out.stdout
