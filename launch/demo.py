@@ -315,7 +315,7 @@ def run_demo(algo: str = DEMO_METHOD, root: str | Path = "runs/demo", plan: Plan
         f"(logs: {run_dir / 'logs'})")
     progress = Progress(run_dir, plan.rounds, started, say)
     progress.start()
-    code = supervisor_for(str(topology_path), topo).run()
+    code = supervisor_for(str(topology_path), topo, progress=False).run()  # its own Progress prints versions
     progress.stopped.set()
     if code != 0:
         raise RuntimeError(f"the run stopped before its end (exit {code}); see {run_dir / 'logs'}")

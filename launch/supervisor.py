@@ -30,6 +30,7 @@ from pathlib import Path
 import structlog
 
 from launch.logs import rotate
+from launch.progress import CreatorProgress
 from launch.worker import EXIT_FATAL, EXIT_RUN_FAILED, ROLES
 
 log = structlog.get_logger("launch.supervisor")
@@ -52,9 +53,10 @@ class Child:
 class Supervisor:
     def __init__(self, run_dir: str | Path, children: list[Child], backoff_min_s: float = 1.0,
                  backoff_max_s: float = 30.0, log_max_bytes: int = 50 << 20, log_backups: int = 3,
-                 max_identical_crashes: int = 5) -> None:
+                 max_identical_crashes: int = 5, progress: CreatorProgress | None = None) -> None:
         self.run_dir, self.children = Path(run_dir), children
         self.max_identical_crashes = max_identical_crashes  # 0: restart forever
+        self.progress = progress  # a line per round event of the creator, on the console
         self.backoff_min_s, self.backoff_max_s = backoff_min_s, backoff_max_s
         self.log_max_bytes, self.log_backups = log_max_bytes, log_backups
         self._stopping = False
@@ -88,6 +90,8 @@ class Supervisor:
                         self._schedule_restart(child, code)
                     elif child.proc is None and time.monotonic() >= child.next_start:
                         self._start(child)
+                for line in self.progress.poll() if self.progress else []:
+                    log.info(line)
                 self._write_state()
                 time.sleep(0.2)
             return 130
@@ -171,8 +175,11 @@ def children_for(topology_path: str, topo, roles: tuple[str, ...] = ROLES) -> li
     return children
 
 
-def supervisor_for(topology_path: str, topo, roles: tuple[str, ...] = ROLES) -> Supervisor:
-    """The supervisor of a topology's processes (those of `roles`), with its log retention."""
+def supervisor_for(topology_path: str, topo, roles: tuple[str, ...] = ROLES, progress: bool = True) -> Supervisor:
+    """The supervisor of a topology's processes (those of `roles`), with its log retention; with `progress`, a
+    console line per round event of the creator when it runs here."""
+    log_path = Path(topo.run.dir) / "logs" / "creator-0.jsonl"
     return Supervisor(topo.run.dir, children_for(topology_path, topo, roles),
+                      progress=CreatorProgress(log_path) if progress and "creator" in roles else None,
                       log_max_bytes=int(topo.run.log_max_mb * 2**20), log_backups=topo.run.log_backups,
                       max_identical_crashes=topo.run.max_identical_crashes)

@@ -48,7 +48,9 @@ def test_up_runs_a_round_with_an_attached_solver_and_leaves_nothing_behind(tmp_p
         while time.monotonic() < deadline and len(pids) < 5:
             pids |= _children(run)
             time.sleep(0.2)
-        assert up.wait(timeout=240) == 0, up.stderr.read()[-3000:]
+        code = up.wait(timeout=240)
+        console = up.stderr.read()
+        assert code == 0, console[-3000:]
     finally:
         if up.poll() is None:
             up.kill()
@@ -60,6 +62,7 @@ def test_up_runs_a_round_with_an_attached_solver_and_leaves_nothing_behind(tmp_p
             attached.wait(10)
     summary = json.loads((run / "creator-done.json").read_text())
     assert summary["rounds"] == 2 and summary["policy_version"] == 2
+    assert "round 1: trained v1 on" in console and "round 2: trained v2 on" in console  # progress on the console
     db = sqlite3.connect(run / "ledger.sqlite")
     agents = {row[0] for row in db.execute("SELECT agent FROM tasks WHERE kind = 'generate' AND state = 'done'")}
     assert "solver-9" in agents, agents  # the attached solver received work
