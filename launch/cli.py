@@ -293,6 +293,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _up(args: argparse.Namespace) -> int:
     import importlib.util
+    import shutil
     from pathlib import Path
 
     from launch.preflight import preflight
@@ -318,6 +319,9 @@ def _up(args: argparse.Namespace) -> int:
         return 2
     run_dir = Path(topo.run.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    copy = run_dir / "topology.toml"  # what `report` reads the judge from, beside the run it describes
+    if not (copy.exists() and copy.samefile(args.topology)):
+        shutil.copyfile(args.topology, copy)
     if "hub" in roles:
         (run_dir / "hub.json").unlink(missing_ok=True)  # a stale one would point agents at a dead hub
     (run_dir / "creator-done.json").unlink(missing_ok=True)

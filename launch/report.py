@@ -7,6 +7,9 @@
 comes from the ledger (never from a process's memory), so a report of a crashed or still-running run
 is as good as one of a finished run. Held-out accuracy is the share of held-out prompts whose greedy
 answer scored 1 (exact), per policy version that was evaluated; its standard error is sqrt(p(1-p)/n).
+That holds for a verifier judge; with a reward model or an LLM judge, whose scores are not right or wrong,
+the figure is the mean score and its standard error instead (`metric` says which; the judge is read from
+RUN/topology.toml, which `up` and the demo write there).
 With promotion, the summary also has each version's validation score (by the creator's promotion metric, from
 the creator-done.json it writes when it ends; the mean score before that), the versions promoted to best
 (each scored above every version validated before it: the creator's rule, agents/promotion.py) and the
@@ -25,11 +28,27 @@ from typing import Any
 from agents.ledger_query import LedgerReader
 
 
-def accuracy(scores: list[float]) -> dict[str, float]:
-    """Exact-answer accuracy of `scores` with its standard error."""
+def accuracy(scores: list[float], solved_at: float | None = 1.0) -> dict[str, float]:
+    """The share of `scores` at least `solved_at` (exact answers, for a verifier) with its standard error; with
+    `solved_at` None (scores that are not right or wrong), their mean and its standard error."""
     n = len(scores)
-    p = sum(s >= 1.0 for s in scores) / n if n else 0.0
+    if solved_at is None:
+        mean = sum(scores) / n if n else 0.0
+        variance = sum((s - mean) ** 2 for s in scores) / (n - 1) if n > 1 else 0.0
+        return {"acc": mean, "stderr": math.sqrt(variance / n) if n else 0.0, "n": n}
+    p = sum(s >= solved_at for s in scores) / n if n else 0.0
     return {"acc": p, "stderr": math.sqrt(p * (1 - p) / n) if n else 0.0, "n": n}
+
+
+def solved_at(run_dir: Path) -> float | None:
+    """1.0 (a solved answer scores 1) for a verifier judge or when the run's judge is unknown; None otherwise."""
+    from protocol.settings import ConfigError, read_config_file
+
+    try:
+        backend = (read_config_file(run_dir / "topology.toml").get("judge") or {}).get("backend", "verifier")
+    except (ConfigError, OSError, AttributeError):  # no copy (an older run) or not one that reads: the verifier's
+        return 1.0
+    return 1.0 if backend == "verifier" else None
 
 
 def _decided_validation(run_dir: Path) -> dict[int, float]:
@@ -44,9 +63,14 @@ def _decided_validation(run_dir: Path) -> dict[int, float]:
 
 def summarize(run_dir: str | Path) -> dict[str, Any]:
     """Figures of a run from its ledger; see the module docstring for what each means."""
+    threshold = solved_at(Path(run_dir))
+
+    def acc(scores: list[float]) -> dict[str, float]:
+        return accuracy(scores, threshold)
+
     with LedgerReader.for_run(run_dir) as ledger:
         evals = ledger.eval_scores()
-        by_version = {v: accuracy([s for _, s in answers.values()]) for v, answers in sorted(evals.items())}
+        by_version = {v: acc([s for _, s in answers.values()]) for v, answers in sorted(evals.items())}
         by_difficulty: dict[str, dict[str, Any]] = {}
         if evals:
             first, last = min(evals), max(evals)
@@ -54,8 +78,8 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
                             key=lambda d: (d is None, d))
             for level in levels:
                 by_difficulty[str(level)] = {
-                    "before": accuracy([s for d, s in evals[first].values() if d == level]),
-                    "after": accuracy([s for d, s in evals[last].values() if d == level])}
+                    "before": acc([s for d, s in evals[first].values() if d == level]),
+                    "after": acc([s for d, s in evals[last].values() if d == level])}
         rewards = ledger.reward_by_version()
         validation = _decided_validation(Path(run_dir)) or {  # the creator's own metric once it has ended
             v: mean for v, (mean, _) in ledger.reward_by_version("validation").items()}
@@ -74,6 +98,7 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
     stderr = max(before["stderr"], after["stderr"]) if before and after else None
     best = max(by_version, key=lambda v: (by_version[v]["acc"], -v)) if by_version else None
     return {
+        "metric": "accuracy" if threshold is not None else "mean score",
         "acc_before": before["acc"] if before else None,
         "acc_after": after["acc"] if after else None,
         "acc_stderr": stderr,
@@ -113,7 +138,8 @@ def write_report(summary: dict[str, Any], path: str | Path, title: str = "selfpl
         ax.bar([x + offset for x in xs], values, width=0.4, yerr=errors, capsize=3, label=label)
     ax.set_xticks(list(xs), [f"level {lv}" for lv in levels])
     ax.set_ylim(0, 1)
-    ax.set_title("held-out accuracy by difficulty")
+    metric = summary.get("metric", "accuracy")
+    ax.set_title(f"held-out {metric} by difficulty")
     ax.legend()
 
     ax = axes[1]
@@ -121,7 +147,7 @@ def write_report(summary: dict[str, Any], path: str | Path, title: str = "selfpl
     ax.plot([int(v) for v in rewards], [r["mean"] for r in rewards.values()], "o-", label="training reward (mean)")
     accs = summary["acc_by_version"]
     ax.errorbar([int(v) for v in accs], [a["acc"] for a in accs.values()], yerr=[a["stderr"] for a in accs.values()],
-                fmt="s-", capsize=3, label="held-out test accuracy")
+                fmt="s-", capsize=3, label=f"held-out test {metric}")
     validation = summary.get("validation_by_version", {})
     if validation:
         ax.plot([int(v) for v in validation], list(validation.values()), ":", color="grey", label="validation score")
@@ -133,7 +159,7 @@ def write_report(summary: dict[str, Any], path: str | Path, title: str = "selfpl
                        label=label)
     ax.set_xlabel("policy version")
     ax.set_ylim(0, 1)
-    ax.set_title("reward and accuracy by version")
+    ax.set_title(f"reward and {metric} by version")
     ax.legend(fontsize=8)
 
     ax = axes[2]

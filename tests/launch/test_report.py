@@ -68,3 +68,23 @@ def test_a_run_with_promotion_reports_validation_promotions_and_rollbacks(tmp_pa
     decided = summarize(tmp_path)
     assert decided["validation_by_version"] == {"0": 0.25, "1": 0.5, "2": 0.75}
     assert decided["promotions"] == [1, 2]
+
+
+@pytest.mark.parametrize("judge, metric, before, after", [
+    ('backend = "reward_model"\nmodel = "rm"', "mean score", 0.6, 0.8),  # scores are not right or wrong: their mean
+    ('backend = "verifier"', "accuracy", 0.0, 0.0),  # no answer scored 1: none solved
+    (None, "accuracy", 0.0, 0.0),  # no topology copy (an older run): the verifier's rule, as before
+])
+def test_the_held_out_figure_follows_the_judge(tmp_path, judge, metric, before, after):
+    from tests.agents.test_ledger_query import E1, E2, solve_and_judge
+
+    if judge is not None:
+        (tmp_path / "topology.toml").write_text(f'[run]\ndir = "."\n[judge]\n{judge}\n')
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    solve_and_judge(ledger, [(E1, 0, 0.4), (E2, 0, 0.8), (E1, 1, 0.9), (E2, 1, 0.7)], now=10)
+    summary = summarize(tmp_path)
+    ledger.close()
+    assert summary["metric"] == metric
+    assert (summary["acc_before"], summary["acc_after"]) == (pytest.approx(before), pytest.approx(after))
+    if metric == "mean score":
+        assert summary["acc_by_version"]["0"]["stderr"] == pytest.approx(math.sqrt(0.08 / 2))  # sample variance 0.08, n 2
