@@ -394,7 +394,7 @@ def _status(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from launch.status import format_processes, format_status, query_status, read_processes
+    from launch.status import format_ledger, format_processes, format_status, query_status, read_processes
 
     endpoint = args.hub or f"ipc://{Path(args.run_dir).resolve() / 'sock' / 'hub-control.ipc'}"
     processes = read_processes(args.run_dir) if args.run_dir else None
@@ -403,6 +403,9 @@ def _status(args: argparse.Namespace) -> int:
     except (TimeoutError, RuntimeError) as e:
         if processes:  # a hub that does not answer may be the process that keeps failing
             print(json.dumps({"processes": processes}, indent=2) if args.json else format_processes(processes))
+        elif args.run_dir and (Path(args.run_dir) / "ledger.sqlite").exists() and not args.json:
+            print(format_ledger(args.run_dir))  # a run that has ended: what its ledger says
+            return 0
         print(f"selfplay status: {e}", file=sys.stderr)
         return 1
     if args.json:

@@ -8,6 +8,11 @@ key (an observer's): `--keys DIR --name NAME`. With a run directory, the process
 supervisor are shown too (RUN/supervisor.json: pid, restarts, the last line each printed before it exited):
 
     print(format_processes(read_processes("runs/a")))
+
+When no hub answers and the run directory holds a ledger (a finished or stopped run), `format_ledger` shows
+what the ledger says instead: policy versions, rollbacks, reward and held-out scores by version, tasks.
+
+    print(format_ledger("runs/a"))
 """
 
 from __future__ import annotations
@@ -102,4 +107,29 @@ def format_processes(processes: dict[str, dict[str, Any]]) -> str:
         if p.get("last_error"):
             line += f"   last error: {p['last_error']}"
         lines.append(line)
+    return "\n".join(lines)
+
+
+def format_ledger(run_dir: str | Path) -> str:
+    """The run as its ledger records it (no hub needed): what `selfplay status` shows for a run that has ended."""
+    from agents.ledger_query import LedgerReader
+
+    with LedgerReader.for_run(run_dir) as ledger:
+        versions = ledger.policy_versions()
+        restores = ledger.restores()
+        rewards = ledger.reward_by_version()
+        scores = {source: ledger.reward_by_version(source) for source in ("eval", "validation")}
+        states = ledger.tasks_by_state()
+    lines = [f"run {run_dir} (no hub answers: from its ledger)",
+             f"published policy versions: {len(versions)}" + (f", newest v{max(versions)}" if versions else "")]
+    if rewards:
+        lines += ["", "reward by policy version (mean verdict score of its samples):"]
+        lines += [f"  v{v:<4} {mean:.4f}  ({n} samples)" for v, (mean, n) in sorted(rewards.items())]
+    for source, title in (("eval", "held-out test"), ("validation", "validation")):
+        if scores[source]:
+            lines += ["", f"{title} by policy version:"]
+            lines += [f"  v{v:<4} {mean:.4f}  ({n} samples)" for v, (mean, n) in sorted(scores[source].items())]
+    if restores:
+        lines += ["", "rollbacks:"] + [f"  v{v:<4} = v{source} again" for v, source in sorted(restores.items())]
+    lines += ["", "tasks: " + ", ".join(f"{n} {state}" for state, n in sorted(states.items()))]
     return "\n".join(lines)

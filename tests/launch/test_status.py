@@ -45,3 +45,18 @@ def test_status_shows_this_machines_processes_even_when_the_hub_does_not_answer(
     hub = next(line for line in out.stdout.splitlines() if line.split()[:1] == ["hub"])
     assert "waiting to restart" in hub and "restarts 3" in hub and "Address already in use" in hub
     assert "pid 4242" in out.stdout
+
+
+def test_status_of_a_run_that_has_ended_reads_its_ledger(tmp_path):
+    from agents.ledger import Ledger
+    from tests.agents.test_ledger_query import build_run
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    build_run(ledger)
+    ledger.close()
+    out = subprocess.run([SELFPLAY, "status", "--run-dir", str(tmp_path), "--timeout", "0.5"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "no hub answers: from its ledger" in out.stdout and "published policy versions: 2, newest v2" in out.stdout
+    assert "  v0    0.7500  (2 samples)" in out.stdout  # the small run's training reward of v0
+    assert "held-out test by policy version:" in out.stdout and "1 dead" in out.stdout
