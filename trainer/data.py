@@ -13,6 +13,7 @@ formats: prompt/completion, preference (prompt/chosen/rejected), conversational 
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 from dataclasses import dataclass, field
@@ -66,9 +67,18 @@ class Batch:
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines file or a JSON list, each a dict; errors name the line."""
+    """Rows of a JSON-lines file or a JSON list (gzipped when the name ends in .gz), each a dict; errors name
+    the line. Preference rows in TRL's implicit-prompt form (chat `chosen` and `rejected` that share their
+    first messages, no `prompt`) get the shared messages as their prompt."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".gz":
+        try:
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, EOFError) as e:
+            raise DataError(f"{path}: not a readable gzip file: {e}") from None
+    else:
+        text = path.read_text(encoding="utf-8")
     if text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
@@ -88,7 +98,21 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
             raise DataError(f"{path}, row {i}: expected an object, got {type(row).__name__}")
     if not rows:
         raise DataError(f"{path}: no rows")
-    return rows
+    return [explicit_prompt(row) for row in rows]
+
+
+def explicit_prompt(row: dict[str, Any]) -> dict[str, Any]:
+    """A TRL implicit-prompt preference row (chat `chosen`/`rejected`, no `prompt`) with its shared first messages
+    as the prompt and the rest as the two answers; any other row as it is."""
+    chosen, rejected = row.get("chosen"), row.get("rejected")
+    if "prompt" in row or not (isinstance(chosen, list) and isinstance(rejected, list)):
+        return row
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+        shared += 1
+    if shared == 0:
+        return row  # nothing shared: check_rows names the missing prompt
+    return {**row, "prompt": chosen[:shared], "chosen": chosen[shared:], "rejected": rejected[shared:]}
 
 
 class Renderer:

@@ -125,6 +125,9 @@ def test_plan_is_deterministic_complete_and_length_aware(tok):
     ("sft", {"question": "q"}, "row 1: missing"),
     ("cut", {"prompt": "q", "completion": "a", "judgment": "j", "label": "yes"}, "row 1: 'label' must be"),
     ("gsil", {"prompt": "", "completion": "a"}, "row 1: 'prompt' is empty"),
+    ("sft", {"prompt": "q", "completion": 5}, "row 1: 'completion' must be text or a list of chat messages .*got int"),
+    ("dpo", {"prompt": [{"role": "user", "content": 3}], "chosen": "a", "rejected": "b"},
+     "row 1: 'prompt' must be text or a list of chat messages .*got a list that is not chat messages"),
 ])
 def test_bad_rows_name_the_row_and_what_is_wrong(algo, row, problem):
     good = rows("prompt_completion" if algo in {"sft", "gsil"} else "preference" if algo == "dpo" else "judged", 1)
@@ -189,3 +192,22 @@ def test_an_empty_answer_is_a_data_error_offline_but_a_real_answer_in_a_live_rou
     check_rows(rows, "dpo", source="round", empty_responses=True)
     with pytest.raises(DataError, match="'prompt' is empty"):
         check_rows([{"prompt": "", "chosen": "4", "rejected": ""}], "dpo", empty_responses=True)
+
+
+def test_gzipped_rows_and_trls_implicit_prompt_preference_rows(tmp_path):
+    import gzip
+
+    user = {"role": "user", "content": "What is 2 + 2?"}
+    implicit = {"chosen": [user, {"role": "assistant", "content": "4"}],
+                "rejected": [user, {"role": "assistant", "content": "5"}]}
+    path = tmp_path / "pairs.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write(json.dumps(implicit) + "\n" + json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
+    first, second = read_rows(path)
+    assert first == {"prompt": [user], "chosen": [{"role": "assistant", "content": "4"}],
+                     "rejected": [{"role": "assistant", "content": "5"}]}
+    assert second == {"prompt": "q", "chosen": "a", "rejected": "b"}
+    check_rows([first, second], "dpo")
+    (tmp_path / "broken.jsonl.gz").write_bytes(b"not gzip")
+    with pytest.raises(DataError, match="not a readable gzip file"):
+        read_rows(tmp_path / "broken.jsonl.gz")

@@ -54,10 +54,20 @@ def check_rows(rows: list[Row], algo: str, source: str = "data", *, empty_respon
         if problem:
             raise DataError(f"{source}, row {i}: {problem}")
         for key, value in row.items():
-            if empty_responses and key in RESPONSE_FIELDS and value == "":
+            if key not in TEXT_FIELDS:
                 continue
-            if key in TEXT_FIELDS and (value is None or value == "" or value == []):
+            allowed_empty = empty_responses and key in RESPONSE_FIELDS and value == ""
+            if not allowed_empty and (value is None or value == "" or value == []):
                 raise DataError(f"{source}, row {i}: {key!r} is empty")
+            if not (isinstance(value, str) or _is_chat(value)):
+                got = type(value).__name__ if not isinstance(value, list) else "a list that is not chat messages"
+                raise DataError(f"{source}, row {i}: {key!r} must be text or a list of chat messages "
+                                f"({{'role': ..., 'content': text}}), got {got}")
+
+
+def _is_chat(value: object) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
 
 
 def build_examples(rows: list[Row], config: TrainConfig, renderer: Renderer) -> list[Example]:
