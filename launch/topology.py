@@ -30,9 +30,6 @@ rate)`.
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +37,7 @@ from pydantic import Field, ValidationError, ValidationInfo, create_model, field
 
 from agents.creator import CreatorConfig
 from agents.hub import HubConfig, HubSettings
+from agents.plugins import load_object
 from protocol.settings import ConfigError, Strict, format_validation_error, read_config_file
 from trainer.config import LIVE_FIXED, TrainConfig
 
@@ -247,15 +245,3 @@ def load_topology(path: str | Path) -> Topology:
     return topology
 
 
-def load_object(spec: str) -> Any:
-    """`module:name` -> the object (a task world's mutator or checker); ValueError says what is wrong.
-    Modules are found as the processes find them (`python -m` puts the working directory on the path)."""
-    module, sep, name = spec.partition(":")
-    if not sep or not module or not name:
-        raise ValueError(f"{spec!r} is not module:name")
-    if os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"cannot load {spec!r}: {e}") from None

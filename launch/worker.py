@@ -159,8 +159,8 @@ def build_worker(role: str, link, topo):
 
 def run_creator(link, topo) -> int:
     from agents.creator import Creator, RunStopped
+    from agents.plugins import load_object
     from launch.preflight import read_prompts
-    from launch.topology import load_object
 
     seeds = read_prompts(topo.creator.prompts, "seed", "seed")
     held_out = read_prompts(topo.creator.eval_prompts, "eval", "eval") if topo.creator.eval_prompts else None

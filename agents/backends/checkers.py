@@ -22,6 +22,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from agents.plugins import load_object
 from protocol.messages import Prompt
 
 Scored = tuple[float, str | None]
@@ -31,8 +32,6 @@ COLUMNS = ("answer", "demonstration", "difficulty")  # Prompt fields a TRL rewar
 
 def load_scorer(sources: Sequence[tuple[str, float]]) -> Scorer:
     """The scorer of `module:name` checkers with their weights (one with weight 1: that checker alone)."""
-    from launch.topology import load_object
-
     scorers = []
     for spec, weight in sources:
         obj = load_object(spec)

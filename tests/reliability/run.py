@@ -172,8 +172,8 @@ def hub_process(tmp_path: Path, **hub) -> Iterator[tuple[subprocess.Popen, str]]
     settings = "\n".join(f"{k} = {json.dumps(v)}" for k, v in hub.items())
     topology = tmp_path / "hub.toml"
     topology.write_text(f'[run]\ndir = "{run}"\nlog_level = "info"\n[hub]\n{settings}\n[creator]\n'
-                        f'prompts = "{tmp_path / "seeds.jsonl"}"\n[solver]\nmodel = "unused"\n'
-                        f'[trainer]\nalgo = "dpo"\nmodel = "unused"\n')
+                        f'prompts = "{tmp_path / "seeds.jsonl"}"\n[solver]\nmodel = "{tmp_path}"\n'
+                        f'[trainer]\nalgo = "dpo"\nmodel = "{tmp_path}"\n')  # never loaded: the hub alone runs
     proc = subprocess.Popen([sys.executable, "-m", "launch.worker", "hub", str(topology)],
                             cwd=Path(__file__).resolve().parents[2], stderr=open(tmp_path / "hub.err", "w"))  # noqa: SIM115
     try:
