@@ -36,12 +36,9 @@ class Judge:
         pairs = [(group.prompt, sample) for group in task.groups for sample in group.samples]
         try:
             scored = self.scorer([p for p, _ in pairs], [s.text for _, s in pairs], task.want_judgment)
-        except ValueError as e:
+        except ValueError as e:  # a prompt it cannot score, or a task's own checker failing (CheckerError)
             log.warning("cannot judge task", task_id=assign.task_id, error=str(e))
             return self.link.fail(assign, str(e), retryable=False)
-        except Exception as e:  # a task's own checker failed: the same samples would fail it again, no retry
-            log.warning("the checker raised", task_id=assign.task_id, error=f"{type(e).__name__}: {e}")
-            return self.link.fail(assign, f"the checker raised {type(e).__name__}: {e}", retryable=False)
         bad = next(((s.sample_id, score) for (_, s), (score, _) in zip(pairs, scored, strict=True)
                     if not (math.isfinite(score) and abs(score) <= MAX_REAL)), None)
         if bad is not None:  # the same scorer would say the same again: no retry

@@ -15,7 +15,9 @@ that fails on start, is restarted, and fails the same way again.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -98,10 +100,11 @@ def preflight(topo: Any, roles: tuple[str, ...]) -> list[str]:
                 problems.append(f"{field}: {problem}")
     if topo.judge is not None and topo.judge.backend == "verifier" and ("creator" in roles or "judge" in roles):
         settings = topo.creator.settings
-        if settings.evolve and topo.creator.mutator is None:
+        if settings.evolve and topo.creator.mutator is None and not topo.judge.checkers():
             problems.append("creator.settings.evolve with no creator.mutator: eva would write new prompts with a model, "
                             "and they carry no answer for the verifier judge to check. Set creator.mutator (a task "
-                            "world's mutator that keeps answers) or creator.settings.evolve = false")
+                            "world's mutator that keeps answers), a checker that scores without an answer "
+                            "(judge.checker or judge.rewards), or creator.settings.evolve = false")
         if seeds and "judge" in roles:
             problems += _checker_problems(topo, seeds[0])
     return problems
@@ -141,8 +144,6 @@ def _overlaps(sets: dict[str, list[Prompt]]) -> list[str]:
 
 def _checker_problems(topo: Any, prompt: Prompt) -> list[str]:
     """Call the verifier's checkers once as the judge will: one (score, judgment or None) per response."""
-    from agents.backends.checkers import load_scorer
-
     checkers = topo.judge.checkers()
     if not checkers:
         if prompt.answer is None:
@@ -150,8 +151,19 @@ def _checker_problems(topo: Any, prompt: Prompt) -> list[str]:
                     "has none: give each prompt an 'answer', or a judge.checker"]
         return []
     names = ", ".join(spec for spec, _ in checkers)
+    # in a process of its own: a checker may load a model or start CUDA, which `up` must not hold for the run
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        problem = pool.submit(_try_checkers, checkers, prompt).result()
+    return [f"judge {names}: on the first seed prompt ({prompt.prompt_id}): {problem}"] if problem else []
+
+
+def _try_checkers(checkers: list[tuple[str, float]], prompt: Prompt) -> str | None:
+    from agents.backends.checkers import CheckerError, load_scorer
+
     try:
         load_scorer(checkers)([prompt], [prompt.answer or prompt.demonstration or "?"], True)
-    except Exception as e:  # any error of user code is the problem to report
-        return [f"judge {names}: on the first seed prompt ({prompt.prompt_id}): {type(e).__name__}: {e}"]
-    return []
+    except CheckerError as e:  # it raised, or returned the wrong thing: the message says which
+        return str(e)
+    except Exception as e:  # any other error of user code (an import that fails) is the problem to report
+        return f"{type(e).__name__}: {e}"
+    return None

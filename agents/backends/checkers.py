@@ -11,8 +11,9 @@ Two contracts are accepted (docs/tasks.md):
   `f(prompts=[text], completions=[text], answer=[...], demonstration=[...], difficulty=[...])` (only the
   arguments it names, or all of them when it takes **kwargs), returning one number per completion.
 A class made with no arguments is instantiated once. Several checkers add up with their weights; the
-judgment is the first one given. A result of the wrong shape or type raises ValueError, which the judge
-reports on its task (and `selfplay up` before the run starts).
+judgment is the first one given. A checker that raises, or returns a result of the wrong shape or type,
+raises CheckerError, which the judge reports on its task without a retry (and `selfplay up` before the run
+starts).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Sequence
+from numbers import Real
 from typing import Any
 
 from agents.plugins import load_object
@@ -41,12 +43,23 @@ def load_scorer(sources: Sequence[tuple[str, float]]) -> Scorer:
     return weighted(scorers)
 
 
+class CheckerError(ValueError):
+    """A task's own checker raised, or returned what is not one score per response: the same samples would
+    fail the same way again, so the judge fails the task without a retry."""
+
+
 def as_scorer(fn: Callable[..., Any], name: str = "checker") -> Scorer:
-    """`fn` under either contract, as a selfplay scorer whose results are checked."""
-    trl = _takes_completions(fn)
+    """`fn` under either contract, as a selfplay scorer whose results are checked. TRL's None ("this reward
+    does not apply to this completion") counts 0, as TRL's sum over reward functions does."""
+    trl = _is_trl(fn)
 
     def score(prompts: Sequence[Prompt], responses: Sequence[str], want_judgment: bool) -> list[Scored]:
-        out = fn(**_arguments(fn, prompts, responses)) if trl else fn(prompts, responses, want_judgment)
+        try:
+            out = fn(**_arguments(fn, prompts, responses)) if trl else fn(prompts, responses, want_judgment)
+        except Exception as e:
+            raise CheckerError(f"{name} raised {type(e).__name__}: {e}") from e
+        if trl and isinstance(out, list | tuple):
+            out = [0.0 if item is None else item for item in out]
         return normalize(out, len(responses), name)
 
     return score
@@ -63,27 +76,33 @@ def weighted(scorers: Sequence[tuple[Scorer, float]]) -> Scorer:
 
 
 def normalize(out: Any, n: int, name: str) -> list[Scored]:
-    """`out` as n (score, judgment | None) pairs; ValueError naming `name` when it is not that."""
-    if not isinstance(out, list | tuple) or len(out) != n:
-        got = f"{type(out).__name__} of {len(out)}" if isinstance(out, list | tuple) else type(out).__name__
-        raise ValueError(f"{name} returned {got} for {n} responses; a checker returns one (score, judgment or None), "
-                         "or one number, per response")
+    """`out` as n (score, judgment | None) pairs; CheckerError naming `name` when it is not that. Numbers of
+    any kind count (numpy's and torch's too, and arrays or tensors of them); a pair is any sequence of two."""
+    out = out.tolist() if hasattr(out, "tolist") else out
+    if not isinstance(out, Sequence) or isinstance(out, str | bytes) or len(out) != n:
+        got = f"{type(out).__name__} of {len(out)}" if isinstance(out, Sequence) else type(out).__name__
+        raise CheckerError(f"{name} returned {got} for {n} responses; a checker returns one (score, judgment or "
+                           "None), or one number, per response")
     pairs = []
     for item in out:
-        score, judgment = item if isinstance(item, tuple) and len(item) == 2 else (item, None)
-        if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
-            raise ValueError(f"{name} returned the score {score!r}; scores are finite numbers")
+        pair = isinstance(item, Sequence) and not isinstance(item, str | bytes) and len(item) == 2
+        score, judgment = item if pair else (item, None)
+        score = score.item() if hasattr(score, "item") and not isinstance(score, Real) else score
+        if isinstance(score, bool) or not isinstance(score, Real) or not math.isfinite(score):
+            raise CheckerError(f"{name} returned the score {score!r}; scores are finite numbers")
         if judgment is not None and not isinstance(judgment, str):
-            raise ValueError(f"{name} returned the judgment {judgment!r}; judgments are text or None")
+            raise CheckerError(f"{name} returned the judgment {judgment!r}; judgments are text or None")
         pairs.append((float(score), judgment))
     return pairs
 
 
-def _takes_completions(fn: Callable[..., Any]) -> bool:
+def _is_trl(fn: Callable[..., Any]) -> bool:
+    """TRL's contract names `completions`; selfplay's takes `want_judgment` (whatever it calls the others)."""
     try:
-        return "completions" in inspect.signature(fn).parameters
+        parameters = inspect.signature(fn).parameters
     except (TypeError, ValueError):  # a builtin without a signature: selfplay's contract
         return False
+    return "completions" in parameters and "want_judgment" not in parameters
 
 
 def _arguments(fn: Callable[..., Any], prompts: Sequence[Prompt], responses: Sequence[str]) -> dict[str, list[Any]]:

@@ -73,13 +73,29 @@ def test_evolving_prompts_without_a_mutator_cannot_be_checked_by_an_answer_verif
     assert "creator.settings.evolve with no creator.mutator" in _up(capsys, path)
 
 
+def test_evolving_prompts_without_a_mutator_are_allowed_with_a_checker_of_ones_own(tmp_path, tiny_models, capsys,
+                                                                                 monkeypatch):
+    module = f"free_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{module}.py").write_text("def check(prompts, responses, want_judgment):\n"
+                                           "    return [float(len(r) < 9) for r in responses]\n")
+    monkeypatch.chdir(tmp_path)
+    path = write_topology(tmp_path, tiny_models)
+    _verifier(path, tiny_models)
+    _edit(path, 'mutator = "agents.worlds.arithmetic:mutate"\n', "")
+    _edit(path, 'backend = "verifier"', f'backend = "verifier"\nchecker = "{module}:check"')
+    from launch.preflight import preflight
+    from launch.topology import load_topology
+
+    assert preflight(load_topology(path), roles=("hub", "creator", "judge", "solver", "trainer")) == []
+
+
 @pytest.mark.parametrize("body, named", [
     ("def check(prompts, responses, want_judgment):\n    return 1.0\n",
-     "ValueError: " + "{module}:check returned float for 1 responses; a checker returns one (score, judgment or None)"),
+     "{module}:check returned float for 1 responses; a checker returns one (score, judgment or None)"),
     ("def check(prompts, responses, want_judgment):\n    return [(float('nan'), None)]\n",
      "{module}:check returned the score nan; scores are finite numbers"),
     ("def check(prompts, responses, want_judgment):\n    raise KeyError('reference')\n",
-     "KeyError: 'reference'"),
+     "{module}:check raised KeyError: 'reference'"),
 ])
 def test_the_judges_checker_is_tried_on_a_seed_prompt(tmp_path, tiny_models, capsys, monkeypatch, body, named):
     module = f"checks_{tmp_path.name.replace('-', '_')}"
