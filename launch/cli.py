@@ -394,24 +394,26 @@ def _status(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from launch.status import format_ledger, format_processes, format_status, query_status, read_processes
+    from launch import status
 
     endpoint = args.hub or f"ipc://{Path(args.run_dir).resolve() / 'sock' / 'hub-control.ipc'}"
-    processes = read_processes(args.run_dir) if args.run_dir else None
+    processes = status.read_processes(args.run_dir) if args.run_dir else None
     try:
-        reply = query_status(endpoint, keys_dir=args.keys, name=args.name, timeout_s=args.timeout)
+        reply = status.query_status(endpoint, keys_dir=args.keys, name=args.name, timeout_s=args.timeout)
     except (TimeoutError, RuntimeError) as e:
         if processes:  # a hub that does not answer may be the process that keeps failing
-            print(json.dumps({"processes": processes}, indent=2) if args.json else format_processes(processes))
+            print(json.dumps({"processes": processes}, indent=2) if args.json else status.format_processes(processes))
         elif args.run_dir and (Path(args.run_dir) / "ledger.sqlite").exists() and not args.json:
-            print(format_ledger(args.run_dir))  # a run that has ended: what its ledger says
+            ended = status.read_ended(args.run_dir)  # a run that has ended: what its ledger says, and why it ended
+            why = f"\n\n{status.format_processes(ended['processes'], ended)}" if ended and ended.get("processes") else ""
+            print(status.format_ledger(args.run_dir) + why)
             return 0
         print(f"selfplay status: {e}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(reply.model_dump(mode="json") | ({"processes": processes} if processes else {}), indent=2))
     else:
-        print(format_status(reply) + (f"\n\n{format_processes(processes)}" if processes else ""))
+        print(status.format_status(reply) + (f"\n\n{status.format_processes(processes)}" if processes else ""))
     return 0
 
 

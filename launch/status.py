@@ -99,10 +99,20 @@ def read_processes(run_dir: str | Path) -> dict[str, dict[str, Any]] | None:
         return None
 
 
-def format_processes(processes: dict[str, dict[str, Any]]) -> str:
-    lines = ["processes (this machine's supervisor):"]
+def read_ended(run_dir: str | Path) -> dict[str, Any] | None:
+    """How this machine's supervisor ended the run ({"ended": why, "at", "processes"}), or None."""
+    try:
+        return json.loads((Path(run_dir) / "supervisor-ended.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def format_processes(processes: dict[str, dict[str, Any]], ended: dict[str, Any] | None = None) -> str:
+    """This machine's processes; with `ended` (read_ended), as they were when the run ended, and why."""
+    lines = [f"run ended {ended.get('at', '')}: {ended.get('ended', '')}", "processes when it ended:"] if ended \
+        else ["processes (this machine's supervisor):"]
     for name, p in sorted(processes.items()):
-        state = f"pid {p['pid']}" if p.get("pid") else "waiting to restart"
+        state = f"pid {p['pid']}" if p.get("pid") else "stopped" if ended else "waiting to restart"
         line = f"  {name:<20} {state:<20} restarts {p.get('restarts', 0)}"
         if p.get("last_error"):
             line += f"   last error: {p['last_error']}"

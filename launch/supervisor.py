@@ -5,14 +5,16 @@ this machine), restarts a crashed one with backoff, and stops them all cleanly o
 A process that exits with EXIT_FATAL cannot run as set up (a damaged ledger): the run stops at once
 with the line it printed, instead of restarting it into the same failure forever. So does one that fails
 the same way `max_identical_crashes` times in a row (an error exit whose last printed line is the same
-each time: a bad prompts file, a checker that raises); a process killed by a signal (kill -9, the OOM
-killer) is restarted however often it happens. Each restart's console line carries the last line the
-process printed. The creator's exit
+each time: a bad prompts file, a model path that does not exist); a process killed by a signal (kill -9,
+the OOM killer), or an agent that found no hub (EXIT_NO_HUB: the hub on another machine is down), is
+restarted however often it happens, and a process that ran `healthy_s` (300) before it failed starts its
+count over. Each restart's console line carries the last line the process printed. The creator's exit
 ends the run: 0 when its rounds are done, EXIT_RUN_FAILED when it stopped after failed rounds; `up`
 exits with that code.
 
 State for other commands lives in RUN/supervisor.json: the supervisor's pid, each child's pid, and each
-child's restarts and last error (`selfplay status --run-dir` shows them).
+child's restarts and last error (`selfplay status --run-dir` shows them). When the supervisor stops, that
+file becomes RUN/supervisor-ended.json (no pids: nothing to stop), with why the run ended.
 Each child's stdout and stderr go to RUN/logs/NAME.out; its structlog events to RUN/logs/NAME.jsonl.
 """
 
@@ -31,7 +33,7 @@ import structlog
 
 from launch.logs import rotate
 from launch.progress import CreatorProgress
-from launch.worker import EXIT_FATAL, EXIT_RUN_FAILED, ROLES
+from launch.worker import EXIT_FATAL, EXIT_NO_HUB, EXIT_RUN_FAILED, ROLES
 
 log = structlog.get_logger("launch.supervisor")
 
@@ -53,13 +55,16 @@ class Child:
 class Supervisor:
     def __init__(self, run_dir: str | Path, children: list[Child], backoff_min_s: float = 1.0,
                  backoff_max_s: float = 30.0, log_max_bytes: int = 50 << 20, log_backups: int = 3,
-                 max_identical_crashes: int = 5, progress: CreatorProgress | None = None) -> None:
+                 max_identical_crashes: int = 5, progress: CreatorProgress | None = None,
+                 healthy_s: float = 300.0) -> None:
         self.run_dir, self.children = Path(run_dir), children
         self.max_identical_crashes = max_identical_crashes  # 0: restart forever
+        self.healthy_s = healthy_s  # a process that ran this long before it failed was not crash-looping
         self.progress = progress  # a line per round event of the creator, on the console
         self.backoff_min_s, self.backoff_max_s = backoff_min_s, backoff_max_s
         self.log_max_bytes, self.log_backups = log_max_bytes, log_backups
         self._stopping = False
+        self.ended = "stopped (Ctrl-C or selfplay stop)"  # why the run ended, for supervisor-ended.json
 
     def run(self) -> int:
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -74,15 +79,20 @@ class Supervisor:
                     if child.proc is not None and code is not None:
                         if child.finisher and code in (0, EXIT_RUN_FAILED):
                             if code == 0:
+                                self.ended = f"finished: {child.name} did its rounds"
                                 log.info("run finished", by=child.name)
                             else:
+                                self.ended = f"rounds failed: {self.last_line(child)}"
                                 log.error("run stopped: rounds failed", by=child.name, why=self.last_line(child))
                             return code
                         if code == EXIT_FATAL:
+                            child.last_error = self.last_line(child)
+                            self.ended = f"{child.name} cannot run as set up: {child.last_error}"
                             log.error("process cannot run as set up; stopping the run", name=child.name,
-                                      why=self.last_line(child))
+                                      why=child.last_error)
                             return code
                         if self._crash_looping(child, code):
+                            self.ended = f"{child.name} failed the same way {child.same_crashes} times: {child.last_error}"
                             log.error("process fails the same way every time; stopping the run", name=child.name,
                                       exits=child.same_crashes, why=child.last_error,
                                       log=str(self.run_dir / "logs" / f"{child.name}.out"))
@@ -108,9 +118,15 @@ class Supervisor:
 
     def _crash_looping(self, child: Child, code: int) -> bool:
         """Record an exit; True when it is the `max_identical_crashes`-th error exit in a row with the same last
-        line. A negative code is a signal (kill -9, the OOM killer): restarted, never counted."""
+        line. A negative code is a signal (kill -9, the OOM killer), EXIT_NO_HUB a hub that did not answer: both
+        restarted, never counted; a failure after `healthy_s` of running starts the count over."""
         why = self.last_line(child)
-        child.same_crashes = (child.same_crashes + 1 if why == child.last_error else 1) if code > 0 else 0
+        if code <= 0 or code == EXIT_NO_HUB:
+            child.same_crashes = 0
+        elif why != child.last_error or time.monotonic() - child.started > self.healthy_s:
+            child.same_crashes = 1
+        else:
+            child.same_crashes += 1
         child.last_error = why
         return bool(self.max_identical_crashes) and child.same_crashes >= self.max_identical_crashes
 
@@ -138,13 +154,18 @@ class Supervisor:
         log.warning("process exited, restarting", name=child.name, code=code, in_s=delay, why=child.last_error)
         self._write_state()
 
-    def _write_state(self) -> None:
-        state = {"pid": os.getpid(), "children": {c.name: c.proc.pid for c in self.children if c.proc},
-                 "processes": {c.name: {"pid": c.proc.pid if c.proc else None, "restarts": c.crashes,
-                                        "last_error": c.last_error} for c in self.children}}
-        tmp = self.run_dir / "supervisor.json.tmp"
+    def _write_state(self, ended: bool = False) -> None:
+        processes = {c.name: {"pid": None if ended or not c.proc else c.proc.pid, "restarts": c.crashes,
+                              "last_error": c.last_error} for c in self.children}
+        if ended:
+            state, name = {"ended": self.ended, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "processes": processes}, \
+                "supervisor-ended.json"
+        else:
+            state, name = {"pid": os.getpid(), "children": {c.name: c.proc.pid for c in self.children if c.proc},
+                           "processes": processes}, "supervisor.json"
+        tmp = self.run_dir / f"{name}.tmp"
         tmp.write_text(json.dumps(state))
-        os.replace(tmp, self.run_dir / "supervisor.json")  # readers (status, stop) never see half a file
+        os.replace(tmp, self.run_dir / name)  # readers (status, stop) never see half a file
 
     def shutdown(self, grace_s: float = 10.0) -> None:
         """SIGTERM every child (agents first, the hub last so they can say goodbye), then SIGKILL."""
@@ -159,6 +180,7 @@ class Supervisor:
                 log.warning("killing", name=child.name)
                 child.proc.kill()
                 child.proc.wait()
+        self._write_state(ended=True)  # what status shows of the run's processes once it has ended
         (self.run_dir / "supervisor.json").unlink(missing_ok=True)
 
 

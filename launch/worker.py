@@ -27,6 +27,7 @@ from pathlib import Path
 ROLES = ("hub", "creator", "solver", "judge", "trainer")
 EXIT_RUN_FAILED = 3
 EXIT_FATAL = 78  # sysexits.h EX_CONFIG
+EXIT_NO_HUB = 75  # sysexits.h EX_TEMPFAIL: no hub answered in time; restarted, never a crash loop
 TASK_KINDS = {"solver": ["generate"], "judge": ["judge"], "trainer": ["train"], "creator": []}
 
 
@@ -97,8 +98,10 @@ def run_agent(role: str, name: str, topo, control: str, data: str | None, stop: 
                                 heartbeat_interval_s=topo.hub.heartbeat_interval_s, liveness=topo.hub.liveness))
     try:
         link.start(timeout_s=300)
-    except TimeoutError:
-        raise  # no hub yet: a crash the supervisor retries
+    except TimeoutError as e:  # no hub yet (it is starting, or another machine's is down): retried for ever
+        print(f"{name}: {e}", file=sys.stderr, flush=True)
+        link.stop()
+        return EXIT_NO_HUB
     except (PermissionError, OSError, ValueError) as e:  # a missing key, a name or role its key does not allow
         print(f"{name}: {e}", file=sys.stderr, flush=True)
         link.stop()

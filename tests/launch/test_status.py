@@ -60,3 +60,23 @@ def test_status_of_a_run_that_has_ended_reads_its_ledger(tmp_path):
     assert "no hub answers: from its ledger" in out.stdout and "published policy versions: 2, newest v2" in out.stdout
     assert "  v0    0.7500  (2 samples)" in out.stdout  # the small run's training reward of v0
     assert "held-out test by policy version:" in out.stdout and "1 dead" in out.stdout
+
+
+def test_status_of_a_run_that_a_failing_process_stopped_says_why(tmp_path):
+    import sys
+
+    from agents.ledger import Ledger
+    from launch.supervisor import Child, Supervisor
+    from tests.agents.test_ledger_query import build_run
+
+    broken = Child("judge-0", [sys.executable, "-c", "import sys; sys.exit('ValueError: bad checker')"])
+    assert Supervisor(tmp_path, [broken], backoff_min_s=0.05, backoff_max_s=0.1, max_identical_crashes=2).run() == 78
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    build_run(ledger)
+    ledger.close()
+    out = subprocess.run([SELFPLAY, "status", "--run-dir", str(tmp_path), "--timeout", "0.5"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "published policy versions: 2" in out.stdout
+    assert "judge-0 failed the same way 2 times: ValueError: bad checker" in out.stdout
+    assert "last error: ValueError: bad checker" in out.stdout

@@ -63,6 +63,26 @@ if n <= 4:
     os.kill(os.getpid(), signal.SIGKILL)  # as kill -9 or the OOM killer would
 time.sleep(60)
 """
+NO_HUB = """
+import pathlib, sys, time
+count = pathlib.Path(sys.argv[1])
+n = int(count.read_text()) + 1 if count.exists() else 1
+count.write_text(str(n))
+if n <= 4:
+    print("solver-0: no answer from the hub at tcp://192.0.2.1:5555 in 300 s", flush=True)
+    sys.exit(75)  # EXIT_NO_HUB: the hub on another machine is down; the same line every time
+time.sleep(60)
+"""
+SLOW_FAILING = """
+import pathlib, sys, time
+count = pathlib.Path(sys.argv[1])
+n = int(count.read_text()) + 1 if count.exists() else 1
+count.write_text(str(n))
+time.sleep(0.6)  # ran longer than the supervisor's healthy_s before failing
+if n <= 4:
+    sys.exit("RuntimeError: CUDA error: an illegal memory access was encountered")
+time.sleep(60)
+"""
 WATCHER = """
 import json, pathlib, sys, time
 run, copy, counts = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3:]
@@ -88,17 +108,23 @@ def test_a_process_failing_the_same_way_stops_the_run_with_its_error(tmp_path):
     assert stop["name"] == "creator-0" and stop["exits"] == 3 and "KeyError: 'prompt'" in stop["why"]
     assert stop["log"].endswith("creator-0.out")
     assert broken.proc.poll() is not None and not (tmp_path / "run" / "supervisor.json").exists()
+    ended = json.loads((tmp_path / "run" / "supervisor-ended.json").read_text())  # what status shows afterwards
+    assert ended["ended"] == "creator-0 failed the same way 3 times: KeyError: 'prompt' in seeds.jsonl row 3"
+    assert ended["processes"]["creator-0"] == {"pid": None, "restarts": 2,
+                                               "last_error": "KeyError: 'prompt' in seeds.jsonl row 3"}
 
 
-def test_changing_errors_and_kills_by_signal_are_restarted_and_shown(tmp_path):
+def test_changing_errors_kills_a_missing_hub_and_failures_after_a_healthy_run_are_restarted_and_shown(tmp_path):
     changing = Child("judge-0", [sys.executable, "-c", CHANGING, str(tmp_path / "changing")])
     killed = Child("solver-0", [sys.executable, "-c", KILLED, str(tmp_path / "killed")])
+    no_hub = Child("solver-1", [sys.executable, "-c", NO_HUB, str(tmp_path / "no-hub")])
+    slow = Child("trainer-0", [sys.executable, "-c", SLOW_FAILING, str(tmp_path / "slow")])
     watcher = Child("creator-0", [sys.executable, "-c", WATCHER, str(tmp_path / "run"), str(tmp_path / "seen.json"),
-                                  str(tmp_path / "killed"), str(tmp_path / "changing")], finisher=True)
-    supervisor = Supervisor(tmp_path / "run", [changing, killed, watcher], backoff_min_s=0.05, backoff_max_s=0.1,
-                            max_identical_crashes=2)
-    assert supervisor.run() == 0  # neither is a crash loop: four exits each, and the run went on
-    assert changing.crashes == 4 and killed.crashes == 4
+                                  *(str(tmp_path / n) for n in ("killed", "changing", "no-hub", "slow"))], finisher=True)
+    supervisor = Supervisor(tmp_path / "run", [changing, killed, no_hub, slow, watcher], backoff_min_s=0.05,
+                            backoff_max_s=0.1, max_identical_crashes=2, healthy_s=0.5)
+    assert supervisor.run() == 0  # none is a crash loop: four exits each, and the run went on
+    assert changing.crashes == killed.crashes == no_hub.crashes == slow.crashes == 4
     processes = json.loads((tmp_path / "seen.json").read_text())["processes"]
     assert processes["solver-0"]["restarts"] == 4 and processes["solver-0"]["pid"]
     assert processes["judge-0"]["restarts"] == 4 and processes["judge-0"]["last_error"] == "failure number 4"
