@@ -5,8 +5,11 @@
 - A folder that already holds a run (checkpoints, metrics, a saved adapter) is refused unless the run is
   resumed (`--resume`) or replaced (`--overwrite`, which removes those files and nothing else), so two
   runs never mix their metrics and checkpoints and a later `--resume` never picks up another run's step.
-- A resumed run must be the same run: every setting of the checkpoint's config but those that say how long
-  and how it logs (RESUMABLE) must match, and the differences are named.
+  `--overwrite` removes only what a run wrote: the folder must hold a selfplay run (a checkpoint's
+  state.json or metrics.jsonl), and the model and data being trained on must not lie in what it removes.
+- A resumed run must be the same run: every setting of the checkpoint's config but those that say how long,
+  where and how it logs (RESUMABLE) must match, and the differences are named (settings the checkpoint's
+  version of selfplay did not have are not compared).
 - After a resume, metrics.jsonl keeps only the steps up to the checkpoint: the interrupted run's later
   steps are trained again and logged once.
 """
@@ -23,7 +26,8 @@ from trainer.config import TrainConfig
 
 RUN_FILES = ("checkpoints", "metrics.jsonl", "tensorboard", "adapter", "model", "generated.jsonl")
 # settings a resumed run may change: how long it trains, how often it saves and logs, where it runs
-RESUMABLE = frozenset({"max_steps", "epochs", "save_every", "keep_checkpoints", "log_every", "tensorboard", "device"})
+RESUMABLE = frozenset({"max_steps", "epochs", "save_every", "keep_checkpoints", "log_every", "tensorboard", "device",
+                       "out"})
 
 
 class OutDirError(ValueError):
@@ -38,7 +42,8 @@ def prepare_out(config: TrainConfig, resume: bool = False, overwrite: bool = Fal
     if found and not (resume or overwrite):
         raise OutDirError(f"{out} already holds a run ({', '.join(found)}): --resume continues it, --overwrite "
                           "replaces it, or choose another --out")
-    if overwrite:
+    if overwrite and found:
+        _check_overwrite(out, found, config)
         for name in found:
             path = out / name
             shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -52,10 +57,33 @@ def prepare_out(config: TrainConfig, resume: bool = False, overwrite: bool = Fal
                                   "Resume with the same settings, or start another --out")
 
 
+def _check_overwrite(out: Path, found: list[str], config: TrainConfig) -> None:
+    """Refuse --overwrite on a folder that is not a selfplay run, or whose removal takes the inputs with it."""
+    is_run = any((out / "checkpoints").glob("step-*/state.json")) or _has_metrics(out / "metrics.jsonl")
+    if not is_run:
+        raise OutDirError(f"--overwrite: {out} holds {', '.join(found)} but no selfplay run (no checkpoint and no "
+                          "metrics.jsonl), so nothing is removed: choose another --out")
+    removed = [(out / name).resolve() for name in found]
+    for field, value in (("model", config.model), ("data", config.data)):
+        path = Path(value).expanduser().resolve()
+        if any(path == r or r in path.parents for r in removed):
+            raise OutDirError(f"--overwrite would remove {field} {value} (it lies in {out}): move it, or choose "
+                              "another --out")
+
+
+def _has_metrics(path: Path) -> bool:
+    try:
+        with path.open(encoding="utf-8") as f:
+            return "step" in json.loads(f.readline())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def config_changes(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
-    """'name: saved -> now' for every setting that differs, sections by their dotted names; RESUMABLE ones aside."""
+    """'name: saved -> now' for every setting that differs, sections by their dotted names; RESUMABLE ones aside,
+    and those only one side has (a setting added or dropped by another version of selfplay)."""
     changes = []
-    for key in sorted(set(saved) | set(now)):
+    for key in sorted(set(saved) & set(now)):
         if not prefix and key in RESUMABLE:
             continue
         old, new = saved.get(key), now.get(key)

@@ -346,8 +346,10 @@ class Recipe:
         return path
 
     def cleanup(self) -> None:
-        self.metrics_file.close()
-        if self.tb is not None:
+        """Close what setup opened (all of it, or what it got to before an interrupt)."""
+        if getattr(self, "metrics_file", None) is not None:
+            self.metrics_file.close()
+        if getattr(self, "tb", None) is not None:
             self.tb.close()
 
 
@@ -356,10 +358,12 @@ _SHOWN = {"loss", "nll", "margin", "accuracy", "r_real", "r_generated", "real_te
 
 
 class Interrupted(Exception):
-    """Ctrl-C stopped `run` between two steps; a checkpoint of that step was saved (`--resume` continues)."""
+    """Ctrl-C stopped `run` between two steps; a checkpoint of that step was saved (`--resume` continues).
+    Before training started, nothing was trained and `checkpoint` is None."""
 
-    def __init__(self, step: int, checkpoint: Path) -> None:
-        super().__init__(f"interrupted at step {step}; saved {checkpoint} (--resume continues from it)")
+    def __init__(self, step: int, checkpoint: Path | None) -> None:
+        super().__init__(f"interrupted at step {step}; saved {checkpoint} (--resume continues from it)" if checkpoint
+                         else "interrupted before training started; nothing was trained or saved")
         self.step, self.checkpoint = step, checkpoint
 
 
@@ -369,11 +373,15 @@ def run(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> d
     Interrupted; a second Ctrl-C stops at once."""
     prepare_out(config, resume=resume, overwrite=overwrite)
     recipe = Recipe(config, resume=resume)
-    recipe.setup()
+    try:
+        recipe.setup()
+    except KeyboardInterrupt:  # while loading the model or data: nothing to save
+        recipe.cleanup()
+        raise Interrupted(0, None) from None
     try:
         with _stop_on_interrupt(recipe):
             metrics = recipe.train()
-        if recipe.stop_requested:
+        if recipe.stop_requested and recipe.cursor.step < recipe.total_steps:  # during the last step: finish
             raise Interrupted(recipe.cursor.step, recipe.save_checkpoint())
         if recipe.cursor.step % config.save_every:
             recipe.save_checkpoint()

@@ -128,6 +128,38 @@ def test_train_refuses_an_out_holding_a_run_and_overwrite_replaces_it(tmp_path, 
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000003"]
 
 
+def test_overwrite_removes_only_a_run_and_never_its_own_inputs(tmp_path, tiny_models):
+    import shutil
+
+    data, model = _train_files(tmp_path, tiny_models)
+    mine = tmp_path / "mine"
+    shutil.copytree(model, mine / "model")  # a folder of the user's that happens to hold model/: not a run
+    refused = _train(data, model, mine, "--max-steps", "2", "--overwrite")
+    assert refused.returncode == 2 and "no selfplay run" in refused.stderr
+    assert (mine / "model" / "config.json").exists()
+    out = tmp_path / "o"
+    assert _train(data, model, out, "--max-steps", "2").returncode == 0
+    on_itself = _train(data, str(out / "adapter"), out, "--max-steps", "2", "--overwrite")  # training on its output
+    assert on_itself.returncode == 2 and f"would remove model {out / 'adapter'}" in on_itself.stderr
+    assert (out / "adapter" / "adapter_config.json").exists() and _steps(out) == [1, 2]
+
+
+def test_a_moved_run_resumes_and_settings_its_checkpoint_lacks_are_not_compared(tmp_path, tiny_models):
+    import shutil
+
+    data, model = _train_files(tmp_path, tiny_models)
+    assert _train(data, model, tmp_path / "o", "--max-steps", "2").returncode == 0
+    moved = tmp_path / "moved"
+    shutil.move(tmp_path / "o", moved)
+    state = moved / "checkpoints" / "step-000002" / "state.json"
+    saved = json.loads(state.read_text())
+    del saved["config"]["replay"]  # as a checkpoint of a selfplay version before replay was a setting
+    state.write_text(json.dumps(saved))
+    resumed = _train(data, model, moved, "--max-steps", "3", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert _steps(moved) == [1, 2, 3]
+
+
 def test_train_resume_must_keep_the_runs_settings_and_logs_each_step_once(tmp_path, tiny_models):
     data, model = _train_files(tmp_path, tiny_models)
     out = tmp_path / "o"

@@ -162,3 +162,28 @@ def test_bad_replay_data_names_the_replay_file(tmp_path, tiny_models):
     config = make_config(tmp_path, tiny_models, "dpo", replay={"data": str(tmp_path / "missing.jsonl")})
     with pytest.raises(DataError, match=r"replay data .*missing\.jsonl"):
         Recipe(config).setup()
+
+
+def test_ctrl_c_while_loading_saves_nothing_and_during_the_last_step_finishes(tmp_path, tiny_models, monkeypatch):
+    from trainer.recipe import Interrupted
+
+    config = make_config(tmp_path, tiny_models, "dpo", max_steps=2)
+
+    def interrupted_setup(self):
+        raise KeyboardInterrupt  # as Ctrl-C arrives while the model loads
+
+    with monkeypatch.context() as m:
+        m.setattr(Recipe, "setup", interrupted_setup)
+        with pytest.raises(Interrupted, match="before training started") as e:
+            run(config)
+    assert e.value.checkpoint is None
+    train = Recipe.train
+
+    def ctrl_c_in_the_last_step(self, *args, **kwargs):
+        metrics = train(self, *args, **kwargs)
+        self.stop_requested = True  # as the handler sets it when Ctrl-C arrives during the last step
+        return metrics
+
+    monkeypatch.setattr(Recipe, "train", ctrl_c_in_the_last_step)
+    assert "loss" in run(config, overwrite=True)  # finished, not Interrupted: the run was done
+    assert (tmp_path / "out" / "adapter" / "adapter_config.json").exists()
