@@ -120,6 +120,13 @@ def test_plan_is_deterministic_complete_and_length_aware(tok):
         assert lengths == sorted(lengths)
 
 
+def test_chat_messages_may_carry_content_parts_and_tool_calls():
+    parts = [{"role": "user", "content": [{"type": "text", "text": "What is 2 + 2?"}]}]
+    tool = [{"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {"name": "add"}}]},
+            {"role": "tool", "content": "4", "name": "add"}, {"role": "assistant", "content": "4"}]
+    check_rows([{"prompt": parts, "completion": tool}], "sft")  # accepted as a chat template would take them
+
+
 @pytest.mark.parametrize("algo, row, problem", [
     ("dpo", {"prompt": "q", "chosen": "a"}, "row 1: missing 'rejected'"),
     ("sft", {"question": "q"}, "row 1: missing"),

@@ -66,8 +66,11 @@ def check_rows(rows: list[Row], algo: str, source: str = "data", *, empty_respon
 
 
 def _is_chat(value: object) -> bool:
+    """Chat messages as chat templates take them: a role, and content that is text, a list of parts
+    ([{"type": "text", "text": ...}]) or None (an assistant turn of tool calls); other keys pass through."""
     return isinstance(value, list) and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str | list | None)
+        for m in value)
 
 
 def build_examples(rows: list[Row], config: TrainConfig, renderer: Renderer) -> list[Example]:
