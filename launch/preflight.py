@@ -64,14 +64,26 @@ def read_prompts(path: str | Path, prefix: str, source: str) -> list[Prompt]:
             if isinstance(value, bool) or not isinstance(value, str | int | float):
                 raise PromptFileError(f"{where}: '{name}' must be text, got {type(value).__name__}")
             fields[name] = str(value)
-        difficulty = row.get("difficulty")
-        if difficulty is not None and (isinstance(difficulty, bool) or not isinstance(difficulty, int)):
-            raise PromptFileError(f"{where}: 'difficulty' must be an integer, got {difficulty!r}")
+        try:
+            difficulty = _integer(row.get("difficulty"))
+        except ValueError:
+            raise PromptFileError(f"{where}: 'difficulty' must be an integer, got {row['difficulty']!r}") from None
         prompts.append(Prompt(prompt_id=fields.pop("id", f"{prefix}{len(prompts)}"), text=row["prompt"],
                               difficulty=difficulty, source=source, **fields))
     if not prompts:
         raise PromptFileError(f"{path}: no prompts (JSON lines with a 'prompt' each)")
     return prompts
+
+
+def _integer(value: Any) -> int | None:
+    """An integer written as one, as 3.0, or as "3" (None for none); ValueError when it is not one."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        return int(value.strip())  # ValueError for "hard"
+    raise ValueError(value)
 
 
 def preflight(topo: Any, roles: tuple[str, ...]) -> list[str]:

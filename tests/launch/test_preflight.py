@@ -32,6 +32,7 @@ def _verifier(path, tiny_models):
     ({"prompt": [{"role": "user", "content": "hi"}]}, "line 3: 'prompt' must be non-empty text, got a list"),
     ({"prompt": "What is 2 + 2?", "answer": {"value": 4}}, "line 3: 'answer' must be text, got dict"),
     ({"prompt": "What is 2 + 2?", "difficulty": "hard"}, "line 3: 'difficulty' must be an integer"),
+    ({"prompt": "What is 2 + 2?", "difficulty": 2.5}, "line 3: 'difficulty' must be an integer, got 2.5"),
     ("not an object", "line 3: expected an object with a 'prompt', got str"),
 ])
 def test_a_bad_prompts_row_is_named_with_its_line(tmp_path, tiny_models, capsys, row, named):
@@ -41,6 +42,14 @@ def test_a_bad_prompts_row_is_named_with_its_line(tmp_path, tiny_models, capsys,
     seeds.write_text("\n".join([*lines[:2], json.dumps(row), *lines[2:]]) + "\n")
     err = _up(capsys, path)
     assert f"creator.prompts: {seeds} {named}" in err, err
+
+
+def test_a_difficulty_written_as_3_0_or_as_text_is_read(tmp_path):
+    from launch.preflight import read_prompts
+
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": f"q{i}", "difficulty": d}) for i, d in enumerate([3, 3.0, "3", " 4"])))
+    assert [p.difficulty for p in read_prompts(path, "seed", "seed")] == [3, 3, 3, 4]
 
 
 def test_missing_files_models_and_overlapping_sets_are_all_named(tmp_path, tiny_models, capsys):
