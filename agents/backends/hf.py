@@ -97,9 +97,19 @@ class HFGenerator:
         from peft import get_peft_model
 
         if self._adapter is None:  # the first version: wrap the model in LoRA, once
-            self.model = get_peft_model(self.model, lora_config(adapter_config)).eval()
-            self._adapter = adapter_parameters(self.model)
-        elif self._merge:
+            wrapped = get_peft_model(self.model, lora_config(adapter_config)).eval()
+            try:
+                parameters = adapter_parameters(wrapped)
+                write_adapter(parameters, tensors)
+            except Exception:  # the base model as it was: the next version wraps it afresh, with its own config
+                self.model = wrapped.unload()
+                raise
+            self.model, self._adapter = wrapped, parameters
+            if self._merge:
+                self.model.merge_adapter()
+            self.version = version
+            return
+        if self._merge:
             self.model.unmerge_adapter()  # back to the base weights before the next adapter is written
         try:
             write_adapter(self._adapter, tensors)  # a misfit raises before any copy: the old adapter stays

@@ -81,6 +81,25 @@ def test_a_misfit_adapter_leaves_the_served_one_in_place(tiny_models):
     assert gen.version == 1
 
 
+def test_a_first_adapter_that_does_not_fit_leaves_the_base_model_unwrapped(tiny_models):
+    gen = HFGenerator(str(tiny_models.policy))
+    ids = torch.tensor([[5, 40, 41, 42]])
+    with torch.no_grad():
+        base = gen.model(input_ids=ids).logits
+    trained = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_models.policy),
+                             LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    state = get_peft_model_state_dict(trained)
+    with pytest.raises(ValueError, match="does not fit"):  # published with the wrong rank in its config
+        gen.load_policy(1, {"r": 8, "lora_alpha": 8, "target_modules": "all-linear"}, state)
+    assert not [m for m in gen.model.modules() if hasattr(m, "merged")] and gen.version == 0
+    with torch.no_grad():
+        torch.testing.assert_close(gen.model(input_ids=ids).logits, base)
+    gen.load_policy(2, {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}, state)  # the next one fits
+    with torch.no_grad():
+        torch.testing.assert_close(gen.model(input_ids=ids).logits, trained.eval()(input_ids=ids).logits,
+                                   rtol=1e-4, atol=1e-4)
+
+
 def test_solver_answers_tasks_and_switches_policy_versions(tmp_path, tiny_models):
     r = Running(tmp_path, lease_s=30, heartbeat_interval_s=0.2, liveness=25)
     stop = threading.Event()
