@@ -41,14 +41,17 @@ def accuracy(scores: list[float], solved_at: float | None = 1.0) -> dict[str, fl
 
 
 def solved_at(run_dir: Path) -> float | None:
-    """1.0 (a solved answer scores 1) for a verifier judge or when the run's judge is unknown; None otherwise."""
+    """1.0 (a solved answer scores 1) for a verifier judge with at most one checker, or when the run's judge is
+    unknown; None otherwise (a reward model, an LLM judge, or a weighted sum of checkers: no score means solved)."""
     from protocol.settings import ConfigError, read_config_file
 
     try:
-        backend = (read_config_file(run_dir / "topology.toml").get("judge") or {}).get("backend", "verifier")
+        judge = read_config_file(run_dir / "topology.toml").get("judge") or {}
+        backend, rewards = judge.get("backend", "verifier"), judge.get("rewards") or []
     except (ConfigError, OSError, AttributeError):  # no copy (an older run) or not one that reads: the verifier's
         return 1.0
-    return 1.0 if backend == "verifier" else None
+    one_checker = len(rewards) <= 1 and all(r.get("weight", 1.0) == 1.0 for r in rewards)
+    return 1.0 if backend == "verifier" and one_checker else None
 
 
 def _decided_validation(run_dir: Path) -> dict[int, float]:
@@ -137,8 +140,9 @@ def write_report(summary: dict[str, Any], path: str | Path, title: str = "selfpl
         errors = [levels[lv][key]["stderr"] for lv in levels]
         ax.bar([x + offset for x in xs], values, width=0.4, yerr=errors, capsize=3, label=label)
     ax.set_xticks(list(xs), [f"level {lv}" for lv in levels])
-    ax.set_ylim(0, 1)
     metric = summary.get("metric", "accuracy")
+    if metric == "accuracy":  # a share; a mean score may lie anywhere
+        ax.set_ylim(0, 1)
     ax.set_title(f"held-out {metric} by difficulty")
     ax.legend()
 
@@ -158,7 +162,8 @@ def write_report(summary: dict[str, Any], path: str | Path, title: str = "selfpl
             ax.scatter(marked, [accs[str(v)]["acc"] for v in marked], marker=marker, s=120, color=color, zorder=3,
                        label=label)
     ax.set_xlabel("policy version")
-    ax.set_ylim(0, 1)
+    if metric == "accuracy" and all(0 <= r["mean"] <= 1 for r in rewards.values()):
+        ax.set_ylim(0, 1)
     ax.set_title(f"reward and {metric} by version")
     ax.legend(fontsize=8)
 

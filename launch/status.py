@@ -137,7 +137,7 @@ def format_ledger(run_dir: str | Path) -> str:
         lines += [f"  v{v:<4} {mean:.4f}  ({n} samples)" for v, (mean, n) in sorted(rewards.items())]
     for source, title in (("eval", "held-out test"), ("validation", "validation")):
         if scores[source]:
-            lines += ["", f"{title} by policy version:"]
+            lines += ["", f"{title} by policy version (mean verdict score; `selfplay report` gives the share solved):"]
             lines += [f"  v{v:<4} {mean:.4f}  ({n} samples)" for v, (mean, n) in sorted(scores[source].items())]
     if restores:
         lines += ["", "rollbacks:"] + [f"  v{v:<4} = v{source} again" for v, source in sorted(restores.items())]

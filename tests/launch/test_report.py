@@ -73,6 +73,9 @@ def test_a_run_with_promotion_reports_validation_promotions_and_rollbacks(tmp_pa
 @pytest.mark.parametrize("judge, metric, before, after", [
     ('backend = "reward_model"\nmodel = "rm"', "mean score", 0.6, 0.8),  # scores are not right or wrong: their mean
     ('backend = "verifier"', "accuracy", 0.0, 0.0),  # no answer scored 1: none solved
+    ('backend = "verifier"\nrewards = [{checker = "m:a", weight = 1.0}, {checker = "m:b", weight = 0.2}]',
+     "mean score", 0.6, 0.8),  # a weighted sum: 1 means nothing in particular
+    ('backend = "verifier"\nrewards = [{checker = "m:a", weight = 1.0}]', "accuracy", 0.0, 0.0),
     (None, "accuracy", 0.0, 0.0),  # no topology copy (an older run): the verifier's rule, as before
 ])
 def test_the_held_out_figure_follows_the_judge(tmp_path, judge, metric, before, after):

@@ -59,7 +59,7 @@ def test_status_of_a_run_that_has_ended_reads_its_ledger(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "no hub answers: from its ledger" in out.stdout and "published policy versions: 2, newest v2" in out.stdout
     assert "  v0    0.7500  (2 samples)" in out.stdout  # the small run's training reward of v0
-    assert "held-out test by policy version:" in out.stdout and "1 dead" in out.stdout
+    assert "held-out test by policy version (mean verdict score" in out.stdout and "1 dead" in out.stdout
 
 
 def test_status_of_a_run_that_a_failing_process_stopped_says_why(tmp_path):
