@@ -119,7 +119,7 @@ class AdapterStore:
         before = self.load(previous) if previous else None
         if before is None:
             return
-        if update.adapter_config != before[0].adapter_config or update.base_model != before[0].base_model:
+        if update.adapter_config != before[0].adapter_config or not same_base(update.base_model, before[0].base_model):
             raise ValueError(f"adapter config or base model differ from v{previous}'s (solvers would apply it wrongly)")
         reference = {name: (t.dtype, tuple(t.shape)) for name, t in before[1].items()}
         if layout != reference:
@@ -160,3 +160,23 @@ def _lora_layout(config: dict, tensors: dict[str, torch.Tensor]) -> dict[str, tu
             raise ValueError(f"{name[:200]!r} holds NaN or infinite values")
         layout[name] = (t.dtype, tuple(t.shape))
     return layout
+
+
+def portable_base(model: str) -> str:
+    """A base model path that exists here, made absolute (so an exported adapter loads from anywhere); anything
+    else (a hub id) as it was given."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
+
+
+def same_base(a: str, b: str) -> bool:
+    """The same base model, also when one names it relative to the trainer's folder and the other absolute (a
+    run published before trainers made their paths absolute)."""
+    if a == b:
+        return True
+    pa, pb = Path(a), Path(b)
+    if pa.is_absolute() == pb.is_absolute():
+        return False
+    absolute, relative = (pa, pb) if pa.is_absolute() else (pb, pa)
+    parts = [p for p in relative.parts if p != "."]
+    return ".." not in parts and list(absolute.parts[-len(parts):]) == parts

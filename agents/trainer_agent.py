@@ -33,6 +33,7 @@ import structlog
 import torch
 import zmq
 
+from agents.adapter_store import portable_base
 from agents.agent import AgentLink
 from protocol.codec import ProtocolError, decode, encode, new_msg_id
 from protocol.constants import MAX_REAL
@@ -152,7 +153,7 @@ class TrainerAgent:
         it is sent again (the connection may have dropped, say in a network partition): the hub acknowledges a
         repeat of the adapter it has as a duplicate, so a resend never publishes twice."""
         lora = self.config.lora
-        update = PolicyUpdate(version=version, parent_version=version - 1, base_model=self.config.model,
+        update = PolicyUpdate(version=version, parent_version=version - 1, base_model=portable_base(self.config.model),
                               adapter_config={"r": lora.r, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout,
                                               "target_modules": lora.target_modules})
         if self._adapter is None or self._adapter[0] is not self.recipe.model:

@@ -6,9 +6,10 @@
 The hub keeps each published version as RUN/adapters/vNNNNNN.safetensors, with the base model and LoRA
 config it was trained with. The folder written here is what `PeftModel.from_pretrained(base, DIR)`,
 `AutoPeftModelForCausalLM.from_pretrained(DIR)` and vLLM's LoRA loading read: adapter_model.safetensors
-and adapter_config.json, whose base model is the one the run used (a local path made absolute, so the
-folder loads from anywhere; a hub id as it was given), or `base_model` when given. With `merge`, the
-base model with the adapter merged into its weights, and its tokenizer: a plain transformers model.
+and adapter_config.json, whose base model is the one the run used (the trainer publishes a local path
+made absolute, so the folder loads from anywhere; a hub id as it was given), or `base_model` when given. With `merge`, the
+base model (in its own dtype) with the adapter merged into its weights, and its tokenizer: a plain
+transformers model.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from agents.adapter_store import portable_base
 from protocol.messages import PolicyUpdate
 
 
@@ -45,7 +47,7 @@ def export_version(run_dir: str | Path, out: str | Path, version: int | None = N
     with safe_open(str(path), "pt") as f:
         update = PolicyUpdate.model_validate_json(f.metadata()["update"])
     tensors = load_file(path)
-    base = base_model or _portable(update.base_model)
+    base = base_model or portable_base(update.base_model)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ExportError(f"{out} is not empty: export writes a new folder")
@@ -73,15 +75,11 @@ def _merged(base: str, update: PolicyUpdate, tensors: dict, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _adapter(base, update, tensors, out / "adapter")
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(out / "adapter"))
+    # the base in its own dtype (a bf16 model stays bf16, not twice its size in fp32)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, torch_dtype="auto"), str(out / "adapter"))
     model.merge_and_unload().save_pretrained(str(out))
     AutoTokenizer.from_pretrained(base).save_pretrained(str(out))
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         (out / "adapter" / name).unlink()
     (out / "adapter").rmdir()
 
-
-def _portable(base: str) -> str:
-    """A base model path that exists here, made absolute; anything else (a hub id) as it was given."""
-    path = Path(base).expanduser()
-    return str(path.resolve()) if path.exists() else base

@@ -51,3 +51,22 @@ def test_the_store_serves_the_newest_from_memory_and_older_ones_from_disk(tmp_pa
     update, tensors = AdapterStore(tmp_path / "adapters", keep=2, keep_every=3).load(3)  # a restarted hub
     assert update.parent_version == 2 and tensors["w"].tolist() == [3.0, 3.0]
     assert store.load(1) is None and store.load(9) is None
+
+
+def test_a_base_named_relative_then_absolute_is_the_same_base_and_another_is_refused(tmp_path, monkeypatch):
+    from agents.adapter_store import portable_base, same_base
+
+    (tmp_path / "models" / "tiny").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    absolute = portable_base("models/tiny")
+    assert absolute == str(tmp_path / "models" / "tiny") and portable_base("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"
+    config = {"r": 1, "lora_alpha": 2, "target_modules": ["q"]}
+    tensors = {"base_model.model.q.lora_A.weight": torch.zeros(1, 2), "base_model.model.q.lora_B.weight": torch.zeros(2, 1)}
+    store = AdapterStore(tmp_path / "adapters", keep=5, keep_every=0)
+    store.save(PolicyUpdate(version=1, parent_version=0, base_model="./models/tiny", adapter_config=config), tensors)
+    # a trainer of this version publishes the path made absolute: the same base as the run's earlier versions
+    store.check(PolicyUpdate(version=2, parent_version=1, base_model=absolute, adapter_config=config), tensors, 1)
+    with pytest.raises(ValueError, match="base model differ"):
+        store.check(PolicyUpdate(version=2, parent_version=1, base_model=str(tmp_path / "models" / "other"),
+                                 adapter_config=config), tensors, 1)
+    assert not same_base("models/tiny", "/elsewhere/tiny") and not same_base("../tiny", "/x/tiny")
