@@ -4,8 +4,8 @@
     for line in progress.poll():   # the lines for the events written since the last poll (or since it was made)
         print(line)
 
-Only the creator's round events become lines (rounds submitted and trained, held-out and validation
-scores, rollbacks, the end); the supervisor logs them as `progress` events. A rotated log (the file
+Only the creator's round events become lines (rounds submitted, trained and failed, held-out and
+validation scores, versions rejected, rollbacks, the end); the supervisor logs them as `progress` events. A rotated log (the file
 shrank) is read again from its start.
 """
 
@@ -36,13 +36,22 @@ def _validated(e: dict[str, Any]) -> str:
     return f"v{e['policy_version']}: validation {e['validation']:.4f} ({verdict})"
 
 
+def _rejected(e: dict[str, Any]) -> str:
+    return (f"v{e['policy_version']}: validation {e['validation']:.4f}, {e['below_best_se']:.1f} se below "
+            f"v{e['best_version']} (tolerance {e['tolerance_se']:g}): rejected, not served")
+
+
+def _failed(e: dict[str, Any]) -> str:
+    return f"round {e['round']} failed ({e['failed_in_a_row']} in a row): {str(e['reason'])[:300]}"
+
+
 def _rolled_back(e: dict[str, Any]) -> str:
     return f"rolled back: v{e.get('replaced')} not served; training resumes from v{e.get('restored')}"
 
 
 FORMATS: dict[str, Callable[[dict[str, Any]], str]] = {
     "round submitted": _submitted, "round trained": _trained, "evaluated": _evaluated, "validated": _validated,
-    "rolled back": _rolled_back,
+    "rejected on validation": _rejected, "rolled back": _rolled_back, "round failed": _failed,
     "stopping: wall time reached": lambda e: f"stopping: wall time reached after {e.get('rounds')} rounds",
     "stopping: target reached": lambda e: f"stopping: target reached after {e.get('rounds')} rounds",
 }

@@ -30,3 +30,15 @@ def test_lines_for_round_events_only_as_they_are_written(tmp_path):
     assert progress.poll() == ["v3: validation 0.5070 (best so far)"]
     path.unlink()
     assert progress.poll() == []
+
+
+def test_rejected_versions_and_failed_rounds_have_lines(tmp_path):
+    path = tmp_path / "creator-0.jsonl"
+    progress = CreatorProgress(path)
+    rejected = {**VALIDATED, "event": "rejected on validation", "below_best_se": 2.6, "tolerance_se": 2.0}
+    failed = {"event": "round failed", "round": 4, "failed_in_a_row": 1, "log_level": "error",
+              "reason": "round 4: 12 of 32 judge tasks failed: mytask.world:check raised KeyError: 'answer'"}
+    path.write_bytes(_line(rejected) + _line(failed))
+    assert progress.poll() == [
+        "v3: validation 0.5070, 2.6 se below v1 (tolerance 2): rejected, not served",
+        "round 4 failed (1 in a row): round 4: 12 of 32 judge tasks failed: mytask.world:check raised KeyError: 'answer'"]
