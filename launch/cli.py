@@ -60,6 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--agent", action="append", default=[], required=True, metavar="NAME",
                         help="an agent that runs on that machine (repeatable)")
 
+    task = commands.add_parser(
+        "init", help="write a task folder that runs as it is: world, prompts, topology (a start for your own task)",
+        description="Write DIR: world.py (a 'reverse the word' task: the checker that scores and writes judgments, "
+                    "and eva's mutator that keeps answers), prompts/ (seeds, held-out test and validation sets, "
+                    "disjoint), topology.toml (eva + RLOO with a verifier judge, one machine) and a README. Then "
+                    "`cd DIR && selfplay up topology.toml`. Edit world.py and the prompts into your task "
+                    "(docs/tasks.md).",
+        epilog="example: selfplay init mytask --tiny-model && cd mytask && selfplay up topology.toml")
+    task.add_argument("dir", help="the folder to write (new or empty)")
+    which_model = task.add_mutually_exclusive_group(required=True)
+    which_model.add_argument("--model", help="the model to train: a local folder or a hub id (an instruct model)")
+    which_model.add_argument("--tiny-model", action="store_true",
+                             help="build a tiny Llama in DIR/model (random weights, seconds on a CPU): runs the loop "
+                                  "in minutes to try the plumbing and your world; it learns little")
+    task.add_argument("--rounds", type=int, default=3, help="rounds the topology runs (default 3)")
+    task.add_argument("--seed", type=int, default=0, help="seed of the prompts and the tiny model (default 0)")
     _add_train(commands)
     up = commands.add_parser(
         "up", help="start the hub and every agent of a topology file, supervised",
@@ -330,6 +346,15 @@ def _up(args: argparse.Namespace) -> int:
     return supervisor_for(args.topology, topo, roles).run()
 
 
+def _init(args: argparse.Namespace) -> int:
+    from launch.init import init_task
+
+    root = init_task(args.dir, model=args.model, tiny_model=args.tiny_model, seed=args.seed, rounds=args.rounds)
+    print(f"wrote {root}: world.py, prompts/, topology.toml, README.md" + (", model/" if args.tiny_model else ""))
+    print(f"next: cd {root} && selfplay up topology.toml")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from launch.export import export_version
 
@@ -450,6 +475,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "keys":
             return _keys(args)
+        if args.command == "init":
+            return _init(args)
         if args.command == "train":
             return _train(args)
         if args.command == "status":

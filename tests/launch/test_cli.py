@@ -201,3 +201,20 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path, tiny_mo
     resumed = _train(data, model, out, "--set", "save_every=1000000", "--max-steps", str(step + 2), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert _steps(out) == list(range(1, step + 3)) and (out / "adapter" / "adapter_config.json").exists()
+
+
+def test_init_needs_a_model_and_writes_it_into_the_topology(tmp_path, monkeypatch):
+    neither = run("init", str(tmp_path / "a"))
+    assert neither.returncode == 2 and "--model" in neither.stderr and "--tiny-model" in neither.stderr
+    made = run("init", str(tmp_path / "b"), "--model", "Qwen/Qwen2.5-0.5B-Instruct", "--rounds", "5")
+    assert made.returncode == 0, made.stderr
+    assert "cd " in made.stdout and not (tmp_path / "b" / "model").exists()
+    from launch.topology import load_topology
+
+    monkeypatch.chdir(tmp_path / "b")  # paths are relative to the task folder, and world.py is found there
+    try:
+        topo = load_topology("topology.toml")
+    finally:
+        sys.modules.pop("world", None)
+    assert topo.solver.model == topo.trainer.model == "Qwen/Qwen2.5-0.5B-Instruct" and topo.run.rounds == 5
+    assert topo.judge.checker == "world:check" and topo.creator.mutator == "world:mutate"
