@@ -43,9 +43,9 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import structlog
 
@@ -69,6 +69,12 @@ from trainer.methods import get_method
 
 log = structlog.get_logger("agents.creator")
 
+# eva's evolver on a server (agents/backends/openai_api.py): meta-prompts -> replies, in order.
+class Evolver(Protocol):
+    def complete(self, texts: Sequence[str], temperature: float = ..., max_tokens: int = ...,
+                 seed: int | None = ...) -> list[str]: ...
+
+
 # A task world's mutator: (prompt, mutation kind, rng) -> the new prompt (with its answer), or None.
 Mutator = Callable[[Prompt, str, random.Random], Prompt | None]
 
@@ -84,8 +90,9 @@ class RunStopped(RuntimeError):
 class Creator:
     def __init__(self, link: AgentLink, config: CreatorConfig, seed_prompts: list[Prompt],
                  mutator: Mutator | None = None, eval_prompts: list[Prompt] | None = None,
-                 state_path: str | Path | None = None, validation_prompts: list[Prompt] | None = None) -> None:
-        self.link, self.config, self.mutator = link, config, mutator
+                 state_path: str | Path | None = None, validation_prompts: list[Prompt] | None = None,
+                 evolver: Evolver | None = None) -> None:
+        self.link, self.config, self.mutator, self.evolver = link, config, mutator, evolver
         self.eval_prompts = [p.model_copy(update={"source": "eval"}) for p in eval_prompts or []]
         self.validation_prompts = [p.model_copy(update={"source": "validation"}) for p in validation_prompts or []]
         check_disjoint({"seed": seed_prompts, "test": self.eval_prompts, "validation": self.validation_prompts})
@@ -391,6 +398,14 @@ class Creator:
             return out
         metas = [Prompt(prompt_id=f"meta-{i}", text=meta_prompt(p.text, m)) for i, (p, m) in
                  enumerate(zip(parents, mutations, strict=True))]
+        if self.evolver is not None:  # a model on an OpenAI-compatible server writes the rewrites
+            try:
+                replies = self.evolver.complete([m.text for m in metas], temperature=0.7,
+                                                max_tokens=self.config.max_new_tokens, seed=self.rng.randrange(2**31))
+            except Exception as e:  # the server is down or refuses: this round fails, with why
+                raise RoundFailed(f"round {self.round}: the evolver failed: {e}") from e
+            return [child(p, m, i, parse_rewrite(r)) for i, (p, m, r) in enumerate(zip(parents, mutations, replies,
+                                                                                        strict=True))]
         ids = self.submit([GenerateTask(prompts=metas, purpose="evolve",
                                              sampling=SamplingParams(n=1, temperature=0.7,
                                                                      max_new_tokens=self.config.max_new_tokens,

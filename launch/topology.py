@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
 
+from agents.backends.openai_api import ApiSettings
 from agents.creator import CreatorConfig
 from agents.hub import HubConfig, HubSettings
 from agents.plugins import load_object
@@ -79,10 +80,14 @@ class CreatorSection(Strict):
     validation_prompts: str | None = Field(None, description="Validation prompts (same format, disjoint from the "
                                                              "test prompts): with settings.promotion, each new "
                                                              "version is validated on them before it is served.")
+    evolver: ApiSettings | None = Field(None, description="eva's evolver on an OpenAI-compatible server (as eva used "
+                                                          "an API model) instead of the policy through the solvers.")
     settings: CreatorConfig = Field(default_factory=CreatorConfig, description="eva settings (agents/creator.py).")
 
     @model_validator(mode="after")
     def _promotion_needs_validation(self) -> CreatorSection:
+        if self.mutator and self.evolver is not None:
+            raise ValueError("give mutator (a task world's, keeping answers) or evolver (a model over an API), not both")
         if self.settings.promotion and not self.validation_prompts:
             raise ValueError("settings.promotion needs validation_prompts (a JSON lines file, disjoint from "
                              "eval_prompts)")
@@ -144,11 +149,19 @@ class JudgeSection(Strict):
                                         "scores add up with their weights (instead of checker); the judgment is "
                                         "the first one written.")
     device: str = Field("auto", description="auto, cpu, cuda, ...")
+    max_new_tokens: int = Field(128, ge=1, le=32768, description="llm_judge: tokens of critique and score per answer.")
+    api: ApiSettings | None = Field(None, description="llm_judge: an OpenAI-compatible server (vLLM, SGLang, an API) "
+                                                      "instead of a local model: [judge.api] base_url, model, ...")
 
     @model_validator(mode="after")
     def _needs_model(self) -> JudgeSection:
-        if self.backend != "verifier" and not self.model:
-            raise ValueError(f"judge backend {self.backend!r} needs a model")
+        if self.api is not None and self.backend != "llm_judge":
+            raise ValueError("api is for the llm_judge backend")
+        if self.api is not None and self.model:
+            raise ValueError("give model (a local judge model) or api (a server), not both")
+        if self.backend != "verifier" and not self.model and self.api is None:
+            raise ValueError(f"judge backend {self.backend!r} needs a model" +
+                             (" (or api, an OpenAI-compatible server)" if self.backend == "llm_judge" else ""))
         if (self.checker is not None or self.rewards) and self.backend != "verifier":
             raise ValueError("checker and rewards are for the verifier backend")
         if self.checker is not None and self.rewards:

@@ -148,10 +148,14 @@ def build_worker(role: str, link, topo):
             scorer = load_scorer(j.checkers()) if j.checkers() else scoring.AnswerVerifier()
         elif j.backend == "reward_model":
             scorer = scoring.RewardModelScorer(j.model, device=j.device)
+        elif j.api is not None:
+            from agents.backends.openai_api import OpenAIChat
+
+            scorer = scoring.LLMJudge(OpenAIChat(j.api), max_new_tokens=j.max_new_tokens)
         else:
             from agents.backends.hf import HFGenerator
 
-            scorer = scoring.LLMJudge(HFGenerator(j.model, device=j.device))
+            scorer = scoring.LLMJudge(HFGenerator(j.model, device=j.device), max_new_tokens=j.max_new_tokens)
         return Judge(link, scorer)
     if role == "trainer":
         from agents.trainer_agent import TrainerAgent
@@ -170,10 +174,15 @@ def run_creator(link, topo) -> int:
     validation = (read_prompts(topo.creator.validation_prompts, "validation", "validation")
                   if topo.creator.validation_prompts else None)
     mutator = load_object(topo.creator.mutator) if topo.creator.mutator else None
+    evolver = None
+    if topo.creator.evolver is not None:
+        from agents.backends.openai_api import OpenAIChat
+
+        evolver = OpenAIChat(topo.creator.evolver)
     started = time.time()
     creator = Creator(link, topo.creator_config(), seeds, mutator=mutator, eval_prompts=held_out,
                       state_path=Path(topo.run.dir) / "creator" / f"{link.config.name}.json",
-                      validation_prompts=validation)
+                      validation_prompts=validation, evolver=evolver)
     stopped = None
     try:
         creator.run(rounds=topo.run.rounds)
