@@ -55,6 +55,7 @@ from agents.eva import MUTATIONS, filter_prompts, informativeness, meta_prompt, 
 from agents.eva import sample_prompts as eva_sample
 from agents.promotion import Promotion, Score
 from protocol.messages import (
+    ChatTurn,
     GenerateResult,
     GenerateTask,
     JudgedGroup,
@@ -68,6 +69,12 @@ from protocol.messages import (
 from trainer.methods import get_method
 
 log = structlog.get_logger("agents.creator")
+
+def with_last_turn(messages: Sequence[ChatTurn], text: str) -> list[ChatTurn]:
+    """A chat prompt's messages with its last (user) turn rewritten to `text`: an evolved prompt keeps its
+    parent's system turn and history; a plain-text parent makes a plain-text child (no messages)."""
+    return [*messages[:-1], ChatTurn(role="user", content=text)] if messages else []
+
 
 # eva's evolver on a server (agents/backends/openai_api.py): meta-prompts -> replies, in order.
 class Evolver(Protocol):
@@ -387,7 +394,8 @@ class Creator:
             if not text:
                 return None
             return Prompt(prompt_id=f"r{self.round}s{step}i{i}-{parent.prompt_id}"[:120], text=text, answer=answer,
-                          source="evolved", parent_id=parent.prompt_id, mutation=mutation,
+                          messages=with_last_turn(parent.messages, text), source="evolved",
+                          parent_id=parent.prompt_id, mutation=mutation,
                           difficulty=parent.difficulty if difficulty is None else difficulty)
 
         if self.mutator is not None:  # a task world's programmatic mutator (keeps answers checkable)
@@ -396,8 +404,9 @@ class Creator:
                 made = self.mutator(p, m, self.rng)
                 out.append(child(p, m, i, made.text, made.answer, made.difficulty) if made else None)
             return out
-        metas = [Prompt(prompt_id=f"meta-{i}", text=meta_prompt(p.text, m)) for i, (p, m) in
-                 enumerate(zip(parents, mutations, strict=True))]
+        metas = [Prompt(prompt_id=f"meta-{i}", text=meta_prompt(p.text, m),  # a chat prompt's rewriter is asked in chat
+                        messages=[ChatTurn(role="user", content=meta_prompt(p.text, m))] if p.messages else [])
+                 for i, (p, m) in enumerate(zip(parents, mutations, strict=True))]
         if self.evolver is not None:  # a model on an OpenAI-compatible server writes the rewrites
             try:
                 replies = self.evolver.complete([m.text for m in metas], temperature=0.7,

@@ -30,9 +30,11 @@ class PromptFileError(ValueError):
     """A prompts file that cannot be read (the message names the file and the row)."""
 
 
-def read_prompts(path: str | Path, prefix: str, source: str) -> list[Prompt]:
-    """The prompts of a JSON lines file: one object per line with a text `prompt`; `id`, `answer` (text or a
-    number), `demonstration` and `difficulty` (an integer) are optional."""
+def read_prompts(path: str | Path, prefix: str, source: str, chat: bool = False) -> list[Prompt]:
+    """The prompts of a JSON lines file: one object per line with a `prompt`, as text or as chat messages
+    ([{"role": "system" | "user" | "assistant", "content": text}, ...], ending with a user turn); `id`, `answer`
+    (text or a number), `demonstration` and `difficulty` (an integer) are optional. With `chat`, a text prompt
+    becomes one user turn, so every prompt reaches the model through its chat template."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
@@ -52,10 +54,13 @@ def read_prompts(path: str | Path, prefix: str, source: str) -> list[Prompt]:
             raise PromptFileError(f"{where}: expected an object with a 'prompt', got {type(row).__name__}")
         if "prompt" not in row:
             raise PromptFileError(f"{where}: missing 'prompt' (fields: {', '.join(sorted(row)) or 'none'})")
-        if not isinstance(row["prompt"], str) or not row["prompt"].strip():
-            kind = "a list (conversational prompts are not read from prompt files yet)" if isinstance(
-                row["prompt"], list) else repr(row["prompt"])[:40]
-            raise PromptFileError(f"{where}: 'prompt' must be non-empty text, got {kind}")
+        messages = _messages(row["prompt"], where) if isinstance(row["prompt"], list) else None
+        if messages is None and (not isinstance(row["prompt"], str) or not row["prompt"].strip()):
+            raise PromptFileError(f"{where}: 'prompt' must be non-empty text or chat messages, got "
+                                  f"{repr(row['prompt'])[:40]}")
+        text = messages[-1]["content"] if messages else row["prompt"]
+        if chat and messages is None:
+            messages = [{"role": "user", "content": text}]
         fields: dict[str, Any] = {}
         for name in OPTIONAL_TEXT:
             value = row.get(name)
@@ -68,11 +73,26 @@ def read_prompts(path: str | Path, prefix: str, source: str) -> list[Prompt]:
             difficulty = _integer(row.get("difficulty"))
         except ValueError:
             raise PromptFileError(f"{where}: 'difficulty' must be an integer, got {row['difficulty']!r}") from None
-        prompts.append(Prompt(prompt_id=fields.pop("id", f"{prefix}{len(prompts)}"), text=row["prompt"],
-                              difficulty=difficulty, source=source, **fields))
+        prompts.append(Prompt(prompt_id=fields.pop("id", f"{prefix}{len(prompts)}"), text=text,
+                              messages=messages or [], difficulty=difficulty, source=source, **fields))
     if not prompts:
         raise PromptFileError(f"{path}: no prompts (JSON lines with a 'prompt' each)")
     return prompts
+
+
+def _messages(turns: list, where: str) -> list[dict[str, str]]:
+    """Chat messages as the prompt of a row: roles and text contents, the last turn the user's."""
+    if not turns:
+        raise PromptFileError(f"{where}: 'prompt' is an empty list of messages")
+    for i, turn in enumerate(turns):
+        if not (isinstance(turn, dict) and turn.get("role") in ("system", "user", "assistant")
+                and isinstance(turn.get("content"), str) and set(turn) <= {"role", "content"}):
+            raise PromptFileError(f"{where}: message {i} of 'prompt' must be {{'role': 'system' | 'user' | "
+                                  f"'assistant', 'content': text}}, got {repr(turn)[:80]}")
+    if turns[-1]["role"] != "user" or not turns[-1]["content"].strip():
+        raise PromptFileError(f"{where}: the last message of 'prompt' must be the user's, with text: the model "
+                              "answers it")
+    return turns
 
 
 def _integer(value: Any) -> int | None:
@@ -97,7 +117,7 @@ def preflight(topo: Any, roles: tuple[str, ...]) -> list[str]:
             if path is None:
                 continue
             try:
-                sets[source] = read_prompts(path, source, source)
+                sets[source] = read_prompts(path, source, source, topo.creator.chat)
             except PromptFileError as e:
                 problems.append(f"creator.{field}: {e}")
         seeds = sets.get("seed", [])

@@ -80,6 +80,8 @@ class CreatorSection(Strict):
     validation_prompts: str | None = Field(None, description="Validation prompts (same format, disjoint from the "
                                                              "test prompts): with settings.promotion, each new "
                                                              "version is validated on them before it is served.")
+    chat: bool = Field(False, description="Prompts reach the model through its chat template: a text prompt becomes "
+                                          "one user turn (prompts written as messages always do).")
     evolver: ApiSettings | None = Field(None, description="eva's evolver on an OpenAI-compatible server (as eva used "
                                                           "an API model) instead of the policy through the solvers.")
     settings: CreatorConfig = Field(default_factory=CreatorConfig, description="eva settings (agents/creator.py).")

@@ -169,9 +169,10 @@ def run_creator(link, topo) -> int:
     from agents.plugins import load_object
     from launch.preflight import read_prompts
 
-    seeds = read_prompts(topo.creator.prompts, "seed", "seed")
-    held_out = read_prompts(topo.creator.eval_prompts, "eval", "eval") if topo.creator.eval_prompts else None
-    validation = (read_prompts(topo.creator.validation_prompts, "validation", "validation")
+    chat = topo.creator.chat
+    seeds = read_prompts(topo.creator.prompts, "seed", "seed", chat)
+    held_out = read_prompts(topo.creator.eval_prompts, "eval", "eval", chat) if topo.creator.eval_prompts else None
+    validation = (read_prompts(topo.creator.validation_prompts, "validation", "validation", chat)
                   if topo.creator.validation_prompts else None)
     mutator = load_object(topo.creator.mutator) if topo.creator.mutator else None
     evolver = None

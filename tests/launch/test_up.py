@@ -162,3 +162,26 @@ def test_a_dead_task_fails_its_round_and_the_run_stops_instead_of_restarting(tmp
     [failure] = summary["failed_rounds"]
     assert failure["round"] == 1 and "has no answer" in failure["reason"] and summary["stopped"]
     assert "run stopped: rounds failed" in up.stderr and "restarting" not in up.stderr
+
+
+def test_a_run_on_conversational_prompts_keeps_them_conversational(tmp_path, tiny_models):
+    """Seed prompts written as chat messages (a system turn, then the user's): the round trains, and eva's
+    rewrites keep the system turn, so every prompt reaches the model through its chat template."""
+    import msgpack
+
+    path = topology(tmp_path, tiny_models, rounds=1, prompts=8)
+    seeds = tmp_path / "seeds.jsonl"
+    rows = [json.loads(line) for line in seeds.read_text().splitlines()]
+    seeds.write_text("".join(json.dumps({**row, "prompt": [{"role": "system", "content": "Be brief."},
+                                                           {"role": "user", "content": row["prompt"]}]}) + "\n"
+                             for row in rows))
+    up = subprocess.run([SELFPLAY, "up", str(path)], capture_output=True, text=True, timeout=600)
+    assert up.returncode == 0, up.stderr[-3000:]
+    db = sqlite3.connect(tmp_path / "run" / "ledger.sqlite")
+    prompts = [msgpack.unpackb(blob, raw=False) for (blob,) in db.execute("SELECT payload FROM prompts")]
+    versions = db.execute("SELECT MAX(version) FROM policies").fetchone()[0]
+    db.close()
+    evolved = [p for p in prompts if p["source"] == "evolved"]
+    assert versions >= 1 and evolved and len(prompts) > len(evolved)
+    for p in prompts:
+        assert [t["role"] for t in p["messages"]] == ["system", "user"] and p["messages"][1]["content"] == p["text"]
