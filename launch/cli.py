@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--run-dir", help="run directory of a local hub (uses RUN_DIR/sock/hub-control.ipc)")
     where.add_argument("--hub", help="control endpoint, e.g. tcp://host:5555 or ipc:///path/hub-control.ipc")
     status.add_argument("--keys", help="key directory (tcp): uses agents/NAME.key_secret and hub.key")
+    status.add_argument("--watch", type=float, nargs="?", const=5.0, metavar="SECONDS",
+                        help="show it again every SECONDS (default 5) until Ctrl-C or the run ends")
     status.add_argument("--name", default="status", help="agent name of the key to use (default: status)")
     status.add_argument("--json", action="store_true", help="print the raw status as JSON")
     status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the hub (default 5)")
@@ -416,6 +418,28 @@ def _alive(pid: int) -> bool:
 
 
 def _status(args: argparse.Namespace) -> int:
+    import time
+
+    if not args.watch:
+        return _status_once(args)[0]
+    if args.watch < 0.2:
+        raise ValueError("--watch: at least 0.2 seconds between refreshes")
+    try:
+        while True:
+            if sys.stdout.isatty():
+                print("\x1b[2J\x1b[H", end="")  # clear the terminal: the status in place
+            print(f"--- {time.strftime('%H:%M:%S')} (every {args.watch:g} s; Ctrl-C to stop watching)", flush=True)
+            code, live = _status_once(args)
+            sys.stdout.flush()
+            if not live:
+                return code  # the run has ended (its ledger was shown) or no hub answers: nothing more to watch
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _status_once(args: argparse.Namespace) -> tuple[int, bool]:
+    """(exit code, whether a hub answered)."""
     import json
     from pathlib import Path
 
@@ -426,20 +450,22 @@ def _status(args: argparse.Namespace) -> int:
     try:
         reply = status.query_status(endpoint, keys_dir=args.keys, name=args.name, timeout_s=args.timeout)
     except (TimeoutError, RuntimeError) as e:
-        if processes:  # a hub that does not answer may be the process that keeps failing
+        if processes:  # a hub that does not answer may be the process that keeps failing (worth watching on)
             print(json.dumps({"processes": processes}, indent=2) if args.json else status.format_processes(processes))
-        elif args.run_dir and (Path(args.run_dir) / "ledger.sqlite").exists() and not args.json:
+            print(f"selfplay status: {e}", file=sys.stderr)
+            return 1, True
+        if args.run_dir and (Path(args.run_dir) / "ledger.sqlite").exists() and not args.json:
             ended = status.read_ended(args.run_dir)  # a run that has ended: what its ledger says, and why it ended
             why = f"\n\n{status.format_processes(ended['processes'], ended)}" if ended and ended.get("processes") else ""
             print(status.format_ledger(args.run_dir) + why)
-            return 0
+            return 0, False
         print(f"selfplay status: {e}", file=sys.stderr)
-        return 1
+        return 1, False
     if args.json:
         print(json.dumps(reply.model_dump(mode="json") | ({"processes": processes} if processes else {}), indent=2))
     else:
         print(status.format_status(reply) + (f"\n\n{status.format_processes(processes)}" if processes else ""))
-    return 0
+    return 0, True
 
 
 def _keys(args: argparse.Namespace) -> int:

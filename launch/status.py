@@ -70,9 +70,12 @@ def format_status(reply: StatusReply) -> str:
     for prompts, title in (("eval", "held-out test"), ("validation", "validation (promotion decides on it)")):
         scores = _by_version(reply.metrics, f"{prompts}_reward.v")
         if scores:
+            counts = {v: int(reply.metrics.get(f"{prompts}_count.v{v}", 0)) for v, _ in scores}
+            full = max(counts.values())  # the whole set; a version with fewer is still being evaluated
             lines += ["", f"{title} by policy version (never trained on):"]
-            lines += [f"  v{version:<4} {mean:.4f}  ({int(reply.metrics.get(f'{prompts}_count.v{version}', 0))} samples)"
-                      for version, mean in scores]
+            lines += [f"  v{version:<4} {mean:.4f}  ({counts[version]} samples)" + (
+                f"  evaluating: {counts[version]} of {full} so far" if counts[version] < full else "")
+                for version, mean in scores]
     restored = _by_version(reply.metrics, "restored.v")
     if restored:
         lines += ["", "rollbacks (a version worse than the best on validation was not served):"]

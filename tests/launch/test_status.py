@@ -80,3 +80,37 @@ def test_status_of_a_run_that_a_failing_process_stopped_says_why(tmp_path):
     assert "published policy versions: 2" in out.stdout
     assert "judge-0 failed the same way 2 times: ValueError: bad checker" in out.stdout
     assert "last error: ValueError: bad checker" in out.stdout
+
+
+def test_a_version_still_being_evaluated_is_marked_so():
+    from launch.status import format_status
+    from protocol.messages import StatusReply
+
+    reply = StatusReply(hub_id="h", policy_version=1, metrics={
+        "eval_reward.v0": 0.5, "eval_count.v0": 100, "eval_reward.v1": 0.9, "eval_count.v1": 40})
+    lines = format_status(reply).splitlines()
+    assert next(line for line in lines if line.startswith("  v0")).endswith("(100 samples)")
+    assert next(line for line in lines if line.startswith("  v1")).endswith("evaluating: 40 of 100 so far")
+
+
+def test_watch_refreshes_until_the_run_ends_then_shows_its_ledger(tmp_path):
+    import threading
+    import time
+
+    r = Running(tmp_path, lease_s=30, heartbeat_interval_s=0.2, liveness=50)
+    watch = subprocess.Popen([SELFPLAY, "status", "--run-dir", str(r.hub.run_dir), "--watch", "0.3", "--timeout", "1"],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(watch.stdout), daemon=True).start()
+    try:
+        creator = r.link("creator-0", "creator")
+        creator.submit([GenerateTask(prompts=[PROMPT])] * 2)
+        deadline = time.monotonic() + 60
+        while sum(line.startswith("queues:") for line in lines) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)  # refreshed twice while the hub answered
+    finally:
+        r.close()  # the run ends: the watch shows the ledger once and stops by itself
+    assert watch.wait(timeout=60) == 0
+    time.sleep(0.5)  # the reader has the last lines
+    assert sum(line.startswith("queues:") for line in lines) >= 2
+    assert lines[-1].startswith("tasks: ") and any("no hub answers: from its ledger" in line for line in lines)
