@@ -369,11 +369,15 @@ def _attach(args: argparse.Namespace) -> int:
     import os
 
     from launch import worker
+    from launch.attached import attached
+    from launch.topology import load_topology
 
-    argv = [args.role, args.topology, "--name", args.name or f"{args.role}-attached-{os.getpid()}"]
+    name = args.name or f"{args.role}-attached-{os.getpid()}"
+    argv = [args.role, args.topology, "--name", name]
     argv += ["--control", args.control] if args.control else []
     argv += ["--data", args.data] if args.data else []
-    return worker.main(argv)
+    with attached(load_topology(args.topology).run.dir, name):  # the run's end and `stop` end it too
+        return worker.main(argv)
 
 
 def _stop(args: argparse.Namespace) -> int:
@@ -383,13 +387,17 @@ def _stop(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
+    from launch.attached import terminate_attached
+
     state_path = Path(args.run_dir) / "supervisor.json"
-    if not state_path.exists():
+    pids = terminate_attached(args.run_dir)  # agents attached on this machine
+    if not state_path.exists() and not pids:
         print(f"selfplay stop: nothing running in {args.run_dir}", file=sys.stderr)
         return 1
-    state = json.loads(state_path.read_text())
-    pids = [state["pid"], *state["children"].values()]
-    os.kill(state["pid"], signal.SIGTERM)
+    if state_path.exists():
+        state = json.loads(state_path.read_text())
+        pids += [state["pid"], *state["children"].values()]
+        os.kill(state["pid"], signal.SIGTERM)
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.1)

@@ -180,6 +180,9 @@ class Supervisor:
                 log.warning("killing", name=child.name)
                 child.proc.kill()
                 child.proc.wait()
+        from launch.attached import terminate_attached
+
+        terminate_attached(self.run_dir)  # agents attached on this machine end with the run
         self._write_state(ended=True)  # what status shows of the run's processes once it has ended
         (self.run_dir / "supervisor.json").unlink(missing_ok=True)
 

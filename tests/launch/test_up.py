@@ -51,13 +51,11 @@ def test_up_runs_a_round_with_an_attached_solver_and_leaves_nothing_behind(tmp_p
         code = up.wait(timeout=240)
         console = up.stderr.read()
         assert code == 0, console[-3000:]
+        assert attached.wait(60) == 0  # the run's end ended the attached solver too (not left reconnecting)
     finally:
         if up.poll() is None:
             up.kill()
-        attached.terminate()
-        try:
-            attached.wait(60)
-        except subprocess.TimeoutExpired:  # a loaded machine: it may still be importing torch (not what this tests)
+        if attached.poll() is None:
             attached.kill()
             attached.wait(10)
     summary = json.loads((run / "creator-done.json").read_text())
@@ -72,23 +70,30 @@ def test_up_runs_a_round_with_an_attached_solver_and_leaves_nothing_behind(tmp_p
     assert not [name for name, pid in pids.items() if _alive(pid)]  # every child is gone
 
 
-def test_stop_stops_everything(tmp_path, tiny_models):
+def test_stop_stops_everything_attached_agents_too(tmp_path, tiny_models):
     path = topology(tmp_path, tiny_models, rounds=1000)
     run = tmp_path / "run"
     up = subprocess.Popen([SELFPLAY, "up", str(path)], stderr=subprocess.DEVNULL)
+    attached = None
     try:
         deadline = time.monotonic() + 60
         while len(_children(run)) < 5 and time.monotonic() < deadline:
             time.sleep(0.2)
         pids = _children(run)
         assert len(pids) == 5
-        out = subprocess.run([SELFPLAY, "stop", "--run-dir", str(run)], capture_output=True, text=True, timeout=60)
+        attached = subprocess.Popen([SELFPLAY, "attach", "solver", "--topology", str(path), "--name", "solver-9"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while not (run / "attached" / "solver-9.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        out = subprocess.run([SELFPLAY, "stop", "--run-dir", str(run)], capture_output=True, text=True, timeout=90)
         assert out.returncode == 0, out.stderr
-        assert up.wait(timeout=30) is not None
+        assert up.wait(timeout=30) is not None and attached.wait(timeout=30) == 0
         assert not [name for name, pid in pids.items() if _alive(pid)]
+        assert not (run / "attached" / "solver-9.json").exists()
     finally:
-        if up.poll() is None:
-            up.kill()
+        for proc in (up, attached):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
 
 
 def test_bad_topology_is_one_line_naming_the_field(tmp_path, tiny_models):
