@@ -31,6 +31,7 @@ from pathlib import Path
 
 import structlog
 
+from launch.board import LiveBoard
 from launch.logs import rotate
 from launch.progress import CreatorProgress
 from launch.worker import EXIT_FATAL, EXIT_NO_HUB, EXIT_RUN_FAILED, ROLES
@@ -56,11 +57,12 @@ class Supervisor:
     def __init__(self, run_dir: str | Path, children: list[Child], backoff_min_s: float = 1.0,
                  backoff_max_s: float = 30.0, log_max_bytes: int = 50 << 20, log_backups: int = 3,
                  max_identical_crashes: int = 5, progress: CreatorProgress | None = None,
-                 healthy_s: float = 300.0) -> None:
+                 healthy_s: float = 300.0, board: LiveBoard | None = None) -> None:
         self.run_dir, self.children = Path(run_dir), children
         self.max_identical_crashes = max_identical_crashes  # 0: restart forever
         self.healthy_s = healthy_s  # a process that ran this long before it failed was not crash-looping
         self.progress = progress  # a line per round event of the creator, on the console
+        self.board = board  # RUN/tensorboard from the ledger, when the hub runs here
         self.backoff_min_s, self.backoff_max_s = backoff_min_s, backoff_max_s
         self.log_max_bytes, self.log_backups = log_max_bytes, log_backups
         self._stopping = False
@@ -102,6 +104,8 @@ class Supervisor:
                         self._start(child)
                 for line in self.progress.poll() if self.progress else []:
                     log.info(line)
+                if self.board is not None:
+                    self.board.poll()
                 self._write_state()
                 time.sleep(0.2)
             return 130
@@ -182,6 +186,8 @@ class Supervisor:
                 child.proc.wait()
         from launch.attached import terminate_attached
 
+        if self.board is not None:
+            self.board.close()  # the run's last points
         terminate_attached(self.run_dir)  # agents attached on this machine end with the run
         self._write_state(ended=True)  # what status shows of the run's processes once it has ended
         (self.run_dir / "supervisor.json").unlink(missing_ok=True)
@@ -202,9 +208,10 @@ def children_for(topology_path: str, topo, roles: tuple[str, ...] = ROLES) -> li
 
 def supervisor_for(topology_path: str, topo, roles: tuple[str, ...] = ROLES, progress: bool = True) -> Supervisor:
     """The supervisor of a topology's processes (those of `roles`), with its log retention; with `progress`, a
-    console line per round event of the creator when it runs here."""
+    console line per round event of the creator when it runs here; with the hub here, RUN/tensorboard."""
     log_path = Path(topo.run.dir) / "logs" / "creator-0.jsonl"
     return Supervisor(topo.run.dir, children_for(topology_path, topo, roles),
                       progress=CreatorProgress(log_path) if progress and "creator" in roles else None,
                       log_max_bytes=int(topo.run.log_max_mb * 2**20), log_backups=topo.run.log_backups,
-                      max_identical_crashes=topo.run.max_identical_crashes)
+                      max_identical_crashes=topo.run.max_identical_crashes,
+                      board=LiveBoard(topo.run.dir) if topo.run.tensorboard and "hub" in roles else None)

@@ -54,6 +54,9 @@ class RunSection(Strict):
                                                             "many times in a row with the same last printed line "
                                                             "(it would fail the same way forever); 0: restart "
                                                             "forever. Kills by a signal never count.")
+    tensorboard: bool = Field(True, description="Write RUN/tensorboard from the ledger while the run goes (on the "
+                                                "hub's machine): rewards, held-out and validation scores, the "
+                                                "trainer's losses, throughput, staleness (launch/board.py).")
 
 
 class HubSection(HubSettings):

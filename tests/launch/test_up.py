@@ -68,6 +68,10 @@ def test_up_runs_a_round_with_an_attached_solver_and_leaves_nothing_behind(tmp_p
     db.close()
     assert set(pids) == {"hub", "trainer-0", "solver-0", "judge-0", "creator-0"}
     assert not [name for name, pid in pids.items() if _alive(pid)]  # every child is gone
+    from tests.launch.test_board import _scalars
+
+    board = _scalars(run)  # the live loop's TensorBoard, by policy version
+    assert [v for v, _ in board["reward/train"]] == [0, 1] and [v for v, _ in board["train/loss"]] == [1, 2]
 
 
 def test_stop_stops_everything_attached_agents_too(tmp_path, tiny_models):
