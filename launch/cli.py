@@ -166,7 +166,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         epilog=f"example: selfplay train --algo {DEFAULT_METHOD} --data pairs.jsonl --model ./my-model --out runs/x "
                f"--set {DEFAULT_METHOD}.beta=0.05 --max-steps 200")
     train.add_argument("--algo", help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()) + " (required)")
-    train.add_argument("--data", help="dataset file: JSON lines or a JSON list (required)")
+    train.add_argument("--data", help="the data (required): JSON lines or a JSON list (.gz too); with the data extra, parquet, a save_to_disk folder or a hub id (its train split)")
     train.add_argument("--model", help="base model: a local directory or a hub id (required)")
     train.add_argument("--out", help="output directory (required)")
     train.add_argument("--config", help="TOML or JSON file with any config fields (flags override it)")

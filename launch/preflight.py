@@ -14,9 +14,11 @@ that fails on start, is restarted, and fails the same way again.
 
 from __future__ import annotations
 
+import gzip
 import json
 import multiprocessing
 import os
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -34,22 +36,10 @@ def read_prompts(path: str | Path, prefix: str, source: str, chat: bool = False)
     """The prompts of a JSON lines file: one object per line with a `prompt`, as text or as chat messages
     ([{"role": "system" | "user" | "assistant", "content": text}, ...], ending with a user turn); `id`, `answer`
     (text or a number), `demonstration` and `difficulty` (an integer) are optional. With `chat`, a text prompt
-    becomes one user turn, so every prompt reaches the model through its chat template."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise PromptFileError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise PromptFileError(f"{path}: {e}") from None
+    becomes one user turn, so every prompt reaches the model through its chat template. Also .jsonl.gz, and
+    (with the `datasets` extra) parquet, a folder saved with save_to_disk, or a hub id: the same fields."""
     prompts = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path} line {number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PromptFileError(f"{where}: not JSON ({e.msg})") from None
+    for where, row in _rows(path):
         if not isinstance(row, dict):
             raise PromptFileError(f"{where}: expected an object with a 'prompt', got {type(row).__name__}")
         if "prompt" not in row:
@@ -78,6 +68,36 @@ def read_prompts(path: str | Path, prefix: str, source: str, chat: bool = False)
     if not prompts:
         raise PromptFileError(f"{path}: no prompts (JSON lines with a 'prompt' each)")
     return prompts
+
+
+def _rows(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """(where, row) of a prompts source: JSON lines by line number (plain or .gz), datasets' rows by index."""
+    from trainer.dataset_files import SourceError, is_datasets_source, rows_from_datasets
+
+    if is_datasets_source(path):
+        try:
+            rows = rows_from_datasets(path)
+        except SourceError as e:
+            raise PromptFileError(str(e)) from None
+        yield from ((f"{path} row {i}", row) for i, row in enumerate(rows))
+        return
+    try:
+        if str(path).endswith(".gz"):
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        else:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise PromptFileError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, EOFError) as e:
+        raise PromptFileError(f"{path}: {e}") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield f"{path} line {number}", json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PromptFileError(f"{path} line {number}: not JSON ({e.msg})") from None
 
 
 def _messages(turns: list, where: str) -> list[dict[str, str]]:

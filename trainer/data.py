@@ -68,9 +68,22 @@ class Batch:
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a JSON-lines file or a JSON list (gzipped when the name ends in .gz), each a dict; errors name
-    the line. Preference rows in TRL's implicit-prompt form (chat `chosen` and `rejected` that share their
-    first messages, no `prompt`) get the shared messages as their prompt."""
+    the line. Parquet, a folder saved with `datasets`' save_to_disk, or a hub id are read with `datasets`
+    (trainer/dataset_files.py). Preference rows in TRL's implicit-prompt form (chat `chosen` and `rejected`
+    that share their first messages, no `prompt`) get the shared messages as their prompt."""
+    from trainer.dataset_files import SourceError, is_datasets_source, rows_from_datasets
+
+    if is_datasets_source(path):
+        try:
+            rows = rows_from_datasets(path)
+        except SourceError as e:
+            raise DataError(str(e)) from None
+        if not rows:
+            raise DataError(f"{path}: no rows")
+        return [explicit_prompt(row) for row in rows]
     path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
     if path.suffix == ".gz":
         try:
             with gzip.open(path, "rt", encoding="utf-8") as f:

@@ -29,7 +29,7 @@ def _verifier(path, tiny_models):
 
 @pytest.mark.parametrize("row, named", [
     ({"text": "What is 2 + 2?"}, "line 3: missing 'prompt' (fields: text)"),
-    ({"prompt": [{"role": "user", "content": "hi"}]}, "line 3: 'prompt' must be non-empty text, got a list"),
+    ({"prompt": 5}, "line 3: 'prompt' must be non-empty text or chat messages, got 5"),
     ({"prompt": "What is 2 + 2?", "answer": {"value": 4}}, "line 3: 'answer' must be text, got dict"),
     ({"prompt": "What is 2 + 2?", "difficulty": "hard"}, "line 3: 'difficulty' must be an integer"),
     ({"prompt": "What is 2 + 2?", "difficulty": 2.5}, "line 3: 'difficulty' must be an integer, got 2.5"),
@@ -115,3 +115,22 @@ def test_the_judges_checker_is_tried_on_a_seed_prompt(tmp_path, tiny_models, cap
     _edit(path, 'backend = "verifier"', f'backend = "verifier"\nchecker = "{module}:check"')
     err = _up(capsys, path)
     assert f"judge {module}:check: on the first seed prompt" in err and named.format(module=module) in err, err
+
+
+def test_prompt_sources_gz_and_parquet_name_the_bad_row(tmp_path):
+    import gzip
+
+    import datasets
+
+    from launch.preflight import PromptFileError, read_prompts
+
+    rows = [{"prompt": "What is 1 + 1?", "answer": "2", "difficulty": 1}, {"prompt": "What is 2 + 2?", "answer": "4"}]
+    with gzip.open(tmp_path / "p.jsonl.gz", "wt") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "p.parquet"))
+    for name in ("p.jsonl.gz", "p.parquet"):
+        assert [(p.text, p.answer) for p in read_prompts(tmp_path / name, "seed", "seed")] == [
+            ("What is 1 + 1?", "2"), ("What is 2 + 2?", "4")]
+    datasets.Dataset.from_list([{"prompt": "ok"}, {"prompt": ""}]).to_parquet(str(tmp_path / "bad.parquet"))
+    with pytest.raises(PromptFileError, match=r"bad\.parquet row 1: 'prompt' must be non-empty text"):
+        read_prompts(tmp_path / "bad.parquet", "seed", "seed")

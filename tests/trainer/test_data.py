@@ -218,3 +218,20 @@ def test_gzipped_rows_and_trls_implicit_prompt_preference_rows(tmp_path):
     (tmp_path / "broken.jsonl.gz").write_bytes(b"not gzip")
     with pytest.raises(DataError, match="not a readable gzip file"):
         read_rows(tmp_path / "broken.jsonl.gz")
+
+
+def test_parquet_saved_datasets_and_an_offline_hub_id(tmp_path, monkeypatch):
+    import datasets
+
+    rows_ = [{"prompt": f"q{i}", "chosen": "good", "rejected": "bad"} for i in range(3)]
+    data = datasets.Dataset.from_list(rows_)
+    data.to_parquet(str(tmp_path / "pairs.parquet"))
+    data.save_to_disk(str(tmp_path / "saved"))
+    datasets.DatasetDict({"train": data, "test": data.select([0])}).save_to_disk(str(tmp_path / "splits"))
+    for source in ("pairs.parquet", "saved", "splits"):
+        assert read_rows(tmp_path / source) == rows_, source  # a DatasetDict: its train split
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match="trl-lib/ultrafeedback_binarized: not a local file or folder, and HF_HUB_OFFLINE"):
+        read_rows("trl-lib/ultrafeedback_binarized")
+    with pytest.raises(DataError, match="no such file"):
+        read_rows(tmp_path / "missing.jsonl")
