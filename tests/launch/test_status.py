@@ -47,39 +47,38 @@ def test_status_shows_this_machines_processes_even_when_the_hub_does_not_answer(
     assert "pid 4242" in out.stdout
 
 
-def test_status_of_a_run_that_has_ended_reads_its_ledger(tmp_path):
+def _status_of_an_ended_run(run_dir) -> str:
+    """`selfplay status --run-dir` on the small run of test_ledger_query, its hub gone."""
     from agents.ledger import Ledger
     from tests.agents.test_ledger_query import build_run
 
-    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger = Ledger(run_dir / "ledger.sqlite")
     build_run(ledger)
     ledger.close()
-    out = subprocess.run([SELFPLAY, "status", "--run-dir", str(tmp_path), "--timeout", "0.5"], capture_output=True,
+    out = subprocess.run([SELFPLAY, "status", "--run-dir", str(run_dir), "--timeout", "0.5"], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "no hub answers: from its ledger" in out.stdout and "published policy versions: 2, newest v2" in out.stdout
-    assert "  v0    0.7500  (2 samples)" in out.stdout  # the small run's training reward of v0
-    assert "held-out test by policy version (mean verdict score" in out.stdout and "1 dead" in out.stdout
+    return out.stdout
+
+
+def test_status_of_a_run_that_has_ended_reads_its_ledger(tmp_path):
+    stdout = _status_of_an_ended_run(tmp_path)
+    assert "no hub answers: from its ledger" in stdout and "published policy versions: 2, newest v2" in stdout
+    assert "  v0    0.7500  (2 samples)" in stdout  # the small run's training reward of v0
+    assert "held-out test by policy version (mean verdict score" in stdout and "1 dead" in stdout
 
 
 def test_status_of_a_run_that_a_failing_process_stopped_says_why(tmp_path):
     import sys
 
-    from agents.ledger import Ledger
     from launch.supervisor import Child, Supervisor
-    from tests.agents.test_ledger_query import build_run
 
     broken = Child("judge-0", [sys.executable, "-c", "import sys; sys.exit('ValueError: bad checker')"])
     assert Supervisor(tmp_path, [broken], backoff_min_s=0.05, backoff_max_s=0.1, max_identical_crashes=2).run() == 78
-    ledger = Ledger(tmp_path / "ledger.sqlite")
-    build_run(ledger)
-    ledger.close()
-    out = subprocess.run([SELFPLAY, "status", "--run-dir", str(tmp_path), "--timeout", "0.5"], capture_output=True,
-                         text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert "published policy versions: 2" in out.stdout
-    assert "judge-0 failed the same way 2 times: ValueError: bad checker" in out.stdout
-    assert "last error: ValueError: bad checker" in out.stdout
+    stdout = _status_of_an_ended_run(tmp_path)
+    assert "published policy versions: 2" in stdout
+    assert "judge-0 failed the same way 2 times: ValueError: bad checker" in stdout
+    assert "last error: ValueError: bad checker" in stdout
 
 
 def test_a_version_still_being_evaluated_is_marked_so():
