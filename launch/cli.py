@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     attach.add_argument("--name", help="agent name, unique in the run (default: ROLE-attached-PID)")
     attach.add_argument("--control", help="hub control endpoint, e.g. tcp://hub-host:5555")
     attach.add_argument("--data", help="hub data endpoint, e.g. tcp://hub-host:5556")
+    attach.add_argument("--device", help="solver only: its device here instead of the topology's [solver] device "
+                                         "(cpu, cuda, cuda:1, ...)")
     export = commands.add_parser(
         "export", help="write a run's policy version as a PEFT adapter folder (or a merged model)",
         description="Write policy version N of RUN_DIR (default: the newest, which is the one served at the end) as "
@@ -372,11 +374,17 @@ def _attach(args: argparse.Namespace) -> int:
     from launch.attached import attached
     from launch.topology import load_topology
 
+    if args.device and args.role != "solver":
+        print(f"selfplay attach: --device is for a solver (a {args.role} takes its device from the topology)",
+              file=sys.stderr)
+        return 2
     name = args.name or f"{args.role}-attached-{os.getpid()}"
     argv = [args.role, args.topology, "--name", name]
     argv += ["--control", args.control] if args.control else []
     argv += ["--data", args.data] if args.data else []
-    with attached(load_topology(args.topology).run.dir, name):  # the run's end and `stop` end it too
+    argv += ["--device", args.device] if args.device else []
+    topo = load_topology(args.topology, solver_device=args.device)
+    with attached(topo.run.dir, name):  # the run's end and `stop` end it too
         return worker.main(argv)
 
 

@@ -199,7 +199,7 @@ def children_for(topology_path: str, topo, roles: tuple[str, ...] = ROLES) -> li
     children = [Child("hub", [*worker, "hub", topology_path])] if "hub" in roles else []
     for role, count in (("trainer", 1), ("solver", topo.solver.count), ("judge", topo.judge.count if topo.judge else 0)):
         if role in roles:
-            children += [Child(f"{role}-{i}", [*worker, role, topology_path, "--name", f"{role}-{i}"])
+            children += [Child(f"{role}-{i}", [*worker, role, topology_path, "--name", f"{role}-{i}", "--index", str(i)])
                          for i in range(count)]
     if "creator" in roles:
         children.append(Child("creator-0", [*worker, "creator", topology_path, "--name", "creator-0"], finisher=True))

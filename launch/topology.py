@@ -106,6 +106,9 @@ class CreatorSection(Strict):
         return settings
 
 
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's LoRAConfig admits these max_lora_rank only
+
+
 class SolverSection(Strict):
     count: int = Field(1, ge=0, description="Solver processes to start.")
     model: str = Field(description="Policy base model path (the trainer's adapters are applied on top).")
@@ -131,6 +134,9 @@ class SolverSection(Strict):
         if self.backend == "vllm" and (self.threads is not None or not self.device.startswith(("auto", "cuda"))):
             raise ValueError(f"the vllm backend runs on a GPU: device must be auto or cuda[:N] (got {self.device!r}), "
                              "and threads is a setting of the hf backend")
+        if self.backend == "vllm" and self.max_lora_rank not in VLLM_LORA_RANKS:
+            raise ValueError(f"max_lora_rank = {self.max_lora_rank}: vLLM takes one of "
+                             f"{', '.join(map(str, VLLM_LORA_RANKS))} (at least the trainer's lora.r)")
         if self.backend == "vllm" and "batch_size" in self.model_fields_set:
             raise ValueError("batch_size is a setting of the hf backend (vllm schedules its own batches)")
         return self
@@ -209,6 +215,15 @@ class Topology(Strict):
         if "max_staleness" in settings.model_fields_set and settings.max_staleness > self.hub.max_staleness:
             raise ValueError(f"creator.settings.max_staleness = {settings.max_staleness} exceeds hub.max_staleness = "
                              f"{self.hub.max_staleness}: the hub would refuse the lagging answers")
+        if self.solver.backend != "vllm":
+            return self
+        try:
+            rank = self.trainer_config().lora.r
+        except ValidationError:  # load_topology names the trainer's own error
+            return self
+        if rank > self.solver.max_lora_rank:
+            raise ValueError(f"trainer.lora.r = {rank} exceeds solver.max_lora_rank = {self.solver.max_lora_rank}: "
+                             "vLLM would refuse every adapter the trainer publishes")
         return self
 
     def creator_config(self) -> CreatorConfig:
@@ -237,12 +252,15 @@ class TopologyError(ConfigError):
     """A topology problem, in one line naming the field."""
 
 
-def load_topology(path: str | Path) -> Topology:
+def load_topology(path: str | Path, solver_device: str | None = None) -> Topology:
+    """A topology file, checked; `solver_device` stands in for its [solver] device (an attached solver's own)."""
     path = Path(path)
     try:
         data = read_config_file(path)
     except ConfigError as e:
         raise TopologyError(str(e)) from None
+    if solver_device is not None and isinstance(data.get("solver"), dict):
+        data["solver"]["device"] = solver_device
     try:
         topology = Topology.model_validate(data)
     except ValidationError as e:

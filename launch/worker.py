@@ -38,12 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="agent name (default: ROLE-0)")
     parser.add_argument("--control", help="hub control endpoint (default: from RUN/hub.json)")
     parser.add_argument("--data", help="hub data endpoint (default: from RUN/hub.json)")
+    parser.add_argument("--index", type=int, default=0, help="its place among this machine's agents of its role "
+                                                           "(vLLM solvers take GPUs by it; default 0)")
+    parser.add_argument("--device", help="solver only: its device instead of the topology's [solver] device")
     args = parser.parse_args(argv)
 
     from launch.logs import configure_logging
     from launch.topology import load_topology
 
-    topo = load_topology(args.topology)
+    topo = load_topology(args.topology, solver_device=args.device)
     run_dir = Path(topo.run.dir)
     name = args.name or f"{args.role}-0"
     configure_logging(topo.run.log_level, json_path=run_dir / "logs" / f"{name}.jsonl",
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if control is None and topo.hub.address is not None:  # the hub is on another machine
         control, data = topo.agent_endpoints()
     control, data = endpoints(run_dir, control, data, stop)
-    return run_agent(args.role, name, topo, control, data, stop)
+    return run_agent(args.role, name, topo, control, data, stop, args.index)
 
 
 def run_hub(topo, stop: threading.Event) -> int:
@@ -89,7 +92,8 @@ def endpoints(run_dir: Path, control: str | None, data: str | None, stop: thread
     return found["control"], data or found["data"]
 
 
-def run_agent(role: str, name: str, topo, control: str, data: str | None, stop: threading.Event) -> int:
+def run_agent(role: str, name: str, topo, control: str, data: str | None, stop: threading.Event,
+              index: int = 0) -> int:
     from agents.agent import AgentLink, LinkConfig
 
     capacity = topo.solver.capacity if role == "solver" else 1
@@ -109,24 +113,29 @@ def run_agent(role: str, name: str, topo, control: str, data: str | None, stop: 
     try:
         if role == "creator":
             return run_creator(link, topo)
-        worker = build_worker(role, link, topo)
+        worker = build_worker(role, link, topo, index)
         worker.run(stop)
         return 0
     finally:
         link.stop()
 
 
-def build_worker(role: str, link, topo):
+def build_worker(role: str, link, topo, index: int = 0):
 
     if role == "solver":
         from agents.solver import Solver
 
         s = topo.solver
         if s.backend == "vllm":
-            from agents.backends.vllm import VLLMGenerator
+            import torch
 
-            if s.device.startswith("cuda:"):  # vLLM takes the first visible GPU: make it the one asked for
-                os.environ["CUDA_VISIBLE_DEVICES"] = s.device.split(":", 1)[1]
+            from agents.backends.vllm import VLLMGenerator, solver_gpus, visible_gpus
+
+            per_solver = (int(s.engine_args.get("tensor_parallel_size", 1))
+                          * int(s.engine_args.get("pipeline_parallel_size", 1)))
+            visible = visible_gpus(dict(os.environ), torch.cuda.device_count())
+            # vLLM takes the first visible GPUs: make them this solver's own
+            os.environ["CUDA_VISIBLE_DEVICES"] = solver_gpus(s.device, index, per_solver, visible)
             adapters = Path(topo.run.dir) / "solver-adapters" / link.config.name
             return Solver(link, VLLMGenerator(s.model, adapters, max_staleness=topo.hub.max_staleness,
                                               max_lora_rank=s.max_lora_rank, engine_args=s.engine_args))

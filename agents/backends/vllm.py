@@ -24,6 +24,7 @@ import json
 import re
 import shutil
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,12 +82,20 @@ class AdapterSlots:
         self._next_id = 1 + max((int(p.name.rsplit("-", 1)[1]) for p in self.directory.glob("policy-v*-*")),
                                 default=0)  # a restarted solver continues past ids a previous one used
 
-    def add(self, version: int, base_model: str, adapter_config: dict[str, Any],
-            tensors: dict[str, torch.Tensor]) -> Adapter:
+    def add(self, version: int, base_model: str, adapter_config: dict[str, Any], tensors: dict[str, torch.Tensor],
+            accept: Callable[[Adapter], None] | None = None) -> Adapter:
+        """Write a version; `accept` (the engine loading it) may refuse it by raising, and then it is deleted
+        and the resident ones stay as they were."""
         lora_id, self._next_id = self._next_id, self._next_id + 1
         name = f"policy-v{version}-{lora_id}"
-        adapter = Adapter(version, name, lora_id, save_adapter(self.directory / name, base_model, adapter_config,
-                                                                tensors))
+        path = self.directory / name
+        try:
+            adapter = Adapter(version, name, lora_id, save_adapter(path, base_model, adapter_config, tensors))
+            if accept is not None:
+                accept(adapter)
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
         self.resident.append(adapter)
         while len(self.resident) > self.keep:
             shutil.rmtree(self.resident.popleft().path, ignore_errors=True)
@@ -96,11 +105,57 @@ class AdapterSlots:
 def to_generation(completion: Any, eos_token_id: int | None) -> Generation:
     """One vLLM CompletionOutput (token_ids, text, logprobs: one {token_id: Logprob} per position)."""
     ids = list(completion.token_ids)
+    if completion.finish_reason not in ("stop", "length"):  # "abort", "error": no answer to train on
+        raise RuntimeError(f"vLLM ended a generation with finish reason {completion.finish_reason!r}")
     if completion.logprobs is None or len(completion.logprobs) != len(ids):
         raise RuntimeError("vLLM returned no log-prob per sampled token; the solver asks for logprobs=0")
     logprobs = [float(step[token].logprob) for step, token in zip(completion.logprobs, ids, strict=True)]
     finish = "stop" if completion.finish_reason == "stop" or (ids and ids[-1] == eos_token_id) else "length"
     return Generation(completion.text, ids, logprobs, finish)
+
+
+def lora_request(adapter: Adapter) -> Any:
+    """vLLM's request for an adapter: its name, its never-reused id (vLLM's cache key) and its directory."""
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest(adapter.name, adapter.lora_id, str(adapter.path))
+
+
+def solver_gpus(device: str, index: int, per_solver: int, visible: list[str]) -> str:
+    """The CUDA_VISIBLE_DEVICES of the `index`-th vLLM solver of a machine: `per_solver` GPUs (the engine's
+    tensor x pipeline parallel size) of those `visible` there (an existing CUDA_VISIBLE_DEVICES, or all).
+
+    device "auto" or "cuda": solver i takes visible GPUs i*per_solver onwards; "cuda:K": from K + i*per_solver
+    (K is an index into the visible GPUs, as torch counts them). Too few GPUs is an error naming them.
+    """
+    first = int(device.split(":", 1)[1]) if ":" in device else 0
+    first += index * per_solver
+    if first + per_solver > len(visible):
+        raise ValueError(f"solver {index} (device {device!r}) needs visible GPUs {first}..{first + per_solver - 1}, "
+                         f"but {len(visible)} are visible ({', '.join(visible) or 'none'})")
+    return ",".join(visible[first:first + per_solver])
+
+
+def visible_gpus(environ: dict[str, str], device_count: int) -> list[str]:
+    """The GPUs this process may use: an existing CUDA_VISIBLE_DEVICES (ids or UUIDs), else 0..device_count-1."""
+    if "CUDA_VISIBLE_DEVICES" in environ:
+        return [g.strip() for g in environ["CUDA_VISIBLE_DEVICES"].split(",") if g.strip()]
+    return [str(i) for i in range(device_count)]
+
+
+def sampling_args(sampling: SamplingParams) -> tuple[dict[str, Any], int]:
+    """vllm.SamplingParams arguments, and how many times to repeat each output to make n.
+
+    Greedy decoding (temperature 0) gives one answer however often it is asked, and vLLM refuses n > 1 with
+    it: ask once and repeat the answer n times (what the hf backend returns for n greedy samples).
+    """
+    greedy = sampling.temperature == 0
+    args = {"n": 1 if greedy else sampling.n, "temperature": sampling.temperature,
+            "max_tokens": sampling.max_new_tokens, "seed": sampling.seed,
+            "logprobs": 0}  # 0: the sampled token's log-prob only
+    if not greedy:
+        args["top_p"] = sampling.top_p
+    return args, sampling.n if greedy else 1
 
 
 class VLLMGenerator:
@@ -118,27 +173,39 @@ class VLLMGenerator:
                 "logprobs_mode": "raw_logprobs", **(engine_args or {})}
         if args["max_loras"] < max_staleness + 1:  # a sample of a version still in use must not evict it
             raise ValueError(f"max_loras = {args['max_loras']} is below max_staleness + 1 = {max_staleness + 1}")
+        self.max_lora_rank = args["max_lora_rank"]
         log.info("starting vllm", model=model_path, **{k: v for k, v in args.items() if k != "enable_lora"})
         self.llm = LLM(model=model_path, **args)
 
     def generate(self, prompts: list[Prompt], sampling: SamplingParams) -> list[list[Generation]]:
         """n generations per prompt, in prompt order, with the current adapter."""
         from vllm import SamplingParams as VLLMSampling
-        from vllm.lora.request import LoRARequest
 
-        params = VLLMSampling(n=sampling.n, temperature=sampling.temperature, max_tokens=sampling.max_new_tokens,
-                              seed=sampling.seed, logprobs=0,  # 0: the sampled token's log-prob only
-                              **({"top_p": sampling.top_p} if sampling.temperature > 0 else {}))
-        lora = (LoRARequest(self.adapter.name, self.adapter.lora_id, str(self.adapter.path))
-                if self.adapter is not None else None)
+        params, copies = sampling_args(sampling)
+        lora = lora_request(self.adapter) if self.adapter is not None else None
         requests = [{"prompt_token_ids": prompt_ids(self.tokenizer, p)} for p in prompts]
-        outputs = self.llm.generate(requests, params, lora_request=lora, use_tqdm=False)
+        outputs = self.llm.generate(requests, VLLMSampling(**params), lora_request=lora, use_tqdm=False)
         eos = self.tokenizer.eos_token_id
-        return [[to_generation(c, eos) for c in out.outputs] for out in outputs]
+        return [[to_generation(c, eos) for c in out.outputs] * copies for out in outputs]
+
+    def _add_lora(self, adapter: Adapter) -> None:
+        try:
+            added = self.llm.llm_engine.add_lora(lora_request(adapter))
+        except (ValueError, TypeError, KeyError) as e:  # the adapter fits no model here
+            raise ValueError(f"vLLM refused policy v{adapter.version}: {e}") from e
+        if added is False:
+            raise ValueError(f"vLLM did not add policy v{adapter.version}")
 
     def load_policy(self, version: int, adapter_config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-        """Write the published adapter under a fresh name; the next generate uses it."""
-        self.adapter = self.slots.add(version, self.model_path, adapter_config, tensors)
+        """Write the published adapter under a fresh name and load it into the engine; the next generate uses it.
+
+        Loading it here, not on the first request that names it, brings a bad adapter's error back to the caller
+        (a ValueError: the solver keeps its current policy) instead of failing inside the engine's step."""
+        rank = int(adapter_config.get("r", 0))
+        if rank > self.max_lora_rank:
+            raise ValueError(f"policy v{version} has LoRA rank {rank}, above the engine's max_lora_rank "
+                             f"{self.max_lora_rank}")
+        self.adapter = self.slots.add(version, self.model_path, adapter_config, tensors, accept=self._add_lora)
         self.version = version
         log.info("adapter ready", version=version, name=self.adapter.name, path=str(self.adapter.path),
                  config=json.dumps(adapter_config, default=str))

@@ -14,8 +14,17 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from transformers import AutoModelForCausalLM
 
+from agents.backends import vllm as vllm_backend
 from agents.backends.hf import HFGenerator, prompt_ids
-from agents.backends.vllm import AdapterSlots, VLLMGenerator, save_adapter, to_generation
+from agents.backends.vllm import (
+    AdapterSlots,
+    VLLMGenerator,
+    sampling_args,
+    save_adapter,
+    solver_gpus,
+    to_generation,
+    visible_gpus,
+)
 from launch.cli import main
 from protocol.messages import Prompt, SamplingParams
 from tests.reliability.run import write_topology
@@ -82,6 +91,72 @@ def test_a_vllm_completion_becomes_a_generation_with_one_logprob_per_token():
         to_generation(SimpleNamespace(text="1", token_ids=[7], logprobs=None, finish_reason="length"), 2)
 
 
+@pytest.mark.parametrize("reason", ["abort", "error", None])
+def test_an_aborted_or_failed_vllm_request_is_an_error_not_a_truncated_answer(reason):
+    step = {7: SimpleNamespace(logprob=-0.5)}
+    with pytest.raises(RuntimeError, match="finish reason"):
+        to_generation(SimpleNamespace(text="1", token_ids=[7], logprobs=[step], finish_reason=reason), 2)
+
+
+def test_greedy_sampling_asks_vllm_once_and_repeats_the_answer():
+    args, copies = sampling_args(SamplingParams(n=4, temperature=0.0, top_p=0.9, max_new_tokens=8, seed=1))
+    assert args["n"] == 1 and copies == 4 and "top_p" not in args and args["logprobs"] == 0  # vLLM: n > 1 needs sampling
+    args, copies = sampling_args(SamplingParams(n=4, temperature=0.7, top_p=0.9, max_new_tokens=8, seed=1))
+    assert (args["n"], copies, args["top_p"], args["temperature"], args["max_tokens"]) == (4, 1, 0.9, 0.7, 8)
+
+
+def test_each_vllm_solver_of_a_machine_gets_its_own_gpus_among_the_visible_ones():
+    visible = visible_gpus({"CUDA_VISIBLE_DEVICES": "4, 5,6,7"}, device_count=8)  # an existing mapping is kept
+    assert visible == ["4", "5", "6", "7"] and visible_gpus({}, device_count=2) == ["0", "1"]
+    assert [solver_gpus("auto", i, 1, visible) for i in range(4)] == ["4", "5", "6", "7"]
+    assert [solver_gpus("cuda", i, 2, visible) for i in range(2)] == ["4,5", "6,7"]  # tensor_parallel_size 2
+    assert solver_gpus("cuda:1", 0, 1, visible) == "5" and solver_gpus("cuda:1", 1, 1, visible) == "6"
+    with pytest.raises(ValueError, match=r"needs visible GPUs 4\.\.5, but 4 are visible \(4, 5, 6, 7\)"):
+        solver_gpus("auto", 2, 2, visible)
+
+
+def test_up_gives_each_solver_its_index_and_attach_a_device_of_its_own(tiny_models, tmp_path):
+    from launch.supervisor import children_for
+    from launch.topology import load_topology
+
+    path = write_topology(tmp_path, tiny_models, solvers=2)
+    topo = load_topology(path)
+    solvers = [c.argv for c in children_for(str(path), topo) if c.name.startswith("solver-")]
+    assert [argv[argv.index("--index") + 1] for argv in solvers] == ["0", "1"]
+    assert load_topology(path, solver_device="cuda:1").solver.device == "cuda:1"
+    assert main(["attach", "judge", "--topology", str(path), "--device", "cuda:1"]) == 2
+
+
+class _Engine:
+    """vLLM's llm_engine as far as load_policy uses it (no vLLM here): add_lora, refusing adapters it is told to."""
+
+    def __init__(self) -> None:
+        self.added, self.refuse = [], False
+
+    def add_lora(self, request) -> bool:
+        if self.refuse:
+            raise ValueError("LoRA rank 4 is greater than max_lora_rank 1")  # what vLLM's worker raises
+        self.added.append(request.lora_name)
+        return True
+
+
+def test_a_bad_adapter_is_refused_at_load_not_inside_the_engine(tiny_models, tmp_path, monkeypatch):
+    monkeypatch.setattr(vllm_backend, "lora_request", lambda adapter: SimpleNamespace(lora_name=adapter.name))
+    gen = VLLMGenerator.__new__(VLLMGenerator)  # the engine itself needs a GPU: its add_lora is stood in for
+    gen.model_path, gen.version, gen.adapter, gen.max_lora_rank = str(tiny_models.policy), 0, None, 8
+    gen.slots, gen.llm = AdapterSlots(tmp_path / "adapters", keep=2), SimpleNamespace(llm_engine=_Engine())
+    config, tensors = published(tiny_models.policy)
+    gen.load_policy(1, config, tensors)
+    assert gen.llm.llm_engine.added == ["policy-v1-1"] and gen.adapter.version == 1
+    gen.llm.llm_engine.refuse = True
+    with pytest.raises(ValueError, match="vLLM refused policy v2"):  # the solver keeps v1 and never retries v2
+        gen.load_policy(2, config, tensors)
+    assert gen.adapter.version == 1 and [a.version for a in gen.slots.resident] == [1]
+    assert sorted(p.name for p in (tmp_path / "adapters").iterdir()) == ["policy-v1-1"]
+    with pytest.raises(ValueError, match="LoRA rank 16, above the engine's max_lora_rank 8"):
+        gen.load_policy(3, {**config, "r": 16}, tensors)
+
+
 @pytest.mark.skipif(HAS_VLLM, reason="vLLM is installed here")
 def test_without_vllm_the_backend_and_up_name_the_gpu_extra(tiny_models, tmp_path, capsys):
     with pytest.raises(RuntimeError, match=r"pip install -e '\.\[gpu\]'"):
@@ -96,31 +171,47 @@ def test_without_vllm_the_backend_and_up_name_the_gpu_extra(tiny_models, tmp_pat
 
 @pytest.mark.skipif(not (HAS_VLLM and torch.cuda.is_available()), reason="needs vLLM (the gpu extra) and a GPU")
 def test_vllm_generates_with_the_published_adapter_and_raw_policy_logprobs(tmp_path):
-    """On a GPU: vLLM's samples, their log-probs against the hf backend's model, and a hot-swap."""
+    """On a GPU: vLLM's samples in bf16 (its LoRA kernels take fp16/bf16 only), their log-probs against the same
+    model in transformers, and a hot-swap. The tolerance is measured here: vLLM's bf16 log-probs may stray from
+    fp32 transformers twice as far as transformers' own bf16 ones do, plus 0.01."""
     from trainer.tiny import save_tiny_models
 
     models = save_tiny_models(tmp_path / "m", hidden_size=256, num_heads=4, num_layers=2, intermediate_size=512)
     gen = VLLMGenerator(str(models.policy), tmp_path / "adapters", max_staleness=1, max_lora_rank=8,
-                        engine_args={"gpu_memory_utilization": 0.3, "max_model_len": 256, "dtype": "float32",
+                        engine_args={"gpu_memory_utilization": 0.3, "max_model_len": 256, "dtype": "bfloat16",
                                      "enforce_eager": True})  # no CUDA-graph capture: a quick start
-    hf = HFGenerator(str(models.policy), device="cuda")
     prompt = Prompt(prompt_id="p", text="What is 2 + 3?")
     sampling = SamplingParams(n=4, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=0)
 
-    def check_logprobs(generations) -> None:  # raw policy log-probs, as the trainer recomputes them
+    def reference(adapter, dtype, generations) -> list[list[float]]:
+        model = AutoModelForCausalLM.from_pretrained(models.policy, dtype=dtype).cuda()
+        if adapter is not None:
+            model = PeftModel.from_pretrained(model, str(adapter))
+        out = []
         for g in generations:
-            ids = torch.tensor([prompt_ids(hf.tokenizer, prompt) + g.token_ids], device="cuda")
+            ids = torch.tensor([prompt_ids(gen.tokenizer, prompt) + g.token_ids], device="cuda")
             with torch.no_grad():
-                logps = torch.log_softmax(hf.model(ids).logits[0, -len(g.token_ids) - 1:-1].float(), -1)
-            want = logps.gather(-1, ids[0, -len(g.token_ids):, None]).squeeze(-1).tolist()
-            assert g.logprobs == pytest.approx(want, abs=2e-3)
+                logps = torch.log_softmax(model(ids).logits[0, -len(g.token_ids) - 1:-1].float(), -1)
+            out.append(logps.gather(-1, ids[0, -len(g.token_ids):, None]).squeeze(-1).tolist())
+        return out
+
+    def check_logprobs(adapter, generations) -> None:  # raw policy log-probs, as the trainer recomputes them
+        exact, bf16 = reference(adapter, torch.float32, generations), reference(adapter, torch.bfloat16, generations)
+        spread = max(abs(a - b) for x, y in zip(exact, bf16, strict=True) for a, b in zip(x, y, strict=True))
+        for g, want in zip(generations, exact, strict=True):
+            assert g.logprobs == pytest.approx(want, abs=2 * spread + 0.01)
 
     before = gen.generate([prompt], sampling)[0]
     assert len(before) == 4 and gen.version == 0
-    check_logprobs(before)
+    check_logprobs(None, before)
     config, tensors = published(models.policy)
     gen.load_policy(1, config, tensors)
-    hf.load_policy(1, config, {k: v.cuda() for k, v in tensors.items()})
     after = gen.generate([prompt], sampling)[0]
     assert gen.version == 1 and gen.adapter.name == "policy-v1-1"
-    check_logprobs(after)  # against the adapted model: vLLM serves the new weights
+    check_logprobs(gen.adapter.path, after)  # against the adapted model: vLLM serves the new weights
+    wrong = {k.replace("q_proj", "nope_proj"): v for k, v in tensors.items()}  # modules the model lacks
+    with pytest.raises(Exception):  # noqa: B017 — vLLM's own error, raised to the caller, not in the engine step
+        gen.load_policy(2, config, wrong)
+    assert gen.version == 1 and len(gen.generate([prompt], sampling)[0]) == 4  # the engine lives on, with v1
+    greedy = gen.generate([prompt], SamplingParams(n=3, temperature=0.0, max_new_tokens=8))[0]
+    assert len(greedy) == 3 and len({tuple(g.token_ids) for g in greedy}) == 1  # vLLM refuses n > 1 at temperature 0

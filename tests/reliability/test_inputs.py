@@ -41,6 +41,9 @@ def _one_line_error(capsys, argv) -> str:
     (("threads = 1", 'threads = 1\nbackend = "vllm"'), "the vllm backend runs on a GPU"),
     (("threads = 1", 'threads = 1\nengine_args = { max_model_len = 512 }'), "are settings of the vllm backend"),
     (("threads = 1", 'backend = "vllm"\nbatch_size = 8'), "batch_size is a setting of the hf backend"),
+    (("threads = 1", 'backend = "vllm"\ndevice = "cuda"\nmax_lora_rank = 4'), "vLLM takes one of 1, 8, 16"),
+    (("threads = 1", 'backend = "vllm"\ndevice = "cuda"\nmax_lora_rank = 1'),
+     "trainer.lora.r = 4 exceeds solver.max_lora_rank = 1"),
 ])
 def test_a_bad_topology_is_one_line_naming_the_problem(tmp_path, tiny_models, capsys, change, named):
     path = write_topology(tmp_path, tiny_models)
