@@ -9,6 +9,8 @@ Each sub-command's --help explains it.
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 from collections.abc import Sequence
 
@@ -177,6 +179,9 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--overwrite", action="store_true", help="replace the run already in OUT (its checkpoints, "
                        "metrics and saved weights); without it or --resume, an OUT holding a run is refused")
     train.add_argument("--finetune", choices=["lora", "full"], help="LoRA adapter (default) or all weights")
+    train.add_argument("--nproc", type=int, help="training processes on this machine, started with torchrun: FSDP2 "
+                       "shards the model over them (one per GPU; gloo on CPUs). Default 1. `torchrun "
+                       "--nproc-per-node N -m launch.cli train ...` is the same, and spans machines (docs/training.md)")
     train.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     train.add_argument("--epochs", type=int, help="passes over the data (default 1)")
     train.add_argument("--batch-size", type=int, help="examples per micro-batch (default 8)")
@@ -293,8 +298,14 @@ def _train(args: argparse.Namespace) -> int:
     from trainer.recipe import Interrupted, run
 
     flags = {"algo": args.algo, "data": args.data, "model": args.model, "out": args.out, "finetune": args.finetune,
-             "max_steps": args.max_steps, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
-    config = load_config(args.config, **flags, **_parse_set(args.set))
+             "max_steps": args.max_steps, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+             "nproc": args.nproc}
+    # a flag and a --set of the same field: the flag wins
+    config = load_config(args.config, **{**_parse_set(args.set), **{k: v for k, v in flags.items() if v is not None}})
+    if config.nproc > 1 and "LOCAL_RANK" not in os.environ:  # start the ranks; each runs this command again
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={config.nproc}",
+                   "-m", "launch.cli", *_without_nproc(args.argv), "--set", f"nproc={config.nproc}"]
+        return subprocess.call(command)
     try:
         metrics = run(config, resume=args.resume, overwrite=args.overwrite)
     except (DataError, OutDirError) as e:
@@ -307,8 +318,22 @@ def _train(args: argparse.Namespace) -> int:
         print("selfplay train: stopped at once (a second Ctrl-C); the newest checkpoint in --out is what "
               "--resume continues from", file=sys.stderr)
         return 130
-    print(f"trained {config.algo}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    if os.environ.get("RANK", "0") == "0":
+        print(f"trained {config.algo}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return 0
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """argv less `--nproc N` (torchrun's parser takes `--nproc` for an ambiguous abbreviation of its own options)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -510,6 +535,7 @@ def _keys(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     configure_logging(args.log_level)
     if args.command is None:
         parser.print_help()

@@ -25,6 +25,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.distributed.tensor import DTensor
+
+from trainer.distributed import ONE, World, full, full_optimizer_state, like, load_optimizer_state
 
 
 @dataclass
@@ -35,7 +38,8 @@ class Cursor:
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    """The trained parameters as full tensors (gathered from every rank when sharded: all ranks call it)."""
+    return {n: full(p.detach()).contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def rng_state() -> dict[str, Any]:
@@ -55,23 +59,28 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(root: Path, model: nn.Module, tokenizer: Any, optimizer: torch.optim.Optimizer,
                     scheduler: Any, cursor: Cursor, config: dict[str, Any], keep: int,
                     extra: dict[str, Any] | None = None, extra_state: dict[str, Any] | None = None, *,
-                    new: bool = False, pinned: Collection[str] = ()) -> Path:
+                    new: bool = False, pinned: Collection[str] = (), world: World = ONE) -> Path:
     """`extra`: JSON the caller reads back with read_extra; `extra_state`: tensors and the like, read_extra_state.
     `new`: never replace a checkpoint of the same step (step-000040.001 follows step-000040); `pinned`: names of
-    checkpoints kept whatever `keep` says."""
+    checkpoints kept whatever `keep` says. With several ranks every rank calls it (the shards are gathered) and
+    rank 0 writes; the others get the path it will have."""
+    weights, optimizer_state = trainable_state(model), full_optimizer_state(optimizer)
     name = f"step-{cursor.step:06d}"
     same_step = [n for step, n in map(_order, root.glob("step-*")) if step == cursor.step]
     if new and same_step:
         name += f".{max(same_step) + 1:03d}"  # after every checkpoint of this step, whichever were pruned
     final, tmp = root / name, root / f".tmp-{name}"
+    gathered = _gathered_weights(model)
+    if not world.main:
+        return final
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(trainable_state(model), tmp / "trainable.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+    save_file(weights, tmp / "trainable.safetensors")
+    torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "rng": rng_state(),
                 "cursor": asdict(cursor), "extra_state": extra_state or {}}, tmp / "trainer_state.pt")
     (tmp / "state.json").write_text(json.dumps({"cursor": asdict(cursor), "config": config, "extra": extra or {}},
                                                indent=2))
-    export_weights(model, tokenizer, tmp)
+    export_weights(model, tokenizer, tmp, gathered)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in sorted(root.glob("step-*"), key=_order)[:-keep]:
@@ -80,12 +89,31 @@ def save_checkpoint(root: Path, model: nn.Module, tokenizer: Any, optimizer: tor
     return final
 
 
-def export_weights(model: nn.Module, tokenizer: Any, directory: Path) -> Path:
-    """adapter/ (peft, loads with PeftModel.from_pretrained) or model/ (full), with the tokenizer."""
+def export_weights(model: nn.Module, tokenizer: Any, directory: Path,
+                   gathered: dict[str, torch.Tensor] | None = None) -> Path:
+    """adapter/ (peft, loads with PeftModel.from_pretrained) or model/ (full), with the tokenizer. A sharded model
+    is written from `gathered` (_gathered_weights, which every rank must call), by rank 0 alone."""
     target = directory / ("adapter" if hasattr(model, "peft_config") else "model")
-    model.save_pretrained(target)
+    model.save_pretrained(target, **({"state_dict": gathered} if gathered is not None else {}))
     tokenizer.save_pretrained(target)
     return target
+
+
+def export_final(model: nn.Module, tokenizer: Any, directory: Path, world: World = ONE) -> Path:
+    """export_weights from every rank: the shards are gathered, rank 0 writes."""
+    gathered = _gathered_weights(model)
+    target = directory / ("adapter" if hasattr(model, "peft_config") else "model")
+    return export_weights(model, tokenizer, directory, gathered) if world.main else target
+
+
+def _gathered_weights(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """The full weights save_pretrained writes, when the model is sharded (None otherwise: it reads its own):
+    the adapter's tensors for a peft model, the whole state dict for full fine-tuning."""
+    if not any(isinstance(p, DTensor) for p in model.parameters()):
+        return None
+    if hasattr(model, "peft_config"):
+        return {n: full(p.detach()).cpu() for n, p in model.named_parameters() if p.requires_grad}
+    return {n: full(t.detach()).cpu() for n, t in model.state_dict().items()}
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -120,9 +148,10 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     if set(weights) != expected:
         raise ValueError(f"{path}: its trainable parameters do not match this model and config "
                          f"(finetune mode or LoRA settings changed?)")
-    model.load_state_dict(weights, strict=False)
+    params = dict(model.named_parameters())
+    model.load_state_dict({n: like(w, params[n]) for n, w in weights.items()}, strict=False)
     state = torch.load(path / "trainer_state.pt", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
+    load_optimizer_state(optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return Cursor(**state["cursor"])

@@ -74,6 +74,15 @@ class TrainSettings(Strict):
     max_prompt_length: int = Field(256, ge=1, description="Tokens kept of the prompt.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on a GPU that supports it, fp32 otherwise.")
+    base_dtype: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="dtype of the frozen weights (LoRA's base, full fine-tuning's reference copy); auto: bf16 "
+                            "on a GPU that supports it, fp32 otherwise. Trained weights stay fp32.")
+    nproc: int = Field(1, ge=1, description="Training processes on this machine (`selfplay train` starts them with "
+                                            "torchrun): FSDP2 shards the model over them and each takes a share of "
+                                            "every batch; batch_size stays the global batch.")
+    activation_checkpointing: bool = Field(
+        False, description="Recompute each transformer block's activations in the backward pass instead of keeping "
+                           "them: less memory for longer sequences or larger batches, about a third more compute.")
     seed: int = Field(0, description="Seed for data order, LoRA init, dropout and generation.")
     save_every: int = Field(100, ge=1, description="Checkpoint every N optimizer steps.")
     keep_checkpoints: int = Field(3, ge=1, description="Newest checkpoints kept on disk.")
@@ -123,6 +132,7 @@ LIVE_FIXED = {
     "finetune": "it publishes LoRA adapters",
     "data": "its rows come from the creator's train tasks",
     "out": "it writes to RUN/trainer",
+    "nproc": "the live trainer is one process for now (selfplay train shards over several)",
 }
 
 

@@ -58,12 +58,13 @@ class Batch:
     negative: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))  # (B,)
     values: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B,)
     token_values: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B, L), NaN where unknown
+    empty: bool = False  # a stand-in for a rank whose share of the batch is empty: computed, weighted 0
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.score_mask.to(device),
                      self.slices, self.rows, self.indices, self.negative.to(device),
                      {k: v.to(device) for k, v in self.values.items()},
-                     {k: v.to(device) for k, v in self.token_values.items()})
+                     {k: v.to(device) for k, v in self.token_values.items()}, self.empty)
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:

@@ -63,16 +63,26 @@ def sequence_logps(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, 
     targets = input_ids[:, 1:][target_mask]  # (M,)
     base = _unwrap(model)
     if _head_is_plain(base) and hasattr(base, "get_decoder"):
-        hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        selected = hidden[:, :-1][target_mask]  # (M, H) only where a scored token is predicted
-        head = base.get_output_embeddings()
-        flat = torch.cat([selective_logps(head(selected[i:i + _CHUNK_ROWS]), targets[i:i + _CHUNK_ROWS])
-                          for i in range(0, max(len(targets), 1), _CHUNK_ROWS)]) if len(targets) else \
-            hidden.new_zeros(0, dtype=torch.float32)
+        # a sharded model carries this function as its method `scored_logps`, which FSDP's hooks wrap
+        scored = getattr(base, "scored_logps", None) or (lambda *args: scored_logps(base, *args))
+        flat = scored(input_ids, attention_mask, target_mask, targets)
     else:  # the model's own head (soft-capping, logit scales): full logits, then select
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
         flat = selective_logps(logits[target_mask], targets)
     return _scatter(flat, target_mask)
+
+
+def scored_logps(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, target_mask: Tensor,
+                 targets: Tensor) -> Tensor:
+    """(M,) log-probs of `targets`, the tokens where `target_mask` (N, T-1) is set: the decoder on the whole batch,
+    the head only at those positions, in chunks. `model` is the transformers model (no peft wrapper)."""
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    selected = hidden[:, :-1][target_mask]  # (M, H) only where a scored token is predicted
+    if not len(targets):
+        return hidden.new_zeros(0, dtype=torch.float32)
+    head = model.get_output_embeddings()
+    return torch.cat([selective_logps(head(selected[i:i + _CHUNK_ROWS]), targets[i:i + _CHUNK_ROWS])
+                      for i in range(0, len(targets), _CHUNK_ROWS)])
 
 
 def _scatter(flat: Tensor, target_mask: Tensor) -> SeqLogps:

@@ -27,7 +27,7 @@ from trainer.config import TrainConfig
 RUN_FILES = ("checkpoints", "metrics.jsonl", "tensorboard", "adapter", "model", "generated.jsonl")
 # settings a resumed run may change: how long it trains, how often it saves and logs, where it runs
 RESUMABLE = frozenset({"max_steps", "epochs", "save_every", "keep_checkpoints", "log_every", "tensorboard", "device",
-                       "out"})
+                       "out", "nproc"})
 
 
 class OutDirError(ValueError):

@@ -30,9 +30,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from trainer import distributed
 from trainer.checkpoint import (
     Cursor,
-    export_weights,
+    export_final,
     latest_checkpoint,
     load_checkpoint,
     read_extra,
@@ -44,6 +45,7 @@ from trainer.data import Batch, DataError, Example, Renderer, collate, plan_batc
 from trainer.generate import sample_responses
 from trainer.logps import SeqLogps, reference_logps, sequence_logps
 from trainer.methods import SUPERVISED, build_examples, check_rows, get_method
+from trainer.methods.losses import LossOutput
 from trainer.outdir import prepare_out, trim_metrics
 
 log = structlog.get_logger("trainer.recipe")
@@ -64,38 +66,53 @@ class Recipe:
         # planned ahead (the methods table); None: the schedule spans this run's own total steps
         self.schedule_steps: int | None = None
         self.stop_requested = False  # set by run's Ctrl-C handler: train stops after the current step
+        self.world = distributed.world_from_env()  # the ranks torchrun started, or one process
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         cfg = self.config
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        self.device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
-                                   else "cpu" if cfg.device == "auto" else cfg.device)
-        self.autocast_bf16 = cfg.precision == "bf16" or (
-            cfg.precision == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported())
+        world = self.world
+        self.device = distributed.device_for(world, cfg.device)
+        distributed.start(world, self.device)
+        gpu_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.autocast_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and gpu_bf16)
+        frozen_dtype = torch.bfloat16 if cfg.base_dtype == "bf16" or (cfg.base_dtype == "auto" and gpu_bf16) \
+            else torch.float32
         rows = read_rows(cfg.data) if self.rows is None else self.rows  # a bad file is named before the model loads
         check_rows(rows, cfg.algo, source=cfg.data)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(cfg.model).to(self.device)
+        # LoRA trains beside frozen weights (their dtype: base_dtype); full fine-tuning trains fp32 weights
+        self.model = AutoModelForCausalLM.from_pretrained(
+            cfg.model, dtype=frozen_dtype if cfg.finetune == "lora" else torch.float32).to(self.device)
+        if cfg.activation_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.frozen_reference = None
         if cfg.finetune == "lora":
             from peft import LoraConfig, get_peft_model
 
             lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                               target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
-            self.model = get_peft_model(self.model, lora)
+            self.model = get_peft_model(self.model, lora)  # the adapter's weights are fp32 whatever the base's
         elif self.method.reference(cfg) and cfg.reference == "initial":
-            self.frozen_reference = AutoModelForCausalLM.from_pretrained(cfg.model).to(self.device).eval()
+            self.frozen_reference = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=frozen_dtype).to(
+                self.device).eval()
             self.frozen_reference.requires_grad_(False)
         self.model.train()
 
         self.renderer = renderer = Renderer(self.tokenizer, cfg.max_length, cfg.max_prompt_length)
         if self.method.samples_own_answers and rows and not all("generated" in row for row in rows):
-            generated = self._generated_answers(rows, renderer)
+            generated = distributed.broadcast_object(
+                self._generated_answers(rows, renderer) if world.main else None, world)  # the whole model, rank 0
             rows = [{**row, "generated": generated[i]} for i, row in enumerate(rows)]
+        if world.sharded:
+            bf16_compute = self.autocast_bf16 and self.device.type == "cuda"
+            distributed.shard(self.model, bf16_compute=bf16_compute)
+            if self.frozen_reference is not None:
+                distributed.shard(self.frozen_reference, bf16_compute=bf16_compute)
         self.examples = build_examples(rows, cfg, renderer)
         self.replay = self._replay_examples()
         batches_per_epoch = math.ceil(len(self.examples) / cfg.batch_size)
@@ -114,13 +131,16 @@ class Recipe:
             log.info("resumed", checkpoint=str(checkpoint), step=self.cursor.step)
         elif self.resume:
             log.warning("no checkpoint to resume from; starting fresh", out=str(self.out))
-        self.out.mkdir(parents=True, exist_ok=True)
-        if self.resume:  # the steps after the checkpoint are trained again: logged once, not twice
-            trim_metrics(self.out / "metrics.jsonl", self.cursor.step)
-        self.metrics_file = open(self.out / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
-        self.tb = self._tensorboard()
+        self.metrics_file, self.tb = None, None  # rank 0 writes them
+        if world.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if self.resume:  # the steps after the checkpoint are trained again: logged once, not twice
+                trim_metrics(self.out / "metrics.jsonl", self.cursor.step)
+            self.metrics_file = open(self.out / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+            self.tb = self._tensorboard()
         log.info("setup", config=cfg.model_dump(), examples=len(self.examples), steps=self.total_steps,
-                 trainable=sum(p.numel() for p in params), device=str(self.device), bf16=self.autocast_bf16)
+                 trainable=sum(p.numel() for p in params), device=str(self.device), bf16=self.autocast_bf16,
+                 frozen_dtype=str(frozen_dtype).removeprefix("torch."), rank=world.rank, ranks=world.size)
 
     def _lr_factor(self, step: int) -> float:
         total = self.schedule_steps or self.total_steps
@@ -162,14 +182,23 @@ class Recipe:
 
     # ------------------------------------------------------------------ data
     def next_batch(self) -> Batch:
-        """The batch at the cursor; the cursor moves on (into the next epoch when one ends)."""
+        """The batch at the cursor (this rank's share of it); the cursor moves on (into the next epoch when one
+        ends)."""
         plan = self._plan(self.cursor.epoch)
         if self.cursor.batch >= len(plan):
             self.cursor.epoch, self.cursor.batch = self.cursor.epoch + 1, 0
             plan = self._plan(self.cursor.epoch)
         positions = plan[self.cursor.batch]
         self.cursor.batch += 1
-        return collate([self.examples[i] for i in positions], self.tokenizer.pad_token_id).to(self.device)
+        return self._share(self.examples, positions)
+
+    def _share(self, examples: list[Example], positions: list[int]) -> Batch:
+        """This rank's share of a global batch. A rank whose share is empty (a batch smaller than the ranks) gets
+        the batch's first example with `empty` set: it computes (the ranks' collectives must match) and weighs 0."""
+        mine = distributed.share(positions, self.world)
+        batch = collate([examples[i] for i in mine or positions[:1]], self.tokenizer.pad_token_id)
+        batch.empty = not mine
+        return batch.to(self.device)
 
     def _replay_examples(self) -> list[Example]:
         """config.replay's rows as SFT examples; none when replay is off."""
@@ -185,7 +214,7 @@ class Recipe:
         log.info("replay", rows=len(examples), weight=spec.weight, batch_size=spec.batch_size)
         return examples
 
-    def replay_nll(self, index: int) -> torch.Tensor:
+    def replay_nll(self, index: int) -> tuple[LossOutput, Batch]:
         """Token-mean NLL of the replay batch of micro-batch `index` (counted over the whole run). The batch is a
         function of the index alone, so a resumed run replays what an uninterrupted one would have."""
         size = self.config.replay.batch_size
@@ -193,8 +222,21 @@ class Recipe:
         epoch, position = divmod(index, per_epoch)
         if self._replay_plan[0] != epoch:
             self._replay_plan = (epoch, plan_batches(self.replay, size, self.config.seed + 1, epoch))
-        batch = collate([self.replay[i] for i in self._replay_plan[1][position]], self.tokenizer.pad_token_id)
-        return get_method(SUPERVISED).step(self, batch.to(self.device)).loss
+        batch = self._share(self.replay, self._replay_plan[1][position])
+        return get_method(SUPERVISED).step(self, batch), batch
+
+    def _balanced(self, out: LossOutput, batch: Batch) -> tuple[torch.Tensor, float, dict[str, float]]:
+        """(the loss to backpropagate, the whole batch's loss, its metrics) from `out`, this rank's share. The loss
+        is scaled so that the ranks' averaged gradient is the gradient of the whole batch's loss: by the share's
+        part of the batch's denominator (examples, or tokens), times the ranks. One process: `out` as it is."""
+        values = [out.loss.item(), *(float(v) for v in out.metrics.values())]
+        if not self.world.sharded:
+            return out.loss, values[0], dict(zip(out.metrics, values[1:], strict=True))
+        mine = 0.0 if batch.empty else out.denominator()
+        total, *sums = distributed.all_sum([mine, *(mine * v for v in values)], self.world, self.device)
+        total = max(total, 1e-12)
+        return (out.loss * (mine / total * self.world.size), sums[0] / total,
+                {k: v / total for k, v in zip(out.metrics, sums[1:], strict=True)})
 
     def _plan(self, epoch: int) -> list[list[int]]:
         if epoch not in self._plans:
@@ -215,15 +257,21 @@ class Recipe:
         """
         needs = {"reference": self.method.reference(self.config), "proximal": self.method.proximal(self.config)}
         order = sorted(range(len(self.examples)), key=lambda i: self.examples[i].length)
-        size = self.config.batch_size * self.config.reference_batch_factor
+        size = self.config.batch_size * self.config.reference_batch_factor * self.world.size  # each rank a share
         for kind, roles in needs.items():
             if not roles or all((i, role, kind) in self.logp_cache for i in range(len(self.examples))
                                 for role in roles if role in self.examples[i].sequences):
                 continue
-            for start in tqdm(range(0, len(order), size), desc=f"{kind} log-probs", dynamic_ncols=True, leave=False):
-                batch = collate([self.examples[i] for i in order[start:start + size]], self.tokenizer.pad_token_id)
+            computed: dict[tuple[int, str, str], tuple[float, torch.Tensor]] = {}
+            for start in tqdm(range(0, len(order), size), desc=f"{kind} log-probs", dynamic_ncols=True, leave=False,
+                              disable=not self.world.main):
+                batch = self._share(self.examples, order[start:start + size])
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
-                    self._cached(batch.to(self.device), roles, kind)
+                    found = self._compute_cached(batch, roles, kind)
+                if not batch.empty:
+                    computed |= found
+            for part in distributed.gather_objects(computed, self.world):  # every rank gets every rank's values
+                self.logp_cache |= part
         if needs["reference"]:
             self.frozen_reference = None  # every value is cached: the copy is no longer needed
 
@@ -231,8 +279,13 @@ class Recipe:
         """Fill the cache for the batch's sequences of `roles`: reference log-probs (the configured reference) or
         proximal ones (the policy as it is now, adapter on: the start of the round)."""
         keys = [(i, role, kind) for role in roles for i in (batch.indices[b] for b in batch.rows[role])]
-        if all(k in self.logp_cache for k in keys):
-            return
+        if not all(k in self.logp_cache for k in keys):
+            self.logp_cache |= self._compute_cached(batch, roles, kind)
+
+    def _compute_cached(self, batch: Batch, roles: tuple[str, ...], kind: str
+                        ) -> dict[tuple[int, str, str], tuple[float, torch.Tensor]]:
+        """The cache entries of the batch's sequences of `roles` (a forward pass, whatever the cache holds)."""
+        found = {}
         current = kind == "proximal" or self.config.reference == "current"
         ref = reference_logps(self.model, batch.input_ids, batch.attention_mask, batch.score_mask,
                               None if kind == "proximal" else self.frozen_reference, current=current)
@@ -240,7 +293,8 @@ class Recipe:
             rows = ref.rows(batch.slices[role])
             for n, b in enumerate(batch.rows[role]):
                 tokens = rows.token_logps[n][rows.mask[n]].float().cpu()
-                self.logp_cache[(batch.indices[b], role, kind)] = (float(rows.logps[n]), tokens)
+                found[(batch.indices[b], role, kind)] = (float(rows.logps[n]), tokens)
+        return found
 
     def reference_logps(self, batch: Batch, roles: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """Reference sequence log-probs per role, computed once per example and cached."""
@@ -262,7 +316,8 @@ class Recipe:
         end = min(self.total_steps, stop_after or self.total_steps)
         if self.cursor.step < end:
             self.precompute_reference()
-        bar = tqdm(total=self.total_steps, initial=self.cursor.step, desc=f"{cfg.algo}", dynamic_ncols=True)
+        bar = tqdm(total=self.total_steps, initial=self.cursor.step, desc=f"{cfg.algo}", dynamic_ncols=True,
+                   disable=not self.world.main)
         last: dict[str, float] = {}
         while self.cursor.step < end and not self.stop_requested:
             started, tokens = time.perf_counter(), 0
@@ -271,18 +326,20 @@ class Recipe:
                 batch = self.next_batch()
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
                     out = step_fn(self, batch)
-                (out.loss / cfg.grad_accum).backward()
+                loss, value, metrics = self._balanced(out, batch)
+                (loss / cfg.grad_accum).backward()
                 if self.replay and cfg.replay.weight:  # a likelihood term on fixed demonstrations, its own backward
                     with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
-                        nll = self.replay_nll(self.cursor.step * cfg.grad_accum + micro)
-                    (cfg.replay.weight * nll / cfg.grad_accum).backward()
-                    sums["replay_nll"] += nll.item() / cfg.grad_accum
-                tokens += int(batch.attention_mask.sum())
-                sums["loss"] += out.loss.item() / cfg.grad_accum
-                for name, value in out.metrics.items():
-                    sums[name] += float(value) / cfg.grad_accum
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in self.model.parameters() if p.requires_grad], cfg.max_grad_norm)
+                        nll, replayed = self.replay_nll(self.cursor.step * cfg.grad_accum + micro)
+                    nll_loss, nll_value, _ = self._balanced(nll, replayed)
+                    (cfg.replay.weight * nll_loss / cfg.grad_accum).backward()
+                    sums["replay_nll"] += nll_value / cfg.grad_accum
+                tokens += 0 if batch.empty else int(batch.attention_mask.sum())
+                sums["loss"] += value / cfg.grad_accum
+                for name, v in metrics.items():
+                    sums[name] += v / cfg.grad_accum
+            grad_norm = distributed.full(torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], cfg.max_grad_norm))
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -314,6 +371,8 @@ class Recipe:
         return self.train()
 
     def _log(self, metrics: dict[str, float]) -> None:
+        if self.metrics_file is None:  # not rank 0
+            return
         self.metrics_file.write(json.dumps({"step": self.cursor.step, **metrics}) + "\n")
         self.metrics_file.flush()
         if self.tb is not None:
@@ -328,7 +387,8 @@ class Recipe:
         proximal = {k: v for k, v in self.logp_cache.items() if k[2] == "proximal"}
         path = save_checkpoint(self.out / "checkpoints", self.model, self.tokenizer, self.optimizer, self.scheduler,
                                self.cursor, self.config.model_dump(), self.config.keep_checkpoints, extra,
-                               {"proximal": proximal} if proximal else None, new=new, pinned=pinned)
+                               {"proximal": proximal} if proximal else None, new=new, pinned=pinned, world=self.world)
+        distributed.barrier(self.world)  # rank 0 has written it
         log.info("checkpoint", path=str(path), step=self.cursor.step)
         return path
 
@@ -341,7 +401,8 @@ class Recipe:
         log.info("restored", checkpoint=str(path), step=self.cursor.step)
 
     def save_final(self) -> Path:
-        path = export_weights(self.model, self.tokenizer, self.out)
+        path = export_final(self.model, self.tokenizer, self.out, self.world)
+        distributed.barrier(self.world)
         log.info("saved", path=str(path))
         return path
 
@@ -370,9 +431,11 @@ class Interrupted(Exception):
 def run(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict[str, float]:
     """check the output folder -> setup -> train -> save the final adapter/model -> cleanup. Returns the last step's
     metrics. Ctrl-C (SIGINT, in the main thread) finishes the current step, saves a checkpoint and raises
-    Interrupted; a second Ctrl-C stops at once."""
-    prepare_out(config, resume=resume, overwrite=overwrite)
+    Interrupted; a second Ctrl-C stops at once. Under torchrun every rank calls it: rank 0 checks the output folder
+    and writes, all of them train (trainer/distributed.py)."""
     recipe = Recipe(config, resume=resume)
+    if recipe.world.main:
+        prepare_out(config, resume=resume, overwrite=overwrite)
     try:
         recipe.setup()
     except KeyboardInterrupt:  # while loading the model or data: nothing to save
@@ -389,6 +452,7 @@ def run(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> d
         return metrics
     finally:
         recipe.cleanup()
+        distributed.stop()
 
 
 @contextmanager

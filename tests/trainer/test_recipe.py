@@ -137,6 +137,34 @@ def test_bf16_autocast_path_runs(tmp_path, tiny_models, algo):
                for total, tokens in recipe.logp_cache.values())
 
 
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_base_dtype_bf16_keeps_frozen_weights_bf16_and_trained_weights_fp32(tmp_path, tiny_models, finetune):
+    """base_dtype: LoRA's frozen base (or full fine-tuning's reference copy) in bf16; what trains stays fp32."""
+    config = make_config(tmp_path, tiny_models, "dpo", base_dtype="bf16", finetune=finetune, max_steps=2)
+    recipe = Recipe(config)
+    recipe.setup()
+    frozen = recipe.model if finetune == "lora" else recipe.frozen_reference
+    assert {p.dtype for p in frozen.parameters() if not p.requires_grad} == {torch.bfloat16}
+    assert {p.dtype for p in recipe.model.parameters() if p.requires_grad} == {torch.float32}
+    metrics = recipe.train()
+    recipe.cleanup()
+    assert torch.isfinite(torch.tensor(metrics["loss"]))
+
+
+def test_activation_checkpointing_changes_memory_not_results(tmp_path, tiny_models):
+    """Recomputed activations give the gradients stored ones give: the same losses and weights."""
+    runs = {}
+    for on in (False, True):
+        (tmp_path / str(on)).mkdir()
+        recipe, _ = train_with_snapshot(make_config(tmp_path / str(on), tiny_models, "gsil", max_steps=3,
+                                                    activation_checkpointing=on))
+        assert recipe.model.get_base_model().is_activation_checkpointing == on
+        runs[on] = (losses_logged(tmp_path / str(on) / "out"), dict(recipe.model.named_parameters()))
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-6)
+    for name, p in runs[False][1].items():
+        torch.testing.assert_close(runs[True][1][name], p, rtol=1e-5, atol=1e-7)
+
+
 def test_replay_keeps_its_demonstrations_likely(tmp_path, tiny_models):
     """DPO on arithmetic pairs with and without a replay term on other problems' demonstrations: the replay rows
     become more likely only with it, and its NLL is logged each step."""

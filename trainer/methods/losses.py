@@ -27,6 +27,12 @@ class LossOutput:
     loss: Tensor  # scalar: the batch objective (mean over examples, or token mean where stated)
     per_example: Tensor  # (B,) each example's own value, detached
     metrics: dict[str, Tensor] = field(default_factory=dict)  # detached scalars
+    # the denominator of `loss`'s mean (tokens for a token mean); None: the examples, len(per_example). Ranks that
+    # each hold a share of a batch weight their losses by it (trainer/distributed.py)
+    count: Tensor | None = None
+
+    def denominator(self) -> float:
+        return float(self.count) if self.count is not None else float(self.per_example.numel())
 
 
 def _metrics(**values: Tensor) -> dict[str, Tensor]:
@@ -47,7 +53,7 @@ def sft_loss(token_logps: Tensor, mask: Tensor) -> LossOutput:
     nll = -(token_logps * mask)
     per_example = nll.sum(-1) / mask.sum(-1).clamp(min=1)
     loss = nll.sum() / mask.sum().clamp(min=1)
-    return LossOutput(loss, per_example.detach(), _metrics(nll=loss, tokens=mask.sum()))
+    return LossOutput(loss, per_example.detach(), _metrics(nll=loss, tokens=mask.sum()), count=mask.sum().detach())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,7 +222,8 @@ def cut_loss(token_logps: Tensor, judged_token_logps: Tensor, mask: Tensor, nega
     metrics = {"l1": l1.detach(), "l2": l2.detach(),
                "flagged_fraction": (flagged.sum() / n_neg.clamp(min=1)).detach(),
                "align_n": negative.float().sum(), "align_p": (~negative.bool()).float().sum()}
-    return LossOutput(loss, per_example.detach(), metrics)
+    # L1 and L2 are token means over different token sets: ranks are weighted by response tokens, an approximation
+    return LossOutput(loss, per_example.detach(), metrics, count=n_mle.detach())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -274,4 +281,5 @@ def policy_gradient_loss(token_logps: Tensor, old_token_logps: Tensor, advantage
                 "advantage": advantages.mean(), "advantage_abs": advantages.abs().mean()}
     if weights is not None:
         metrics["importance_weight"] = (weights * mask).sum() / denominator
-    return LossOutput(loss, per_example.detach(), {k: v.detach().float() for k, v in metrics.items()})
+    return LossOutput(loss, per_example.detach(), {k: v.detach().float() for k, v in metrics.items()},
+                      count=tokens.sum().detach() if loss_type == "dapo" else None)
