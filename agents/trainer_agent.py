@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 import structlog
-import torch
 import zmq
 
 from agents.adapter_store import portable_base
@@ -39,13 +38,14 @@ from protocol.codec import ProtocolError, decode, encode, new_msg_id
 from protocol.constants import MAX_REAL
 from protocol.messages import Assign, PolicyUpdate, TrainingReport
 from protocol.transport import limits_for
-from trainer.adapters import adapter_parameters, read_adapter
+from trainer import distributed
 from trainer.checkpoint import checkpoints, read_extra
 from trainer.config import TrainConfig
 from trainer.methods import get_method, rows_from_groups
 from trainer.recipe import Recipe
 
 log = structlog.get_logger("agents.trainer")
+FOLLOWER_WAIT_S = 7 * 86400.0  # ranks other than 0 wait this long for rank 0's next call (a dead rank: torchrun)
 
 
 class TrainerAgent:
@@ -56,8 +56,10 @@ class TrainerAgent:
         self.config = config.model_copy(update=live_settings(config))
         self.link = link
         self.good_score, self.publish_timeout_s = good_score, publish_timeout_s
-        self.recipe = Recipe(self.config, resume=True, rows=[])
+        self.recipe = Recipe(self.config, resume=True, rows=[], collective_timeout_s=FOLLOWER_WAIT_S)
         self.recipe.setup()
+        if self.recipe.world.sharded:  # rank 0 of several: the others make each collective call it makes
+            self.recipe = distributed.Leader(self.recipe)
         self.trained: dict = self.recipe.resumed_extra.get("live", {})  # the last task trained: task_id, version, ...
         self.version = max(link.hub_policy_version, self.trained.get("version", 0))
         self.best: int | None = self.recipe.resumed_extra.get("best")  # the version whose checkpoint is pinned
@@ -67,12 +69,13 @@ class TrainerAgent:
         self.published = link.hub_policy_version  # newest version the hub is known to have
         self.publish_seconds: list[float] = []  # wall time of each publish (benchmarks read it)
         self._data: zmq.Socket | None = None
-        self._adapter: tuple[torch.nn.Module, dict[str, torch.nn.Parameter]] | None = None  # (model, its LoRA params)
 
     def run(self, stop: threading.Event) -> None:
         try:
             self.link.serve(self.train, stop)
         finally:
+            if isinstance(self.recipe, distributed.Leader):
+                self.recipe.release()
             self.recipe.cleanup()
 
     def train(self, assign: Assign) -> None:
@@ -156,9 +159,7 @@ class TrainerAgent:
         update = PolicyUpdate(version=version, parent_version=version - 1, base_model=portable_base(self.config.model),
                               adapter_config={"r": lora.r, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout,
                                               "target_modules": lora.target_modules})
-        if self._adapter is None or self._adapter[0] is not self.recipe.model:
-            self._adapter = (self.recipe.model, adapter_parameters(self.recipe.model))
-        tensors = read_adapter(self._adapter[1])  # live on a CPU: the hub has them before the next step
+        tensors = self.recipe.adapter_tensors()  # live on a CPU: the hub has them before the next step
         if self._data is None:
             self._data = self.link.data_socket()
         num_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
@@ -194,6 +195,19 @@ class TrainerAgent:
                 log.warning("no answer to the publish; sending it again", version=version)
         log.warning("publish timed out", version=version)
         return False
+
+
+def follow(config: TrainConfig) -> None:
+    """A rank other than 0 of a sharded live trainer (torchrun): the same recipe as rank 0's TrainerAgent, making
+    each collective call rank 0 makes, until rank 0 stops."""
+    recipe = Recipe(config.model_copy(update=live_settings(config)), resume=True, rows=[],
+                    collective_timeout_s=FOLLOWER_WAIT_S)
+    recipe.setup()
+    try:
+        distributed.follow(recipe)
+    finally:
+        recipe.cleanup()
+        distributed.stop()
 
 
 def live_settings(config: TrainConfig) -> dict[str, object]:

@@ -410,6 +410,16 @@ def _attach(args: argparse.Namespace) -> int:
     argv += ["--device", args.device] if args.device else []
     topo = load_topology(args.topology, solver_device=args.device)
     with attached(topo.run.dir, name):  # the run's end and `stop` end it too
+        if args.role == "trainer" and topo.trainer.nproc > 1 and "LOCAL_RANK" not in os.environ:
+            import signal
+
+            from launch.supervisor import torchrun
+
+            # its ranks under torchrun; a stop (SIGTERM, Ctrl-C) of this process is passed on to them
+            group = subprocess.Popen(torchrun(topo.trainer.nproc, [sys.executable, "-m", "launch.worker"]) + argv)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda received, _: group.send_signal(received))
+            return group.wait()
         return worker.main(argv)
 
 

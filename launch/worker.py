@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     topo = load_topology(args.topology, solver_device=args.device)
     run_dir = Path(topo.run.dir)
     name = args.name or f"{args.role}-0"
+    rank = int(os.environ.get("RANK", "0"))  # a trainer's rank when torchrun started it ([trainer] nproc)
+    if args.role == "trainer" and rank > 0:
+        name = f"{name}-rank{rank}"
     configure_logging(topo.run.log_level, json_path=run_dir / "logs" / f"{name}.jsonl",
                       max_bytes=int(topo.run.log_max_mb * 2**20), backups=topo.run.log_backups)
     stop = threading.Event()
@@ -56,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     if args.role == "hub":
         return run_hub(topo, stop)
+    if args.role == "trainer" and rank > 0:  # only rank 0 talks to the hub; this rank makes the calls it makes
+        from agents.trainer_agent import follow
+
+        follow(topo.trainer_config())
+        return 0
     control, data = args.control, args.data
     if control is None and topo.hub.address is not None:  # the hub is on another machine
         control, data = topo.agent_endpoints()

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from peft import LoraConfig, get_peft_model_state_dict
 
+from trainer.distributed import full
+
 # The LoraConfig fields a published adapter_config may carry (PolicyUpdate.adapter_config); others are ignored.
 LORA_KEYS = frozenset({"r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "fan_in_fan_out"})
 
@@ -41,8 +43,8 @@ def adapter_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
 
 def read_adapter(params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
     """The adapter's tensors on the CPU. On a CPU they are the live parameters, not copies: send them before
-    the next optimizer step."""
-    return {key: p.detach().to("cpu").contiguous() for key, p in params.items()}
+    the next optimizer step. Sharded parameters are gathered (a collective: every rank calls it)."""
+    return {key: full(p.detach()).to("cpu").contiguous() for key, p in params.items()}
 
 
 @torch.no_grad()

@@ -132,7 +132,6 @@ LIVE_FIXED = {
     "finetune": "it publishes LoRA adapters",
     "data": "its rows come from the creator's train tasks",
     "out": "it writes to RUN/trainer",
-    "nproc": "the live trainer is one process for now (selfplay train shards over several)",
 }
 
 

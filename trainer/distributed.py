@@ -21,10 +21,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import structlog
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
+
+log = structlog.get_logger("trainer.distributed")
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,46 @@ def stop() -> None:
 def barrier(world: World) -> None:
     if world.sharded:
         dist.barrier()
+
+
+class Leader:
+    """Rank 0's view of a recipe whose ranks follow it (the live trainer: only rank 0 talks to the hub). A call
+    of one of `COLLECTIVE` is sent to every follower first, which makes the same call (`follow`), so that the
+    ranks run the same collectives in the same order; everything else is rank 0's own."""
+
+    COLLECTIVE = frozenset({"train_round", "save_checkpoint", "restore", "adapter_tensors"})
+
+    def __init__(self, recipe: Any) -> None:
+        self._recipe = recipe
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._recipe, name)
+        if name not in self.COLLECTIVE:
+            return value
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            broadcast_object((name, args, kwargs), self._recipe.world)
+            return value(*args, **kwargs)
+        return call
+
+    def release(self) -> None:
+        """Let the followers go (they return from `follow`)."""
+        broadcast_object(("stop", (), {}), self._recipe.world)
+
+
+def follow(recipe: Any) -> None:
+    """A rank other than 0: make each call rank 0's Leader sends, until it releases the ranks. A ValueError (rows
+    the method refuses, a checkpoint that does not fit) is raised on rank 0 too, before any collective, which fails
+    the task there: the follower logs it and waits for the next call. Anything else ends the rank, and torchrun
+    ends the others."""
+    while True:
+        name, args, kwargs = broadcast_object(None, recipe.world)
+        if name == "stop":
+            return
+        try:
+            getattr(recipe, name)(*args, **kwargs)
+        except ValueError as e:
+            log.warning("call failed on this rank as on rank 0", call=name, error=str(e), rank=recipe.world.rank)
 
 
 def shard(model: nn.Module, *, bf16_compute: bool) -> None:

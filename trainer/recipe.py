@@ -52,8 +52,11 @@ log = structlog.get_logger("trainer.recipe")
 
 
 class Recipe:
-    def __init__(self, config: TrainConfig, resume: bool = False, rows: list[dict] | None = None) -> None:
-        """`rows` instead of reading `config.data`: the live trainer starts with none and adds rounds."""
+    def __init__(self, config: TrainConfig, resume: bool = False, rows: list[dict] | None = None,
+                 collective_timeout_s: float = 1800.0) -> None:
+        """`rows` instead of reading `config.data`: the live trainer starts with none and adds rounds.
+        `collective_timeout_s`: how long a rank waits for the others in a collective (several ranks only; the live
+        trainer's followers wait for rank 0's next round)."""
         self.config, self.resume, self.rows = config, resume, rows
         self.out = Path(config.out)
         self.method = get_method(config.algo)
@@ -67,6 +70,8 @@ class Recipe:
         self.schedule_steps: int | None = None
         self.stop_requested = False  # set by run's Ctrl-C handler: train stops after the current step
         self.world = distributed.world_from_env()  # the ranks torchrun started, or one process
+        self.collective_timeout_s = collective_timeout_s
+        self._adapter_params: dict[str, torch.nn.Parameter] | None = None
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -75,7 +80,7 @@ class Recipe:
         torch.manual_seed(cfg.seed)
         world = self.world
         self.device = distributed.device_for(world, cfg.device)
-        distributed.start(world, self.device)
+        distributed.start(world, self.device, self.collective_timeout_s)
         gpu_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
         self.autocast_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and gpu_bf16)
         frozen_dtype = torch.bfloat16 if cfg.base_dtype == "bf16" or (cfg.base_dtype == "auto" and gpu_bf16) \
@@ -391,6 +396,14 @@ class Recipe:
         distributed.barrier(self.world)  # rank 0 has written it
         log.info("checkpoint", path=str(path), step=self.cursor.step)
         return path
+
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        """The LoRA adapter's tensors under peft's keys, on the CPU, gathered when sharded (every rank calls it)."""
+        from trainer.adapters import adapter_parameters, read_adapter  # peft: only where there is an adapter
+
+        if self._adapter_params is None:
+            self._adapter_params = adapter_parameters(self.model)
+        return read_adapter(self._adapter_params)
 
     def restore(self, path: Path) -> None:
         """The weights, optimizer and scheduler of an earlier checkpoint (a rollback); the step count goes on."""
