@@ -77,6 +77,7 @@ class TrainerAgent:
             if isinstance(self.recipe, distributed.Leader):
                 self.recipe.release()
             self.recipe.cleanup()
+            distributed.stop()
 
     def train(self, assign: Assign) -> None:
         task = assign.task
@@ -110,6 +111,8 @@ class TrainerAgent:
             self.recipe.restore(path)
             metrics["restored_from"] = float(task.restore)
         if rows:
+            if isinstance(self.recipe, distributed.Leader):  # refused here, not on every rank mid-round
+                self.recipe.check_round(rows)
             metrics |= _finite(self.recipe.train_round(rows), assign.task_id)
         tokens_per_s = metrics.pop("tokens_per_s", 0.0)
         report = TrainingReport(policy_version=self.version + 1, step=self.recipe.cursor.step, examples=len(rows),

@@ -33,12 +33,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from trainer.methods.preference import DPO  # noqa: E402
+from trainer.methods.sft import SFT  # noqa: E402
+
 _spec = importlib.util.spec_from_file_location("bench_trainer", ROOT / "bench" / "trainer.py")
 bench_trainer = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench_trainer)
 
-CASES = {"sft-full": {"algo": "sft", "finetune": "full", "lr": 1e-5},
-         "dpo-lora": {"algo": "dpo", "finetune": "lora", "lr": 5e-6, "lora": {"r": 16, "alpha": 32}}}
+CASES = {"sft-full": {"algo": SFT.name, "finetune": "full", "lr": 1e-5},
+         "dpo-lora": {"algo": DPO.name, "finetune": "lora", "lr": 5e-6, "lora": {"r": 16, "alpha": 32}}}
 COMM = ("c10d", "gloo:", "nccl:", "all_gather", "allgather", "reduce_scatter", "allreduce", "all_reduce")
 
 
@@ -50,7 +53,7 @@ def worker(args: argparse.Namespace) -> None:
     from trainer.recipe import Recipe
 
     case = CASES[args.case]
-    data = args.sft_data if case["algo"] == "sft" else args.pair_data
+    data = args.sft_data if case["algo"] == SFT.name else args.pair_data
     config = TrainConfig.model_validate({
         **case, "model": args.model, "data": data, "out": str(Path(args.workdir) / f"{args.case}-{args.ranks}"),
         "batch_size": args.batch_size, "max_steps": args.steps, "max_length": args.max_length,

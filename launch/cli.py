@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from collections.abc import Sequence
 
@@ -303,37 +302,27 @@ def _train(args: argparse.Namespace) -> int:
     # a flag and a --set of the same field: the flag wins
     config = load_config(args.config, **{**_parse_set(args.set), **{k: v for k, v in flags.items() if v is not None}})
     if config.nproc > 1 and "LOCAL_RANK" not in os.environ:  # start the ranks; each runs this command again
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={config.nproc}",
-                   "-m", "launch.cli", *_without_nproc(args.argv), "--set", f"nproc={config.nproc}"]
-        return subprocess.call(command)
+        from launch import ranks
+
+        return ranks.main([str(config.nproc), "-m", "launch.cli", *args.argv])
+    def say(message: str, file=sys.stderr) -> None:  # once, not once per rank
+        if os.environ.get("RANK", "0") == "0":
+            print(message, file=file)
+
     try:
         metrics = run(config, resume=args.resume, overwrite=args.overwrite)
     except (DataError, OutDirError) as e:
-        print(f"selfplay train: {e}", file=sys.stderr)
+        say(f"selfplay train: {e}")
         return 2
     except Interrupted as e:
-        print(f"selfplay train: {e}", file=sys.stderr)
+        say(f"selfplay train: {e}")
         return 130
     except KeyboardInterrupt:
-        print("selfplay train: stopped at once (a second Ctrl-C); the newest checkpoint in --out is what "
-              "--resume continues from", file=sys.stderr)
+        say("selfplay train: stopped at once (a second Ctrl-C); the newest checkpoint in --out is what --resume "
+            "continues from")
         return 130
-    if os.environ.get("RANK", "0") == "0":
-        print(f"trained {config.algo}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    say(f"trained {config.algo}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()), file=sys.stdout)
     return 0
-
-
-def _without_nproc(argv: list[str]) -> list[str]:
-    """argv less `--nproc N` (torchrun's parser takes `--nproc` for an ambiguous abbreviation of its own options)."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
-            out.append(arg)
-    return out
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -411,15 +400,9 @@ def _attach(args: argparse.Namespace) -> int:
     topo = load_topology(args.topology, solver_device=args.device)
     with attached(topo.run.dir, name):  # the run's end and `stop` end it too
         if args.role == "trainer" and topo.trainer.nproc > 1 and "LOCAL_RANK" not in os.environ:
-            import signal
+            from launch import ranks
 
-            from launch.supervisor import torchrun
-
-            # its ranks under torchrun; a stop (SIGTERM, Ctrl-C) of this process is passed on to them
-            group = subprocess.Popen(torchrun(topo.trainer.nproc, [sys.executable, "-m", "launch.worker"]) + argv)
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda received, _: group.send_signal(received))
-            return group.wait()
+            return ranks.main([str(topo.trainer.nproc), "-m", "launch.worker", *argv])  # a stop reaches every rank
         return worker.main(argv)
 
 

@@ -199,7 +199,7 @@ def children_for(topology_path: str, topo, roles: tuple[str, ...] = ROLES) -> li
     children = [Child("hub", [*worker, "hub", topology_path])] if "hub" in roles else []
     for role, count in (("trainer", 1), ("solver", topo.solver.count), ("judge", topo.judge.count if topo.judge else 0)):
         if role in roles:
-            command = torchrun(topo.trainer.nproc, worker) if role == "trainer" else worker
+            command = ranked(topo.trainer.nproc, worker) if role == "trainer" else worker
             children += [Child(f"{role}-{i}", [*command, role, topology_path, "--name", f"{role}-{i}", "--index", str(i)])
                          for i in range(count)]
     if "creator" in roles:
@@ -207,13 +207,12 @@ def children_for(topology_path: str, topo, roles: tuple[str, ...] = ROLES) -> li
     return children
 
 
-def torchrun(nproc: int, command: list[str]) -> list[str]:
-    """`command` (python -m MODULE) as `nproc` ranks under torchrun on this machine; as it is for one. A rank that
-    dies ends the others and torchrun (no restarts of its own): the supervisor restarts the whole group."""
+def ranked(nproc: int, command: list[str]) -> list[str]:
+    """`command` (python -m MODULE) as `nproc` ranks on this machine (launch/ranks.py, torchrun's engine); as it is
+    for one. A rank that dies ends the group, whose exit code is that rank's: the supervisor restarts the group."""
     if nproc <= 1:
         return command
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            "--max-restarts=0", *command[1:]]
+    return [command[0], "-m", "launch.ranks", str(nproc), *command[1:]]
 
 
 def supervisor_for(topology_path: str, topo, roles: tuple[str, ...] = ROLES, progress: bool = True) -> Supervisor:

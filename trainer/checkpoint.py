@@ -37,9 +37,16 @@ class Cursor:
     batch: int = 0  # position of the next batch within that epoch's plan
 
 
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The trained parameters as full tensors (gathered from every rank when sharded: all ranks call it)."""
-    return {n: full(p.detach()).contiguous() for n, p in model.named_parameters() if p.requires_grad}
+def trainable_state(model: nn.Module, world: World = ONE) -> dict[str, torch.Tensor]:
+    """The trained parameters as full tensors on the CPU. Sharded, every rank calls it: they are gathered one at a
+    time and kept by rank 0 only (the others get {}), so no rank holds more than one whole tensor at once."""
+    state = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            tensor = full(param.detach())
+            if world.main:
+                state[name] = tensor.to("cpu").contiguous()
+    return state
 
 
 def rng_state() -> dict[str, Any]:
@@ -64,13 +71,13 @@ def save_checkpoint(root: Path, model: nn.Module, tokenizer: Any, optimizer: tor
     `new`: never replace a checkpoint of the same step (step-000040.001 follows step-000040); `pinned`: names of
     checkpoints kept whatever `keep` says. With several ranks every rank calls it (the shards are gathered) and
     rank 0 writes; the others get the path it will have."""
-    weights, optimizer_state = trainable_state(model), full_optimizer_state(optimizer)
+    weights, optimizer_state = trainable_state(model, world), full_optimizer_state(optimizer, world)
     name = f"step-{cursor.step:06d}"
     same_step = [n for step, n in map(_order, root.glob("step-*")) if step == cursor.step]
     if new and same_step:
         name += f".{max(same_step) + 1:03d}"  # after every checkpoint of this step, whichever were pruned
     final, tmp = root / name, root / f".tmp-{name}"
-    gathered = _gathered_weights(model)
+    gathered = _gathered_weights(model, weights, world)
     if not world.main:
         return final
     shutil.rmtree(tmp, ignore_errors=True)
@@ -101,19 +108,26 @@ def export_weights(model: nn.Module, tokenizer: Any, directory: Path,
 
 def export_final(model: nn.Module, tokenizer: Any, directory: Path, world: World = ONE) -> Path:
     """export_weights from every rank: the shards are gathered, rank 0 writes."""
-    gathered = _gathered_weights(model)
+    gathered = _gathered_weights(model, trainable_state(model, world), world)
     target = directory / ("adapter" if hasattr(model, "peft_config") else "model")
     return export_weights(model, tokenizer, directory, gathered) if world.main else target
 
 
-def _gathered_weights(model: nn.Module) -> dict[str, torch.Tensor] | None:
-    """The full weights save_pretrained writes, when the model is sharded (None otherwise: it reads its own):
-    the adapter's tensors for a peft model, the whole state dict for full fine-tuning."""
+def _gathered_weights(model: nn.Module, trained: dict[str, torch.Tensor], world: World) -> dict[str, torch.Tensor] | None:
+    """The full weights save_pretrained writes, when the model is sharded (None otherwise: it reads its own), on
+    rank 0: the adapter's tensors for a peft model (`trained`, trainable_state's), the whole state dict for full
+    fine-tuning (`trained` and whatever else it holds, gathered one tensor at a time)."""
     if not any(isinstance(p, DTensor) for p in model.parameters()):
         return None
     if hasattr(model, "peft_config"):
-        return {n: full(p.detach()).cpu() for n, p in model.named_parameters() if p.requires_grad}
-    return {n: full(t.detach()).cpu() for n, t in model.state_dict().items()}
+        return trained
+    names = {n for n, p in model.named_parameters() if p.requires_grad}  # what `trained` holds on rank 0
+    state = {}
+    for name, tensor in model.state_dict().items():
+        value = trained.get(name) if name in names else full(tensor.detach())  # the same calls on every rank
+        if world.main:
+            state[name] = value.to("cpu")
+    return state
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -144,7 +158,7 @@ def _order(path: Path) -> tuple[int, int]:
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> Cursor:
     weights = load_file(path / "trainable.safetensors")
-    expected = set(trainable_state(model))
+    expected = {n for n, p in model.named_parameters() if p.requires_grad}
     if set(weights) != expected:
         raise ValueError(f"{path}: its trainable parameters do not match this model and config "
                          f"(finetune mode or LoRA settings changed?)")

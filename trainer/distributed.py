@@ -15,11 +15,13 @@ no-op and the recipe runs as one process.
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import types
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 import torch
@@ -46,6 +48,7 @@ class World:
 
 
 ONE = World()  # one process
+EXIT_GROUP_ENDS = 70  # sysexits.h EX_SOFTWARE: a rank ended its group (the ranks may be out of step)
 
 
 def world_from_env(environ: dict[str, str] | None = None) -> World:
@@ -55,12 +58,13 @@ def world_from_env(environ: dict[str, str] | None = None) -> World:
 
 
 def device_for(world: World, requested: str) -> torch.device:
-    """`requested` ('auto', 'cpu', 'cuda', 'cuda:N'), with each rank on its own GPU (cuda:LOCAL_RANK)."""
+    """`requested` ('auto', 'cpu', 'cuda', 'cuda:K'), with each rank on its own GPU: the K-th visible one on, the
+    rank's local index added (so a trainer beside solvers on one machine takes GPUs K..K+N-1)."""
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(requested)
-    if device.type == "cuda" and world.sharded:
-        device = torch.device("cuda", world.local_rank)
+    if device.type == "cuda" and world.sharded:  # 'cuda' -> cuda:LOCAL_RANK, 'cuda:K' -> cuda:K+LOCAL_RANK
+        device = torch.device("cuda", (device.index or 0) + world.local_rank)
     return device
 
 
@@ -68,10 +72,25 @@ def start(world: World, device: torch.device, timeout_s: float = 600.0) -> None:
     """Join the process group (gloo on CPUs, nccl on GPUs); nothing for one process."""
     if not world.sharded or dist.is_initialized():
         return
+    _die_with_launcher()
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s),
                             device_id=device if device.type == "cuda" else None)
+
+
+def _die_with_launcher() -> None:
+    """Linux: this rank gets SIGKILL when the process that launched it dies (killed, say, by a supervisor that
+    gave up waiting), instead of living on with nobody to end it."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        log.warning("could not tie this rank to its launcher's life")
 
 
 def stop() -> None:
@@ -87,7 +106,10 @@ def barrier(world: World) -> None:
 class Leader:
     """Rank 0's view of a recipe whose ranks follow it (the live trainer: only rank 0 talks to the hub). A call
     of one of `COLLECTIVE` is sent to every follower first, which makes the same call (`follow`), so that the
-    ranks run the same collectives in the same order; everything else is rank 0's own."""
+    ranks run the same collectives in the same order; everything else is rank 0's own. A collective call that
+    fails on any rank ends that rank's process (here, and in `follow`): the ranks could be out of step, so the
+    group ends (its launcher ends the others) and is started again, and the task it held is retried. Check what
+    can be refused before the call (Recipe.check_round)."""
 
     COLLECTIVE = frozenset({"train_round", "save_checkpoint", "restore", "adapter_tensors"})
 
@@ -101,7 +123,10 @@ class Leader:
 
         def call(*args: Any, **kwargs: Any) -> Any:
             broadcast_object((name, args, kwargs), self._recipe.world)
-            return value(*args, **kwargs)
+            try:
+                return value(*args, **kwargs)
+            except Exception:
+                _end_rank(name, self._recipe.world)
         return call
 
     def release(self) -> None:
@@ -110,18 +135,23 @@ class Leader:
 
 
 def follow(recipe: Any) -> None:
-    """A rank other than 0: make each call rank 0's Leader sends, until it releases the ranks. A ValueError (rows
-    the method refuses, a checkpoint that does not fit) is raised on rank 0 too, before any collective, which fails
-    the task there: the follower logs it and waits for the next call. Anything else ends the rank, and torchrun
-    ends the others."""
+    """A rank other than 0: make each call rank 0's Leader sends, until it releases the ranks (a failed call ends
+    this rank, and so the group: see Leader)."""
     while True:
         name, args, kwargs = broadcast_object(None, recipe.world)
         if name == "stop":
             return
         try:
             getattr(recipe, name)(*args, **kwargs)
-        except ValueError as e:
-            log.warning("call failed on this rank as on rank 0", call=name, error=str(e), rank=recipe.world.rank)
+        except Exception:
+            _end_rank(name, recipe.world)
+
+
+def _end_rank(call: str, world: World) -> NoReturn:
+    log.exception("a call every rank makes failed on this rank: the group ends, to be started again", call=call,
+                  rank=world.rank)
+    logging.shutdown()
+    os._exit(EXIT_GROUP_ENDS)
 
 
 def shard(model: nn.Module, *, bf16_compute: bool) -> None:
@@ -185,6 +215,11 @@ def broadcast_object(obj: Any, world: World) -> Any:
     return box[0]
 
 
+def local_numel(tensors: Any) -> int:
+    """How many elements of `tensors` this rank holds (its shards of sharded ones)."""
+    return sum((t.to_local() if isinstance(t, DTensor) else t).numel() for t in tensors)
+
+
 def full(t: Any) -> Any:
     """The whole tensor of a shard (a collective: every rank calls it); anything else as it is."""
     return t.full_tensor() if isinstance(t, DTensor) else t
@@ -197,11 +232,19 @@ def like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """optimizer.state_dict() with every shard gathered: the one-process format, whatever the rank count."""
+def full_optimizer_state(optimizer: torch.optim.Optimizer, world: World = ONE) -> dict[str, Any]:
+    """optimizer.state_dict() with every shard gathered, on the CPU: the one-process format, whatever the rank count.
+    Sharded, every rank calls it; tensors are gathered one at a time and kept by rank 0 (the others get none)."""
     state = optimizer.state_dict()
-    return {**state, "state": {k: {n: full(v).cpu() if isinstance(v, torch.Tensor) else v for n, v in s.items()}
-                               for k, s in state["state"].items()}}
+    gathered: dict[Any, dict[str, Any]] = {}
+    for key, values in state["state"].items():
+        entry = {}
+        for name, value in values.items():
+            value = full(value) if isinstance(value, torch.Tensor) else value
+            entry[name] = value.cpu() if isinstance(value, torch.Tensor) and world.main else value
+        if world.main:
+            gathered[key] = entry
+    return {**state, "state": gathered}
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
@@ -210,6 +253,13 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
     sharded = {}
     for key, values in state["state"].items():
         param = params[int(key)]
-        sharded[key] = {n: like(v, param) if isinstance(v, torch.Tensor) and v.shape == param.shape else v
-                        for n, v in values.items()}
+        entry = {}
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0:  # a moment (Adam's step is a scalar)
+                if value.shape != param.shape:
+                    raise ValueError(f"optimizer state {name} of parameter {key}: shape {tuple(value.shape)}, "
+                                     f"the parameter's {tuple(param.shape)}")
+                value = like(value, param)
+            entry[name] = value
+        sharded[key] = entry
     optimizer.load_state_dict({**state, "state": sharded})

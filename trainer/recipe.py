@@ -110,8 +110,7 @@ class Recipe:
 
         self.renderer = renderer = Renderer(self.tokenizer, cfg.max_length, cfg.max_prompt_length)
         if self.method.samples_own_answers and rows and not all("generated" in row for row in rows):
-            generated = distributed.broadcast_object(
-                self._generated_answers(rows, renderer) if world.main else None, world)  # the whole model, rank 0
+            generated = self._generated_answers(rows, renderer)
             rows = [{**row, "generated": generated[i]} for i, row in enumerate(rows)]
         if world.sharded:
             bf16_compute = self.autocast_bf16 and self.device.type == "cuda"
@@ -144,7 +143,8 @@ class Recipe:
             self.metrics_file = open(self.out / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
             self.tb = self._tensorboard()
         log.info("setup", config=cfg.model_dump(), examples=len(self.examples), steps=self.total_steps,
-                 trainable=sum(p.numel() for p in params), device=str(self.device), bf16=self.autocast_bf16,
+                 trainable=sum(p.numel() for p in params), held=distributed.local_numel(self.model.parameters()),
+                 device=str(self.device), bf16=self.autocast_bf16,
                  frozen_dtype=str(frozen_dtype).removeprefix("torch."), rank=world.rank, ranks=world.size)
 
     def _lr_factor(self, step: int) -> float:
@@ -164,16 +164,21 @@ class Recipe:
             saved = [json.loads(line) for line in path.read_text().splitlines() if line]
             if len(saved) == len(rows):
                 return {r["index"]: r["generated"] for r in saved}
-        prompts = [split_messages(row)[0] for row in rows]
+        mine = distributed.share(list(range(len(rows))), self.world)  # each rank samples a share (whole model yet)
+        prompts = [split_messages(rows[i])[0] for i in mine]
         gen = self.config.generation
-        log.info("sampling y_gen from the starting policy", prompts=len(prompts))
+        log.info("sampling y_gen from the starting policy", prompts=len(prompts), of=len(rows))
         texts = sample_responses(self.model, self.tokenizer, [renderer.prompt_text(p) for p in prompts],
                                  max_new_tokens=gen.max_new_tokens, temperature=gen.temperature, top_p=gen.top_p,
-                                 batch_size=gen.batch_size, seed=self.config.seed,
-                                 add_special_tokens=isinstance(prompts[0], str))
-        self.out.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps({"index": i, "generated": t}) + "\n" for i, t in enumerate(texts)))
-        return dict(enumerate(texts))
+                                 batch_size=gen.batch_size, seed=self.config.seed + self.world.rank,
+                                 add_special_tokens=isinstance(split_messages(rows[0])[0], str)) if prompts else []
+        generated = {i: t for part in distributed.gather_objects(dict(zip(mine, texts, strict=True)), self.world)
+                     for i, t in part.items()}
+        if self.world.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(json.dumps({"index": i, "generated": generated[i]}) + "\n"
+                                    for i in range(len(rows))))
+        return generated
 
     def _tensorboard(self) -> Any:
         if not self.config.tensorboard:
@@ -324,7 +329,7 @@ class Recipe:
         bar = tqdm(total=self.total_steps, initial=self.cursor.step, desc=f"{cfg.algo}", dynamic_ncols=True,
                    disable=not self.world.main)
         last: dict[str, float] = {}
-        while self.cursor.step < end and not self.stop_requested:
+        while self.cursor.step < end and not self._stopping():
             started, tokens = time.perf_counter(), 0
             sums: dict[str, float] = defaultdict(float)
             for micro in range(cfg.grad_accum):
@@ -350,6 +355,8 @@ class Recipe:
             self.optimizer.zero_grad(set_to_none=True)
             self.cursor.step += 1
             seconds = time.perf_counter() - started  # loss.item() above already waited for the device
+            if self.world.sharded:  # every rank's share
+                tokens = int(distributed.all_sum([tokens], self.world, self.device)[0])
             self.step_seconds.append(seconds)
             last = {**sums, "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0],
                     "tokens_per_s": tokens / seconds, "epoch": self.cursor.epoch}
@@ -361,6 +368,18 @@ class Recipe:
                 self.save_checkpoint()
         bar.close()
         return last
+
+    def _stopping(self) -> bool:
+        """Whether to stop before the next step (Ctrl-C): when any rank was asked, every rank stops there."""
+        if self.world.sharded:
+            self.stop_requested = distributed.all_sum([float(self.stop_requested)], self.world, self.device)[0] > 0
+        return self.stop_requested
+
+    def check_round(self, rows: list[dict]) -> None:
+        """What train_round would refuse of these rows (a ValueError), without training: rank 0 of a sharded live
+        trainer asks before the other ranks are sent the round."""
+        check_rows(rows, self.config.algo, source="round", empty_responses=True)
+        build_examples(rows, self.config, self.renderer)
 
     def train_round(self, rows: list[dict]) -> dict[str, float]:
         """One pass over a new round's rows (the live trainer): new examples, reference log-probs
@@ -450,6 +469,13 @@ def run(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> d
     if recipe.world.main:
         prepare_out(config, resume=resume, overwrite=overwrite)
     try:
+        return _run(recipe, config)
+    finally:
+        distributed.stop()
+
+
+def _run(recipe: Recipe, config: TrainConfig) -> dict[str, float]:
+    try:
         recipe.setup()
     except KeyboardInterrupt:  # while loading the model or data: nothing to save
         recipe.cleanup()
@@ -465,7 +491,6 @@ def run(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> d
         return metrics
     finally:
         recipe.cleanup()
-        distributed.stop()
 
 
 @contextmanager

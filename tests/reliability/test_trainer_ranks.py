@@ -67,7 +67,7 @@ def test_a_rank_killed_mid_round_ends_the_group_and_the_task_is_retried(tmp_path
         os.kill(rank1, signal.SIGKILL)
         up.wait_restarted("trainer-0", group)
         summary = up.finish()
-    assert summary["rounds"] == 3 and summary["policy_version"] == 3
+    assert summary["rounds"] == 3 and summary["policy_version"] == 3, summary
     assert [v for (v,) in up.query("SELECT version FROM policies ORDER BY version")] == [1, 2, 3]
     check_nothing_lost(up)  # and no train task trained twice, across the restart
     assert all(up.query("SELECT state, attempt > 1 FROM tasks WHERE task_id = ?", t) == [("done", 1)] for t in tasks)

@@ -5,6 +5,7 @@ config. Batches are chosen so that the ranks' shares differ in size and one shar
 """
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 
 from tests.trainer.datasets import write
 from trainer.config import TrainConfig
@@ -33,8 +35,8 @@ def config(tmp_path: Path, tiny_models, algo: str, fmt: str, rows: int, **overri
     return TrainConfig.model_validate(settings)
 
 
-def train_ranks(config: TrainConfig, nproc: int, *flags: str) -> None:
-    """`selfplay train --config FILE --nproc N` in a subprocess, as a user runs it."""
+def train_ranks(config: TrainConfig, nproc: int, *flags: str) -> str:
+    """`selfplay train --config FILE --nproc N` in a subprocess, as a user runs it; its log."""
     file = Path(config.out).parent / f"config-{nproc}.json"
     file.write_text(json.dumps(config.model_dump()))
     done = subprocess.run([sys.executable, "-m", "launch.cli", "train", "--config", str(file), "--nproc", str(nproc),
@@ -42,6 +44,7 @@ def train_ranks(config: TrainConfig, nproc: int, *flags: str) -> None:
     assert done.returncode == 0, done.stderr[-4000:]
     log = done.stdout + done.stderr
     assert f"ranks={nproc}" in log and (nproc == 1 or "rank=1" in log), "each rank set up as one of nproc"
+    return log
 
 
 def losses(out: Path) -> list[float]:
@@ -71,8 +74,12 @@ def test_two_ranks_train_what_one_process_trains(tmp_path, tiny_models, algo, fm
     one = config(tmp_path / "one", tiny_models, algo, fmt, 11, finetune=finetune, max_steps=6)
     two = config(tmp_path / "two", tiny_models, algo, fmt, 11, finetune=finetune, max_steps=6)
     run(one)
-    train_ranks(two, 2)
+    log = train_ranks(two, 2)
     assert_same_run(Path(one.out), Path(two.out), 6)
+    # sharded: each rank holds about half of the weights (setup logs the rank's own elements as `held`)
+    total = sum(t.numel() for t in AutoModelForCausalLM.from_pretrained(tiny_models.policy).parameters())
+    held = [int(n) for n in re.findall(r"held=(\d+)", log)]
+    assert len(held) == 2 and all(n < 0.6 * total for n in held) and sum(held) >= total, (held, total)
     final = Path(two.out) / ("adapter" if finetune == "lora" else "model")
     assert final.is_dir() and any(final.glob("*.safetensors")), "rank 0 exports the gathered weights"
     before = load_file(next(Path(tiny_models.policy).glob("*.safetensors")))
