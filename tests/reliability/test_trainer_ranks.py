@@ -35,25 +35,11 @@ def rank_pid(group_pid: int, rank: int) -> int | None:
     return None
 
 
-def test_a_two_rank_trainer_publishes_each_round_once_and_solvers_load_them(tmp_path, tiny_models):
-    with Up(two_rank_topology(tmp_path, tiny_models, rounds=2)) as up:
-        summary = up.finish()
-    assert summary["rounds"] == 2 and summary["policy_version"] == 2
-    assert [v for (v,) in up.query("SELECT version FROM policies ORDER BY version")] == [1, 2]
-    published = [e["version"] for e in up.events("trainer-0", "policy published")]
-    assert published == [1, 2], "each version published once, by rank 0"
-    setups = up.events("trainer-0-rank1", "setup")
-    assert setups and setups[0]["ranks"] == 2, "rank 1 set up as one of two"
-    assert up.events("trainer-0-rank1", "checkpoint"), "rank 1 took part in the checkpoints"
-    loaded = {e["version"] for e in up.events("solver-0", "policy loaded")}
-    assert 1 in loaded, loaded  # round 2 was answered by version 1
-    check_nothing_lost(up)
-
-
-def test_a_rank_killed_mid_round_ends_the_group_and_the_task_is_retried(tmp_path, tiny_models):
+def test_a_two_rank_trainer_publishes_each_round_once_and_survives_a_rank_killed_mid_round(tmp_path, tiny_models):
+    """3 rounds; in a round after the first (so there is a checkpoint to resume), rank 1 is stopped while rank 0
+    holds the train task (rank 0 then waits for it in the round's first collective and cannot finish), then
+    killed: the group ends, is started again, and the task is retried and trained once."""
     with Up(two_rank_topology(tmp_path, tiny_models, rounds=3)) as up:
-        # in a round after the first (a checkpoint to resume), rank 1 stopped while rank 0 holds the train task:
-        # rank 0 then waits for it in the round's first collective and cannot finish the task
         while True:
             tasks = up.wait_for(lambda: up.query("SELECT 1 FROM policies") and up.leased_to("trainer-0", "train"),
                                 what="trainer-0 holding a train task")
@@ -69,6 +55,13 @@ def test_a_rank_killed_mid_round_ends_the_group_and_the_task_is_retried(tmp_path
         summary = up.finish()
     assert summary["rounds"] == 3 and summary["policy_version"] == 3, summary
     assert [v for (v,) in up.query("SELECT version FROM policies ORDER BY version")] == [1, 2, 3]
+    published = [e["version"] for e in up.events("trainer-0", "policy published")]
+    assert published == [1, 2, 3], "each version published once, by rank 0, across the restart"
+    setups = up.events("trainer-0-rank1", "setup")
+    assert len(setups) >= 2 and all(s["ranks"] == 2 for s in setups), "rank 1 set up as one of two, twice"
+    assert len(up.events("trainer-0-rank1", "checkpoint")) >= 2, "rank 1 took part in the checkpoints"
+    loaded = {e["version"] for e in up.events("solver-0", "policy loaded")}
+    assert {1, 2} <= loaded, loaded  # rounds 2 and 3 were answered by versions 1 and 2
     check_nothing_lost(up)  # and no train task trained twice, across the restart
     assert all(up.query("SELECT state, attempt > 1 FROM tasks WHERE task_id = ?", t) == [("done", 1)] for t in tasks)
     assert "trainer-0" in {e["name"] for e in up.events("hub-0", "agent gone")}
