@@ -93,8 +93,11 @@ class Recipe:
         # LoRA trains beside frozen weights (their dtype: base_dtype); full fine-tuning trains fp32 weights
         self.model = AutoModelForCausalLM.from_pretrained(
             cfg.model, dtype=frozen_dtype if cfg.finetune == "lora" else torch.float32).to(self.device)
-        if cfg.activation_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.activation_checkpointing:  # transformers 5's name, or 4's
+            if hasattr(self.model, "activation_checkpointing_enable"):
+                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.frozen_reference = None
         if cfg.finetune == "lora":
             from peft import LoraConfig, get_peft_model

@@ -158,7 +158,10 @@ def test_activation_checkpointing_changes_memory_not_results(tmp_path, tiny_mode
         (tmp_path / str(on)).mkdir()
         recipe, _ = train_with_snapshot(make_config(tmp_path / str(on), tiny_models, "gsil", max_steps=3,
                                                     activation_checkpointing=on))
-        assert recipe.model.get_base_model().is_activation_checkpointing == on
+        base = recipe.model.get_base_model()  # transformers 5's name, or 4's
+        flag = "is_activation_checkpointing" if hasattr(type(base), "is_activation_checkpointing") else \
+            "is_gradient_checkpointing"
+        assert getattr(base, flag) == on
         runs[on] = (losses_logged(tmp_path / str(on) / "out"), dict(recipe.model.named_parameters()))
     assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-6)
     for name, p in runs[False][1].items():
