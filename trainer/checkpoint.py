@@ -100,7 +100,7 @@ def export_weights(model: nn.Module, tokenizer: Any, directory: Path,
                    gathered: dict[str, torch.Tensor] | None = None) -> Path:
     """adapter/ (peft, loads with PeftModel.from_pretrained) or model/ (full), with the tokenizer. A sharded model
     is written from `gathered` (_gathered_weights, which every rank must call), by rank 0 alone."""
-    target = directory / ("adapter" if hasattr(model, "peft_config") else "model")
+    target = export_dir(model, directory)
     model.save_pretrained(target, **({"state_dict": gathered} if gathered is not None else {}))
     tokenizer.save_pretrained(target)
     return target
@@ -109,8 +109,12 @@ def export_weights(model: nn.Module, tokenizer: Any, directory: Path,
 def export_final(model: nn.Module, tokenizer: Any, directory: Path, world: World = ONE) -> Path:
     """export_weights from every rank: the shards are gathered, rank 0 writes."""
     gathered = _gathered_weights(model, trainable_state(model, world), world)
-    target = directory / ("adapter" if hasattr(model, "peft_config") else "model")
-    return export_weights(model, tokenizer, directory, gathered) if world.main else target
+    return export_weights(model, tokenizer, directory, gathered) if world.main else export_dir(model, directory)
+
+
+def export_dir(model: nn.Module, directory: Path) -> Path:
+    """Where export_weights writes in `directory`: adapter/ for a peft model, model/ otherwise."""
+    return directory / ("adapter" if hasattr(model, "peft_config") else "model")
 
 
 def _gathered_weights(model: nn.Module, trained: dict[str, torch.Tensor], world: World) -> dict[str, torch.Tensor] | None:

@@ -58,8 +58,8 @@ def world_from_env(environ: dict[str, str] | None = None) -> World:
 
 
 def device_for(world: World, requested: str) -> torch.device:
-    """`requested` ('auto', 'cpu', 'cuda', 'cuda:K'), with each rank on its own GPU: the K-th visible one on, the
-    rank's local index added (so a trainer beside solvers on one machine takes GPUs K..K+N-1)."""
+    """`requested` ('auto', 'cpu', 'cuda', 'cuda:K'), with each rank on its own GPU: K plus the rank's local index
+    (so N ranks of a trainer beside solvers on one machine take GPUs K..K+N-1)."""
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(requested)
