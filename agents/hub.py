@@ -15,6 +15,12 @@ Who may do what, on both sockets alike:
 - a policy version is written once, in the layout of the versions before it (agents/adapter_store.py).
 Malformed input is answered with an Error and counted; so is any message whose handler fails (a bug,
 a full disk): no message, however well-formed, stops the loop.
+
+The loop's own work does not grow with a payload's size: a message body over OFFLOAD_BYTES (a large
+result) is decoded and packed for the ledger on a worker thread (agents/offload.py), and so are replies
+whose results add up to more; the loop then commits or sends. Messages that arrive from the same sender
+meanwhile wait behind it, so each sender's messages are still handled in the order they were sent. A turn
+stops draining the sockets after TURN_BUDGET_S, so heartbeats and leases never wait behind a burst.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import structlog
@@ -33,7 +40,8 @@ from pydantic import Field
 
 from agents.adapter_store import AdapterStore
 from agents.admission import ready_refusal, sender_refusal
-from agents.ledger import InvalidResult, open_run_ledger
+from agents.ledger import InvalidResult, PackedResult, StoredResult, open_run_ledger, stored_result
+from agents.offload import Offload
 from agents.waiters import Waiter, Waiters
 from protocol import keys
 from protocol.codec import Envelope, ProtocolError, decode, encode
@@ -56,6 +64,8 @@ from protocol.transport import hub_socket, ipc_endpoint, limits_for, peer_user_i
 log = structlog.get_logger("agents.hub")
 _OPEN = ("queued", "leased")  # task states a held query still waits on
 _REPORT_BYTES = 8 << 20  # results (as stored) in one TaskReport: half a control message's limit
+OFFLOAD_BYTES = 256 << 10  # a message body, or a reply's results, larger than this is (de)coded off the loop
+TURN_BUDGET_S = 0.05  # a loop turn stops draining its sockets after this, for housekeeping (heartbeats, leases)
 
 
 class HubSettings(Strict):
@@ -105,6 +115,7 @@ class Incoming:
     agent: AgentState | None
     now: float
     bound: str | None  # ZAP User-Id "name:role" of the sender's key (None over ipc)
+    packed: PackedResult | None = None  # a large result, already packed for the ledger off the loop
 
     def reply(self, hub: Hub, message, tensors=None) -> None:
         hub._send(self.sock, self.identity, message, reply_to=self.env.header.msg_id, tensors=tensors)
@@ -130,6 +141,7 @@ class Hub:
         self._last_heartbeat = 0.0
         self.waiters = Waiters()  # task queries held until their tasks finish (TaskQuery.wait_s)
         self.followers: set[bytes] = set()  # data-socket identities pushed every new policy (PolicyFetch.follow)
+        self._held: dict[bytes, list] = {}  # a sender with a message off the loop -> its later messages, in order
 
     # ------------------------------------------------------------------ start / stop
     def start(self) -> None:
@@ -146,6 +158,7 @@ class Hub:
         self.control = hub_socket(self.ctx, self._endpoint(self.config.control, "control"), "control", curve=curve)
         self.data = hub_socket(self.ctx, self._endpoint(self.config.data, "data"), "data", curve=curve)
         self.endpoints = {"control": self.control.last_endpoint.decode(), "data": self.data.last_endpoint.decode()}
+        self.offload = Offload(self.ctx)
         self.policy_version = self.ledger.policy_version()
         log.info("hub started", hub_id=self.hub_id, requeued=requeued, policy_version=self.policy_version,
                  **self.endpoints, config=self.config.model_dump())
@@ -160,6 +173,7 @@ class Hub:
         self._closed = True
         for sock in (self.control, self.data):
             sock.close(linger=0)
+        self.offload.close()
         if self.auth is not None:
             self.auth.stop()
         self.ledger.close()
@@ -169,12 +183,16 @@ class Hub:
         poller = zmq.Poller()
         poller.register(self.control, zmq.POLLIN)
         poller.register(self.data, zmq.POLLIN)
+        poller.register(self.offload.wake, zmq.POLLIN)
         timeout_ms = int(self.config.heartbeat_interval_s * 1000 / 4)
         while not stop.is_set():
             events = dict(poller.poll(timeout_ms))
+            if events.get(self.offload.wake):
+                self.offload.finish()
+            started = time.monotonic()
             for sock in (self.control, self.data):
                 if events.get(sock):
-                    for _ in range(256):  # drain a burst without starving housekeeping
+                    while time.monotonic() - started < TURN_BUDGET_S:  # drain a burst without starving housekeeping
                         try:
                             frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                         except zmq.Again:
@@ -189,24 +207,68 @@ class Hub:
 
     def handle(self, sock: zmq.Socket, frames: list) -> None:
         self.received += 1
-        identity, body = frames[0].bytes, frames[1:]
+        identity = frames[0].bytes
+        if sock is self.control and identity in self._held:  # an earlier message of its sender is off the loop
+            self._held[identity].append(frames)
+            if (agent := self.agents.get(identity)) is not None:
+                agent.last_seen = time.time()  # it is alive, whatever its message is
+            return
+        self._handle(sock, identity, frames[1:])
+
+    def _handle(self, sock: zmq.Socket, identity: bytes, body: list) -> None:
         channel = "control" if sock is self.control else "data"
+        if channel == "control" and len(body) > 2 and len(body[2]) > OFFLOAD_BYTES:
+            self._held[identity] = []
+            self.offload.submit(partial(self._decode_large, body), partial(self._decoded, sock, identity, body))
+            return
         try:
             env = decode(body, limits_for(channel))
         except ProtocolError as e:
-            self.rejected[e.code] += 1
-            log.warning("message refused", code=e.code, detail=e.detail, peer=identity[:64])
-            self._send(sock, identity, e.to_message(), reply_to=e.msg_id)
-            return
-        try:
-            self._route(sock, identity, channel, env, peer_user_id(body[0]))
-        except Exception as e:  # a bug, a full disk: this message fails with an Error, the hub goes on
-            self.rejected["internal"] += 1
-            log.exception("message failed", kind=env.message.kind, peer=identity[:64])
-            self._send(sock, identity, Error(code="internal", detail=f"{type(e).__name__}: {e}"[:4096]),
-                       reply_to=env.header.msg_id)
+            return self._protocol_error(sock, identity, e)
+        self._routed(sock, identity, channel, env, body)
 
-    def _route(self, sock: zmq.Socket, identity: bytes, channel: str, env: Envelope, bound: str | None) -> None:
+    def _decode_large(self, body: list) -> tuple[Envelope, PackedResult | None]:
+        """On the offload thread: decode, and pack a result for the ledger (a large one written as a blob)."""
+        env = decode(body, limits_for("control"))
+        return env, self.ledger.pack(env.message.result) if env.message.kind == "result" else None
+
+    def _decoded(self, sock: zmq.Socket, identity: bytes, body: list, outcome, error: BaseException | None) -> None:
+        """Back on the loop: handle the decoded message, then the sender's messages that waited behind it."""
+        if isinstance(error, ProtocolError):
+            self._protocol_error(sock, identity, error)
+        elif error is not None:
+            self._failed(sock, identity, "result", None, error)
+        else:
+            self._routed(sock, identity, "control", outcome[0], body, outcome[1])
+        held = self._held.pop(identity, [])
+        for i, frames in enumerate(held):
+            self._handle(sock, identity, frames[1:])
+            if identity in self._held:  # off the loop again: the rest wait behind that one
+                self._held[identity].extend(held[i + 1:])
+                break
+
+    def _protocol_error(self, sock: zmq.Socket, identity: bytes, e: ProtocolError) -> None:
+        self.rejected[e.code] += 1
+        log.warning("message refused", code=e.code, detail=e.detail, peer=identity[:64])
+        self._send(sock, identity, e.to_message(), reply_to=e.msg_id)
+
+    def _routed(self, sock: zmq.Socket, identity: bytes, channel: str, env: Envelope, body: list,
+                packed: PackedResult | None = None) -> None:
+        try:
+            self._route(sock, identity, channel, env, peer_user_id(body[0]), packed)
+        except Exception as e:  # a bug, a full disk: this message fails with an Error, the hub goes on
+            self._failed(sock, identity, env.message.kind, env.header.msg_id, e)
+        finally:
+            if packed is not None:
+                self.ledger.discard(packed)  # its blob, unless a task's row took it
+
+    def _failed(self, sock: zmq.Socket, identity: bytes, kind: str, msg_id: str | None, e: BaseException) -> None:
+        self.rejected["internal"] += 1
+        log.error("message failed", kind=kind, peer=identity[:64], exc_info=e)
+        self._send(sock, identity, Error(code="internal", detail=f"{type(e).__name__}: {e}"[:4096]), reply_to=msg_id)
+
+    def _route(self, sock: zmq.Socket, identity: bytes, channel: str, env: Envelope, bound: str | None,
+               packed: PackedResult | None = None) -> None:
         """Who sent it (its key over tcp), whether it may (agents/admission.py), then its handler."""
         kind, name = env.message.kind, routing_name(identity)
         agent = self.agents.get(identity) if channel == "control" else self._agent_named(name)
@@ -221,7 +283,7 @@ class Hub:
         handler = getattr(self, f"on_{kind}", None)
         if handler is None:
             return self._refuse(sock, identity, "invalid_message", f"the hub does not take {kind}", env.header.msg_id)
-        handler(Incoming(sock, identity, env, agent, now, bound))
+        handler(Incoming(sock, identity, env, agent, now, bound, packed))
 
     def _reachable(self, identity: bytes) -> bool:
         """Whether the control socket still has a connection with this routing id: a process that died (killed and
@@ -308,7 +370,8 @@ class Hub:
             outcome = "forbidden" if failed == "forbidden" else "stale"
         else:
             try:
-                outcome = self.ledger.complete(m.task_id, m.attempt, m.result, now, agent=name)  # committed first
+                outcome = self.ledger.complete(m.task_id, m.attempt, msg.packed or m.result, now,
+                                               agent=name)  # committed first
             except InvalidResult as e:
                 return self._refuse(msg.sock, msg.identity, "invalid_message", f"task {m.task_id}: {e}",
                                     msg.env.header.msg_id)
@@ -401,22 +464,40 @@ class Hub:
             if hold and self.waiters.add(Waiter(msg.sock, msg.identity, msg.env.header.msg_id, list(m.task_ids),
                                                 msg.now + m.wait_s, pending, any=wait_any)):
                 return
-        msg.reply(self, self._report(m.task_ids))
+        self._reply_report(msg.sock, msg.identity, list(m.task_ids), msg.env.header.msg_id)
 
-    def _report(self, task_ids: list[str]) -> TaskReport:
-        """The tasks' states, and their results while they fit one reply (a control message is at most 16 MiB;
-        a result left out is asked for again)."""
-        infos, room = [], _REPORT_BYTES
+    def _reply_report(self, sock: zmq.Socket, identity: bytes, task_ids: list[str], reply_to: str | None) -> None:
+        """A TaskReport on the tasks: their states, and their results while they fit one reply (a control message is
+        at most 16 MiB; a result left out is asked for again). Results adding up to more than OFFLOAD_BYTES are
+        loaded and encoded off the loop."""
+        infos: list[tuple[dict, StoredResult | None]] = []
+        room, size = _REPORT_BYTES, 0
         for task_id in task_ids:  # the first result always goes (it came in one message, it leaves in one)
-            record = self.ledger.task(task_id, max_result_bytes=room if room < _REPORT_BYTES else None)
+            record = self.ledger.task(task_id, max_result_bytes=room if room < _REPORT_BYTES else None, decode=False)
             if record is None:
-                infos.append(TaskInfo(task_id=task_id, state="unknown"))
+                infos.append(({"task_id": task_id, "state": "unknown"}, None))
                 continue
-            if record["result"] is not None:
+            stored = record.pop("result")
+            if stored is not None:
                 room -= record["result_bytes"]
-            infos.append(TaskInfo(task_id=task_id, state=record["state"], attempt=record["attempt"],
-                                  reason=record["reason"], result=record["result"]))
-        return TaskReport(tasks=infos)
+                size += record["result_bytes"]
+            infos.append(({k: record[k] for k in ("task_id", "state", "attempt", "reason")}, stored))
+        build = partial(_task_report, infos, self.ledger.blobs)
+        if size <= OFFLOAD_BYTES:
+            self._send(sock, identity, build(), reply_to=reply_to)
+            return
+        self.offload.submit(lambda: encode(build(), sender="hub", reply_to=reply_to),
+                            partial(self._send_encoded, sock, identity, reply_to))
+
+    def _send_encoded(self, sock: zmq.Socket, identity: bytes, reply_to: str | None, frames, error) -> None:
+        if error is not None:  # a result's blob gone from disk, say
+            self._failed(sock, identity, "task_report", reply_to, error)
+            return
+        try:
+            sock.send_multipart([identity, *frames], zmq.NOBLOCK)
+        except zmq.ZMQError as e:
+            self.send_failed += 1
+            self._last_send_error = e.errno
 
     def _answer_waiters(self, task_ids) -> None:
         """Answer held queries that the tasks now finished (done or dead) complete."""
@@ -426,7 +507,7 @@ class Hub:
                     self._answer(w)
 
     def _answer(self, w: Waiter) -> None:
-        self._send(w.sock, w.identity, self._report(w.task_ids), reply_to=w.msg_id)
+        self._reply_report(w.sock, w.identity, w.task_ids, w.msg_id)
 
     def on_status_query(self, msg: Incoming) -> None:
         msg.reply(self, self.status(msg.now))
@@ -531,3 +612,9 @@ class Hub:
         return StatusReply(hub_id=self.hub_id, policy_version=self.policy_version, agents=agents,
                            queues=self.ledger.queue_stats(), metrics=metrics)
 
+
+
+def _task_report(infos: list[tuple[dict, StoredResult | None]], blobs) -> TaskReport:
+    """The report's message, each stored result decoded (on the offload thread when they are large)."""
+    return TaskReport(tasks=[TaskInfo(**fields, result=stored_result(*stored, blobs) if stored else None)
+                             for fields, stored in infos])

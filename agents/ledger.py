@@ -21,8 +21,17 @@ another run's: a hub never starts an empty ledger in place of a lost one without
     leases = ledger.lease("generate", agent="solver-0", limit=1, lease_s=30, now=time.time())
     ledger.complete(task_id, leases[0].attempt, GenerateResult(samples=[...]), now=time.time())
 
-The SQL is plain (no SQLite-only types or upserts beyond INSERT OR IGNORE), so a server database can
-take its place later.
+What it keeps, and what it costs to ask:
+- each result's bytes once: in its task row, or for a result over INLINE_BYTES in a content-addressed file
+  beside the ledger (agents/blobs.py, RUN/blobs/); samples and verdicts are index rows (ids, version, score)
+  pointing into them, never second copies;
+- running tallies, updated in the transaction that changes what they count: tasks by kind and state
+  (`queue_stats`) and verdict scores by prompt source and policy version (`reward_by_version`), so the
+  questions `status` asks cost the same on a ledger of ten tasks or ten million;
+- task ids that grow with time (microseconds, then random digits), so new rows land at the end of every
+  index and inserts stay flat as tables grow.
+
+The SQL is plain (standard upserts, ON CONFLICT), so a server database can take its place.
 """
 
 from __future__ import annotations
@@ -30,14 +39,16 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import msgpack
 from pydantic import TypeAdapter
 
+from agents.blobs import BlobStore
 from protocol.messages import (
     RESULT_KIND_OF,
     TASK_KIND_OF,
@@ -57,6 +68,8 @@ RESULT_ADAPTER: TypeAdapter[ResultPayload] = TypeAdapter(ResultPayload)
 Outcome = Literal["accepted", "duplicate", "stale", "unknown", "forbidden"]
 PromptSet = Literal["train", "eval", "validation"]  # training prompts (seed, evolved), held-out test, validation
 MARKER = "ledger.id"  # in the run directory: the id of the run's ledger, written when the ledger is created
+INLINE_BYTES = 64 << 10  # a stored result larger than this goes to the blob store, not into its row
+TRAIN_SOURCES = ("seed", "evolved")  # the prompt sources a round's reward is measured on
 
 
 class LedgerError(RuntimeError):
@@ -71,7 +84,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (
     task_id TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL, attempt INTEGER NOT NULL,
     max_attempts INTEGER NOT NULL, agent TEXT, deadline REAL, priority INTEGER NOT NULL,
-    payload BLOB NOT NULL, result BLOB, reason TEXT, created REAL NOT NULL, updated REAL NOT NULL);
+    payload BLOB NOT NULL, result BLOB, reason TEXT, created REAL NOT NULL, updated REAL NOT NULL,
+    result_bytes INTEGER, result_blob TEXT);
 CREATE INDEX IF NOT EXISTS tasks_queue ON tasks (kind, state, priority, created);
 CREATE INDEX IF NOT EXISTS tasks_leases ON tasks (state, deadline);
 CREATE TABLE IF NOT EXISTS prompts (
@@ -79,10 +93,10 @@ CREATE TABLE IF NOT EXISTS prompts (
     difficulty INTEGER, round INTEGER, payload BLOB NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS samples (
     sample_id TEXT PRIMARY KEY, prompt_id TEXT NOT NULL, task_id TEXT NOT NULL, policy_version INTEGER NOT NULL,
-    text TEXT NOT NULL, payload BLOB NOT NULL, created REAL NOT NULL);
+    created REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS samples_prompt ON samples (prompt_id);
 CREATE TABLE IF NOT EXISTS verdicts (
-    sample_id TEXT PRIMARY KEY, score REAL NOT NULL, judgment TEXT, task_id TEXT NOT NULL, created REAL NOT NULL);
+    sample_id TEXT PRIMARY KEY, score REAL NOT NULL, task_id TEXT NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS submits (
     key TEXT PRIMARY KEY, task_ids TEXT NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS policies (
@@ -91,8 +105,17 @@ CREATE TABLE IF NOT EXISTS policies (
 CREATE TABLE IF NOT EXISTS metrics (
     name TEXT NOT NULL, value REAL NOT NULL, step INTEGER, policy_version INTEGER, task_id TEXT,
     created REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS metrics_name ON metrics (name, policy_version);
+CREATE TABLE IF NOT EXISTS task_counts (
+    kind TEXT NOT NULL, state TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (kind, state));
+CREATE TABLE IF NOT EXISTS rewards (
+    source TEXT NOT NULL, policy_version INTEGER NOT NULL, total REAL NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (source, policy_version));
 """
-SCHEMA_VERSION = "1"
+LATE_SCHEMA = """
+CREATE INDEX IF NOT EXISTS tasks_blob ON tasks (result_blob) WHERE result_blob IS NOT NULL;
+"""  # after a migration: the columns it indexes are new in schema 2
+SCHEMA_VERSION = "2"  # 2: results stored once (blobs), index-only samples and verdicts, tallies, metrics index
 
 
 @dataclass(frozen=True)
@@ -106,14 +129,17 @@ class Lease:
 
 class Ledger:
     def __init__(self, path: str | os.PathLike, *, max_attempts: int = 3, durable: bool = False,
-                 check: bool = True) -> None:
-        """`durable=True` also fsyncs every commit (synchronous=FULL): survives power loss, not just crashes.
-        `check` runs SQLite's quick_check first (it reads the whole file once): a damaged ledger raises LedgerError."""
+                 check: bool = True, blobs: str | os.PathLike | None = None) -> None:
+        """`durable=True` also fsyncs every commit (synchronous=FULL) and every blob: survives power loss, not just
+        crashes. `check` runs SQLite's quick_check first (it reads the whole file once): a damaged ledger raises
+        LedgerError. `blobs`: where results over INLINE_BYTES go (default: a `blobs` directory beside the file)."""
         self.path, self.max_attempts = Path(path), max_attempts
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.blobs = BlobStore(blobs if blobs is not None else self.path.parent / "blobs", durable=durable)
         # One owner at a time (the hub opens it in start() and hands it to its loop thread), so the
         # same-thread check would only forbid that hand-over; transactions are explicit below.
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._last_id_us = 0
         try:
             self._setup(durable, check)
         except sqlite3.DatabaseError as e:  # "file is not a database", "database disk image is malformed", ...
@@ -128,6 +154,7 @@ class Ledger:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.execute("PRAGMA cache_size=-65536")  # 64 MiB of pages: the indexes' upper levels stay in memory
         if check:
             problems = [row[0] for row in self.db.execute("PRAGMA quick_check(3)")]
             if problems != ["ok"]:
@@ -136,30 +163,45 @@ class Ledger:
         with self._tx():  # statement by statement: executescript would commit outside the transaction
             for statement in filter(str.strip, SCHEMA.split(";")):
                 self.db.execute(statement)
-            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
-            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('ledger_id', ?)", (os.urandom(8).hex(),))
-        found = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-        if found != SCHEMA_VERSION:
-            raise LedgerError(f"{self.path}: ledger schema {found}, this selfplay reads {SCHEMA_VERSION}")
+            self.db.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING", (SCHEMA_VERSION,))
+            self.db.execute("INSERT INTO meta VALUES ('ledger_id', ?) ON CONFLICT DO NOTHING", (os.urandom(8).hex(),))
+            found = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+            if found == "1":
+                _migrate_from_1(self.db)
+            elif found != SCHEMA_VERSION:
+                raise LedgerError(f"{self.path}: ledger schema {found}, this selfplay reads {SCHEMA_VERSION}")
+            for statement in filter(str.strip, LATE_SCHEMA.split(";")):
+                self.db.execute(statement)
         self.ledger_id: str = self.db.execute("SELECT value FROM meta WHERE key = 'ledger_id'").fetchone()[0]
 
     def _tx(self) -> _Transaction:
         return _Transaction(self.db)
 
-    def _any(self, query: str, args: tuple) -> bool:
-        """Whether a read finds a row. The hub is the ledger's one writer, so what it reads outside a
-        transaction still holds when its next transaction starts."""
-        return self.db.execute(query, args).fetchone() is not None
-
     def close(self) -> None:
         self.db.close()
+
+    def _new_ids(self, n: int, now: float) -> list[str]:
+        """Ids that sort by creation: 13 hex digits of microseconds (strictly increasing in this process), then 3
+        random ones (another process's ids in the same microsecond)."""
+        ids = []
+        for _ in range(n):
+            self._last_id_us = max(self._last_id_us + 1, int(now * 1e6))
+            ids.append(f"{self._last_id_us:013x}{os.urandom(2).hex()[:3]}")
+        return ids
+
+    def _move(self, kind: str, before: str | None, after: str, n: int = 1) -> None:
+        """Keep the task tally: `n` tasks of `kind` went from state `before` (None: new) to `after`."""
+        for state, delta in ((before, -n), (after, n)):
+            if state is not None and n:
+                self.db.execute("INSERT INTO task_counts VALUES (?, ?, ?)"
+                                " ON CONFLICT (kind, state) DO UPDATE SET n = n + excluded.n", (kind, state, delta))
 
     # ------------------------------------------------------------------ tasks
     def submit(self, tasks: list[TaskPayload], *, priority: int = 0, key: str | None = None,
                now: float | None = None) -> list[str]:
         """Queue `tasks`; their new ids. With a `key` seen before: that submission's ids, and nothing queued."""
         now = time.time() if now is None else now
-        ids = [os.urandom(8).hex() for _ in tasks]
+        ids = self._new_ids(len(tasks), now)
         with self._tx():
             if key is not None:
                 row = self.db.execute("SELECT task_ids FROM submits WHERE key = ?", (key,)).fetchone()
@@ -169,18 +211,23 @@ class Ledger:
                         raise ValueError(f"submit key {key[:64]!r} was used for {len(first)} tasks, not {len(tasks)}")
                     return first
                 self.db.execute("INSERT INTO submits VALUES (?, ?, ?)", (key, ",".join(ids), now))
+            kinds: Counter[str] = Counter()
             for task_id, task in zip(ids, tasks, strict=True):
+                kind = TASK_KIND_OF[task.kind]
+                kinds[kind] += 1
                 self.db.execute(
                     "INSERT INTO tasks (task_id, kind, state, attempt, max_attempts, priority, payload, created, updated)"
                     " VALUES (?, ?, 'queued', 0, ?, ?, ?, ?, ?)",
-                    (task_id, TASK_KIND_OF[task.kind], self.max_attempts, priority, _pack(task), now, now))
+                    (task_id, kind, self.max_attempts, priority, _pack(task), now, now))
                 if task.kind == "generate_task":
                     self._record_prompts(task.prompts, now)
+            for kind, n in kinds.items():
+                self._move(kind, None, "queued", n)
         return ids
 
     def lease(self, kind: TaskKind, agent: str, limit: int, lease_s: float, now: float) -> list[Lease]:
         """Up to `limit` queued tasks of `kind` (highest priority, then oldest) leased to `agent`."""
-        if limit <= 0 or not self._any("SELECT 1 FROM tasks WHERE kind = ? AND state = 'queued' LIMIT 1", (kind,)):
+        if limit <= 0 or not self.queued(kind):
             return []  # the hub asks on every turn of its loop: an empty queue costs a read, not a write lock
         with self._tx():
             rows = self.db.execute(
@@ -192,10 +239,13 @@ class Ledger:
                                 " WHERE task_id = ?", (attempt + 1, agent, now + lease_s, now, task_id))
                 task = TASK_ADAPTER.validate_python(_unpack(payload))
                 leases.append(Lease(task_id, attempt + 1, now + lease_s, task, previous))
+            self._move(kind, "queued", "leased", len(leases))
         return leases
 
-    def queued(self, kind: TaskKind) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM tasks WHERE kind = ? AND state = 'queued'", (kind,)).fetchone()[0]
+    def queued(self, kind: str) -> int:
+        """Tasks of `kind` waiting in the queue (a tally: one row read, however long the run)."""
+        row = self.db.execute("SELECT n FROM task_counts WHERE kind = ? AND state = 'queued'", (kind,)).fetchone()
+        return row[0] if row else 0
 
     def renew(self, task_id: str, attempt: int, agent: str, lease_s: float, now: float) -> float | None:
         """New deadline, or None when the lease is no longer this agent's (expired and re-leased, done)."""
@@ -209,21 +259,40 @@ class Ledger:
         """A lease whose assignment never left the hub (the agent was gone or full): back to the queue, with the
         attempt it would have used and the previous attempt's holder (whose late result still counts) given back."""
         with self._tx():
-            self.db.execute("UPDATE tasks SET state = 'queued', attempt = attempt - 1, agent = ?, deadline = NULL,"
-                            " updated = ? WHERE task_id = ? AND attempt = ? AND state = 'leased'",
-                            (lease.previous, now, lease.task_id, lease.attempt))
+            changed = self.db.execute(
+                "UPDATE tasks SET state = 'queued', attempt = attempt - 1, agent = ?, deadline = NULL,"
+                " updated = ? WHERE task_id = ? AND attempt = ? AND state = 'leased'",
+                (lease.previous, now, lease.task_id, lease.attempt)).rowcount
+            self._move(TASK_KIND_OF[lease.task.kind], "leased", "queued", changed)
 
     def reclaim(self, task_id: str, attempt: int, agent: str, lease_s: float, now: float) -> bool:
         """Give a requeued lease back to the agent that held it and holds its result (same attempt), if nobody
         else has leased it since. Used when an agent reconnects (after a hub restart, or a partition)."""
         with self._tx():
-            changed = self.db.execute(
-                "UPDATE tasks SET state = 'leased', deadline = ?, updated = ? WHERE task_id = ?"
-                " AND attempt = ? AND state = 'queued' AND agent = ?", (now + lease_s, now, task_id, attempt, agent)
-            ).rowcount
-        return bool(changed)
+            row = self.db.execute("SELECT kind FROM tasks WHERE task_id = ? AND attempt = ? AND state = 'queued'"
+                                  " AND agent = ?", (task_id, attempt, agent)).fetchone()
+            if row is None:
+                return False
+            self.db.execute("UPDATE tasks SET state = 'leased', deadline = ?, updated = ? WHERE task_id = ?",
+                            (now + lease_s, now, task_id))
+            self._move(row[0], "queued", "leased")
+        return True
 
-    def complete(self, task_id: str, attempt: int, result: ResultPayload, now: float,
+    def pack(self, result: ResultPayload) -> PackedResult:
+        """A result in its stored form, a large one already written to the blob store. Touches no table, so it
+        can run on any thread (the hub packs large results off its loop) before `complete` commits it."""
+        packed = _pack(result)
+        blob = self.blobs.put(packed) if len(packed) > INLINE_BYTES else None
+        return PackedResult(result, None if blob else packed, len(packed), blob)
+
+    def discard(self, packed: PackedResult) -> None:
+        """A packed result that was not recorded (refused, stale, a repeat): its blob goes, unless a task's row
+        names the same bytes."""
+        if packed.blob and self.db.execute("SELECT 1 FROM tasks WHERE result_blob = ? LIMIT 1",
+                                           (packed.blob,)).fetchone() is None:
+            self.blobs.delete(packed.blob)
+
+    def complete(self, task_id: str, attempt: int, result: ResultPayload | PackedResult, now: float,
                  agent: str | None = None) -> Outcome:
         """Record a result: committed (with its samples, verdicts, prompts or metrics) before returning. With an
         `agent`, only that agent's, if it holds the attempt ("forbidden" otherwise). A result of the wrong kind, or
@@ -240,9 +309,14 @@ class Ledger:
                 return "stale"
             if agent is not None and holder != agent:
                 return "forbidden"
+            packed = result if isinstance(result, PackedResult) else None
+            result = packed.result if packed else result
             _check_result(task_id, attempt, kind, payload, result, self.policy_version)
-            self.db.execute("UPDATE tasks SET state = 'done', result = ?, deadline = NULL, updated = ?"
-                            " WHERE task_id = ?", (_pack(result), now, task_id))  # agent kept: who did it
+            packed = packed or self.pack(result)
+            self.db.execute("UPDATE tasks SET state = 'done', result = ?, result_bytes = ?, result_blob = ?,"
+                            " deadline = NULL, updated = ? WHERE task_id = ?",  # agent kept: who did it
+                            (packed.inline, packed.num_bytes, packed.blob, now, task_id))
+            self._move(kind, state, "done")
             self._record_result(task_id, result, now)
         return "accepted"
 
@@ -251,69 +325,76 @@ class Ledger:
         """An agent gives up: back to the queue (retryable, attempts left) or DEAD. Returns the new state; None when
         the attempt is no longer leased; "forbidden" when another agent holds it (with `agent` given)."""
         with self._tx():
-            row = self.db.execute("SELECT attempt, max_attempts, agent FROM tasks WHERE task_id = ? AND state = 'leased'",
-                                  (task_id,)).fetchone()
+            row = self.db.execute("SELECT attempt, max_attempts, agent, kind FROM tasks WHERE task_id = ?"
+                                  " AND state = 'leased'", (task_id,)).fetchone()
             if row is None or row[0] != attempt:
                 return None
             if agent is not None and row[2] != agent:
                 return "forbidden"
             state = "queued" if retryable and row[0] < row[1] else "dead"
-            self._set_state(task_id, state, reason, now)
+            self._set_state(task_id, row[3], state, reason, now)
         return state
 
     def expire(self, now: float) -> list[tuple[str, str]]:
         """Leases past their deadline go back to the queue, or DEAD once out of attempts."""
-        if not self._any("SELECT 1 FROM tasks WHERE state = 'leased' AND deadline < ? LIMIT 1", (now,)):
-            return []  # the usual case, checked on every turn of the hub's loop without taking the write lock
+        if self.db.execute("SELECT 1 FROM tasks WHERE state = 'leased' AND deadline < ? LIMIT 1", (now,)).fetchone() \
+                is None:  # the usual case, checked on every turn of the hub's loop without taking the write lock
+            return []
         with self._tx():
-            rows = self.db.execute("SELECT task_id, attempt, max_attempts FROM tasks WHERE state = 'leased'"
+            rows = self.db.execute("SELECT task_id, attempt, max_attempts, kind FROM tasks WHERE state = 'leased'"
                                    " AND deadline < ?", (now,)).fetchall()
-            return [(task_id, self._requeue_or_bury(task_id, attempt, limit, "lease expired", now))
-                    for task_id, attempt, limit in rows]
+            return [(task_id, self._requeue_or_bury(task_id, kind, attempt, limit, "lease expired", now))
+                    for task_id, attempt, limit, kind in rows]
 
     def release_agent(self, agent: str, now: float) -> list[tuple[str, str]]:
         """Every lease of a dead agent goes back to the queue (or DEAD once out of attempts)."""
         with self._tx():
-            rows = self.db.execute("SELECT task_id, attempt, max_attempts FROM tasks WHERE state = 'leased'"
+            rows = self.db.execute("SELECT task_id, attempt, max_attempts, kind FROM tasks WHERE state = 'leased'"
                                    " AND agent = ?", (agent,)).fetchall()
-            return [(task_id, self._requeue_or_bury(task_id, attempt, limit, f"agent {agent} died", now))
-                    for task_id, attempt, limit in rows]
+            return [(task_id, self._requeue_or_bury(task_id, kind, attempt, limit, f"agent {agent} died", now))
+                    for task_id, attempt, limit, kind in rows]
 
     def recover(self, now: float) -> int:
         """At hub start: leases held by the previous incarnation return to the queue, attempts and holders kept."""
         with self._tx():
-            return self.db.execute("UPDATE tasks SET state = 'queued', deadline = NULL, updated = ?"
-                                   " WHERE state = 'leased'", (now,)).rowcount
+            kinds = self.db.execute("SELECT kind, COUNT(*) FROM tasks WHERE state = 'leased' GROUP BY kind").fetchall()
+            self.db.execute("UPDATE tasks SET state = 'queued', deadline = NULL, updated = ? WHERE state = 'leased'",
+                            (now,))
+            for kind, n in kinds:
+                self._move(kind, "leased", "queued", n)
+        return sum(n for _, n in kinds)
 
-    def _requeue_or_bury(self, task_id: str, attempt: int, max_attempts: int, reason: str, now: float) -> str:
+    def _requeue_or_bury(self, task_id: str, kind: str, attempt: int, max_attempts: int, reason: str,
+                         now: float) -> str:
         state = "queued" if attempt < max_attempts else "dead"
-        self._set_state(task_id, state, f"{reason} (attempt {attempt} of {max_attempts})", now)
+        self._set_state(task_id, kind, state, f"{reason} (attempt {attempt} of {max_attempts})", now)
         return state
 
-    def _set_state(self, task_id: str, state: str, reason: str, now: float) -> None:
-        """Requeue or bury; `agent` keeps the last holder, whose late result of the same attempt still counts."""
+    def _set_state(self, task_id: str, kind: str, state: str, reason: str, now: float) -> None:
+        """A leased task requeued or buried; `agent` keeps the last holder, whose late result of the same attempt
+        still counts."""
         self.db.execute("UPDATE tasks SET state = ?, reason = ?, deadline = NULL, updated = ?"
                         " WHERE task_id = ?", (state, reason, now, task_id))
+        self._move(kind, "leased", state)
 
     # ------------------------------------------------------------------ domain records
     def _record_prompts(self, prompts: list[Prompt], now: float, round_: int | None = None) -> None:
         for p in prompts:
-            self.db.execute("INSERT OR IGNORE INTO prompts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            self.db.execute("INSERT INTO prompts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                             (p.prompt_id, p.text, p.source, p.parent_id, p.mutation, p.difficulty, round_,
                              _pack(p), now))
 
     def _record_result(self, task_id: str, result: ResultPayload, now: float) -> None:
+        """Index rows of a result (its bytes are stored once, in the task's row or blob), and the tallies."""
         if isinstance(result, GenerateResult):
             for s in result.samples:
-                try:  # not OR IGNORE: a sample id another task holds is refused, never shadowed
-                    self.db.execute("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                    (s.sample_id, s.prompt_id, task_id, s.policy_version, s.text, _pack(s), now))
+                try:  # not ON CONFLICT DO NOTHING: a sample id another task holds is refused, never shadowed
+                    self.db.execute("INSERT INTO samples VALUES (?, ?, ?, ?, ?)",
+                                    (s.sample_id, s.prompt_id, task_id, s.policy_version, now))
                 except sqlite3.IntegrityError:
                     raise InvalidResult(f"sample id {s.sample_id!r} belongs to another task") from None
         elif isinstance(result, JudgeResult):
-            for v in result.verdicts:
-                self.db.execute("INSERT OR IGNORE INTO verdicts VALUES (?, ?, ?, ?, ?)",
-                                (v.sample_id, v.score, v.judgment, task_id, now))
+            self._record_verdicts(task_id, result, now)
         elif isinstance(result, CreateResult):
             self._record_prompts(result.prompts, now, result.round)
         elif isinstance(result, TrainingReport):
@@ -321,9 +402,27 @@ class Ledger:
                 self.db.execute("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?)",
                                 (name, value, result.step, result.policy_version, task_id, now))
 
+    def _record_verdicts(self, task_id: str, result: JudgeResult, now: float) -> None:
+        """Each new verdict's row, and its score added to the tally of its sample's version and prompt source."""
+        tally: dict[tuple[str, int], list[float]] = {}
+        for v in result.verdicts:
+            if not self.db.execute("INSERT INTO verdicts VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                                   (v.sample_id, v.score, task_id, now)).rowcount:
+                continue  # judged before (by another task): counted then
+            row = self.db.execute("SELECT p.source, s.policy_version FROM samples s JOIN prompts p"
+                                  " ON p.prompt_id = s.prompt_id WHERE s.sample_id = ?", (v.sample_id,)).fetchone()
+            if row is not None:
+                total = tally.setdefault(row, [0.0, 0])
+                total[0] += v.score
+                total[1] += 1
+        for (source, version), (total, n) in tally.items():
+            self.db.execute("INSERT INTO rewards VALUES (?, ?, ?, ?) ON CONFLICT (source, policy_version)"
+                            " DO UPDATE SET total = total + excluded.total, n = n + excluded.n",
+                            (source, version, total, n))
+
     def record_policy(self, version: int, parent_version: int, path: str | None, num_bytes: int, now: float) -> None:
         with self._tx():
-            self.db.execute("INSERT OR IGNORE INTO policies VALUES (?, ?, ?, ?, ?)",
+            self.db.execute("INSERT INTO policies VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                             (version, parent_version, path, num_bytes, now))
 
     # ------------------------------------------------------------------ queries
@@ -337,12 +436,13 @@ class Ledger:
         return restores(self.db)
 
     def queue_stats(self) -> dict[str, QueueStats]:
+        """task kind -> tasks in each state (the tally: as cheap at ten million tasks as at ten)."""
         stats: dict[str, dict[str, int]] = {}
-        for kind, state, count in self.db.execute("SELECT kind, state, COUNT(*) FROM tasks GROUP BY kind, state"):
+        for kind, state, count in self.db.execute("SELECT kind, state, n FROM task_counts"):
             stats.setdefault(kind, {})[state] = count
         return {kind: QueueStats(**counts) for kind, counts in stats.items()}
 
-    def states(self, task_ids) -> dict[str, str]:
+    def states(self, task_ids: Iterable[str]) -> dict[str, str]:
         """task id -> state, for those of `task_ids` the ledger has."""
         ids = list(task_ids)
         found: dict[str, str] = {}
@@ -352,19 +452,22 @@ class Ledger:
             found |= dict(self.db.execute(f"SELECT task_id, state FROM tasks WHERE task_id IN ({marks})", chunk))
         return found
 
-    def task(self, task_id: str, max_result_bytes: int | None = None) -> dict | None:
+    def task(self, task_id: str, max_result_bytes: int | None = None, decode: bool = True) -> dict | None:
         """A task's record; its result decoded unless larger than `max_result_bytes` (then None; `result_bytes`
-        says how large it is either way)."""
+        says how large it is either way). With decode=False the result is where it is stored (a StoredResult),
+        for `stored_result` to decode elsewhere."""
         row = self.db.execute(
-            "SELECT task_id, kind, state, attempt, agent, deadline, reason, length(result),"
-            " CASE WHEN ?1 IS NULL OR length(result) <= ?1 THEN result END FROM tasks WHERE task_id = ?2",
-            (max_result_bytes, task_id)).fetchone()
+            "SELECT task_id, kind, state, attempt, agent, deadline, reason, result_bytes, result, result_blob"
+            " FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         if row is None:
             return None
-        keys = ("task_id", "kind", "state", "attempt", "agent", "deadline", "reason", "result_bytes", "result")
-        record = dict(zip(keys, row, strict=True))
-        record["result_bytes"] = record["result_bytes"] or 0
-        record["result"] = RESULT_ADAPTER.validate_python(_unpack(record["result"])) if record["result"] else None
+        keys = ("task_id", "kind", "state", "attempt", "agent", "deadline", "reason", "result_bytes")
+        record = dict(zip(keys, row[:8], strict=True))
+        record["result_bytes"] = size = record["result_bytes"] or 0
+        inline, blob = row[8], row[9]
+        stored = StoredResult(inline, blob) if (inline is not None or blob) and (
+            max_result_bytes is None or size <= max_result_bytes) else None
+        record["result"] = stored_result(*stored, self.blobs) if stored and decode else stored
         return record
 
     def prompts(self, source: str | None = None) -> list[Prompt]:
@@ -374,16 +477,37 @@ class Ledger:
         return [Prompt.model_validate(_unpack(p)) for (p,) in self.db.execute(query + " ORDER BY created", args)]
 
 
+@dataclass(frozen=True)
+class PackedResult:
+    """A result in its stored form (Ledger.pack): its bytes inline, or the digest of the blob holding them."""
+
+    result: ResultPayload
+    inline: bytes | None
+    num_bytes: int
+    blob: str | None
+
+
+class StoredResult(NamedTuple):
+    """Where a result's bytes are: in its row (`inline`) or in the blob store (`blob`, a digest)."""
+
+    inline: bytes | None
+    blob: str | None
+
+
+def stored_result(inline: bytes | None, blob: str | None, blobs: BlobStore) -> ResultPayload:
+    """A stored result decoded, from its row's bytes or its blob."""
+    return RESULT_ADAPTER.validate_python(_unpack(inline if inline is not None else blobs.get(blob)))
+
+
 def reward_by_version(db: sqlite3.Connection, prompts: PromptSet = "train") -> dict[int, tuple[float, int]]:
     """policy version -> (mean verdict score, samples judged) of the samples it produced, versions in order: on the
     training prompts (seed and evolved: a round's reward), the held-out test prompts ("eval") or the validation
-    prompts the creator promotes versions on."""
-    sources = ("seed", "evolved") if prompts == "train" else (prompts,)
+    prompts the creator promotes versions on. Read from the tallies: rows per version, not per verdict."""
+    sources = TRAIN_SOURCES if prompts == "train" else (prompts,)
     rows = db.execute(
-        "SELECT s.policy_version, AVG(v.score), COUNT(*) FROM verdicts v JOIN samples s ON s.sample_id = v.sample_id"
-        f" JOIN prompts p ON p.prompt_id = s.prompt_id WHERE p.source IN ({', '.join('?' * len(sources))})"
-        " GROUP BY s.policy_version ORDER BY s.policy_version", sources)
-    return {version: (mean, count) for version, mean, count in rows}
+        "SELECT policy_version, SUM(total), SUM(n) FROM rewards"
+        f" WHERE source IN ({', '.join('?' * len(sources))}) GROUP BY policy_version ORDER BY policy_version", sources)
+    return {version: (total / count, count) for version, total, count in rows if count}
 
 
 def restores(db: sqlite3.Connection) -> dict[int, int]:
@@ -439,6 +563,21 @@ def open_run_ledger(run_dir: str | os.PathLike, *, max_attempts: int = 3, check:
         tmp.write_text(ledger.ledger_id + "\n")
         os.replace(tmp, marker)
     return ledger
+
+
+def _migrate_from_1(db: sqlite3.Connection) -> None:
+    """Schema 1 -> 2, once, inside the opening transaction: the tallies counted from the rows (the one time the
+    whole ledger is read), the second copies of samples' and verdicts' data dropped, result sizes recorded."""
+    db.execute("ALTER TABLE tasks ADD COLUMN result_bytes INTEGER")
+    db.execute("ALTER TABLE tasks ADD COLUMN result_blob TEXT")
+    db.execute("UPDATE tasks SET result_bytes = length(result) WHERE result IS NOT NULL")
+    db.execute("INSERT INTO task_counts SELECT kind, state, COUNT(*) FROM tasks GROUP BY kind, state")
+    db.execute("INSERT INTO rewards SELECT p.source, s.policy_version, SUM(v.score), COUNT(*) FROM verdicts v"
+               " JOIN samples s ON s.sample_id = v.sample_id JOIN prompts p ON p.prompt_id = s.prompt_id"
+               " GROUP BY p.source, s.policy_version")
+    for table, column in (("samples", "text"), ("samples", "payload"), ("verdicts", "judgment")):
+        db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
 
 
 def _check_result(task_id: str, attempt: int, kind: str, payload: bytes, result: ResultPayload,

@@ -20,7 +20,8 @@ from typing import NamedTuple
 
 import msgpack
 
-from agents.ledger import RESULT_ADAPTER, TASK_ADAPTER, PromptSet, restores, reward_by_version
+from agents.blobs import BlobStore
+from agents.ledger import TASK_ADAPTER, PromptSet, restores, reward_by_version, stored_result
 from protocol.messages import ResultPayload, TrainTask
 
 
@@ -141,7 +142,7 @@ class LedgerReader:
 
     def tasks(self, kind: str | None = None) -> list[TaskRow]:
         """Every task (or every one of `kind`: 'generate', 'judge', 'train', 'create'), oldest first."""
-        query, args = ("SELECT task_id, kind, state, attempt, reason, result IS NOT NULL, created, updated"
+        query, args = ("SELECT task_id, kind, state, attempt, reason, result_bytes IS NOT NULL, created, updated"
                        " FROM tasks"), ()
         if kind is not None:
             query, args = query + " WHERE kind = ?", (kind,)
@@ -151,7 +152,7 @@ class LedgerReader:
 
     def result(self, task_id: str) -> ResultPayload | None:
         """A task's stored result, decoded; None for an unknown task or one without a result."""
-        row = self.db.execute("SELECT result FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-        if row is None or row[0] is None:
+        row = self.db.execute("SELECT result, result_blob FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        if row is None or (row[0] is None and row[1] is None):
             return None
-        return RESULT_ADAPTER.validate_python(msgpack.unpackb(row[0], raw=False))
+        return stored_result(row[0], row[1], BlobStore(self.path.parent / "blobs"))

@@ -151,7 +151,8 @@ def test_results_fill_the_domain_tables(ledger):
     [row] = ledger.db.execute("SELECT parent_id, mutation, round FROM prompts WHERE prompt_id = 'p2'").fetchall()
     assert row == ("p1", "add_constraint", 1)
     assert ledger.prompts("evolved") == [evolved]
-    assert ledger.db.execute("SELECT score, judgment FROM verdicts").fetchall() == [(0.5, "close")]
+    assert ledger.db.execute("SELECT sample_id, score FROM verdicts").fetchall() == [("s1", 0.5)]
+    assert ledger.task(t_judge)["result"].verdicts[0].judgment == "close"  # the text is kept once, in the result
     assert ledger.db.execute("SELECT name, value, step, policy_version FROM metrics").fetchall() == [("loss", 0.6, 7, 3)]
     assert ledger.policy_version() == 3
 

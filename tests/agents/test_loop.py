@@ -12,6 +12,7 @@ from agents.backends.hf import HFGenerator
 from agents.backends.scoring import AnswerVerifier, RewardModelScorer
 from agents.creator import Creator, CreatorConfig
 from agents.judge import Judge
+from agents.ledger_query import LedgerReader
 from agents.solver import Solver
 from agents.trainer_agent import TrainerAgent
 from protocol.messages import Prompt
@@ -186,9 +187,8 @@ def test_cut_online_with_written_judgments(world):
     [report] = creator.run(rounds=1)
     assert report.policy_version == 1 and report.examples == 12  # every answer, with its judgment
     assert {"l1", "l2", "flagged_fraction"} <= set(report.metrics)
-    db = world.db()
-    judgments = [row[0] for row in db.execute("SELECT judgment FROM verdicts")]
-    db.close()
+    with LedgerReader.for_run(world.r.hub.run_dir) as ledger:
+        judgments = [v.judgment for task in ledger.tasks("judge") for v in ledger.result(task.task_id).verdicts]
     assert len(judgments) == 12 and all(j and (j == "Correct." or j.startswith("Incorrect: the answer is"))
                                         for j in judgments)
 
