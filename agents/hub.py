@@ -142,6 +142,11 @@ class Hub:
         self.waiters = Waiters()  # task queries held until their tasks finish (TaskQuery.wait_s)
         self.followers: set[bytes] = set()  # data-socket identities pushed every new policy (PolicyFetch.follow)
         self._held: dict[bytes, list] = {}  # a sender with a message off the loop -> its later messages, in order
+        # task kind -> agents (by identity, in the order they became so) that dispatch may give work: idle ones,
+        # ones with credit left, and every one serving the kind that is not overdue (see _index)
+        self._idle: dict[str, dict[bytes, None]] = {}
+        self._spare: dict[str, dict[bytes, None]] = {}
+        self._serving: dict[str, dict[bytes, None]] = {}
 
     # ------------------------------------------------------------------ start / stop
     def start(self) -> None:
@@ -334,6 +339,7 @@ class Hub:
                                 f"connection has been silent {window:g} s (two processes with one name?)", msg_id)
         if previous is not None:  # restarted or reconnected (a new connection): its old leases go back to the queue
             self.agents.pop(previous.identity, None)
+            self._index(previous, present=False)
             self.waiters.drop(previous.identity)
             self.ledger.release_agent(previous.name, now)
         state = AgentState(m.name, m.role, msg.identity, m.capacity, list(m.task_kinds), now, m.policy_version,
@@ -342,6 +348,7 @@ class Hub:
             if self.ledger.reclaim(ref.task_id, ref.attempt, m.name, self.config.lease_s, now):
                 state.in_flight.add((ref.task_id, ref.attempt))
         self.agents[msg.identity] = state
+        self._index(state)
         log.info("agent ready", name=m.name, role=m.role, capacity=m.capacity, kinds=m.task_kinds)
         msg.reply(self, Welcome(hub_id=self.hub_id, heartbeat_interval_s=self.config.heartbeat_interval_s,
                                 policy_version=self.policy_version))
@@ -397,10 +404,25 @@ class Hub:
         msg.reply(self, Ack(task_id=m.task_id, attempt=m.attempt, status="accepted"))
         self._answer_waiters([m.task_id])  # dead if that was its last attempt
 
-    @staticmethod
-    def _settled(agent: AgentState, task_id: str, attempt: int) -> None:
+    def _settled(self, agent: AgentState, task_id: str, attempt: int) -> None:
         agent.in_flight.discard((task_id, attempt))
         agent.overdue.discard((task_id, attempt))
+        if self.agents.get(agent.identity) is agent:
+            self._index(agent)
+
+    def _index(self, agent: AgentState, present: bool = True) -> None:
+        """File the agent under its task kinds by what it can take now: idle (nothing in flight), spare (credit
+        left) or neither, and whether it counts as serving the kind (not overdue). Called at every change of an
+        agent's work, so dispatch reads these instead of walking every agent."""
+        for kind in agent.task_kinds:
+            for index in (self._idle, self._spare, self._serving):
+                index.setdefault(kind, {}).pop(agent.identity, None)
+            if present and not agent.overdue:
+                self._serving[kind][agent.identity] = None
+                if not agent.in_flight:
+                    self._idle[kind][agent.identity] = None
+                elif len(agent.in_flight) < agent.capacity:
+                    self._spare[kind][agent.identity] = None
 
     def on_submit(self, msg: Incoming) -> None:
         m = msg.env.message
@@ -527,7 +549,10 @@ class Hub:
             # gets no new work (not even its own task back) until it answers (acked stale) or is buried.
             ids = {task_id for task_id, _ in expired}
             for agent in self.agents.values():
-                agent.overdue |= {key for key in agent.in_flight if key[0] in ids}
+                late = {key for key in agent.in_flight if key[0] in ids}
+                if late:
+                    agent.overdue |= late
+                    self._index(agent)
         silent = now - self.config.heartbeat_interval_s * self.config.liveness
         for identity in [i for i, a in self.agents.items() if a.last_seen < silent]:
             self._bury(identity, now, "silent")
@@ -545,6 +570,7 @@ class Hub:
         agent = self.agents.pop(identity, None)
         self.waiters.drop(identity)
         if agent is not None:
+            self._index(agent, present=False)
             released = self.ledger.release_agent(agent.name, now)
             log.warning("agent gone", name=agent.name, why=why, requeued=len(released))
 
@@ -553,26 +579,34 @@ class Hub:
         task. Then a busy agent with credit left gets more (they wait at the agent, so its next task does
         not wait on a round trip to the hub) only while every other agent of the kind still has a task
         waiting in the queue: a task held by a busy agent never keeps another agent idle. An agent that let a
-        lease expire gets nothing until it answers for it."""
-        agents = [a for a in self.agents.values() if not a.overdue]
-        for agent in agents:
-            for kind in agent.task_kinds:
-                if agent.in_flight or not self._lease(agent, kind, 1, now):
-                    break  # it has its one, or it is gone or full: nothing more for it now
-        serving = Counter(kind for a in agents for kind in a.task_kinds)  # agents per task kind
-        for agent in agents:
-            if not agent.in_flight or self.agents.get(agent.identity) is not agent:  # idle (its queues are
-                continue  # empty), or buried just now
-            for kind in agent.task_kinds:
-                free = agent.capacity - len(agent.in_flight)
-                if free <= 0:
+        lease expire gets nothing until it answers for it. The cost is one tally read per kind with agents to
+        feed, plus the leases made: it does not grow with the number of agents."""
+        for kind, idle in self._idle.items():
+            spare = self._spare[kind]
+            if not idle and not spare:
+                continue  # every agent of the kind is full (or there are none): nothing to ask the ledger
+            queued = self.ledger.queued(kind)
+            for identity in list(idle) if queued else ():
+                if self._lease(self.agents[identity], kind, 1, now):  # it leaves `idle`
+                    queued -= 1
+                elif not self.ledger.queued(kind):
+                    queued = 0  # the queue ran dry (else this agent was gone or full: the next one may take it)
+                if not queued:
                     break
-                extra = min(free, self.ledger.queued(kind) - (serving[kind] - 1))  # one left for each other
-                if extra > 0 and not self._lease(agent, kind, extra, now):
+            others = len(self._serving[kind]) - 1  # one left in the queue for each other agent first
+            for identity in list(spare) if queued - others > 0 else ():
+                if queued - others <= 0:
                     break
+                agent = self.agents[identity]
+                extra = min(agent.capacity - len(agent.in_flight), queued - others)
+                if not self._lease(agent, kind, extra, now):
+                    break
+                queued -= extra
 
     def _lease(self, agent: AgentState, kind: str, limit: int, now: float) -> bool:
-        return self._assign(agent, self.ledger.lease(kind, agent.name, limit, self.config.lease_s, now), now)
+        """Lease up to `limit` tasks to the agent; False when none was sent (the queue empty, the agent gone)."""
+        leases = self.ledger.lease(kind, agent.name, limit, self.config.lease_s, now)
+        return bool(leases) and self._assign(agent, leases, now)
 
     def _assign(self, agent: AgentState, leases: list, now: float) -> bool:
         """Send the leases' assignments. At the first that cannot be sent, it and the rest go back to the queue
@@ -587,6 +621,7 @@ class Hub:
                     self._bury(agent.identity, now, "unreachable")
                 return False
             agent.in_flight.add((lease.task_id, lease.attempt))
+            self._index(agent)
         return True
 
     def status(self, now: float) -> StatusReply:

@@ -2,12 +2,13 @@
 
 import threading
 import time
+from collections import Counter
 
 import pytest
 import torch
 import zmq
 
-from agents.hub import Hub, HubConfig
+from agents.hub import AgentState, Hub, HubConfig
 from agents.ledger import Ledger
 from protocol import keys
 from protocol.messages import (
@@ -427,3 +428,29 @@ def _creator(r):
     creator = r.client("creator-0")
     creator.ready("creator", kinds=())
     return creator
+
+
+def test_dispatch_asks_the_ledger_nothing_for_agents_that_cannot_take_work(tmp_path):
+    """Dispatch reads the agents filed by what they can take, not every agent: with 300 solvers full or waiting
+    their turn, a turn costs at most one tally read, however many agents there are."""
+    hub = Hub(HubConfig(run_dir=str(tmp_path / "run")), zmq.Context())
+    hub.start()
+    calls = Counter()
+    for method in ("queued", "lease"):
+        real = getattr(hub.ledger, method)
+        setattr(hub.ledger, method, lambda *a, _real=real, _name=method, **k: calls.update([_name]) or _real(*a, **k))
+    hub.ledger.submit([GenerateTask(prompts=[PROMPT])] * 5, now=0)
+    agents = [AgentState(f"solver-{i}", "solver", f"solver-{i}".encode(), 2, ["generate"], time.time(),
+                         in_flight={(f"t{i}", 1)}) for i in range(300)]
+    for agent in agents:  # each holds one of its two: credit left, but 5 queued < one for each of the others
+        hub.agents[agent.identity] = agent
+        hub._index(agent)
+    hub.dispatch(time.time())
+    assert calls == {"queued": 1} and hub.ledger.queue_stats()["generate"].queued == 5
+    for agent in agents:  # now full
+        agent.in_flight.add(("u", 1))
+        hub._index(agent)
+    calls.clear()
+    hub.dispatch(time.time())
+    assert calls == {}
+    hub.close()
