@@ -42,6 +42,7 @@ from agents.adapter_store import AdapterStore
 from agents.admission import ready_refusal, sender_refusal
 from agents.ledger import InvalidResult, PackedResult, StoredResult, open_run_ledger, stored_result
 from agents.offload import Offload
+from agents.retention import Retention
 from agents.waiters import Waiter, Waiters
 from protocol import keys
 from protocol.codec import Envelope, ProtocolError, decode, encode
@@ -83,6 +84,15 @@ class HubSettings(Strict):
     max_staleness: int = Field(0, ge=0, description="Policy versions a sample may lag behind and still count.")
     keep_adapters: int = Field(5, ge=1, description="Newest published adapters kept on disk.")
     keep_every: int = Field(10, ge=1, description="Also keep every M-th version (for later evaluation).")
+    retention: bool = Field(True, description="Move finished tasks out of the ledger into RUN/archive/ (gzip JSONL "
+                                              "shards, readable with `datasets`) once they are old: docs/ledger.md.")
+    archive_after_s: float = Field(21600.0, gt=0, description="Finished tasks are archived this long after they "
+                                                             "finished (with retention on).")
+    ledger_max_mb: float | None = Field(None, gt=0, description="While the ledger (file, WAL and blobs) is larger, "
+                                                               "finished tasks are archived once archive_min_age_s old.")
+    archive_min_age_s: float = Field(600.0, ge=0, description="Finished tasks younger than this stay in the ledger "
+                                                              "whatever its size (a restarted creator asks for them).")
+    retention_every_s: float = Field(30.0, gt=0, description="How often a retention pass may start.")
     check_ledger: bool = Field(True, description="Run SQLite's quick_check on the ledger at start (reads it once; "
                                                  "a damaged ledger stops the hub with one line instead of serving).")
 
@@ -164,6 +174,11 @@ class Hub:
         self.data = hub_socket(self.ctx, self._endpoint(self.config.data, "data"), "data", curve=curve)
         self.endpoints = {"control": self.control.last_endpoint.decode(), "data": self.data.last_endpoint.decode()}
         self.offload = Offload(self.ctx)
+        c = self.config
+        self.retention = Retention(self.ledger, self.run_dir, self.offload,
+                                   archive_after_s=c.archive_after_s if c.retention else None,
+                                   ledger_max_mb=c.ledger_max_mb if c.retention else None,
+                                   archive_min_age_s=c.archive_min_age_s, every_s=c.retention_every_s)
         self.policy_version = self.ledger.policy_version()
         log.info("hub started", hub_id=self.hub_id, requeued=requeued, policy_version=self.policy_version,
                  **self.endpoints, config=self.config.model_dump())
@@ -565,6 +580,7 @@ class Hub:
             if self.waiters:  # tasks that died another way (a lease expired on its last attempt, ...)
                 self._answer_waiters(sorted(self.waiters.pending()))
         self.dispatch(now)
+        self.retention.tick(now)
 
     def _bury(self, identity: bytes, now: float, why: str) -> None:
         agent = self.agents.pop(identity, None)
@@ -635,6 +651,10 @@ class Hub:
         metrics["results_per_s"] = sum(self.done.values()) / uptime
         metrics["send_failed"], metrics["received"] = float(self.send_failed), float(self.received)
         metrics["housekeeping_errors"] = float(self.errors)
+        totals = self.ledger.totals()
+        metrics["ledger_bytes"] = float(self.ledger.size_bytes())
+        metrics["ledger_blob_bytes"] = float(totals.get("blob_bytes", 0))
+        metrics["archived_tasks"] = float(totals.get("archived_tasks", 0))
         for version, (mean, count) in self.ledger.reward_by_version().items():
             metrics[f"reward_mean.v{version}"] = mean
             metrics[f"reward_count.v{version}"] = float(count)

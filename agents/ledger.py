@@ -114,6 +114,10 @@ CREATE TABLE IF NOT EXISTS rewards (
 """
 LATE_SCHEMA = """
 CREATE INDEX IF NOT EXISTS tasks_blob ON tasks (result_blob) WHERE result_blob IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (updated) WHERE state IN ('done', 'dead');
+CREATE INDEX IF NOT EXISTS samples_task ON samples (task_id);
+CREATE INDEX IF NOT EXISTS verdicts_task ON verdicts (task_id);
+CREATE TABLE IF NOT EXISTS totals (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """  # after a migration: the columns it indexes are new in schema 2
 SCHEMA_VERSION = "2"  # 2: results stored once (blobs), index-only samples and verdicts, tallies, metrics index
 
@@ -155,6 +159,9 @@ class Ledger:
         self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.execute("PRAGMA cache_size=-65536")  # 64 MiB of pages: the indexes' upper levels stay in memory
+        self.db.execute("PRAGMA journal_size_limit=67108864")  # the WAL file shrinks back to 64 MiB after checkpoints
+        if self.db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0:  # a new file: pages freed by
+            self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # retention can go back to the disk (prune)
         if check:
             problems = [row[0] for row in self.db.execute("PRAGMA quick_check(3)")]
             if problems != ["ok"]:
@@ -195,6 +202,19 @@ class Ledger:
             if state is not None and n:
                 self.db.execute("INSERT INTO task_counts VALUES (?, ?, ?)"
                                 " ON CONFLICT (kind, state) DO UPDATE SET n = n + excluded.n", (kind, state, delta))
+
+    def _add(self, name: str, value: int) -> None:
+        self.db.execute("INSERT INTO totals VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                        (name, value))
+
+    def totals(self) -> dict[str, int]:
+        """Running totals: blob_bytes (results held as blobs), archived_tasks, archived_bytes (results archived)."""
+        return dict(self.db.execute("SELECT name, value FROM totals"))
+
+    def size_bytes(self) -> int:
+        """The ledger on disk: its file, its WAL and its blobs (from the running total: no directory walk)."""
+        files = sum(p.stat().st_size for p in (self.path, self.path.with_name(self.path.name + "-wal")) if p.exists())
+        return files + self.totals().get("blob_bytes", 0)
 
     # ------------------------------------------------------------------ tasks
     def submit(self, tasks: list[TaskPayload], *, priority: int = 0, key: str | None = None,
@@ -316,6 +336,8 @@ class Ledger:
             self.db.execute("UPDATE tasks SET state = 'done', result = ?, result_bytes = ?, result_blob = ?,"
                             " deadline = NULL, updated = ? WHERE task_id = ?",  # agent kept: who did it
                             (packed.inline, packed.num_bytes, packed.blob, now, task_id))
+            if packed.blob:
+                self._add("blob_bytes", packed.num_bytes)
             self._move(kind, state, "done")
             self._record_result(task_id, result, now)
         return "accepted"
@@ -425,6 +447,49 @@ class Ledger:
             self.db.execute("INSERT INTO policies VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                             (version, parent_version, path, num_bytes, now))
 
+    # ------------------------------------------------------------------ retention
+    def finished(self, before: float, max_tasks: int, max_bytes: int) -> list[FinishedTask]:
+        """The oldest finished (done or dead) tasks last changed before `before`, up to `max_tasks` of them and
+        about `max_bytes` of payloads and results, with their stored results (for the archive)."""
+        rows, total = [], 0
+        for row in self.db.execute(
+                "SELECT task_id, kind, state, attempt, agent, reason, created, updated, payload, result, result_blob,"
+                " COALESCE(result_bytes, 0) FROM tasks WHERE state IN ('done', 'dead') AND updated < ?"
+                " ORDER BY updated LIMIT ?", (before, max_tasks)):
+            rows.append(FinishedTask(*row[:9], StoredResult(row[9], row[10]) if row[9] or row[10] else None, row[11]))
+            total += len(row[8]) + row[11]
+            if total >= max_bytes:
+                break
+        return rows
+
+    def prune(self, tasks: list[FinishedTask], now: float, submits_before: float) -> int:
+        """Delete archived tasks with their samples' and verdicts' rows, then their blobs no other row names, then
+        submit keys older than `submits_before` whose tasks are all gone (a creator that submits such a key again
+        gets new tasks: its old ones finished long ago). The tallies keep counting them. Returns tasks deleted."""
+        ids, deleted = [t.task_id for t in tasks], 0
+        with self._tx():
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                self.db.execute(f"DELETE FROM samples WHERE task_id IN ({marks})", chunk)
+                self.db.execute(f"DELETE FROM verdicts WHERE task_id IN ({marks})", chunk)
+                deleted += self.db.execute(f"DELETE FROM tasks WHERE task_id IN ({marks})"
+                                           " AND state IN ('done', 'dead')", chunk).rowcount
+            self._add("archived_tasks", deleted)
+            self._add("archived_bytes", sum(t.result_bytes for t in tasks))
+            blobs = {t.stored.blob: t.result_bytes for t in tasks if t.stored and t.stored.blob}
+            gone = [digest for digest in blobs
+                    if self.db.execute("SELECT 1 FROM tasks WHERE result_blob = ? LIMIT 1", (digest,)).fetchone() is None]
+            self._add("blob_bytes", -sum(blobs[digest] for digest in gone))
+            for key, task_ids in self.db.execute("SELECT key, task_ids FROM submits WHERE created < ? LIMIT 500",
+                                                 (submits_before,)).fetchall():
+                if not self.states(task_ids.split(",")):
+                    self.db.execute("DELETE FROM submits WHERE key = ?", (key,))
+        for digest in gone:  # after the commit: a crash before this leaves an orphan for BlobStore.sweep, not a hole
+            self.blobs.delete(digest)
+        self.db.execute("PRAGMA incremental_vacuum(2048)").fetchall()  # up to 8 MiB of freed pages back to the disk a pass
+        return deleted
+
     # ------------------------------------------------------------------ queries
     def policy_version(self) -> int:
         return self.db.execute("SELECT COALESCE(MAX(version), 0) FROM policies").fetchone()[0]
@@ -485,6 +550,22 @@ class PackedResult:
     inline: bytes | None
     num_bytes: int
     blob: str | None
+
+
+class FinishedTask(NamedTuple):
+    """A finished task as the archive takes it (Ledger.finished): its row, its payload and where its result is."""
+
+    task_id: str
+    kind: str
+    state: str
+    attempt: int
+    agent: str | None
+    reason: str | None
+    created: float
+    updated: float
+    payload: bytes
+    stored: StoredResult | None
+    result_bytes: int
 
 
 class StoredResult(NamedTuple):

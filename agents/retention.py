@@ -1,0 +1,147 @@
+"""Retention: finished tasks leave the ledger for compressed JSONL shards under RUN/archive/.
+
+A run that lasts days would otherwise keep every payload, result, sample and verdict in its ledger
+forever. The hub's housekeeping starts a pass every `retention_every_s`:
+1. on the loop: the oldest finished (done or dead) tasks that are old enough, a bounded batch
+   (Ledger.finished);
+2. on the offload thread: their records written to one shard per kind,
+   RUN/archive/KIND/FIRST_TASK_ID.jsonl.gz (written whole to a temporary name, then renamed);
+3. back on the loop: the tasks deleted from the ledger with their sample and verdict rows and their blobs
+   (Ledger.prune), in one transaction, after the shard is on disk.
+A crash between 2 and 3 archives the batch again at the next pass, under the same name (its oldest task
+comes first again), so a shard is replaced, never doubled.
+
+"Old enough": finished more than `archive_after_s` ago; while the ledger (file, WAL and blobs) is above
+`ledger_max_mb`, finished more than `archive_min_age_s` ago. What the loop still needs stays: queued and
+leased tasks, recent rounds' tasks (a restarted creator asks for them again), prompts with their lineage,
+policies, training metrics, and the tallies (task counts and rewards by version keep counting archived
+work, so `status` and promotion see the whole run).
+
+Each line of a shard is one task: its id, kind, state, attempt, holder, reason, times, `task` (the
+payload) and `result` (None for a dead task), as plain JSON. JSON has no infinity, so a log-prob of -inf is
+written as null. They load with `datasets`:
+
+    load_dataset("json", data_files="RUN/archive/generate/*.jsonl.gz")      # answers, with tokens, log-probs
+    load_dataset("json", data_files="RUN/archive/judge/*.jsonl.gz")         # verdicts: scores, judgments
+
+or without it, `read_archive(RUN, "judge")`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgpack
+import structlog
+
+from agents.blobs import BlobStore
+from agents.ledger import FinishedTask, Ledger
+from agents.offload import Offload
+
+log = structlog.get_logger("agents.retention")
+BATCH_TASKS = 2000  # tasks a pass archives at most
+BATCH_BYTES = 32 << 20  # payload and result bytes a pass archives at most (read on the loop when stored inline)
+
+
+def archive_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / "archive"
+
+
+class Retention:
+    """One archive pass at a time, driven by the hub's housekeeping (`tick`)."""
+
+    def __init__(self, ledger: Ledger, run_dir: Path, offload: Offload, *, archive_after_s: float | None,
+                 ledger_max_mb: float | None, archive_min_age_s: float, every_s: float) -> None:
+        self.ledger, self.directory, self.offload = ledger, archive_dir(run_dir), offload
+        self.archive_after_s, self.min_age_s, self.every_s = archive_after_s, archive_min_age_s, every_s
+        self.max_bytes = None if ledger_max_mb is None else int(ledger_max_mb * 2**20)
+        self.busy, self.next_at, self.archived, self.passes = False, 0.0, 0, 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.archive_after_s is not None or self.max_bytes is not None
+
+    def tick(self, now: float) -> None:
+        """Start a pass if one is due and none is running."""
+        if self.busy or not self.enabled or now < self.next_at:
+            return
+        self.next_at = now + self.every_s
+        ages = [self.archive_after_s] if self.archive_after_s is not None else []
+        if self.max_bytes is not None and self.ledger.size_bytes() > self.max_bytes:
+            ages.append(self.min_age_s)
+        if not ages:
+            return
+        before = now - min(ages)
+        batch = self.ledger.finished(before, BATCH_TASKS, BATCH_BYTES)
+        if not batch:
+            return
+        self.busy = True
+        blobs = self.ledger.blobs
+        self.offload.submit(lambda: write_shards(self.directory, batch, blobs),
+                            lambda paths, error: self._written(batch, before, paths, error, now))
+
+    def _written(self, batch: list[FinishedTask], before: float, paths, error: BaseException | None,
+                 now: float) -> None:
+        """Back on the loop: the shards are on disk, so the tasks leave the ledger."""
+        self.busy = False
+        if error is not None:  # a full disk, say: the tasks stay in the ledger and the next pass tries again
+            log.error("archive failed", tasks=len(batch), error=f"{type(error).__name__}: {error}")
+            return
+        deleted = self.ledger.prune(batch, now, submits_before=before)
+        self.archived += deleted
+        self.passes += 1
+        if len(batch) == BATCH_TASKS or sum(len(t.payload) + t.result_bytes for t in batch) >= BATCH_BYTES:
+            self.next_at = now  # a full batch: more are waiting, the next turn goes on
+        log.info("archived", tasks=deleted, shards=[str(p) for p in paths], ledger_bytes=self.ledger.size_bytes())
+
+
+def write_shards(directory: Path, batch: list[FinishedTask], blobs: BlobStore) -> list[Path]:
+    """The batch's records, one gzip JSONL shard per kind, each written whole before it is renamed into place."""
+    by_kind: dict[str, list[FinishedTask]] = {}
+    for task in batch:
+        by_kind.setdefault(task.kind, []).append(task)
+    paths = []
+    for kind, tasks in by_kind.items():
+        path = directory / kind / f"{tasks[0].task_id}.jsonl.gz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=3) as f:
+            for task in tasks:
+                f.write(json.dumps(_record(task, blobs), ensure_ascii=False, allow_nan=False) + "\n")
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths
+
+
+def _record(task: FinishedTask, blobs: BlobStore) -> dict:
+    result = None
+    if task.stored is not None:
+        result = msgpack.unpackb(task.stored.inline if task.stored.inline is not None else blobs.get(task.stored.blob),
+                                 raw=False)
+    return {"task_id": task.task_id, "kind": task.kind, "state": task.state, "attempt": task.attempt,
+            "agent": task.agent, "reason": task.reason, "created": task.created, "updated": task.updated,
+            "task": _finite(msgpack.unpackb(task.payload, raw=False)), "result": _finite(result)}
+
+
+def _finite(value):
+    """JSON has no infinity: a non-finite float (a log-prob of -inf) becomes None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def read_archive(run_dir: str | os.PathLike, kind: str) -> Iterator[dict]:
+    """Every archived task of `kind` ('generate', 'judge', 'train', 'create'), shard by shard, oldest first."""
+    for path in sorted((archive_dir(run_dir) / kind).glob("*.jsonl.gz")):
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for line in f:
+                yield json.loads(line)

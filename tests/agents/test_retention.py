@@ -1,0 +1,144 @@
+"""Retention on real files: finished tasks leave the ledger for gzip JSONL shards that `datasets` reads, nothing the
+loop still needs goes, and a hub under a steady stream of large results holds its ledger below a set size."""
+
+import contextlib
+import time
+
+import datasets
+import pytest
+
+from agents.ledger import INLINE_BYTES, Ledger
+from agents.retention import read_archive, write_shards
+from protocol.messages import (
+    GenerateResult,
+    GenerateTask,
+    JudgedGroup,
+    JudgeResult,
+    JudgeTask,
+    Prompt,
+    Result,
+    Sample,
+    Submit,
+    Verdict,
+)
+from tests.agents.test_hub import Running
+
+EVAL = Prompt(prompt_id="e1", text="2 + 2 =", source="eval")
+
+
+def answered(ledger, now, text="4"):
+    """A generate task done (its result a blob when `text` is long), then a judge task done on its samples."""
+    [gen] = ledger.submit([GenerateTask(prompts=[EVAL])], now=now)
+    [lease] = ledger.lease("generate", "s", 1, 30, now)
+    samples = [Sample(sample_id=f"{gen}.1.{i}", prompt_id="e1", text=text, policy_version=0,
+                      logprobs=[-float("inf"), -0.5]) for i in range(2)]
+    ledger.complete(gen, lease.attempt, GenerateResult(samples=samples), now)
+    [judge] = ledger.submit([JudgeTask(groups=[JudgedGroup(prompt=EVAL, samples=samples, verdicts=[])])], now=now,
+                            key=f"judge-{gen}")
+    [lease] = ledger.lease("judge", "j", 1, 30, now)
+    ledger.complete(judge, lease.attempt, JudgeResult(verdicts=[Verdict(sample_id=s.sample_id, score=float(i),
+                                                                        judgment="ok") for i, s in enumerate(samples)]),
+                    now)
+    return gen, judge
+
+
+def test_archived_tasks_leave_the_ledger_for_shards_and_the_tallies_keep_counting(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    old = [answered(ledger, now=100.0, text="x" * INLINE_BYTES), answered(ledger, now=101.0)]
+    recent = answered(ledger, now=500.0)
+    [waiting] = ledger.submit([GenerateTask(prompts=[EVAL])], now=50.0)  # old, but never finished: it stays
+    stats, rewards = ledger.queue_stats(), ledger.reward_by_version("eval")
+    assert ledger.totals()["blob_bytes"] > INLINE_BYTES and len(list(ledger.blobs.digests())) == 1
+    batch = ledger.finished(before=200.0, max_tasks=100, max_bytes=1 << 30)
+    assert sorted(t.task_id for t in batch) == sorted(i for pair in old for i in pair)
+    write_shards(tmp_path / "archive", batch, ledger.blobs)
+    assert ledger.prune(batch, now=600.0, submits_before=200.0) == 4
+    kept = {row[0] for row in ledger.db.execute("SELECT task_id FROM tasks")}
+    assert kept == {*recent, waiting}
+    assert {row[0] for row in ledger.db.execute("SELECT task_id FROM samples")} == {recent[0]}
+    assert {row[0] for row in ledger.db.execute("SELECT task_id FROM verdicts")} == {recent[1]}
+    assert list(ledger.blobs.digests()) == [] and ledger.totals()["blob_bytes"] == 0
+    assert ledger.totals()["archived_tasks"] == 4
+    assert ledger.queue_stats() == stats and ledger.reward_by_version("eval") == rewards  # the whole run still counts
+    keys = {row[0] for row in ledger.db.execute("SELECT key FROM submits")}
+    assert keys == {f"judge-{recent[0]}"}  # the archived tasks' keys went; a recent one stays
+    generated = list(read_archive(tmp_path, "generate"))
+    assert [g["task_id"] for g in generated] == [old[0][0], old[1][0]]
+    assert generated[0]["result"]["samples"][0]["text"] == "x" * INLINE_BYTES  # the blob's content, archived
+    assert generated[1]["result"]["samples"][0]["logprobs"] == [None, -0.5]  # JSON has no -inf
+    judged = datasets.load_dataset("json", data_files=str(tmp_path / "archive" / "judge" / "*.jsonl.gz"),
+                                   split="train", cache_dir=str(tmp_path / "hf"))
+    assert judged.num_rows == 2 and judged[0]["result"]["verdicts"][1]["score"] == 1.0
+    ledger.close()
+
+
+def test_a_batch_archived_again_replaces_its_shard(tmp_path):
+    """A crash after the shard is written and before the prune: the next pass writes the same shard again."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    answered(ledger, now=100.0)
+    batch = ledger.finished(before=200.0, max_tasks=100, max_bytes=1 << 30)
+    first = write_shards(tmp_path / "archive", batch, ledger.blobs)
+    again = write_shards(tmp_path / "archive", ledger.finished(before=200.0, max_tasks=100, max_bytes=1 << 30),
+                         ledger.blobs)
+    assert first == again and len(list(read_archive(tmp_path, "generate"))) == 1
+    ledger.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_hub_holds_its_ledger_below_the_set_size_while_results_keep_coming(tmp_path):
+    """8 MiB allowed; 160 KiB results arrive at 4 MB/s for 15 s (several times the limit). Sampled every half second
+    once the limit is reached, the ledger on disk (file, WAL, blobs) stays within the limit and what arrives between
+    two passes, and every accepted result is in the ledger or in the archive."""
+    limit_mb = 8
+    r = Running(tmp_path, lease_s=30, heartbeat_interval_s=0.2, liveness=50, ledger_max_mb=limit_mb,
+                archive_min_age_s=0.5, retention_every_s=0.2)
+    try:
+        creator, solver = r.client("creator-0"), r.client("solver-0")
+        creator.ready("creator", kinds=())
+        solver.ready("solver", capacity=4)
+        text, accepted, sizes, sent_bytes = "y" * (160 << 10), 0, [], 0
+        start = last_sample = next_send = time.monotonic()
+        while time.monotonic() - start < 15:
+            if r.hub.ledger.queued("generate") < 8:  # a read of the hub's tally; the hub's thread owns the writes
+                creator.send(Submit(tasks=[GenerateTask(prompts=[EVAL])] * 16))
+            env = solver.recv(timeout_ms=2000, skip=("heartbeat", "policy_announce"))
+            while env is not None and env.message.kind != "assign":
+                accepted += env.message.kind == "ack" and env.message.status == "accepted"
+                env = solver.recv(timeout_ms=200)
+            if env is not None:
+                time.sleep(max(0.0, next_send - time.monotonic()))  # 25 results a second: 4 MB/s
+                next_send = max(next_send + 0.04, time.monotonic() - 0.2)
+                task = env.message
+                sample = Sample(sample_id=f"{task.task_id}.{task.attempt}.0", prompt_id="e1", text=text,
+                                policy_version=0)
+                solver.send(Result(task_id=task.task_id, attempt=task.attempt,
+                                   result=GenerateResult(samples=[sample])))
+                sent_bytes += len(text)
+            while creator.recv(timeout_ms=0) is not None:
+                pass
+            if time.monotonic() - last_sample > 0.5:
+                last_sample = time.monotonic()
+                sizes.append(on_disk(r.hub.run_dir))
+        while (env := solver.recv(timeout_ms=1000)) is not None:
+            accepted += env.message.kind == "ack" and env.message.status == "accepted"
+        assert sent_bytes > 5 * limit_mb * 2**20  # without retention the ledger would be several times the limit
+        assert r.hub.retention.archived > 0
+        assert max(sizes[8:]) < 1.5 * limit_mb * 2**20, [round(s / 2**20, 1) for s in sizes]
+    finally:
+        r.close()
+    ledger = Ledger(tmp_path / "run" / "ledger.sqlite")
+    done = ledger.db.execute("SELECT COUNT(*) FROM tasks WHERE kind = 'generate' AND state = 'done'").fetchone()[0]
+    archived = list(read_archive(tmp_path / "run", "generate"))
+    assert done + len(archived) == accepted == ledger.queue_stats()["generate"].done
+    assert all(len(a["result"]["samples"][0]["text"]) == len(text) for a in archived)
+    ledger.close()
+
+
+def on_disk(run_dir):
+    """The ledger's bytes on disk: its file, WAL and blobs (not the archive)."""
+    files = [run_dir / "ledger.sqlite", run_dir / "ledger.sqlite-wal", *(run_dir / "blobs").glob("??/*")]
+    total = 0
+    for path in files:
+        with contextlib.suppress(FileNotFoundError):
+            total += path.stat().st_size
+    return total
