@@ -23,11 +23,12 @@ $(VENV)/.base: pyproject.toml $(VENV)/.torch
 
 $(VENV)/.dev: pyproject.toml $(VENV)/.base
 	$(PY) -m pip install --quiet -e '.[dev]'
+	scripts/install-postgres.sh
 	touch $@
 
 install: $(VENV)/.base  ## create .venv and install selfplay (CPU torch where there is no GPU)
 
-install-dev: $(VENV)/.dev  ## install with the dev extra (pytest, hypothesis, ruff)
+install-dev: $(VENV)/.dev  ## install with the dev extra (pytest, hypothesis, ruff, psycopg) and a PostgreSQL server for the ledger tests
 
 demo: install  ## run the embedded CPU demo end to end
 	$(VENV)/bin/selfplay demo

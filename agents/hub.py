@@ -36,10 +36,11 @@ from pathlib import Path
 
 import structlog
 import zmq
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from agents.adapter_store import AdapterStore
 from agents.admission import ready_refusal, sender_refusal
+from agents.database import is_postgres
 from agents.ledger import InvalidResult, PackedResult, StoredResult, open_run_ledger, stored_result
 from agents.offload import Offload
 from agents.retention import Retention
@@ -84,6 +85,9 @@ class HubSettings(Strict):
     max_staleness: int = Field(0, ge=0, description="Policy versions a sample may lag behind and still count.")
     keep_adapters: int = Field(5, ge=1, description="Newest published adapters kept on disk.")
     keep_every: int = Field(10, ge=1, description="Also keep every M-th version (for later evaluation).")
+    ledger: str | None = Field(None, description="Where the ledger lives: unset, RUN/ledger.sqlite; or a PostgreSQL "
+                                                 "database, postgresql://USER@HOST/DB (psycopg 3: the postgres extra), "
+                                                 "one database per run (docs/ledger.md).")
     retention: bool = Field(True, description="Move finished tasks out of the ledger into RUN/archive/ (gzip JSONL "
                                               "shards, readable with `datasets`) once they are old: docs/ledger.md.")
     archive_after_s: float = Field(21600.0, gt=0, description="Finished tasks are archived this long after they "
@@ -93,6 +97,13 @@ class HubSettings(Strict):
     archive_min_age_s: float = Field(600.0, ge=0, description="Finished tasks younger than this stay in the ledger "
                                                               "whatever its size (a restarted creator asks for them).")
     retention_every_s: float = Field(30.0, gt=0, description="How often a retention pass may start.")
+    @field_validator("ledger")
+    @classmethod
+    def _a_server_url(cls, value: str | None) -> str | None:
+        if value is not None and not is_postgres(value):
+            raise ValueError("a postgresql://USER@HOST/DB URL (leave it unset for RUN/ledger.sqlite)")
+        return value
+
     check_ledger: bool = Field(True, description="Run SQLite's quick_check on the ledger at start (reads it once; "
                                                  "a damaged ledger stops the hub with one line instead of serving).")
 
@@ -161,7 +172,7 @@ class Hub:
     # ------------------------------------------------------------------ start / stop
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.ledger = open_run_ledger(self.run_dir, max_attempts=self.config.max_attempts,
+        self.ledger = open_run_ledger(self.run_dir, max_attempts=self.config.max_attempts, url=self.config.ledger,
                                       check=self.config.check_ledger)  # LedgerError: refuse to start, one line
         self.adapters = AdapterStore(self.run_dir / "adapters", self.config.keep_adapters, self.config.keep_every)
         requeued = self.ledger.recover(time.time())

@@ -37,10 +37,10 @@ The SQL is plain (standard upserts, ON CONFLICT), so a server database can take 
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -49,6 +49,7 @@ import msgpack
 from pydantic import TypeAdapter
 
 from agents.blobs import BlobStore
+from agents.database import Database, DatabaseError, SqliteDatabase, open_database
 from protocol.messages import (
     RESULT_KIND_OF,
     TASK_KIND_OF,
@@ -68,7 +69,8 @@ RESULT_ADAPTER: TypeAdapter[ResultPayload] = TypeAdapter(ResultPayload)
 Outcome = Literal["accepted", "duplicate", "stale", "unknown", "forbidden"]
 PromptSet = Literal["train", "eval", "validation"]  # training prompts (seed, evolved), held-out test, validation
 MARKER = "ledger.id"  # in the run directory: the id of the run's ledger, written when the ledger is created
-INLINE_BYTES = 64 << 10  # a stored result larger than this goes to the blob store, not into its row
+URL_FILE = "ledger.url"  # in the run directory of a PostgreSQL ledger: where it is (for reports and status)
+INLINE_BYTES = SqliteDatabase.inline_bytes  # a result larger goes to the blob store beside a SQLite ledger
 TRAIN_SOURCES = ("seed", "evolved")  # the prompt sources a round's reward is measured on
 
 
@@ -132,57 +134,46 @@ class Lease:
 
 
 class Ledger:
-    def __init__(self, path: str | os.PathLike, *, max_attempts: int = 3, durable: bool = False,
+    def __init__(self, where: str | os.PathLike, *, max_attempts: int = 3, durable: bool = False,
                  check: bool = True, blobs: str | os.PathLike | None = None) -> None:
-        """`durable=True` also fsyncs every commit (synchronous=FULL) and every blob: survives power loss, not just
-        crashes. `check` runs SQLite's quick_check first (it reads the whole file once): a damaged ledger raises
-        LedgerError. `blobs`: where results over INLINE_BYTES go (default: a `blobs` directory beside the file)."""
-        self.path, self.max_attempts = Path(path), max_attempts
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.blobs = BlobStore(blobs if blobs is not None else self.path.parent / "blobs", durable=durable)
-        # One owner at a time (the hub opens it in start() and hands it to its loop thread), so the
-        # same-thread check would only forbid that hand-over; transactions are explicit below.
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        """`where`: a SQLite file, or a postgresql:// URL (agents/database.py). `durable=True` also fsyncs every
+        SQLite commit (synchronous=FULL) and every blob: survives power loss, not just crashes. `check` runs
+        SQLite's quick_check first (it reads the whole file once): a damaged ledger raises LedgerError. `blobs`:
+        where results over the database's inline size go (default: a `blobs` directory beside a SQLite file;
+        PostgreSQL keeps every result in its row)."""
+        self.where, self.max_attempts = str(where), max_attempts
+        try:
+            self.db = open_database(where, durable=durable, check=check)
+        except DatabaseError as e:
+            raise LedgerError(str(e)) from None
+        if blobs is None and self.db.kind == "sqlite":
+            blobs = Path(where).parent / "blobs"
+        self.blobs = BlobStore(blobs if blobs is not None else os.devnull, durable=durable)  # PostgreSQL: unused
         self._last_id_us = 0
         try:
-            self._setup(durable, check)
-        except sqlite3.DatabaseError as e:  # "file is not a database", "database disk image is malformed", ...
-            self.db.close()
-            raise LedgerError(f"{self.path} is damaged and cannot be used as a ledger ({e}); restore it from a "
-                              "copy, or start a new run in another directory") from None
-        except LedgerError:
+            self._setup()
+        except BaseException:
             self.db.close()
             raise
 
-    def _setup(self, durable: bool, check: bool) -> None:
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self.db.execute("PRAGMA cache_size=-65536")  # 64 MiB of pages: the indexes' upper levels stay in memory
-        self.db.execute("PRAGMA journal_size_limit=67108864")  # the WAL file shrinks back to 64 MiB after checkpoints
-        if self.db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0:  # a new file: pages freed by
-            self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # retention can go back to the disk (prune)
-        if check:
-            problems = [row[0] for row in self.db.execute("PRAGMA quick_check(3)")]
-            if problems != ["ok"]:
-                raise LedgerError(f"{self.path} is damaged (SQLite quick_check: {'; '.join(problems)[:300]}); "
-                                  "restore it from a copy, or start a new run in another directory")
+    def _setup(self) -> None:
         with self._tx():  # statement by statement: executescript would commit outside the transaction
-            for statement in filter(str.strip, SCHEMA.split(";")):
+            for statement in self.db.ddl(SCHEMA):
                 self.db.execute(statement)
             self.db.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING", (SCHEMA_VERSION,))
-            self.db.execute("INSERT INTO meta VALUES ('ledger_id', ?) ON CONFLICT DO NOTHING", (os.urandom(8).hex(),))
+            self.created = bool(self.db.execute("INSERT INTO meta VALUES ('ledger_id', ?) ON CONFLICT DO NOTHING",
+                                                (os.urandom(8).hex(),)).rowcount)  # a new ledger, not one reopened
             found = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-            if found == "1":
+            if found == "1" and self.db.kind == "sqlite":
                 _migrate_from_1(self.db)
             elif found != SCHEMA_VERSION:
-                raise LedgerError(f"{self.path}: ledger schema {found}, this selfplay reads {SCHEMA_VERSION}")
-            for statement in filter(str.strip, LATE_SCHEMA.split(";")):
+                raise LedgerError(f"{self.where}: ledger schema {found}, this selfplay reads {SCHEMA_VERSION}")
+            for statement in self.db.ddl(LATE_SCHEMA):
                 self.db.execute(statement)
         self.ledger_id: str = self.db.execute("SELECT value FROM meta WHERE key = 'ledger_id'").fetchone()[0]
 
-    def _tx(self) -> _Transaction:
-        return _Transaction(self.db)
+    def _tx(self) -> AbstractContextManager:
+        return self.db.transaction()
 
     def close(self) -> None:
         self.db.close()
@@ -201,11 +192,11 @@ class Ledger:
         for state, delta in ((before, -n), (after, n)):
             if state is not None and n:
                 self.db.execute("INSERT INTO task_counts VALUES (?, ?, ?)"
-                                " ON CONFLICT (kind, state) DO UPDATE SET n = n + excluded.n", (kind, state, delta))
+                                " ON CONFLICT (kind, state) DO UPDATE SET n = task_counts.n + excluded.n", (kind, state, delta))
 
     def _add(self, name: str, value: int) -> None:
-        self.db.execute("INSERT INTO totals VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-                        (name, value))
+        self.db.execute("INSERT INTO totals VALUES (?, ?)"
+                        " ON CONFLICT (name) DO UPDATE SET value = totals.value + excluded.value", (name, value))
 
     def totals(self) -> dict[str, int]:
         """Running totals: blob_bytes (results held as blobs), archived_tasks, archived_bytes (results archived)."""
@@ -213,8 +204,7 @@ class Ledger:
 
     def size_bytes(self) -> int:
         """The ledger on disk: its file, its WAL and its blobs (from the running total: no directory walk)."""
-        files = sum(p.stat().st_size for p in (self.path, self.path.with_name(self.path.name + "-wal")) if p.exists())
-        return files + self.totals().get("blob_bytes", 0)
+        return self.db.size_bytes() + self.totals().get("blob_bytes", 0)
 
     # ------------------------------------------------------------------ tasks
     def submit(self, tasks: list[TaskPayload], *, priority: int = 0, key: str | None = None,
@@ -252,7 +242,7 @@ class Ledger:
         with self._tx():
             rows = self.db.execute(
                 "SELECT task_id, attempt, payload, agent FROM tasks WHERE kind = ? AND state = 'queued'"
-                " ORDER BY priority DESC, created, task_id LIMIT ?", (kind, limit)).fetchall()
+                " ORDER BY priority DESC, created, task_id LIMIT ?" + self.db.skip_locked, (kind, limit)).fetchall()
             leases = []
             for task_id, attempt, payload, previous in rows:
                 self.db.execute("UPDATE tasks SET state = 'leased', attempt = ?, agent = ?, deadline = ?, updated = ?"
@@ -290,7 +280,7 @@ class Ledger:
         else has leased it since. Used when an agent reconnects (after a hub restart, or a partition)."""
         with self._tx():
             row = self.db.execute("SELECT kind FROM tasks WHERE task_id = ? AND attempt = ? AND state = 'queued'"
-                                  " AND agent = ?", (task_id, attempt, agent)).fetchone()
+                                  " AND agent = ?" + self.db.for_update, (task_id, attempt, agent)).fetchone()
             if row is None:
                 return False
             self.db.execute("UPDATE tasks SET state = 'leased', deadline = ?, updated = ? WHERE task_id = ?",
@@ -302,7 +292,8 @@ class Ledger:
         """A result in its stored form, a large one already written to the blob store. Touches no table, so it
         can run on any thread (the hub packs large results off its loop) before `complete` commits it."""
         packed = _pack(result)
-        blob = self.blobs.put(packed) if len(packed) > INLINE_BYTES else None
+        inline = self.db.inline_bytes
+        blob = self.blobs.put(packed) if inline is not None and len(packed) > inline else None
         return PackedResult(result, None if blob else packed, len(packed), blob)
 
     def discard(self, packed: PackedResult) -> None:
@@ -318,8 +309,8 @@ class Ledger:
         `agent`, only that agent's, if it holds the attempt ("forbidden" otherwise). A result of the wrong kind, or
         whose samples or verdicts are not its task's, raises InvalidResult and changes nothing."""
         with self._tx():
-            row = self.db.execute("SELECT state, attempt, agent, kind, payload FROM tasks WHERE task_id = ?",
-                                  (task_id,)).fetchone()
+            row = self.db.execute("SELECT state, attempt, agent, kind, payload FROM tasks WHERE task_id = ?"
+                                  + self.db.for_update, (task_id,)).fetchone()
             if row is None:
                 return "unknown"
             state, current, holder, kind, payload = row
@@ -348,7 +339,7 @@ class Ledger:
         the attempt is no longer leased; "forbidden" when another agent holds it (with `agent` given)."""
         with self._tx():
             row = self.db.execute("SELECT attempt, max_attempts, agent, kind FROM tasks WHERE task_id = ?"
-                                  " AND state = 'leased'", (task_id,)).fetchone()
+                                  " AND state = 'leased'" + self.db.for_update, (task_id,)).fetchone()
             if row is None or row[0] != attempt:
                 return None
             if agent is not None and row[2] != agent:
@@ -364,7 +355,7 @@ class Ledger:
             return []
         with self._tx():
             rows = self.db.execute("SELECT task_id, attempt, max_attempts, kind FROM tasks WHERE state = 'leased'"
-                                   " AND deadline < ?", (now,)).fetchall()
+                                   " AND deadline < ?" + self.db.for_update, (now,)).fetchall()
             return [(task_id, self._requeue_or_bury(task_id, kind, attempt, limit, "lease expired", now))
                     for task_id, attempt, limit, kind in rows]
 
@@ -372,7 +363,7 @@ class Ledger:
         """Every lease of a dead agent goes back to the queue (or DEAD once out of attempts)."""
         with self._tx():
             rows = self.db.execute("SELECT task_id, attempt, max_attempts, kind FROM tasks WHERE state = 'leased'"
-                                   " AND agent = ?", (agent,)).fetchall()
+                                   " AND agent = ?" + self.db.for_update, (agent,)).fetchall()
             return [(task_id, self._requeue_or_bury(task_id, kind, attempt, limit, f"agent {agent} died", now))
                     for task_id, attempt, limit, kind in rows]
 
@@ -413,7 +404,7 @@ class Ledger:
                 try:  # not ON CONFLICT DO NOTHING: a sample id another task holds is refused, never shadowed
                     self.db.execute("INSERT INTO samples VALUES (?, ?, ?, ?, ?)",
                                     (s.sample_id, s.prompt_id, task_id, s.policy_version, now))
-                except sqlite3.IntegrityError:
+                except self.db.IntegrityError:
                     raise InvalidResult(f"sample id {s.sample_id!r} belongs to another task") from None
         elif isinstance(result, JudgeResult):
             self._record_verdicts(task_id, result, now)
@@ -439,7 +430,7 @@ class Ledger:
                 total[1] += 1
         for (source, version), (total, n) in tally.items():
             self.db.execute("INSERT INTO rewards VALUES (?, ?, ?, ?) ON CONFLICT (source, policy_version)"
-                            " DO UPDATE SET total = total + excluded.total, n = n + excluded.n",
+                            " DO UPDATE SET total = rewards.total + excluded.total, n = rewards.n + excluded.n",
                             (source, version, total, n))
 
     def record_policy(self, version: int, parent_version: int, path: str | None, num_bytes: int, now: float) -> None:
@@ -487,7 +478,7 @@ class Ledger:
                     self.db.execute("DELETE FROM submits WHERE key = ?", (key,))
         for digest in gone:  # after the commit: a crash before this leaves an orphan for BlobStore.sweep, not a hole
             self.blobs.delete(digest)
-        self.db.execute("PRAGMA incremental_vacuum(2048)").fetchall()  # up to 8 MiB of freed pages back to the disk a pass
+        self.db.compact()  # freed pages back to the disk, a few MiB a pass
         return deleted
 
     # ------------------------------------------------------------------ queries
@@ -580,65 +571,60 @@ def stored_result(inline: bytes | None, blob: str | None, blobs: BlobStore) -> R
     return RESULT_ADAPTER.validate_python(_unpack(inline if inline is not None else blobs.get(blob)))
 
 
-def reward_by_version(db: sqlite3.Connection, prompts: PromptSet = "train") -> dict[int, tuple[float, int]]:
+def reward_by_version(db: Database, prompts: PromptSet = "train") -> dict[int, tuple[float, int]]:
     """policy version -> (mean verdict score, samples judged) of the samples it produced, versions in order: on the
     training prompts (seed and evolved: a round's reward), the held-out test prompts ("eval") or the validation
     prompts the creator promotes versions on. Read from the tallies: rows per version, not per verdict."""
     sources = TRAIN_SOURCES if prompts == "train" else (prompts,)
     rows = db.execute(
-        "SELECT policy_version, SUM(total), SUM(n) FROM rewards"
+        "SELECT policy_version, SUM(total), CAST(SUM(n) AS BIGINT) FROM rewards"
         f" WHERE source IN ({', '.join('?' * len(sources))}) GROUP BY policy_version ORDER BY policy_version", sources)
     return {version: (total / count, count) for version, total, count in rows if count}
 
 
-def restores(db: sqlite3.Connection) -> dict[int, int]:
+def restores(db: Database) -> dict[int, int]:
     """policy version -> the version it restored (a rollback: the trainer published that one's weights again), from
     the training reports' `restored_from` metric."""
     rows = db.execute("SELECT policy_version, value FROM metrics WHERE name = 'restored_from' ORDER BY policy_version")
     return {version: int(value) for version, value in rows}
 
 
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error): one writer, nothing half-applied."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.db.execute("BEGIN IMMEDIATE")
-        return self.db
-
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        if exc_type:
-            if self.db.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
-                self.db.execute("ROLLBACK")
-            return
-        try:
-            self.db.execute("COMMIT")
-        except sqlite3.Error:  # a full disk, say: SQLite may leave the transaction open, and then every later
-            if self.db.in_transaction:  # BEGIN would fail too
-                self.db.execute("ROLLBACK")
-            raise
-
-
-def open_run_ledger(run_dir: str | os.PathLike, *, max_attempts: int = 3, check: bool = True) -> Ledger:
-    """The ledger of a run directory (RUN/ledger.sqlite), created with the directory's marker (RUN/ledger.id) when
-    the run is new. Raises LedgerError, in one line, when the marker names a ledger that is missing, empty or
-    another one: SQLite would silently start an empty database in its place, and every acknowledged task with it."""
+def open_run_ledger(run_dir: str | os.PathLike, *, max_attempts: int = 3, check: bool = True,
+                    url: str | None = None) -> Ledger:
+    """The ledger of a run directory: RUN/ledger.sqlite, or with `url` a PostgreSQL database (whose URL is then
+    kept in RUN/ledger.url, mode 0600, for the run's readers). Created with the directory's marker
+    (RUN/ledger.id) when the run is new. Raises LedgerError, in one line, when the marker names a ledger that is
+    missing, empty or another one (SQLite would silently start an empty database in its place, and every
+    acknowledged task with it), or when another hub is writing that PostgreSQL ledger."""
     run_dir = Path(run_dir)
-    path, marker = run_dir / "ledger.sqlite", run_dir / MARKER
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker = run_dir / MARKER
     recorded = marker.read_text().strip() if marker.exists() else None
-    size = path.stat().st_size if path.exists() else None
-    if recorded and not size:
-        state = "missing" if size is None else "empty (0 bytes)"
-        raise LedgerError(f"{path} is {state}, but {marker} says this run has ledger {recorded}: restore the ledger "
-                          "from a copy, or start a new run in another directory (the hub will not start an empty "
-                          "ledger in its place)")
-    ledger = Ledger(path, max_attempts=max_attempts, check=check)
+    if url is None:
+        where: str | Path = run_dir / "ledger.sqlite"
+        size = where.stat().st_size if where.exists() else None
+        if recorded and not size:
+            state = "missing" if size is None else "empty (0 bytes)"
+            raise LedgerError(f"{where} is {state}, but {marker} says this run has ledger {recorded}: restore the "
+                              "ledger from a copy, or start a new run in another directory (the hub will not start an "
+                              "empty ledger in its place)")
+    else:
+        where = url
+    ledger = Ledger(where, max_attempts=max_attempts, check=check, blobs=run_dir / "blobs")
+    shown = ledger.db.url_shown if url else where
     if recorded and recorded != ledger.ledger_id:
         ledger.close()
-        raise LedgerError(f"{path} is ledger {ledger.ledger_id}, but {marker} names ledger {recorded}: it belongs to "
-                          "another run")
+        raise LedgerError(f"{shown} is ledger {ledger.ledger_id}, but {marker} names ledger {recorded}: it belongs to "
+                          "another run (or it was emptied)")
+    if url and not recorded and not ledger.created:
+        ledger.close()
+        raise LedgerError(f"{shown} holds ledger {ledger.ledger_id} already, and {run_dir} is a new run: give a new run "
+                          "an empty database (one database per run)")
+    if url and not ledger.db.try_lock(int(ledger.ledger_id[:15], 16)):
+        ledger.close()
+        raise LedgerError(f"{shown}: another hub is writing this ledger (one hub per run)")
+    if url:
+        _write_private(run_dir / URL_FILE, url + "\n")
     if not recorded:
         tmp = marker.with_name(MARKER + ".tmp")
         tmp.write_text(ledger.ledger_id + "\n")
@@ -646,7 +632,15 @@ def open_run_ledger(run_dir: str | os.PathLike, *, max_attempts: int = 3, check:
     return ledger
 
 
-def _migrate_from_1(db: sqlite3.Connection) -> None:
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _migrate_from_1(db: Database) -> None:
     """Schema 1 -> 2, once, inside the opening transaction: the tallies counted from the rows (the one time the
     whole ledger is read), the second copies of samples' and verdicts' data dropped, result sizes recorded."""
     db.execute("ALTER TABLE tasks ADD COLUMN result_bytes INTEGER")

@@ -1,6 +1,6 @@
 """Read-only questions to a run's ledger, for reports, progress lines and benchmarks.
 
-    with LedgerReader.for_run("runs/demo/dpo") as ledger:     # RUN/ledger.sqlite, opened read-only
+    with LedgerReader.for_run("runs/demo/dpo") as ledger:     # RUN/ledger.sqlite (or its PostgreSQL), read-only
         scores = ledger.eval_scores()                         # version -> held-out prompt -> (difficulty, score)
         done = ledger.tasks_by_state().get("done", 0)
 
@@ -13,7 +13,6 @@ small dataclasses: callers do not learn the schema, and the SQL stays in agents/
 from __future__ import annotations
 
 import os
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -21,7 +20,16 @@ from typing import NamedTuple
 import msgpack
 
 from agents.blobs import BlobStore
-from agents.ledger import TASK_ADAPTER, PromptSet, restores, reward_by_version, stored_result
+from agents.database import DatabaseError, is_postgres, open_database
+from agents.ledger import (
+    TASK_ADAPTER,
+    URL_FILE,
+    LedgerError,
+    PromptSet,
+    restores,
+    reward_by_version,
+    stored_result,
+)
 from protocol.messages import ResultPayload, TrainTask
 
 
@@ -62,20 +70,26 @@ class TaskRow:
 class LedgerReader:
     """Named read-only queries on one ledger file; a context manager that closes its connection."""
 
-    def __init__(self, path: str | os.PathLike, *, timeout_s: float = 10.0) -> None:
-        """`timeout_s`: how long a query waits on a lock (the hub checkpointing its WAL) before it fails."""
-        self.path = Path(path)
-        if not self.path.exists():  # mode=ro would fail too, but with "unable to open database file"
-            raise FileNotFoundError(f"{self.path}: no ledger here")
-        self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=timeout_s)
+    def __init__(self, where: str | os.PathLike) -> None:
+        """A SQLite ledger file (opened with mode=ro; a query waits up to 10 s on the hub checkpointing its WAL), or a
+        postgresql:// URL (a read-only session)."""
+        self.where = str(where)
+        try:
+            self.db = open_database(where, read_only=True)
+        except DatabaseError as e:
+            raise LedgerError(str(e)) from None
+        self.blobs = BlobStore(os.devnull if is_postgres(where) else Path(where).parent / "blobs")
 
     @classmethod
-    def for_run(cls, run_dir: str | os.PathLike, *, timeout_s: float = 10.0) -> LedgerReader:
-        """The ledger of a run directory (RUN/ledger.sqlite)."""
+    def for_run(cls, run_dir: str | os.PathLike) -> LedgerReader:
+        """The ledger of a run directory: RUN/ledger.sqlite, or the PostgreSQL database RUN/ledger.url names."""
+        url = Path(run_dir) / URL_FILE
+        if url.exists():
+            return cls(url.read_text().strip())
         path = Path(run_dir) / "ledger.sqlite"
         if not path.exists():
             raise FileNotFoundError(f"{path}: no ledger here (is {run_dir} a run directory?)")
-        return cls(path, timeout_s=timeout_s)
+        return cls(path)
 
     def __enter__(self) -> LedgerReader:
         return self
@@ -155,4 +169,9 @@ class LedgerReader:
         row = self.db.execute("SELECT result, result_blob FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         if row is None or (row[0] is None and row[1] is None):
             return None
-        return stored_result(row[0], row[1], BlobStore(self.path.parent / "blobs"))
+        return stored_result(row[0], row[1], self.blobs)
+
+
+def has_ledger(run_dir: str | os.PathLike) -> bool:
+    """Whether a run directory has a ledger to read (a SQLite file, or a PostgreSQL database's URL)."""
+    return (Path(run_dir) / "ledger.sqlite").exists() or (Path(run_dir) / URL_FILE).exists()

@@ -46,7 +46,7 @@ class LiveBoard:
             return 0
         self.next_poll = time.monotonic() + self.every_s
         try:
-            with LedgerReader.for_run(self.run_dir, timeout_s=2.0) as ledger:
+            with LedgerReader.for_run(self.run_dir) as ledger:
                 points = self._points(ledger)
         except Exception as e:  # no ledger yet, a lock held too long, no tensorboard installed: try again later
             log.debug("board not written", error=str(e))

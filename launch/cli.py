@@ -218,9 +218,13 @@ def _add_demo_and_report(commands: argparse._SubParsersAction) -> None:
                            "prompts is rolled back, and the run ends on its best: docs/live.md)")
     demo.add_argument("--quick", action="store_true", help="a tiny model and one short round: a smoke test, not a "
                                                            "result")
+    demo.add_argument("--ledger", metavar="URL", help="keep the run's ledger in this empty PostgreSQL database "
+                                                      "(postgresql://USER@HOST/DB; the postgres extra) instead of "
+                                                      "RUN/ALGO/ledger.sqlite")
     report = commands.add_parser(
         "report", help="write a run's summary.json and report.png from its ledger",
-        description="Read RUN_DIR/ledger.sqlite (a running, stopped or finished run) and write the held-out accuracy "
+        description="Read the run's ledger (RUN_DIR/ledger.sqlite, or the PostgreSQL database RUN_DIR/ledger.url "
+                    "names; a running, stopped or finished run) and write the held-out accuracy "
                     "by policy version and difficulty, reward by round, evolved prompts by mutation kind and "
                     "throughput to RUN_DIR/summary.json (updating an existing one) and plots to RUN_DIR/report.png.")
     report.add_argument("run_dir", help="the run directory (topology [run] dir)")
@@ -251,7 +255,8 @@ def _demo(args: argparse.Namespace) -> int:
     if args.minutes is not None:
         plan = replace(plan, max_minutes=args.minutes)
     plan = replace(plan, seed=args.seed, promotion=not args.no_promotion)
-    summary = run_demo(args.algo, args.run_dir, plan, say=lambda line: print(line, file=sys.stderr, flush=True))
+    summary = run_demo(args.algo, args.run_dir, plan, say=lambda line: print(line, file=sys.stderr, flush=True),
+                       ledger=args.ledger)
     print(describe(summary))
     return 0
 
@@ -477,6 +482,7 @@ def _status_once(args: argparse.Namespace) -> tuple[int, bool]:
     import json
     from pathlib import Path
 
+    from agents.ledger_query import has_ledger
     from launch import status
 
     endpoint = args.hub or f"ipc://{Path(args.run_dir).resolve() / 'sock' / 'hub-control.ipc'}"
@@ -488,7 +494,7 @@ def _status_once(args: argparse.Namespace) -> tuple[int, bool]:
             print(json.dumps({"processes": processes}, indent=2) if args.json else status.format_processes(processes))
             print(f"selfplay status: {e}", file=sys.stderr)
             return 1, True
-        if args.run_dir and (Path(args.run_dir) / "ledger.sqlite").exists() and not args.json:
+        if args.run_dir and has_ledger(args.run_dir) and not args.json:
             ended = status.read_ended(args.run_dir)  # a run that has ended: what its ledger says, and why it ended
             why = f"\n\n{status.format_processes(ended['processes'], ended)}" if ended and ended.get("processes") else ""
             print(status.format_ledger(args.run_dir) + why)

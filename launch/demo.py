@@ -193,7 +193,8 @@ def prepare_model(plan: Plan, directory: Path, sft_data: Path, say: Say = _log_l
 
 
 # ---------------------------------------------------------------------- 3. the run
-def topology(plan: Plan, algo: str, run_dir: Path, model: Path, data: dict[str, Path]) -> dict[str, Any]:
+def topology(plan: Plan, algo: str, run_dir: Path, model: Path, data: dict[str, Path],
+             ledger: str | None = None) -> dict[str, Any]:
     """The demo's topology (what configs/demo.toml ships, with this run's paths and the algorithm's settings)."""
     method = get_method(algo)
     demos = method.judge == "none"  # learns from demonstrations
@@ -207,7 +208,7 @@ def topology(plan: Plan, algo: str, run_dir: Path, model: Path, data: dict[str, 
         trainer[method.section] = {"nll_alpha": plan.nll_alpha}
     return {
         "run": {"dir": str(run_dir), "rounds": plan.rounds},
-        "hub": {"control": "ipc", "data": "ipc", "lease_s": 300},
+        "hub": {"control": "ipc", "data": "ipc", "lease_s": 300, **({"ledger": ledger} if ledger else {})},
         "creator": {
             "prompts": str(data["seeds"]), "eval_prompts": str(data["eval"]),
             **({"validation_prompts": str(data["validation"])} if plan.promotion else {}),
@@ -258,10 +259,10 @@ class Progress(threading.Thread):
                 log.debug("progress poll failed", error=str(e))
 
     def poll(self) -> None:
-        from agents.ledger_query import LedgerReader
+        from agents.ledger_query import LedgerReader, has_ledger
         from launch.report import accuracy
 
-        if not (self.run_dir / "ledger.sqlite").exists():
+        if not has_ledger(self.run_dir):
             return
         with LedgerReader.for_run(self.run_dir) as ledger:
             evals = ledger.eval_scores()
@@ -291,9 +292,10 @@ def demo_dirs(root: Path, algo: str, seed: int) -> tuple[Path, Path, Path]:
     return root / f"data{suffix}", root / f"model{suffix}", root / f"{algo}{suffix}"
 
 
-def run_demo(algo: str = DEMO_METHOD, root: str | Path = "runs/demo", plan: Plan = Plan(), say: Say = _log_line
-             ) -> dict[str, Any]:
-    """Prepare, run and report; returns the summary (also written to RUN/ALGO/summary.json)."""
+def run_demo(algo: str = DEMO_METHOD, root: str | Path = "runs/demo", plan: Plan = Plan(), say: Say = _log_line,
+             ledger: str | None = None) -> dict[str, Any]:
+    """Prepare, run and report; returns the summary (also written to RUN/ALGO/summary.json). `ledger`: an empty
+    PostgreSQL database to keep the run's ledger in, instead of RUN/ALGO/ledger.sqlite."""
     from launch.report import summarize, write_report
     from launch.supervisor import supervisor_for
     from launch.topology import load_topology
@@ -309,7 +311,7 @@ def run_demo(algo: str = DEMO_METHOD, root: str | Path = "runs/demo", plan: Plan
         shutil.rmtree(run_dir)  # each demo run starts from the SFT model and an empty ledger
     run_dir.mkdir(parents=True)
     topology_path = run_dir / "topology.toml"
-    topology_path.write_text(to_toml(topology(plan, algo, run_dir, model, data)))
+    topology_path.write_text(to_toml(topology(plan, algo, run_dir, model, data, ledger)))
     topo = load_topology(topology_path)
     say(f"[run] {algo}: hub, creator, {plan.solvers} solvers, judge and trainer in {run_dir} "
         f"(logs: {run_dir / 'logs'})")

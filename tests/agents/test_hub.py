@@ -43,7 +43,7 @@ class Running:
 
     def task(self, task_id):
         """A task's record read through a connection of our own (the hub's belongs to its thread)."""
-        ledger = Ledger(self.hub.run_dir / "ledger.sqlite")
+        ledger = Ledger(self.hub.config.ledger or self.hub.run_dir / "ledger.sqlite", blobs=self.hub.run_dir / "blobs")
         try:
             return ledger.task(task_id)
         finally:

@@ -1,4 +1,5 @@
-"""The ledger on real SQLite files: leases, expiry, idempotent results, dead letters, restart."""
+"""The ledger on real SQLite files and on a real PostgreSQL server (the same tests, `ledger_where`): leases, expiry,
+idempotent results, dead letters, restart."""
 
 import sqlite3
 
@@ -32,13 +33,13 @@ def generated(task_id, attempt, *indices):
 
 
 @pytest.fixture
-def ledger(tmp_path):
-    led = Ledger(tmp_path / "ledger.sqlite", max_attempts=2)
+def ledger(ledger_where):
+    led = Ledger(ledger_where, max_attempts=2)
     yield led
     led.close()
 
 
-def test_a_submit_repeated_with_its_key_queues_nothing_and_gets_the_first_ids(ledger, tmp_path):
+def test_a_submit_repeated_with_its_key_queues_nothing_and_gets_the_first_ids(ledger, ledger_where):
     task = GenerateTask(prompts=[PROMPT])
     first = ledger.submit([task, task], key="creator:train:1", now=0)
     assert ledger.submit([task, task], key="creator:train:1", now=1) == first
@@ -48,7 +49,7 @@ def test_a_submit_repeated_with_its_key_queues_nothing_and_gets_the_first_ids(le
     with pytest.raises(ValueError, match="was used for 2 tasks, not 1"):
         ledger.submit([task], key="creator:train:1", now=3)
     ledger.close()
-    reopened = Ledger(tmp_path / "ledger.sqlite")  # the keys are in the file: a restarted hub remembers them
+    reopened = Ledger(ledger_where)  # the keys are in the ledger: a restarted hub remembers them
     assert reopened.submit([task, task], key="creator:train:1", now=4) == first
     assert reopened.queue_stats()["generate"].queued == 4
     reopened.close()
@@ -116,8 +117,8 @@ def test_failures_and_dead_agents(ledger):
     assert (lease.task_id, lease.attempt) == (b, 2)
 
 
-def test_restart_requeues_leases_and_accepts_replayed_results(tmp_path):
-    path = tmp_path / "ledger.sqlite"
+def test_restart_requeues_leases_and_accepts_replayed_results(ledger_where):
+    path = ledger_where
     first = Ledger(path)
     done, leased, queued = (first.submit([GenerateTask(prompts=[PROMPT])], now=t)[0] for t in (0, 1, 2))
     for lease in first.lease("generate", "s", 2, 30, now=3):  # the two oldest: done, leased

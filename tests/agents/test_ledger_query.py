@@ -1,10 +1,9 @@
-"""LedgerReader on a real ledger built through agents/ledger.py, read while the hub's writer still holds it."""
-
-import sqlite3
+"""LedgerReader on a real ledger built through agents/ledger.py (SQLite, and a real PostgreSQL server), read while the
+hub's writer still holds it."""
 
 import pytest
 
-from agents.ledger import Ledger
+from agents.ledger import Ledger, open_run_ledger
 from agents.ledger_query import Answer, LedgerReader, SampleSpan, TaskRow
 from protocol.messages import (
     CreateResult,
@@ -65,10 +64,12 @@ def build_run(ledger: Ledger) -> dict[str, str]:
     return ids
 
 
-@pytest.fixture
-def run(tmp_path):
-    """(run directory, task ids, the hub's Ledger, still open: WAL, as beside a running hub)."""
-    ledger = Ledger(tmp_path / "ledger.sqlite")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def run(request, tmp_path):
+    """(run directory, task ids, the hub's Ledger, still open as beside a running hub: SQLite in WAL mode, or a
+    PostgreSQL database the run directory names)."""
+    url = None if request.param == "sqlite" else request.getfixturevalue("pg_server").new_database()
+    ledger = open_run_ledger(tmp_path, url=url)
     ids = build_run(ledger)
     yield tmp_path, ids, ledger
     ledger.close()
@@ -122,7 +123,7 @@ def test_an_empty_ledger_reads_as_nothing(tmp_path):
 def test_the_reader_cannot_write_and_sees_the_hubs_next_commit(run):
     run_dir, _, ledger = run
     with LedgerReader.for_run(run_dir) as reader:
-        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        with pytest.raises(Exception, match=r"(?i)read.?only"):  # SQLite's mode=ro, PostgreSQL's read-only session
             reader.db.execute("DELETE FROM tasks")
         ledger.record_policy(3, 2, None, 0, now=60)  # the hub commits while the reader is open
         assert reader.policy_versions() == [1, 2, 3]

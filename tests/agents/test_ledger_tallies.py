@@ -1,10 +1,12 @@
 """The ledger's running tallies, results stored once (large ones as blobs), ordered ids, and the schema 1 -> 2
-migration, on real SQLite files: each checked against what the rows themselves say."""
+migration, on real SQLite files and (tallies, ids, concurrent leases, one hub per ledger) a real PostgreSQL server:
+each checked against what the rows themselves say."""
 
 import random
 import sqlite3
 
 import msgpack
+import pytest
 
 from agents.ledger import INLINE_BYTES, Lease, Ledger, reward_by_version
 from agents.ledger_query import LedgerReader
@@ -41,11 +43,11 @@ def joined_rewards(ledger: Ledger, sources) -> dict[int, tuple[float, int]]:
     return {version: (mean, n) for version, mean, n in rows}
 
 
-def test_tallies_follow_every_transition(tmp_path):
+def test_tallies_follow_every_transition(ledger_where):
     """Random walks through submit, lease, complete, fail, expire, release, recover, unlease and reclaim: after each
     step the task tally equals the rows' GROUP BY, and the reward tally the join over the verdicts."""
     rng = random.Random(0)
-    ledger = Ledger(tmp_path / "ledger.sqlite", max_attempts=3)
+    ledger = Ledger(ledger_where, max_attempts=3)
     now, version, leases, judged = 0.0, 0, [], []
     for step in range(300):
         now += 1
@@ -129,8 +131,8 @@ def test_a_large_result_is_stored_once_as_a_blob(tmp_path):
     assert files < 1.2 * size + 200_000  # the result once, plus the ledger's fixed pages
 
 
-def test_task_ids_sort_by_creation(tmp_path):
-    ledger = Ledger(tmp_path / "ledger.sqlite")
+def test_task_ids_sort_by_creation(ledger_where):
+    ledger = Ledger(ledger_where)
     ids = [ledger.submit([GenerateTask(prompts=[Prompt(prompt_id=f"p{i}", text="?")])], now=100.0)[0]
            for i in range(50)]
     ids += ledger.submit([GenerateTask(prompts=[Prompt(prompt_id="q", text="?")])] * 50, now=99.0)  # a clock step back
@@ -197,3 +199,46 @@ def test_a_schema_1_ledger_is_migrated_in_place(tmp_path):
     reopened = Ledger(path)  # migrated once: the second opening finds schema 2
     assert reopened.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
     reopened.close()
+
+
+def test_concurrent_leases_on_postgresql_never_hand_out_a_task_twice(pg_server):
+    """The server's row locks (FOR UPDATE SKIP LOCKED) keep leasing correct with several writers at once."""
+    import threading
+
+    url = pg_server.new_database()
+    setup = Ledger(url)
+    setup.submit([GenerateTask(prompts=[Prompt(prompt_id=f"p{i}", text="?")]) for i in range(400)], now=0)
+    leased: list[list[str]] = [[] for _ in range(4)]
+
+    def lease_all(i: int) -> None:
+        ledger = Ledger(url)
+        while batch := ledger.lease("generate", f"agent-{i}", 7, 30, now=1):
+            leased[i] += [lease.task_id for lease in batch]
+        ledger.close()
+
+    threads = [threading.Thread(target=lease_all, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    every = [task_id for ids in leased for task_id in ids]
+    assert len(every) == len(set(every)) == 400 and sum(1 for ids in leased if ids) >= 2
+    assert tallied(setup) == counted(setup) == {("generate", "leased"): 400}
+    setup.close()
+
+
+def test_one_hub_per_postgresql_ledger(pg_server, tmp_path):
+    from agents.ledger import LedgerError, open_run_ledger
+
+    url = pg_server.new_database()
+    first = open_run_ledger(tmp_path / "a", url=url)
+    with pytest.raises(LedgerError, match="another hub is writing this ledger"):
+        open_run_ledger(tmp_path / "a", url=url)
+    with pytest.raises(LedgerError, match="belongs to another run"):  # the run's marker names the first ledger
+        open_run_ledger(tmp_path / "a", url=pg_server.new_database())
+    assert (tmp_path / "a" / "ledger.url").read_text().strip() == url
+    assert (tmp_path / "a" / "ledger.url").stat().st_mode & 0o077 == 0  # it may carry a password
+    with pytest.raises(LedgerError, match="give a new run an empty database"):  # another run's ledger, unmarked
+        open_run_ledger(tmp_path / "c", url=url)
+    first.close()
+    open_run_ledger(tmp_path / "a", url=url).close()  # the lock went with the first hub's connection

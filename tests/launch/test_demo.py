@@ -2,7 +2,6 @@
 and report agree with the ledger; configs/demo.toml is what the demo runs; bad world hooks are named."""
 
 import json
-import sqlite3
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
+from agents.database import open_database
 from agents.worlds.arithmetic import parse
 from launch.demo import ALGOS, DEMO_METHOD, QUICK, Plan, prepare_model, to_toml, topology, write_data
 from launch.topology import TopologyError, load_topology
@@ -48,12 +48,14 @@ def test_a_bad_world_hook_is_one_error_naming_the_field(tmp_path, section, key, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("algo", "seed"), [  # pairs, demonstrations, judgments, rewards; one with its own seed
-    ("dpo", 0), ("gsil", 0), ("cut", 0), ("grpo", 1), ("rloo", 0)])
-def test_quick_demo_writes_a_summary_and_report_that_agree_with_the_ledger(tmp_path, algo, seed):
+@pytest.mark.parametrize(("algo", "seed", "ledger"), [  # pairs, demonstrations, judgments, rewards; one with its own
+    ("dpo", 0, "sqlite"), ("gsil", 0, "sqlite"), ("cut", 0, "sqlite"), ("grpo", 1, "sqlite"),  # seed; one on a
+    ("rloo", 0, "postgresql")])  # PostgreSQL server's ledger
+def test_quick_demo_writes_a_summary_and_report_that_agree_with_the_ledger(request, tmp_path, algo, seed, ledger):
+    url = request.getfixturevalue("pg_server").new_database() if ledger == "postgresql" else None
     out = subprocess.run([SELFPLAY, "demo", "--quick", "--algo", algo, "--run-dir", str(tmp_path),
-                          *(["--seed", str(seed)] if seed else [])], capture_output=True, text=True, timeout=400,
-                         cwd=ROOT)
+                          *(["--seed", str(seed)] if seed else []), *(["--ledger", url] if url else [])],
+                         capture_output=True, text=True, timeout=400, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     suffix = f"-seed{seed}" if seed else ""  # another seed's data, model and run sit beside seed 0's
     run = tmp_path / f"{algo}{suffix}"
@@ -65,7 +67,8 @@ def test_quick_demo_writes_a_summary_and_report_that_agree_with_the_ledger(tmp_p
     assert {"acc_before", "acc_after", "acc_stderr", "minutes", "rounds"} <= set(summary)
     assert "held-out accuracy" in out.stdout and str(run) in out.stdout
 
-    db = sqlite3.connect(run / "ledger.sqlite")
+    assert (run / "ledger.sqlite").exists() == (url is None)
+    db = open_database(url or run / "ledger.sqlite", read_only=True)
     rows = db.execute("SELECT s.policy_version, v.score FROM samples s JOIN prompts p USING (prompt_id) "
                       "JOIN verdicts v USING (sample_id) WHERE p.source = 'eval'").fetchall()
     versions = sorted({v for v, _ in rows})
