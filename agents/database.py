@@ -62,13 +62,14 @@ class SqliteDatabase:
         # check would only forbid that hand-over; transactions are explicit (isolation_level=None).
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
+            if self.conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0:  # a new file, before WAL:
+                self.conn.execute("PRAGMA page_size=8192")  # a 10 KiB result packs in 1.07x its size (4 KiB: 1.21x)
+                self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # pages freed by retention can go back to disk
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self.conn.execute("PRAGMA foreign_keys=ON")
             self.conn.execute("PRAGMA cache_size=-65536")  # 64 MiB of pages: the indexes' upper levels in memory
             self.conn.execute("PRAGMA journal_size_limit=67108864")  # the WAL shrinks back to 64 MiB after checkpoints
-            if self.conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0:  # a new file: pages
-                self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # freed by retention can go back to the disk
             if check:
                 problems = [row[0] for row in self.conn.execute("PRAGMA quick_check(3)")]
                 if problems != ["ok"]:

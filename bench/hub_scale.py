@@ -13,6 +13,7 @@ the queue full. Every figure is measured in this run:
    blobs, after the hub closed it) per result byte it took;
 4. on the largest ledger: 8 solvers returning the largest results while `status` is asked every second:
    the largest gap between two of the hub's heartbeats seen by any agent, and the slowest status.
+With --postgres, phases 2-4 again on a PostgreSQL ledger (a throwaway server, tests/pgserver.py), at --pg-sizes.
 Prefilled ledgers are built through the Ledger API (half generate tasks with one sample each, half judge
 tasks with one verdict each, all done) and cached in --cache by size and schema version.
 The last line is one JSON object.
@@ -61,9 +62,9 @@ TOKEN_BYTES = 16  # a token's share of an encoded sample: its id, its log-prob a
 
 
 # ---------------------------------------------------------------------------------------------- the ledgers
-def prefill(path: Path, tasks: int) -> None:
+def prefill(where: Path | str, tasks: int) -> None:
     """A ledger holding `tasks` done tasks: generate tasks with one sample each and judge tasks with one verdict."""
-    ledger = Ledger(path, check=False)
+    ledger = Ledger(where, check=False)
     now, made, started = time.time(), 0, time.monotonic()
     while made < tasks:
         n = min(1000, (tasks - made) // 2) or 1
@@ -87,40 +88,87 @@ def prefill(path: Path, tasks: int) -> None:
     ledger.close()
 
 
-def ledger_copy(cache: Path, tasks: int, run_dir: Path) -> Path:
-    """A fresh run directory holding a copy of the cached ledger of `tasks` tasks (built the first time)."""
-    cached = cache / f"ledger-s{SCHEMA_VERSION}-{tasks}.sqlite"
-    if tasks and not cached.exists():
-        print(f"prefilling a ledger of {tasks:,} tasks into {cached} (once)", flush=True)
-        cache.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_suffix(".partial")
-        for leftover in cache.glob(partial.name + "*"):
-            leftover.unlink()
-        prefill(partial, tasks)
-        partial.rename(cached)
+class SqliteLedgers:
+    """Prefilled SQLite ledgers, cached in `cache` by size and schema version; each phase runs on a copy."""
+
+    name = "sqlite"
+
+    def __init__(self, cache: Path) -> None:
+        self.cache = cache
+
+    def prepare(self, tasks: int, run_dir: Path) -> str | None:
+        """A fresh run directory holding a copy of the cached ledger of `tasks` tasks (built the first time)."""
+        cached = self.cache / f"ledger-s{SCHEMA_VERSION}-{tasks}.sqlite"
+        if tasks and not cached.exists():
+            print(f"prefilling a ledger of {tasks:,} tasks into {cached} (once)", flush=True)
+            self.cache.mkdir(parents=True, exist_ok=True)
+            partial = cached.with_suffix(".partial")
+            for leftover in self.cache.glob(partial.name + "*"):
+                leftover.unlink()
+            prefill(partial, tasks)
+            partial.rename(cached)
+        fresh_run_dir(run_dir)
+        if tasks:
+            shutil.copyfile(cached, run_dir / "ledger.sqlite")
+        return None
+
+    def size(self, run_dir: Path, url: str | None) -> int:
+        """The ledger's size on disk: its file (and WAL, if any is left) and its blobs."""
+        files = [p for p in run_dir.rglob("*") if p.is_file() and not p.name.startswith("hub-")
+                 and p.name != "ledger.id" and "adapters" not in p.parts]
+        return sum(p.stat().st_size for p in files)
+
+
+class PostgresLedgers:
+    """Ledgers on a throwaway PostgreSQL server (tests/pgserver.py): each size prefilled once into a template
+    database, and each phase on a new database copied from it."""
+
+    name = "postgresql"
+
+    def __init__(self) -> None:
+        from tests.pgserver import PgServer
+
+        self.server = PgServer()
+        self.templates: dict[int, str] = {}
+
+    def prepare(self, tasks: int, run_dir: Path) -> str | None:
+        if tasks not in self.templates:
+            url = self.server.new_database()
+            if tasks:
+                print(f"prefilling a PostgreSQL ledger of {tasks:,} tasks", flush=True)
+                prefill(url, tasks)
+            self.templates[tasks] = url.split("?")[0].rsplit("/", 1)[1]
+        fresh_run_dir(run_dir)
+        return self.server.new_database(template=self.templates[tasks])
+
+    def size(self, run_dir: Path, url: str | None) -> int:
+        """The ledger's tables with their indexes and out-of-line (compressed) values."""
+        from agents.database import PostgresDatabase
+
+        db = PostgresDatabase(url)
+        try:
+            return db.size_bytes()
+        finally:
+            db.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def fresh_run_dir(run_dir: Path) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
-    if tasks:
-        shutil.copyfile(cached, run_dir / "ledger.sqlite")
-    return run_dir
-
-
-def ledger_bytes(run_dir: Path) -> int:
-    """The ledger's size on disk: its file (and WAL, if any is left) and any blobs beside it."""
-    files = [p for p in run_dir.rglob("*") if p.is_file() and not p.name.startswith("hub-")
-             and p.name != "ledger.id" and "adapters" not in p.parts]
-    return sum(p.stat().st_size for p in files)
 
 
 # ---------------------------------------------------------------------------------------------- the hub
-def hub_main(run_dir: str, started, stop) -> None:
+def hub_main(run_dir: str, ledger: str | None, started, stop) -> None:
     import structlog
 
     from agents.hub import Hub, HubConfig
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))  # no line per agent
 
-    hub = Hub(HubConfig(run_dir=run_dir))
+    hub = Hub(HubConfig(run_dir=run_dir, ledger=ledger))
     hub.start()
     started.set()
     try:
@@ -130,10 +178,10 @@ def hub_main(run_dir: str, started, stop) -> None:
 
 
 class HubProcess:
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, ledger: str | None = None) -> None:
         ctx = mp.get_context("spawn")
         self.started, self.stop = ctx.Event(), ctx.Event()
-        self.proc = ctx.Process(target=hub_main, args=(str(run_dir), self.started, self.stop), daemon=True)
+        self.proc = ctx.Process(target=hub_main, args=(str(run_dir), ledger, self.started, self.stop), daemon=True)
         self.proc.start()
         if not self.started.wait(300):
             raise RuntimeError("the hub did not start within 300 s")
@@ -295,11 +343,12 @@ class Fleet:
 
 
 # ---------------------------------------------------------------------------------------------- the phases
-def phase(root: Path, cache: Path, tasks: int, agents: int, result_kb: float, seconds: float,
-          status_every_s: float | None = None, status_idle: bool = False) -> dict:
-    run_dir = ledger_copy(cache, tasks, root / "run")
-    before = ledger_bytes(run_dir)
-    hub = HubProcess(run_dir)
+def phase(root: Path, ledgers: SqliteLedgers | PostgresLedgers, tasks: int, agents: int, result_kb: float,
+          seconds: float, status_every_s: float | None = None, status_idle: bool = False) -> dict:
+    run_dir = root / "run"
+    url = ledgers.prepare(tasks, run_dir)
+    before = ledgers.size(run_dir, url)
+    hub = HubProcess(run_dir, url)
     ctx = zmq.Context()
     fleet = Fleet(ctx, hub.endpoint, agents, result_kb)
     try:
@@ -313,8 +362,43 @@ def phase(root: Path, cache: Path, tasks: int, agents: int, result_kb: float, se
         fleet.close()
         ctx.term()
         hub.close()
-    figures["ledger_bytes_per_result_byte"] = (ledger_bytes(run_dir) - before) / max(figures["result_bytes_stored"], 1)
+    stored = ledgers.size(run_dir, url) - before
+    figures["ledger_bytes_per_result_byte"] = stored / max(figures["result_bytes_stored"], 1)
     return figures
+
+
+def by_size_and_result(root: Path, ledgers, sizes: list[int], kbs: list[float], seconds: float) -> dict:
+    """Phases 2-4 on one kind of ledger: tasks/s and status by size, MB/s by result size, the stress phase."""
+    print(f"2. tasks/s (16 solvers) and idle status latency by ledger size ({ledgers.name})", flush=True)
+    by_size = {}
+    for size in sizes:
+        by_size[size] = phase(root, ledgers, size, 16, 1, seconds, status_idle=True)
+        print(f"  {size:9,d} tasks: {by_size[size]['tasks_per_s']:8.0f} tasks/s, status "
+              f"{by_size[size]['status_ms']:.1f} ms (slowest {by_size[size]['status_ms_idle_max']:.1f})", flush=True)
+    print(f"3. MB/s by result size (8 solvers, empty ledger, {ledgers.name})", flush=True)
+    by_kb = {}
+    for kb in kbs:
+        by_kb[kb] = phase(root, ledgers, 0, 8, kb, seconds)
+        print(f"  {kb:7.0f} KiB: {by_kb[kb]['mb_per_s']:7.1f} MB/s, {by_kb[kb]['tasks_per_s']:7.1f} results/s, "
+              f"ledger {by_kb[kb]['ledger_bytes_per_result_byte']:.2f} bytes per result byte", flush=True)
+    print(f"4. {max(kbs):.0f} KiB results from 8 solvers, status every second, on {max(sizes):,} tasks "
+          f"({ledgers.name})", flush=True)
+    stress = phase(root, ledgers, max(sizes), 8, max(kbs), max(seconds, 10.0), status_every_s=1.0)
+    print(f"  largest heartbeat gap {stress['max_heartbeat_gap_s']:.2f} s, slowest status "
+          f"{stress['status_ms_max'] or float('nan'):.0f} ms, {stress['mb_per_s']:.1f} MB/s", flush=True)
+    return {
+        "tasks_per_s_by_size": {str(s): round(f["tasks_per_s"], 1) for s, f in by_size.items()},
+        "status_ms_by_size": {str(s): round(f["status_ms"], 2) for s, f in by_size.items()},
+        "mb_per_s_by_result_kb": {str(int(k)): round(f["mb_per_s"], 2) for k, f in by_kb.items()},
+        "ledger_bytes_per_result_byte_by_kb": {str(int(k)): round(f["ledger_bytes_per_result_byte"], 3)
+                                               for k, f in by_kb.items()},
+        "throughput_largest_vs_empty": round(by_size[max(sizes)]["tasks_per_s"] / by_size[min(sizes)]["tasks_per_s"], 3),
+        "status_ms_largest": round(by_size[max(sizes)]["status_ms"], 2),
+        "max_heartbeat_gap_s": round(stress["max_heartbeat_gap_s"], 3),
+        "status_ms_under_load_max": round(stress["status_ms_max"] or -1, 1),
+        "ledger_bytes_per_result_byte": round(by_kb[max(kbs)]["ledger_bytes_per_result_byte"], 3),
+        "largest_size": max(sizes),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -325,51 +409,32 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seconds", type=float, default=5.0, help="Measured seconds of each phase.")
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "selfplay-hub-scale"),
                         help="Where prefilled ledgers are kept between runs.")
+    parser.add_argument("--postgres", action="store_true",
+                        help="Also run phases 2-4 on a PostgreSQL ledger (a throwaway server: tests/pgserver.py).")
+    parser.add_argument("--pg-sizes", default="0,100000", help="Prefilled ledger sizes on PostgreSQL, in tasks.")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     counts = [int(n) for n in args.agents.split(",")]
     kbs = [float(k) for k in args.result_kb.split(",")]
-    cache, out = Path(args.cache), {}
     with tempfile.TemporaryDirectory(prefix="hub-scale-") as tmp:
-        root = Path(tmp)
+        root, sqlite = Path(tmp), SqliteLedgers(Path(args.cache))
         print("1. tasks/s by solver count (empty ledger, 1 KiB results)", flush=True)
         by_agents = {}
         for n in counts:
-            by_agents[n] = phase(root, cache, 0, n, 1, args.seconds)["tasks_per_s"]
+            by_agents[n] = phase(root, sqlite, 0, n, 1, args.seconds)["tasks_per_s"]
             print(f"  {n:4d} solvers: {by_agents[n]:8.0f} tasks/s", flush=True)
-        print("2. tasks/s (16 solvers) and idle status latency by ledger size", flush=True)
-        by_size = {}
-        for size in sizes:
-            by_size[size] = phase(root, cache, size, 16, 1, args.seconds, status_idle=True)
-            print(f"  {size:9,d} tasks: {by_size[size]['tasks_per_s']:8.0f} tasks/s, status "
-                  f"{by_size[size]['status_ms']:.1f} ms (slowest {by_size[size]['status_ms_idle_max']:.1f})", flush=True)
-        print("3. MB/s by result size (8 solvers, empty ledger)", flush=True)
-        by_kb = {}
-        for kb in kbs:
-            by_kb[kb] = phase(root, cache, 0, 8, kb, args.seconds)
-            print(f"  {kb:7.0f} KiB: {by_kb[kb]['mb_per_s']:7.1f} MB/s, {by_kb[kb]['tasks_per_s']:7.1f} results/s, "
-                  f"ledger {by_kb[kb]['ledger_bytes_per_result_byte']:.2f} bytes per result byte", flush=True)
-        print(f"4. {max(kbs):.0f} KiB results from 8 solvers, status every second, on {max(sizes):,} tasks", flush=True)
-        stress = phase(root, cache, max(sizes), 8, max(kbs), max(args.seconds, 10.0), status_every_s=1.0)
-        print(f"  largest heartbeat gap {stress['max_heartbeat_gap_s']:.2f} s, slowest status "
-              f"{stress['status_ms_max'] or float('nan'):.0f} ms, {stress['mb_per_s']:.1f} MB/s", flush=True)
-    small, large = min(counts), max(counts)
-    base = 16 if 16 in counts else small
-    out = {
-        "tasks_per_s_by_agents": {str(n): round(v, 1) for n, v in by_agents.items()},
-        "tasks_per_s_by_size": {str(s): round(f["tasks_per_s"], 1) for s, f in by_size.items()},
-        "status_ms_by_size": {str(s): round(f["status_ms"], 2) for s, f in by_size.items()},
-        "mb_per_s_by_result_kb": {str(int(k)): round(f["mb_per_s"], 2) for k, f in by_kb.items()},
-        "ledger_bytes_per_result_byte_by_kb": {str(int(k)): round(f["ledger_bytes_per_result_byte"], 3)
-                                               for k, f in by_kb.items()},
-        f"throughput_{large}_vs_{base}": round(by_agents[large] / by_agents[base], 3),
-        "throughput_largest_vs_empty": round(by_size[max(sizes)]["tasks_per_s"] / by_size[min(sizes)]["tasks_per_s"], 3),
-        "status_ms_largest": round(by_size[max(sizes)]["status_ms"], 2),
-        "max_heartbeat_gap_s": round(stress["max_heartbeat_gap_s"], 3),
-        "status_ms_under_load_max": round(stress["status_ms_max"] or -1, 1),
-        "ledger_bytes_per_result_byte": round(by_kb[max(kbs)]["ledger_bytes_per_result_byte"], 3),
-        "largest_size": max(sizes),
-    }
+        out = by_size_and_result(root, sqlite, sizes, kbs, args.seconds)
+        if args.postgres:
+            postgres = PostgresLedgers()
+            try:
+                out["postgresql"] = by_size_and_result(root, postgres, [int(s) for s in args.pg_sizes.split(",")],
+                                                       kbs, args.seconds)
+            finally:
+                postgres.close()
+    large = max(counts)
+    base = 16 if 16 in counts else min(counts)
+    out = {"tasks_per_s_by_agents": {str(n): round(v, 1) for n, v in by_agents.items()},
+           f"throughput_{large}_vs_{base}": round(by_agents[large] / by_agents[base], 3), **out}
     if max(sizes) == 1_000_000:
         out["throughput_1m_vs_empty"] = out["throughput_largest_vs_empty"]
         out["status_ms_1m"] = out["status_ms_largest"]

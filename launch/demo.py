@@ -352,7 +352,8 @@ def describe(summary: dict[str, Any]) -> str:
         lines.append("evolved prompts: " + ", ".join(f"{k} {n}" for k, n in summary["evolved_by_mutation"].items()))
     lines.append(f"{summary['rounds']} rounds, {summary['samples']} answers ({summary['samples_per_s'] or 0:.1f}/s), "
                  f"{summary['minutes']:.1f} minutes")
-    lines.append(f"run directory {run_dir}: summary.json, report.png, logs/ (one JSON log per process), ledger.sqlite")
+    ledger = "ledger.url (where its PostgreSQL ledger is)" if (run_dir / "ledger.url").exists() else "ledger.sqlite"
+    lines.append(f"run directory {run_dir}: summary.json, report.png, logs/ (one JSON log per process), {ledger}")
     return "\n".join(lines)
 
 

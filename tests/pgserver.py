@@ -74,11 +74,11 @@ class PgServer:
                     raise RuntimeError(f"PostgreSQL did not start: {log}") from None
                 time.sleep(0.1)
 
-    def new_database(self) -> str:
-        """A new, empty database; its URL."""
+    def new_database(self, template: str | None = None) -> str:
+        """A new database, empty or a copy of the database named `template`; its URL."""
         name = f"t_{os.urandom(4).hex()}"
         with psycopg.connect(self.url(), autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name}")
+            conn.execute(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
         return self.url(name)
 
     def close(self) -> None:
