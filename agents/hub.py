@@ -163,6 +163,7 @@ class Hub:
         self.waiters = Waiters()  # task queries held until their tasks finish (TaskQuery.wait_s)
         self.followers: set[bytes] = set()  # data-socket identities pushed every new policy (PolicyFetch.follow)
         self._held: dict[bytes, list] = {}  # a sender with a message off the loop -> its later messages, in order
+        self._results: list[Incoming] = []  # results of this turn, recorded together by _commit_results
         # task kind -> agents (by identity, in the order they became so) that dispatch may give work: idle ones,
         # ones with credit left, and every one serving the kind that is not overdue (see _index)
         self._idle: dict[str, dict[bytes, None]] = {}
@@ -220,6 +221,7 @@ class Hub:
             events = dict(poller.poll(timeout_ms))
             if events.get(self.offload.wake):
                 self.offload.finish()
+                self._commit_results()
             started = time.monotonic()
             for sock in (self.control, self.data):
                 if events.get(sock):
@@ -228,7 +230,8 @@ class Hub:
                             frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                         except zmq.Again:
                             break
-                        self.handle(sock, frames)
+                        self._receive(sock, frames)
+            self._commit_results()  # the turn's results in one transaction, then their acks
             try:
                 self.housekeeping(time.time())
             except Exception:  # a full disk, say: the next turn tries again; the hub stays up and answers
@@ -237,6 +240,11 @@ class Hub:
                     log.exception("housekeeping failed", errors=self.errors)
 
     def handle(self, sock: zmq.Socket, frames: list) -> None:
+        """Handle one message to the end (its result committed and acknowledged)."""
+        self._receive(sock, frames)
+        self._commit_results()
+
+    def _receive(self, sock: zmq.Socket, frames: list) -> None:
         self.received += 1
         identity = frames[0].bytes
         if sock is self.control and identity in self._held:  # an earlier message of its sender is off the loop
@@ -290,7 +298,7 @@ class Hub:
         except Exception as e:  # a bug, a full disk: this message fails with an Error, the hub goes on
             self._failed(sock, identity, env.message.kind, env.header.msg_id, e)
         finally:
-            if packed is not None:
+            if packed is not None and not any(waiting.packed is packed for waiting in self._results):
                 self.ledger.discard(packed)  # its blob, unless a task's row took it
 
     def _failed(self, sock: zmq.Socket, identity: bytes, kind: str, msg_id: str | None, e: BaseException) -> None:
@@ -311,6 +319,8 @@ class Hub:
         now = time.time()
         if agent is not None:
             agent.last_seen = now
+        if kind not in ("result", "heartbeat"):
+            self._commit_results()  # what a sender sent before this is settled before it: its order holds
         handler = getattr(self, f"on_{kind}", None)
         if handler is None:
             return self._refuse(sock, identity, "invalid_message", f"the hub does not take {kind}", env.header.msg_id)
@@ -402,12 +412,40 @@ class Hub:
                                       f"{self.policy_version}", retryable=True, now=now, agent=name)
             outcome = "forbidden" if failed == "forbidden" else "stale"
         else:
+            self._results.append(msg)  # committed with the turn's other results (a group commit), then acknowledged
+            return
+        self._after_result(msg, outcome)
+
+    def _commit_results(self) -> None:
+        """Record the results waiting since the turn began in one transaction, then answer each (after the commit:
+        an acknowledged result is on disk)."""
+        if not self._results:
+            return
+        batch, self._results = self._results, []
+        try:
+            outcomes = self.ledger.complete_many([(msg.env.message.task_id, msg.env.message.attempt,
+                                                   msg.packed or msg.env.message.result, msg.agent.name)
+                                                  for msg in batch], time.time())
+        except Exception as e:  # a full disk, say: nothing was recorded; each sender gets an Error and keeps its result
+            for msg in batch:
+                self._failed(msg.sock, msg.identity, "result", msg.env.header.msg_id, e)
+                if msg.packed is not None:
+                    self.ledger.discard(msg.packed)
+            return
+        for msg, outcome in zip(batch, outcomes, strict=True):
             try:
-                outcome = self.ledger.complete(m.task_id, m.attempt, msg.packed or m.result, now,
-                                               agent=name)  # committed first
-            except InvalidResult as e:
-                return self._refuse(msg.sock, msg.identity, "invalid_message", f"task {m.task_id}: {e}",
-                                    msg.env.header.msg_id)
+                self._after_result(msg, outcome)
+            except Exception as e:  # a bug: this result's sender gets an Error, the others their answers
+                self._failed(msg.sock, msg.identity, "result", msg.env.header.msg_id, e)
+            finally:
+                if msg.packed is not None:
+                    self.ledger.discard(msg.packed)  # its blob, unless its task's row took it
+
+    def _after_result(self, msg: Incoming, outcome) -> None:
+        m, name = msg.env.message, msg.agent.name
+        if isinstance(outcome, InvalidResult):
+            return self._refuse(msg.sock, msg.identity, "invalid_message", f"task {m.task_id}: {outcome}",
+                                msg.env.header.msg_id)
         if outcome == "forbidden":
             return self._refuse(msg.sock, msg.identity, "forbidden", f"task {m.task_id} attempt {m.attempt} is not "
                                 f"leased to {name}", msg.env.header.msg_id)

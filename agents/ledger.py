@@ -308,29 +308,61 @@ class Ledger:
         """Record a result: committed (with its samples, verdicts, prompts or metrics) before returning. With an
         `agent`, only that agent's, if it holds the attempt ("forbidden" otherwise). A result of the wrong kind, or
         whose samples or verdicts are not its task's, raises InvalidResult and changes nothing."""
+        [outcome] = self.complete_many([(task_id, attempt, result, agent)], now)
+        if isinstance(outcome, InvalidResult):
+            raise outcome
+        return outcome
+
+    def complete_many(self, results: list[tuple[str, int, ResultPayload | PackedResult, str | None]], now: float
+                      ) -> list[Outcome | InvalidResult]:
+        """`complete` for several results (task id, attempt, result, agent) in one transaction, one commit: a group
+        commit. Each is decided on its own (a savepoint): an invalid one is returned as its InvalidResult and leaves
+        nothing behind, without undoing the others."""
+        outcomes: list[Outcome | InvalidResult] = []
+        unrecorded: list[PackedResult] = []  # packed here but not recorded: their blobs go after the commit
         with self._tx():
-            row = self.db.execute("SELECT state, attempt, agent, kind, payload FROM tasks WHERE task_id = ?"
-                                  + self.db.for_update, (task_id,)).fetchone()
-            if row is None:
-                return "unknown"
-            state, current, holder, kind, payload = row
-            if state == "done":
-                return "duplicate" if current == attempt else "stale"
-            if attempt != current or state not in ("leased", "queued"):
-                return "stale"
-            if agent is not None and holder != agent:
-                return "forbidden"
-            packed = result if isinstance(result, PackedResult) else None
-            result = packed.result if packed else result
-            _check_result(task_id, attempt, kind, payload, result, self.policy_version)
-            packed = packed or self.pack(result)
-            self.db.execute("UPDATE tasks SET state = 'done', result = ?, result_bytes = ?, result_blob = ?,"
-                            " deadline = NULL, updated = ? WHERE task_id = ?",  # agent kept: who did it
-                            (packed.inline, packed.num_bytes, packed.blob, now, task_id))
-            if packed.blob:
-                self._add("blob_bytes", packed.num_bytes)
-            self._move(kind, state, "done")
-            self._record_result(task_id, result, now)
+            for task_id, attempt, result, agent in results:
+                written: list[PackedResult] = []
+                self.db.execute("SAVEPOINT result")
+                try:
+                    outcome: Outcome | InvalidResult = self._complete(task_id, attempt, result, now, agent, written)
+                except InvalidResult as e:
+                    self.db.execute("ROLLBACK TO SAVEPOINT result")
+                    outcome = e
+                self.db.execute("RELEASE SAVEPOINT result")
+                outcomes.append(outcome)
+                if outcome != "accepted":
+                    unrecorded += written
+        for packed in unrecorded:
+            self.discard(packed)
+        return outcomes
+
+    def _complete(self, task_id: str, attempt: int, result: ResultPayload | PackedResult, now: float,
+                  agent: str | None, written: list[PackedResult]) -> Outcome:
+        row = self.db.execute("SELECT state, attempt, agent, kind, payload FROM tasks WHERE task_id = ?"
+                              + self.db.for_update, (task_id,)).fetchone()
+        if row is None:
+            return "unknown"
+        state, current, holder, kind, payload = row
+        if state == "done":
+            return "duplicate" if current == attempt else "stale"
+        if attempt != current or state not in ("leased", "queued"):
+            return "stale"
+        if agent is not None and holder != agent:
+            return "forbidden"
+        packed = result if isinstance(result, PackedResult) else None
+        result = packed.result if packed else result
+        _check_result(task_id, attempt, kind, payload, result, self.policy_version)
+        if packed is None:
+            packed = self.pack(result)
+            written.append(packed)
+        self.db.execute("UPDATE tasks SET state = 'done', result = ?, result_bytes = ?, result_blob = ?,"
+                        " deadline = NULL, updated = ? WHERE task_id = ?",  # agent kept: who did it
+                        (packed.inline, packed.num_bytes, packed.blob, now, task_id))
+        if packed.blob:
+            self._add("blob_bytes", packed.num_bytes)
+        self._move(kind, state, "done")
+        self._record_result(task_id, result, now)
         return "accepted"
 
     def fail(self, task_id: str, attempt: int, reason: str, retryable: bool, now: float,

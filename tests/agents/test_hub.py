@@ -454,3 +454,28 @@ def test_dispatch_asks_the_ledger_nothing_for_agents_that_cannot_take_work(tmp_p
     hub.dispatch(time.time())
     assert calls == {}
     hub.close()
+
+
+def test_results_that_arrive_together_are_committed_together_and_each_acknowledged(running):
+    """While one commit is slow (a busy disk), the results that arrive meanwhile go into the next one: fewer commits
+    than results, and every result acknowledged once, after its commit."""
+    creator, solver = running.client("creator-0"), running.client("solver-0")
+    creator.ready("creator", kinds=())
+    solver.ready("solver", capacity=16)
+    ids = submit(creator, 16)
+    assigns = [solver.recv().message for _ in ids]
+    batches, real = [], running.hub.ledger.complete_many
+
+    def slow_first(results, now):
+        batches.append(len(results))
+        if len(batches) == 1:
+            time.sleep(0.3)
+        return real(results, now)
+
+    running.hub.ledger.complete_many = slow_first
+    for a in assigns:
+        solver.send(Result(task_id=a.task_id, attempt=a.attempt, result=generated(a.task_id, a.attempt, 0)))
+    acks = [solver.recv(timeout_ms=5000).message for _ in assigns]
+    assert sorted(a.task_id for a in acks) == sorted(ids) and {a.status for a in acks} == {"accepted"}
+    assert sum(batches) == 16 and len(batches) < 16 and max(batches) > 1, batches
+    assert all(running.task(t)["state"] == "done" for t in ids)

@@ -217,3 +217,17 @@ def test_a_lease_never_sent_gives_back_its_attempt_and_the_previous_holder(ledge
     assert (ledger.task(tid)["attempt"], ledger.task(tid)["agent"]) == (1, "A")
     assert ledger.complete(tid, 1, generated(tid, 1, 0), now=13, agent="B") == "forbidden"
     assert ledger.complete(tid, 1, generated(tid, 1, 0), now=13, agent="A") == "accepted"
+
+
+def test_results_committed_together_are_each_decided_on_their_own(ledger):
+    """A group commit: one invalid result among valid ones is refused alone (its savepoint), the rest recorded."""
+    ids = ledger.submit([GenerateTask(prompts=[PROMPT])] * 3, now=0)
+    ledger.lease("generate", "s", 3, 30, now=1)
+    a, b, c = ids
+    outcomes = ledger.complete_many([(a, 1, generated(a, 1, 0), "s"), (b, 1, generated(c, 1, 0), "s"),
+                                     (c, 1, generated(c, 1, 0), "s"), (a, 1, generated(a, 1, 0), "s")], now=2)
+    assert outcomes[0] == "accepted" and outcomes[2] == "accepted" and outcomes[3] == "duplicate"
+    assert "sample ids must" in str(outcomes[1])  # b answered with c's sample ids: InvalidResult, b untouched
+    assert [ledger.task(t)["state"] for t in ids] == ["done", "leased", "done"]
+    assert sorted(r[0] for r in ledger.db.execute("SELECT sample_id FROM samples")) == [f"{a}.1.0", f"{c}.1.0"]
+    assert ledger.queue_stats()["generate"].done == 2 and ledger.queue_stats()["generate"].leased == 1
