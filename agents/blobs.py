@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,6 +24,8 @@ from pathlib import Path
 class BlobStore:
     def __init__(self, directory: str | os.PathLike, *, durable: bool = False) -> None:
         self.directory, self.durable = Path(directory), durable
+        self._pins: Counter[str] = Counter()  # blobs of results written and not yet settled: never deleted
+        self._lock = threading.Lock()  # put runs on the hub's offload thread, delete on its loop
 
     def path(self, digest: str) -> Path:
         if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
@@ -29,13 +33,15 @@ class BlobStore:
         return self.directory / digest[:2] / digest
 
     def put(self, data: bytes | memoryview) -> str:
-        """Store `data` (once: a blob already there is kept) and return its digest."""
+        """Store `data` (once: a blob already there is kept) and return its digest, pinned until `unpin`."""
         digest = hashlib.sha256(data).hexdigest()
         path = self.path(digest)
-        if path.exists() and path.stat().st_size == len(data):
-            return digest
+        with self._lock:
+            self._pins[digest] += 1
+            if path.exists() and path.stat().st_size == len(data):
+                return digest
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{digest}.{os.getpid()}.tmp")
+        tmp = path.with_name(f".{digest}.{os.getpid()}.{threading.get_ident()}.tmp")
         with open(tmp, "wb") as f:
             f.write(data)
             if self.durable:
@@ -54,8 +60,19 @@ class BlobStore:
         """The blob's bytes; FileNotFoundError (naming the file) when it is gone."""
         return self.path(digest).read_bytes()
 
-    def delete(self, digest: str) -> None:
-        self.path(digest).unlink(missing_ok=True)
+    def unpin(self, digest: str) -> None:
+        with self._lock:
+            self._pins[digest] -= 1
+            if self._pins[digest] <= 0:
+                del self._pins[digest]
+
+    def delete(self, digest: str) -> bool:
+        """Delete a blob, unless a result being recorded has it pinned. Whether it went."""
+        with self._lock:
+            if self._pins[digest] > 0:
+                return False
+            self.path(digest).unlink(missing_ok=True)
+            return True
 
     def digests(self) -> Iterator[str]:
         if self.directory.exists():

@@ -49,6 +49,7 @@ class SqliteDatabase:
     inline_bytes: int | None = 64 << 10  # larger results go to blob files beside the ledger
     for_update = skip_locked = ""  # the write lock is the whole database's, taken at BEGIN
     IntegrityError = sqlite3.IntegrityError
+    DataError = sqlite3.DataError
 
     def __init__(self, path: Path, *, durable: bool = False, check: bool = True, read_only: bool = False) -> None:
         self.path = path
@@ -93,9 +94,12 @@ class SqliteDatabase:
         return [s for s in schema.split(";") if s.strip()]
 
     def size_bytes(self) -> int:
-        """The file and its WAL."""
+        """The pages in use (freed pages that SQLite reuses are not counted: a file without incremental vacuum does
+        not shrink) and the WAL."""
+        page_size, pages, free = (self.conn.execute(f"PRAGMA {name}").fetchone()[0]
+                                  for name in ("page_size", "page_count", "freelist_count"))
         wal = self.path.with_name(self.path.name + "-wal")
-        return sum(p.stat().st_size for p in (self.path, wal) if p.exists())
+        return page_size * (pages - free) + (wal.stat().st_size if wal.exists() else 0)
 
     def compact(self) -> None:
         """Give up to 8 MiB of freed pages back to the disk (a file created with auto_vacuum=INCREMENTAL)."""
@@ -146,6 +150,7 @@ class PostgresDatabase:
         except ImportError:
             raise DatabaseError("a postgresql:// ledger needs psycopg 3: pip install 'selfplay[postgres]'") from None
         self.IntegrityError = psycopg.errors.IntegrityError
+        self.DataError = psycopg.DataError
         self.url, self.url_shown = url, _redacted(url)
         try:
             self.conn = psycopg.connect(url, autocommit=True, connect_timeout=10)

@@ -186,6 +186,9 @@ class Hub:
         self.data = hub_socket(self.ctx, self._endpoint(self.config.data, "data"), "data", curve=curve)
         self.endpoints = {"control": self.control.last_endpoint.decode(), "data": self.data.last_endpoint.decode()}
         self.offload = Offload(self.ctx)
+        swept = self.ledger.blobs.sweep(self.ledger.names_blob, older_than_s=0.0)  # results never committed (a crash
+        if swept:  # between a blob and its row): their agents send them again
+            log.info("orphan blobs removed", count=swept)
         c = self.config
         self.retention = Retention(self.ledger, self.run_dir, self.offload,
                                    archive_after_s=c.archive_after_s if c.retention else None,
@@ -222,9 +225,9 @@ class Hub:
             if events.get(self.offload.wake):
                 self.offload.finish()
                 self._commit_results()
-            started = time.monotonic()
             for sock in (self.control, self.data):
                 if events.get(sock):
+                    started = time.monotonic()  # each socket its own budget: control traffic never starves data
                     while time.monotonic() - started < TURN_BUDGET_S:  # drain a burst without starving housekeeping
                         try:
                             frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -273,12 +276,18 @@ class Hub:
 
     def _decoded(self, sock: zmq.Socket, identity: bytes, body: list, outcome, error: BaseException | None) -> None:
         """Back on the loop: handle the decoded message, then the sender's messages that waited behind it."""
-        if isinstance(error, ProtocolError):
-            self._protocol_error(sock, identity, error)
-        elif error is not None:
-            self._failed(sock, identity, "result", None, error)
-        else:
-            self._routed(sock, identity, "control", outcome[0], body, outcome[1])
+        try:
+            if isinstance(error, ProtocolError):
+                self._protocol_error(sock, identity, error)
+            elif error is not None:
+                self._failed(sock, identity, "result", None, error)
+            else:
+                self._routed(sock, identity, "control", outcome[0], body, outcome[1])
+        finally:
+            self._release(sock, identity)
+
+    def _release(self, sock: zmq.Socket, identity: bytes) -> None:
+        """The sender's messages that waited behind its message off the loop, in order."""
         held = self._held.pop(identity, [])
         for i, frames in enumerate(held):
             self._handle(sock, identity, frames[1:])
@@ -299,7 +308,7 @@ class Hub:
             self._failed(sock, identity, env.message.kind, env.header.msg_id, e)
         finally:
             if packed is not None and not any(waiting.packed is packed for waiting in self._results):
-                self.ledger.discard(packed)  # its blob, unless a task's row took it
+                self.ledger.settle(packed, recorded=False)  # refused before it was queued: its blob goes
 
     def _failed(self, sock: zmq.Socket, identity: bytes, kind: str, msg_id: str | None, e: BaseException) -> None:
         self.rejected["internal"] += 1
@@ -408,6 +417,7 @@ class Hub:
             return self._refuse(msg.sock, msg.identity, "invalid_message", f"samples claim policy v{max(versions)}; "
                                 f"the newest is v{self.policy_version}", msg.env.header.msg_id)
         if versions and min(versions) < self.policy_version - self.config.max_staleness:
+            self._commit_results()  # this sender's earlier results are answered before this one
             failed = self.ledger.fail(m.task_id, m.attempt, f"samples from policy {min(versions)}, hub at "
                                       f"{self.policy_version}", retryable=True, now=now, agent=name)
             outcome = "forbidden" if failed == "forbidden" else "stale"
@@ -430,7 +440,7 @@ class Hub:
             for msg in batch:
                 self._failed(msg.sock, msg.identity, "result", msg.env.header.msg_id, e)
                 if msg.packed is not None:
-                    self.ledger.discard(msg.packed)
+                    self.ledger.settle(msg.packed, recorded=False)
             return
         for msg, outcome in zip(batch, outcomes, strict=True):
             try:
@@ -439,13 +449,15 @@ class Hub:
                 self._failed(msg.sock, msg.identity, "result", msg.env.header.msg_id, e)
             finally:
                 if msg.packed is not None:
-                    self.ledger.discard(msg.packed)  # its blob, unless its task's row took it
+                    self.ledger.settle(msg.packed, recorded=outcome == "accepted")
 
     def _after_result(self, msg: Incoming, outcome) -> None:
         m, name = msg.env.message, msg.agent.name
         if isinstance(outcome, InvalidResult):
             return self._refuse(msg.sock, msg.identity, "invalid_message", f"task {m.task_id}: {outcome}",
                                 msg.env.header.msg_id)
+        if isinstance(outcome, Exception):  # this result alone failed to be recorded (a bug): the sender retries
+            return self._failed(msg.sock, msg.identity, "result", msg.env.header.msg_id, outcome)
         if outcome == "forbidden":
             return self._refuse(msg.sock, msg.identity, "forbidden", f"task {m.task_id} attempt {m.attempt} is not "
                                 f"leased to {name}", msg.env.header.msg_id)

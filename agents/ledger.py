@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 import msgpack
+import structlog
 from pydantic import TypeAdapter
 
 from agents.blobs import BlobStore
@@ -64,6 +65,7 @@ from protocol.messages import (
     TrainingReport,
 )
 
+log = structlog.get_logger("agents.ledger")
 TASK_ADAPTER: TypeAdapter[TaskPayload] = TypeAdapter(TaskPayload)
 RESULT_ADAPTER: TypeAdapter[ResultPayload] = TypeAdapter(ResultPayload)
 Outcome = Literal["accepted", "duplicate", "stale", "unknown", "forbidden"]
@@ -119,6 +121,7 @@ CREATE INDEX IF NOT EXISTS tasks_blob ON tasks (result_blob) WHERE result_blob I
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (updated) WHERE state IN ('done', 'dead');
 CREATE INDEX IF NOT EXISTS samples_task ON samples (task_id);
 CREATE INDEX IF NOT EXISTS verdicts_task ON verdicts (task_id);
+CREATE INDEX IF NOT EXISTS submits_created ON submits (created);
 CREATE TABLE IF NOT EXISTS totals (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """  # after a migration: the columns it indexes are new in schema 2
 SCHEMA_VERSION = "2"  # 2: results stored once (blobs), index-only samples and verdicts, tallies, metrics index
@@ -289,19 +292,26 @@ class Ledger:
         return True
 
     def pack(self, result: ResultPayload) -> PackedResult:
-        """A result in its stored form, a large one already written to the blob store. Touches no table, so it
-        can run on any thread (the hub packs large results off its loop) before `complete` commits it."""
+        """A result in its stored form, a large one already written to the blob store (and pinned there until
+        `settle`, so no deletion takes it meanwhile). Touches no table, so it can run on any thread (the hub packs
+        large results off its loop) before `complete` commits it; whoever packs it settles it."""
         packed = _pack(result)
         inline = self.db.inline_bytes
         blob = self.blobs.put(packed) if inline is not None and len(packed) > inline else None
         return PackedResult(result, None if blob else packed, len(packed), blob)
 
-    def discard(self, packed: PackedResult) -> None:
-        """A packed result that was not recorded (refused, stale, a repeat): its blob goes, unless a task's row
-        names the same bytes."""
-        if packed.blob and self.db.execute("SELECT 1 FROM tasks WHERE result_blob = ? LIMIT 1",
-                                           (packed.blob,)).fetchone() is None:
-            self.blobs.delete(packed.blob)
+    def settle(self, packed: PackedResult, recorded: bool) -> None:
+        """Done with a packed result (`pack` pinned its blob): unpin it, and if it was not recorded (refused, stale, a
+        repeat) delete its blob, unless a task's row or another packed result still in flight names the same bytes.
+        Never raises: a blob left behind is an orphan for `sweep`."""
+        if not packed.blob:
+            return
+        self.blobs.unpin(packed.blob)
+        try:
+            if not recorded and not self.names_blob(packed.blob):
+                self.blobs.delete(packed.blob)
+        except Exception as e:
+            log.warning("blob not deleted", blob=packed.blob, error=f"{type(e).__name__}: {e}")
 
     def complete(self, task_id: str, attempt: int, result: ResultPayload | PackedResult, now: float,
                  agent: str | None = None) -> Outcome:
@@ -309,32 +319,37 @@ class Ledger:
         `agent`, only that agent's, if it holds the attempt ("forbidden" otherwise). A result of the wrong kind, or
         whose samples or verdicts are not its task's, raises InvalidResult and changes nothing."""
         [outcome] = self.complete_many([(task_id, attempt, result, agent)], now)
-        if isinstance(outcome, InvalidResult):
+        if isinstance(outcome, Exception):
             raise outcome
         return outcome
 
     def complete_many(self, results: list[tuple[str, int, ResultPayload | PackedResult, str | None]], now: float
-                      ) -> list[Outcome | InvalidResult]:
+                      ) -> list[Outcome | Exception]:
         """`complete` for several results (task id, attempt, result, agent) in one transaction, one commit: a group
-        commit. Each is decided on its own (a savepoint): an invalid one is returned as its InvalidResult and leaves
-        nothing behind, without undoing the others."""
-        outcomes: list[Outcome | InvalidResult] = []
-        unrecorded: list[PackedResult] = []  # packed here but not recorded: their blobs go after the commit
+        commit. Each is decided on its own (a savepoint): an invalid one is returned as its InvalidResult (any other
+        failure as its exception) and leaves nothing behind, without undoing the others."""
+        outcomes: list[Outcome | Exception] = []
+        packed_here: list[tuple[PackedResult, bool]] = []  # packed in _complete, and whether it was recorded
         with self._tx():
             for task_id, attempt, result, agent in results:
                 written: list[PackedResult] = []
                 self.db.execute("SAVEPOINT result")
                 try:
-                    outcome: Outcome | InvalidResult = self._complete(task_id, attempt, result, now, agent, written)
+                    outcome: Outcome | Exception = self._complete(task_id, attempt, result, now, agent, written)
                 except InvalidResult as e:
+                    self.db.execute("ROLLBACK TO SAVEPOINT result")
+                    outcome = e
+                except self.db.DataError as e:  # a value the database cannot hold (PostgreSQL: a NUL in a text)
+                    self.db.execute("ROLLBACK TO SAVEPOINT result")
+                    outcome = InvalidResult(f"cannot be stored: {str(e).strip()[:300]}")
+                except Exception as e:  # a bug, say: this result fails alone, the others are recorded
                     self.db.execute("ROLLBACK TO SAVEPOINT result")
                     outcome = e
                 self.db.execute("RELEASE SAVEPOINT result")
                 outcomes.append(outcome)
-                if outcome != "accepted":
-                    unrecorded += written
-        for packed in unrecorded:
-            self.discard(packed)
+                packed_here += [(packed, outcome == "accepted") for packed in written]
+        for packed, recorded in packed_here:  # after the commit
+            self.settle(packed, recorded)
         return outcomes
 
     def _complete(self, task_id: str, attempt: int, result: ResultPayload | PackedResult, now: float,
@@ -352,18 +367,22 @@ class Ledger:
             return "forbidden"
         packed = result if isinstance(result, PackedResult) else None
         result = packed.result if packed else result
-        _check_result(task_id, attempt, kind, payload, result, self.policy_version)
+        judged = _check_result(task_id, attempt, kind, payload, result, self.policy_version)
         if packed is None:
             packed = self.pack(result)
             written.append(packed)
+        if packed.blob and not self.names_blob(packed.blob):  # a new file (identical results share one)
+            self._add("blob_bytes", packed.num_bytes)
         self.db.execute("UPDATE tasks SET state = 'done', result = ?, result_bytes = ?, result_blob = ?,"
                         " deadline = NULL, updated = ? WHERE task_id = ?",  # agent kept: who did it
                         (packed.inline, packed.num_bytes, packed.blob, now, task_id))
-        if packed.blob:
-            self._add("blob_bytes", packed.num_bytes)
         self._move(kind, state, "done")
-        self._record_result(task_id, result, now)
+        self._record_result(task_id, result, now, judged)
         return "accepted"
+
+    def names_blob(self, digest: str) -> bool:
+        """Whether a task's row names this blob."""
+        return self.db.execute("SELECT 1 FROM tasks WHERE result_blob = ? LIMIT 1", (digest,)).fetchone() is not None
 
     def fail(self, task_id: str, attempt: int, reason: str, retryable: bool, now: float,
              agent: str | None = None) -> str | None:
@@ -429,7 +448,8 @@ class Ledger:
                             (p.prompt_id, p.text, p.source, p.parent_id, p.mutation, p.difficulty, round_,
                              _pack(p), now))
 
-    def _record_result(self, task_id: str, result: ResultPayload, now: float) -> None:
+    def _record_result(self, task_id: str, result: ResultPayload, now: float,
+                       judged: dict[str, tuple[str, int]] | None = None) -> None:
         """Index rows of a result (its bytes are stored once, in the task's row or blob), and the tallies."""
         if isinstance(result, GenerateResult):
             for s in result.samples:
@@ -439,7 +459,7 @@ class Ledger:
                 except self.db.IntegrityError:
                     raise InvalidResult(f"sample id {s.sample_id!r} belongs to another task") from None
         elif isinstance(result, JudgeResult):
-            self._record_verdicts(task_id, result, now)
+            self._record_verdicts(task_id, result, now, judged or {})
         elif isinstance(result, CreateResult):
             self._record_prompts(result.prompts, now, result.round)
         elif isinstance(result, TrainingReport):
@@ -447,15 +467,16 @@ class Ledger:
                 self.db.execute("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?)",
                                 (name, value, result.step, result.policy_version, task_id, now))
 
-    def _record_verdicts(self, task_id: str, result: JudgeResult, now: float) -> None:
-        """Each new verdict's row, and its score added to the tally of its sample's version and prompt source."""
+    def _record_verdicts(self, task_id: str, result: JudgeResult, now: float,
+                         judged: dict[str, tuple[str, int]]) -> None:
+        """Each new verdict's row, and its score added to the tally of its sample's version and prompt source
+        (`judged`: from the judge task, which names both)."""
         tally: dict[tuple[str, int], list[float]] = {}
         for v in result.verdicts:
             if not self.db.execute("INSERT INTO verdicts VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                                    (v.sample_id, v.score, task_id, now)).rowcount:
                 continue  # judged before (by another task): counted then
-            row = self.db.execute("SELECT p.source, s.policy_version FROM samples s JOIN prompts p"
-                                  " ON p.prompt_id = s.prompt_id WHERE s.sample_id = ?", (v.sample_id,)).fetchone()
+            row = judged.get(v.sample_id)
             if row is not None:
                 total = tally.setdefault(row, [0.0, 0])
                 total[0] += v.score
@@ -478,7 +499,7 @@ class Ledger:
         for row in self.db.execute(
                 "SELECT task_id, kind, state, attempt, agent, reason, created, updated, payload, result, result_blob,"
                 " COALESCE(result_bytes, 0) FROM tasks WHERE state IN ('done', 'dead') AND updated < ?"
-                " ORDER BY updated LIMIT ?", (before, max_tasks)):
+                " ORDER BY updated, task_id LIMIT ?", (before, max_tasks)):
             rows.append(FinishedTask(*row[:9], StoredResult(row[9], row[10]) if row[9] or row[10] else None, row[11]))
             total += len(row[8]) + row[11]
             if total >= max_bytes:
@@ -504,8 +525,8 @@ class Ledger:
             gone = [digest for digest in blobs
                     if self.db.execute("SELECT 1 FROM tasks WHERE result_blob = ? LIMIT 1", (digest,)).fetchone() is None]
             self._add("blob_bytes", -sum(blobs[digest] for digest in gone))
-            for key, task_ids in self.db.execute("SELECT key, task_ids FROM submits WHERE created < ? LIMIT 500",
-                                                 (submits_before,)).fetchall():
+            for key, task_ids in self.db.execute("SELECT key, task_ids FROM submits WHERE created < ?"
+                                                 " ORDER BY created LIMIT 500", (submits_before,)).fetchall():
                 if not self.states(task_ids.split(",")):
                     self.db.execute("DELETE FROM submits WHERE key = ?", (key,))
         for digest in gone:  # after the commit: a crash before this leaves an orphan for BlobStore.sweep, not a hole
@@ -688,10 +709,11 @@ def _migrate_from_1(db: Database) -> None:
 
 
 def _check_result(task_id: str, attempt: int, kind: str, payload: bytes, result: ResultPayload,
-                  newest: Callable[[], int]) -> None:
+                  newest: Callable[[], int]) -> dict[str, tuple[str, int]] | None:
     """A result finishes only its own task: the right kind, samples named for this attempt answering the task's
     prompts, verdicts on exactly the task's samples, a report of a version the hub has (`newest()`, asked only
-    of reports). Raises InvalidResult."""
+    of reports). Raises InvalidResult. For verdicts, returns each judged sample's prompt source and policy version
+    (from the judge task itself: the generate task may be archived already)."""
     if RESULT_KIND_OF[kind] != result.kind:
         raise InvalidResult(f"a {kind} task is finished by a {RESULT_KIND_OF[kind]}, not a {result.kind}")
     if isinstance(result, GenerateResult):
@@ -702,12 +724,15 @@ def _check_result(task_id: str, attempt: int, kind: str, payload: bytes, result:
         if not all(s.prompt_id in prompts for s in result.samples):
             raise InvalidResult("a sample answers a prompt that is not in the task")
     elif isinstance(result, JudgeResult):
-        wanted = {s["sample_id"] for g in _unpack(payload)["groups"] for s in g["samples"]}
+        judged = {s["sample_id"]: (g["prompt"]["source"], s["policy_version"])
+                  for g in _unpack(payload)["groups"] for s in g["samples"]}
         ids = [v.sample_id for v in result.verdicts]
-        if len(set(ids)) != len(ids) or set(ids) != wanted:
-            raise InvalidResult(f"verdicts must judge the task's {len(wanted)} samples, each once")
+        if len(set(ids)) != len(ids) or set(ids) != set(judged):
+            raise InvalidResult(f"verdicts must judge the task's {len(judged)} samples, each once")
+        return judged
     elif isinstance(result, TrainingReport) and result.policy_version > (published := newest()):
         raise InvalidResult(f"the report names policy v{result.policy_version}; the newest published is v{published}")
+    return None
 
 
 def _pack(model: object) -> bytes:

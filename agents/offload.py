@@ -25,8 +25,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import structlog
 import zmq
 
+log = structlog.get_logger("agents.offload")
 Continuation = Callable[[Any, BaseException | None], None]
 
 
@@ -41,6 +43,7 @@ class Offload:
         self._done: collections.deque[tuple[Continuation, Any, BaseException | None]] = collections.deque()
         self.pending = 0  # jobs handed over and not yet finished by the loop
         self.jobs = 0  # jobs handed over in all
+        self.failed = 0  # continuations that raised
         self._thread = threading.Thread(target=self._work, name="hub-offload", daemon=True)
         self._thread.start()
 
@@ -71,7 +74,11 @@ class Offload:
         while self._done:
             then, outcome, error = self._done.popleft()
             self.pending -= 1
-            then(outcome, error)
+            try:
+                then(outcome, error)
+            except Exception:  # a continuation's failure (a full disk in a commit) must not end the loop
+                self.failed += 1
+                log.exception("offloaded work failed on the loop", failed=self.failed)
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Let the jobs handed over finish (a result being packed gets its blob written), then stop."""

@@ -9,7 +9,7 @@ forever. The hub's housekeeping starts a pass every `retention_every_s`:
 3. back on the loop: the tasks deleted from the ledger with their sample and verdict rows and their blobs
    (Ledger.prune), in one transaction, after the shard is on disk.
 A crash between 2 and 3 archives the batch again at the next pass, under the same name (its oldest task
-comes first again), so a shard is replaced, never doubled.
+comes first again: ordered by last change, then id), so a shard is replaced, never doubled.
 
 "Old enough": finished more than `archive_after_s` ago; while the ledger (file, WAL and blobs) is above
 `ledger_max_mb`, finished more than `archive_min_age_s` ago. What the loop still needs stays: queued and
@@ -18,7 +18,8 @@ policies, training metrics, and the tallies (task counts and rewards by version 
 work, so `status` and promotion see the whole run).
 
 Each line of a shard is one task: its id, kind, state, attempt, holder, reason, times, `task` (the
-payload) and `result` (None for a dead task), as plain JSON. JSON has no infinity, so a log-prob of -inf is
+payload), `result` (None for a dead task) and `error` (None, or why the result could not be archived: a lost
+blob), as plain JSON. Shards are fsynced before the rows they replace are deleted. JSON has no infinity, so a log-prob of -inf is
 written as null. They load with `datasets`:
 
     load_dataset("json", data_files="RUN/archive/generate/*.jsonl.gz")      # answers, with tokens, log-probs
@@ -45,7 +46,8 @@ from agents.offload import Offload
 
 log = structlog.get_logger("agents.retention")
 BATCH_TASKS = 2000  # tasks a pass archives at most
-BATCH_BYTES = 32 << 20  # payload and result bytes a pass archives at most (read on the loop when stored inline)
+BATCH_BYTES = 16 << 20  # payload and result bytes a pass archives at most (read on the loop when stored inline;
+#                         a pass holds the offload thread, which large results share, for about a second at most)
 
 
 def archive_dir(run_dir: str | os.PathLike) -> Path:
@@ -110,22 +112,38 @@ def write_shards(directory: Path, batch: list[FinishedTask], blobs: BlobStore) -
         path = directory / kind / f"{tasks[0].task_id}.jsonl.gz"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=3) as f:
-            for task in tasks:
-                f.write(json.dumps(_record(task, blobs), ensure_ascii=False, allow_nan=False) + "\n")
+        with open(tmp, "wb") as raw:
+            with gzip.open(raw, "wt", encoding="utf-8", compresslevel=3) as f:
+                for task in tasks:
+                    f.write(json.dumps(_record(task, blobs), ensure_ascii=False, allow_nan=False) + "\n")
+            raw.flush()
+            os.fsync(raw.fileno())  # on disk before the rows it replaces are deleted
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
         paths.append(path)
     return paths
 
 
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _record(task: FinishedTask, blobs: BlobStore) -> dict:
-    result = None
+    result, error = None, None
     if task.stored is not None:
-        result = msgpack.unpackb(task.stored.inline if task.stored.inline is not None else blobs.get(task.stored.blob),
-                                 raw=False)
+        try:
+            stored = task.stored.inline if task.stored.inline is not None else blobs.get(task.stored.blob)
+            result = msgpack.unpackb(stored, raw=False)
+        except FileNotFoundError as e:  # its blob was lost: the record says so, and retention goes on
+            error = f"result lost: {e}"
+            log.error("archived a task without its result", task_id=task.task_id, error=error)
     return {"task_id": task.task_id, "kind": task.kind, "state": task.state, "attempt": task.attempt,
             "agent": task.agent, "reason": task.reason, "created": task.created, "updated": task.updated,
-            "task": _finite(msgpack.unpackb(task.payload, raw=False)), "result": _finite(result)}
+            "task": _finite(msgpack.unpackb(task.payload, raw=False)), "result": _finite(result), "error": error}
 
 
 def _finite(value):

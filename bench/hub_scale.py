@@ -33,12 +33,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import msgpack
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from agents.ledger import SCHEMA_VERSION, Ledger
-from protocol.codec import decode, encode
+from agents.ledger import MARKER, SCHEMA_VERSION, Ledger
+from protocol.codec import decode, encode, new_msg_id
+from protocol.constants import SIGNATURE
 from protocol.messages import (
     GenerateResult,
     GenerateTask,
@@ -48,7 +50,6 @@ from protocol.messages import (
     JudgeTask,
     Prompt,
     Ready,
-    Result,
     Sample,
     StatusQuery,
     Submit,
@@ -134,12 +135,19 @@ class PostgresLedgers:
     def prepare(self, tasks: int, run_dir: Path) -> str | None:
         if tasks not in self.templates:
             url = self.server.new_database()
+            ledger_id = None
             if tasks:
                 print(f"prefilling a PostgreSQL ledger of {tasks:,} tasks", flush=True)
                 prefill(url, tasks)
-            self.templates[tasks] = url.split("?")[0].rsplit("/", 1)[1]
+                ledger = Ledger(url)
+                ledger_id = ledger.ledger_id
+                ledger.close()
+            self.templates[tasks] = (url.split("?")[0].rsplit("/", 1)[1], ledger_id)
         fresh_run_dir(run_dir)
-        return self.server.new_database(template=self.templates[tasks])
+        template, ledger_id = self.templates[tasks]
+        if ledger_id:  # the copy is this run's ledger: the run directory says so, as a hub that made it would
+            (run_dir / MARKER).write_text(ledger_id + "\n")
+        return self.server.new_database(template=template)
 
     def size(self, run_dir: Path, url: str | None) -> int:
         """The ledger's tables with their indexes and out-of-line (compressed) values."""
@@ -208,8 +216,9 @@ class Fleet:
     def __init__(self, ctx: zmq.Context, endpoint: str, n: int, result_kb: float) -> None:
         self.samples, tokens = result_shape(result_kb)
         self.prompts_per_task = math.ceil(self.samples / 6)
-        self.text, self.token_ids, self.logprobs = "abcd" * tokens, [1000 + i % 30000 for i in range(tokens)], \
-            [-0.5 - (i % 97) / 97 for i in range(tokens)]
+        tail = {"text": "abcd" * tokens, "token_ids": [1000 + i % 30000 for i in range(tokens)],
+                "logprobs": [-0.5 - (i % 97) / 97 for i in range(tokens)], "policy_version": 0, "finish_reason": "stop"}
+        self.sample_tail = b"".join(msgpack.packb(k) + msgpack.packb(v) for k, v in tail.items())  # 5 of a sample's 7
         self.solvers = {agent_socket(ctx, endpoint, "control", name=f"solver-{i}"): f"solver-{i}" for i in range(n)}
         self.creator = agent_socket(ctx, endpoint, "control", name="creator-0")
         self.poller = zmq.Poller()
@@ -239,14 +248,20 @@ class Fleet:
                 raise RuntimeError(f"no {what} within {timeout_s} s")
             self.turn(time.monotonic())
 
-    def _result(self, assign) -> Result:
+    def _result_frames(self, name: str, assign) -> list[bytes]:
+        """A Result's frames, as `encode` would make them, assembled from pre-packed parts: the fake solver answers
+        without spending the benchmark's own CPU (shared with the hub) on packing megabytes each time."""
         prompts = assign.task.prompts
-        samples = [Sample.model_construct(sample_id=f"{assign.task_id}.{assign.attempt}.{i}.0",
-                                          prompt_id=prompts[i % len(prompts)].prompt_id, text=self.text,
-                                          token_ids=self.token_ids, logprobs=self.logprobs, policy_version=0,
-                                          finish_reason="stop") for i in range(self.samples)]
-        return Result(task_id=assign.task_id, attempt=assign.attempt,
-                      result=GenerateResult.model_construct(kind="generate_result", samples=samples))
+        packer = msgpack.Packer()
+        samples = b"".join(
+            packer.pack_map_header(7) + packer.pack("sample_id") + packer.pack(f"{assign.task_id}.{assign.attempt}.{i}.0")
+            + packer.pack("prompt_id") + packer.pack(prompts[i % len(prompts)].prompt_id) + self.sample_tail
+            for i in range(self.samples))
+        body = (packer.pack_map_header(1) + packer.pack("result") + packer.pack_map_header(2) + packer.pack("kind")
+                + packer.pack("generate_result") + packer.pack("samples") + packer.pack_array_header(self.samples)
+                + samples)
+        header = packer.pack(["result", new_msg_id(), name, assign.task_id, assign.attempt, None, []])
+        return [SIGNATURE, header, body]
 
     def top_up(self) -> None:
         """Keep about four tasks per unit of capacity queued or in flight, in Submits of SUBMIT_BATCH."""
@@ -287,7 +302,9 @@ class Fleet:
                 self.max_gap = max(self.max_gap, now - self.last_heartbeat[sock])
             self.last_heartbeat[sock] = now
         elif kind == "assign" and self.answering:
-            size = self._send(sock, self.solvers[sock], self._result(env.message))
+            frames = self._result_frames(self.solvers[sock], env.message)
+            sock.send_multipart(frames)
+            size = len(frames[2])
             self.pending_bytes[(env.message.task_id, env.message.attempt)] = size
         elif kind == "ack" and sock is self.creator:
             self.submit_pending = False

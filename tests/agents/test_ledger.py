@@ -5,7 +5,7 @@ import sqlite3
 
 import pytest
 
-from agents.ledger import Ledger
+from agents.ledger import InvalidResult, Ledger
 from protocol.messages import (
     CreateResult,
     CreateTask,
@@ -231,3 +231,18 @@ def test_results_committed_together_are_each_decided_on_their_own(ledger):
     assert [ledger.task(t)["state"] for t in ids] == ["done", "leased", "done"]
     assert sorted(r[0] for r in ledger.db.execute("SELECT sample_id FROM samples")) == [f"{a}.1.0", f"{c}.1.0"]
     assert ledger.queue_stats()["generate"].done == 2 and ledger.queue_stats()["generate"].leased == 1
+
+
+def test_a_result_the_database_cannot_hold_is_refused_alone(ledger):
+    """PostgreSQL text cannot hold a NUL (an evolved prompt's text goes into a text column): that result is refused
+    (InvalidResult: its agent fails the task instead of resending it forever); its neighbour in the same commit is
+    recorded. SQLite stores it."""
+    a, b = ledger.submit([CreateTask(groups=[GROUP])] * 2, now=0)
+    ledger.lease("create", "c", 2, 30, now=1)
+    nul = CreateResult(prompts=[Prompt(prompt_id="p9", text="What is 1 +\x00 1?", source="evolved")], round=1)
+    fine = CreateResult(prompts=[Prompt(prompt_id="p8", text="What is 1 + 2?", source="evolved")], round=1)
+    outcomes = ledger.complete_many([(a, 1, nul, "c"), (b, 1, fine, "c")], now=2)
+    postgres = ledger.db.kind == "postgresql"
+    assert (isinstance(outcomes[0], InvalidResult) and "cannot be stored" in str(outcomes[0])) == postgres
+    assert outcomes[1] == "accepted" and ledger.task(b)["state"] == "done"
+    assert ledger.task(a)["state"] == ("leased" if postgres else "done")

@@ -244,3 +244,21 @@ def test_one_hub_per_postgresql_ledger(pg_server, tmp_path):
         open_run_ledger(tmp_path / "c", url=url)
     first.close()
     open_run_ledger(tmp_path / "a", url=url).close()  # the lock went with the first hub's connection
+
+
+def test_a_blob_stays_while_another_copy_of_its_result_is_being_recorded(tmp_path):
+    """Two copies of one large result packed at once (a resend on a new connection): the first refused and settled
+    before the second commits does not take the shared blob with it."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    [task] = ledger.submit([GenerateTask(prompts=[Prompt(prompt_id="p", text="long")])], now=0)
+    [lease] = ledger.lease("generate", "s", 1, 30, now=1)
+    result = GenerateResult(samples=[Sample(sample_id=f"{task}.1.0", prompt_id="p", text="z" * (2 * INLINE_BYTES),
+                                            policy_version=0)])
+    first, second = ledger.pack(result), ledger.pack(result)
+    assert first.blob == second.blob
+    ledger.settle(first, recorded=False)  # refused (say, sent on the old connection)
+    assert ledger.blobs.path(first.blob).exists()  # the second copy still pins it
+    assert ledger.complete(task, lease.attempt, second, now=2) == "accepted"
+    ledger.settle(second, recorded=True)
+    assert ledger.task(task)["result"] == result
+    ledger.close()
