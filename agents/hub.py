@@ -68,6 +68,8 @@ _OPEN = ("queued", "leased")  # task states a held query still waits on
 _REPORT_BYTES = 8 << 20  # results (as stored) in one TaskReport: half a control message's limit
 OFFLOAD_BYTES = 256 << 10  # a message body, or a reply's results, larger than this is (de)coded off the loop
 TURN_BUDGET_S = 0.05  # a loop turn stops draining its sockets after this, for housekeeping (heartbeats, leases)
+SWEEP_S = 0.05  # expired leases, silent agents and due queries are looked for at most this often
+RESULT_BODY = b"\x81\xa6result"  # a Result's body as every encoder writes it: {"result": ...}, the result's bytes next
 
 
 class HubSettings(Strict):
@@ -159,7 +161,7 @@ class Hub:
         self._allowed: set[str] | None = None  # "name:role" of the allow-listed keys, re-read in housekeeping
         self._last_allow_check = 0.0
         self.started = time.time()
-        self._last_heartbeat = 0.0
+        self._last_heartbeat = self._last_sweep = 0.0
         self.waiters = Waiters()  # task queries held until their tasks finish (TaskQuery.wait_s)
         self.followers: set[bytes] = set()  # data-socket identities pushed every new policy (PolicyFetch.follow)
         self._held: dict[bytes, list] = {}  # a sender with a message off the loop -> its later messages, in order
@@ -272,7 +274,12 @@ class Hub:
     def _decode_large(self, body: list) -> tuple[Envelope, PackedResult | None]:
         """On the offload thread: decode, and pack a result for the ledger (a large one written as a blob)."""
         env = decode(body, limits_for("control"))
-        return env, self.ledger.pack(env.message.result) if env.message.kind == "result" else None
+        if env.message.kind != "result":
+            return env, None
+        raw = body[2].bytes if hasattr(body[2], "bytes") else bytes(body[2])
+        if raw.startswith(RESULT_BODY):  # the result's msgpack as received, just validated: stored without a repack
+            return env, self.ledger.pack(env.message.result, packed=memoryview(raw)[len(RESULT_BODY):])
+        return env, self.ledger.pack(env.message.result)
 
     def _decoded(self, sock: zmq.Socket, identity: bytes, body: list, outcome, error: BaseException | None) -> None:
         """Back on the loop: handle the decoded message, then the sender's messages that waited behind it."""
@@ -599,6 +606,9 @@ class Hub:
 
     def _answer_waiters(self, task_ids) -> None:
         """Answer held queries that the tasks now finished (done or dead) complete."""
+        task_ids = [t for t in task_ids if self.waiters.waits_on(t)]  # most finished tasks nobody waits on: no query
+        if not task_ids:
+            return
         for task_id, state in self.ledger.states(task_ids).items():
             if state not in _OPEN:
                 for w in self.waiters.finished(task_id):
@@ -617,6 +627,20 @@ class Hub:
             self._allowed = {k.user_id for k in self.auth.allow_list.agents()}
             for identity in [i for i, a in self.agents.items() if a.bound and a.bound not in self._allowed]:
                 self._bury(identity, now, "key revoked")
+        if now - self._last_sweep >= SWEEP_S:  # deadlines are seconds apart: not every turn of a busy loop
+            self._last_sweep = now
+            self._sweep(now)
+        if now - self._last_heartbeat >= self.config.heartbeat_interval_s:
+            self._last_heartbeat = now
+            for a in list(self.agents.values()):
+                self._send(self.control, a.identity, Heartbeat())
+            if self.waiters:  # tasks that died another way (a lease expired on its last attempt, ...)
+                self._answer_waiters(sorted(self.waiters.pending()))
+        self.dispatch(now)
+        self.retention.tick(now)
+
+    def _sweep(self, now: float) -> None:
+        """Leases past their deadline, agents silent too long, held queries whose wait is over."""
         expired = self.ledger.expire(now)
         for task_id, state in expired:
             log.warning("lease expired", task_id=task_id, now_state=state)
@@ -634,14 +658,6 @@ class Hub:
             self._bury(identity, now, "silent")
         for w in self.waiters.due(now):  # the wait is over: what there is
             self._answer(w)
-        if now - self._last_heartbeat >= self.config.heartbeat_interval_s:
-            self._last_heartbeat = now
-            for a in list(self.agents.values()):
-                self._send(self.control, a.identity, Heartbeat())
-            if self.waiters:  # tasks that died another way (a lease expired on its last attempt, ...)
-                self._answer_waiters(sorted(self.waiters.pending()))
-        self.dispatch(now)
-        self.retention.tick(now)
 
     def _bury(self, identity: bytes, now: float, why: str) -> None:
         agent = self.agents.pop(identity, None)

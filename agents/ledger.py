@@ -90,7 +90,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     max_attempts INTEGER NOT NULL, agent TEXT, deadline REAL, priority INTEGER NOT NULL,
     payload BLOB NOT NULL, result BLOB, reason TEXT, created REAL NOT NULL, updated REAL NOT NULL,
     result_bytes INTEGER, result_blob TEXT);
-CREATE INDEX IF NOT EXISTS tasks_queue ON tasks (kind, state, priority, created);
+CREATE INDEX IF NOT EXISTS tasks_queue ON tasks (kind, state, priority DESC, created, task_id);  -- lease order
 CREATE INDEX IF NOT EXISTS tasks_leases ON tasks (state, deadline);
 CREATE TABLE IF NOT EXISTS prompts (
     prompt_id TEXT PRIMARY KEY, text TEXT NOT NULL, source TEXT NOT NULL, parent_id TEXT, mutation TEXT,
@@ -291,14 +291,15 @@ class Ledger:
             self._move(row[0], "queued", "leased")
         return True
 
-    def pack(self, result: ResultPayload) -> PackedResult:
+    def pack(self, result: ResultPayload, packed: bytes | memoryview | None = None) -> PackedResult:
         """A result in its stored form, a large one already written to the blob store (and pinned there until
         `settle`, so no deletion takes it meanwhile). Touches no table, so it can run on any thread (the hub packs
         large results off its loop) before `complete` commits it; whoever packs it settles it."""
-        packed = _pack(result)
+        if packed is None:
+            packed = _pack(result)
         inline = self.db.inline_bytes
         blob = self.blobs.put(packed) if inline is not None and len(packed) > inline else None
-        return PackedResult(result, None if blob else packed, len(packed), blob)
+        return PackedResult(result, None if blob else bytes(packed), len(packed), blob)
 
     def settle(self, packed: PackedResult, recorded: bool) -> None:
         """Done with a packed result (`pack` pinned its blob): unpin it, and if it was not recorded (refused, stale, a
@@ -696,6 +697,8 @@ def _write_private(path: Path, text: str) -> None:
 def _migrate_from_1(db: Database) -> None:
     """Schema 1 -> 2, once, inside the opening transaction: the tallies counted from the rows (the one time the
     whole ledger is read), the second copies of samples' and verdicts' data dropped, result sizes recorded."""
+    db.execute("DROP INDEX tasks_queue")  # schema 1's could not give the lease order without sorting the queue
+    db.execute("CREATE INDEX tasks_queue ON tasks (kind, state, priority DESC, created, task_id)")
     db.execute("ALTER TABLE tasks ADD COLUMN result_bytes INTEGER")
     db.execute("ALTER TABLE tasks ADD COLUMN result_blob TEXT")
     db.execute("UPDATE tasks SET result_bytes = length(result) WHERE result IS NOT NULL")

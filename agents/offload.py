@@ -13,7 +13,9 @@ The worker never touches the ledger's connection or a hub socket.
     offload.finish()              # in the loop, when offload.wake is readable: runs the continuations
 
 The interpreter's lock is still shared: a job's long C calls (msgpack, pydantic) hold it for tens of
-milliseconds at most, where the loop would otherwise have held it for the whole message.
+milliseconds each, and a worker busy with job after job would leave the loop only the gaps between them. So
+after a long job the worker rests for half as long again: under a flood of large results they wait in the
+queue (their senders wait for their acks) while heartbeats, leases and `status` keep their turn.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import collections
 import contextlib
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +32,7 @@ import structlog
 import zmq
 
 log = structlog.get_logger("agents.offload")
+REST = 0.5  # after a job of t seconds the worker rests t * REST: the loop gets at least a third of the time
 Continuation = Callable[[Any, BaseException | None], None]
 
 
@@ -56,12 +60,15 @@ class Offload:
     def _work(self) -> None:
         while (item := self._jobs.get()) is not None:
             job, then = item
+            started = time.monotonic()
             try:
                 self._done.append((then, job(), None))
             except BaseException as e:  # handed to the loop, which answers the message's sender
                 self._done.append((then, None, e))
             with contextlib.suppress(zmq.Again):  # the loop has wake-ups queued already; it drains all outcomes
                 self._signal.send(b"", zmq.NOBLOCK)
+            if (took := time.monotonic() - started) > 0.02:
+                time.sleep(took * REST)  # a long job held the interpreter's lock in long C calls: the loop's turn
         self._signal.close(linger=0)
 
     def finish(self) -> None:

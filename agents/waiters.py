@@ -50,6 +50,9 @@ class Waiters:
     def pending(self) -> set[str]:
         return set(self._by_task)
 
+    def waits_on(self, task_id: str) -> bool:
+        return task_id in self._by_task
+
     def finished(self, task_id: str) -> list[Waiter]:
         """`task_id` is done or dead: the waiters it completes (nothing left pending, or waiting for any), taken out."""
         ready = []

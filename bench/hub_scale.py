@@ -6,7 +6,8 @@
 The hub runs in its own process, on a copy of a prefilled ledger; the fake agents run in this one: raw DEALER
 sockets speaking the protocol, solvers that answer each task the moment it arrives, and a creator that keeps
 the queue full. Every figure is measured in this run:
-1. tasks/s through 1, 16, 64 and 256 solvers (capacity 2 each) on an empty ledger;
+1. tasks/s through 1, 16, 64 and 256 solvers (capacity 2 each) on an empty ledger, and the share of a core the hub
+   used (below one, the benchmark's own process, which serves every fake agent, is what limits the figure);
 2. tasks/s through 16 solvers, and `status` latency (median and slowest of 5, the loop idle), on a ledger
    prefilled with each of --sizes tasks;
 3. MB/s of results of each --result-kb through 8 solvers on an empty ledger, and the ledger's bytes (file and
@@ -26,6 +27,7 @@ import json
 import logging
 import math
 import multiprocessing as mp
+import os
 import shutil
 import statistics
 import sys
@@ -194,6 +196,11 @@ class HubProcess:
         if not self.started.wait(300):
             raise RuntimeError("the hub did not start within 300 s")
         self.endpoint = ipc_endpoint(run_dir, "hub-control")
+
+    def cpu_s(self) -> float:
+        """CPU seconds the hub process has used (user and system, all its threads)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def close(self) -> None:
         self.stop.set()
@@ -374,7 +381,9 @@ def phase(root: Path, ledgers: SqliteLedgers | PostgresLedgers, tasks: int, agen
             latencies = fleet.status_latency()
             figures["status_ms"] = statistics.median(latencies)
             figures["status_ms_idle_max"] = max(latencies)
+        cpu, wall = hub.cpu_s(), time.monotonic()
         figures |= fleet.run(seconds, status_every_s=status_every_s)
+        figures["hub_cpu_share"] = (hub.cpu_s() - cpu) / (time.monotonic() - wall)  # of one core
     finally:
         fleet.close()
         ctx.term()
@@ -437,9 +446,11 @@ def main(argv: list[str] | None = None) -> dict:
         root, sqlite = Path(tmp), SqliteLedgers(Path(args.cache))
         print("1. tasks/s by solver count (empty ledger, 1 KiB results)", flush=True)
         by_agents = {}
+        hub_cpu = {}
         for n in counts:
-            by_agents[n] = phase(root, sqlite, 0, n, 1, args.seconds)["tasks_per_s"]
-            print(f"  {n:4d} solvers: {by_agents[n]:8.0f} tasks/s", flush=True)
+            figures = phase(root, sqlite, 0, n, 1, args.seconds)
+            by_agents[n], hub_cpu[n] = figures["tasks_per_s"], figures["hub_cpu_share"]
+            print(f"  {n:4d} solvers: {by_agents[n]:8.0f} tasks/s, the hub using {hub_cpu[n]:.0%} of a core", flush=True)
         out = by_size_and_result(root, sqlite, sizes, kbs, args.seconds)
         if args.postgres:
             postgres = PostgresLedgers()
@@ -451,6 +462,7 @@ def main(argv: list[str] | None = None) -> dict:
     large = max(counts)
     base = 16 if 16 in counts else min(counts)
     out = {"tasks_per_s_by_agents": {str(n): round(v, 1) for n, v in by_agents.items()},
+           "hub_cpu_share_by_agents": {str(n): round(v, 2) for n, v in hub_cpu.items()},
            f"throughput_{large}_vs_{base}": round(by_agents[large] / by_agents[base], 3), **out}
     if max(sizes) == 1_000_000:
         out["throughput_1m_vs_empty"] = out["throughput_largest_vs_empty"]
