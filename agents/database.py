@@ -70,8 +70,8 @@ class SqliteDatabase:
             self.conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self.conn.execute("PRAGMA foreign_keys=ON")
             self.conn.execute("PRAGMA cache_size=-65536")  # 64 MiB of pages: the indexes' upper levels in memory
-            self.conn.execute("PRAGMA wal_autocheckpoint=256")  # checkpoint every 2 MiB of WAL (8 KiB pages)
-            self.conn.execute("PRAGMA journal_size_limit=4194304")  # and the WAL file shrinks back to 4 MiB after
+            self.conn.execute("PRAGMA wal_autocheckpoint=512")  # checkpoint every 4 MiB of WAL (8 KiB pages)
+            self.conn.execute("PRAGMA journal_size_limit=4194304")  # and the WAL file shrinks back to 4 MiB after it
             if check:
                 problems = [row[0] for row in self.conn.execute("PRAGMA quick_check(3)")]
                 if problems != ["ok"]:
