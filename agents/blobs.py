@@ -49,11 +49,7 @@ class BlobStore:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
         if self.durable:
-            fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_dir(path.parent)
         return digest
 
     def get(self, digest: str) -> bytes:
@@ -102,3 +98,12 @@ class BlobStore:
         if not self.directory.exists():
             return 0
         return sum(p.stat().st_size for p in self.directory.glob("??/*") if p.is_file())
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -362,16 +362,19 @@ class Hub:
     def _send(self, sock: zmq.Socket, identity: bytes, message, reply_to: str | None = None, tensors=None) -> bool:
         """Never blocks: a peer that is gone or whose queue is full (a slow consumer) makes the send fail,
         counted in status as send_failed; an Assign that fails goes back to the queue (see dispatch)."""
+        frames = encode(message, sender="hub", reply_to=reply_to, tensors=tensors)
+        return self._send_frames(sock, identity, frames, message.kind, copy=tensors is None)
+
+    def _send_frames(self, sock: zmq.Socket, identity: bytes, frames: list, kind: str, copy: bool = True) -> bool:
+        """`_send` of frames encoded already (a reply encoded off the loop)."""
         try:
-            sock.send_multipart([identity, *encode(message, sender="hub", reply_to=reply_to, tensors=tensors)],
-                                zmq.NOBLOCK, copy=tensors is None)
+            sock.send_multipart([identity, *frames], zmq.NOBLOCK, copy=copy)
             return True
         except zmq.ZMQError as e:  # ROUTER_MANDATORY: EHOSTUNREACH (gone) or EAGAIN (its queue is full)
             self.send_failed += 1
             self._last_send_error = e.errno
             if self.send_failed <= 10 or self.send_failed % 1000 == 0:  # a flood must not flood the log
-                log.warning("send failed", peer=identity[:64], error=str(e), kind=message.kind,
-                            failures=self.send_failed)
+                log.warning("send failed", peer=identity[:64], error=str(e), kind=kind, failures=self.send_failed)
             return False
 
     # ------------------------------------------------------------------ handlers
@@ -598,11 +601,7 @@ class Hub:
         if error is not None:  # a result's blob gone from disk, say
             self._failed(sock, identity, "task_report", reply_to, error)
             return
-        try:
-            sock.send_multipart([identity, *frames], zmq.NOBLOCK)
-        except zmq.ZMQError as e:
-            self.send_failed += 1
-            self._last_send_error = e.errno
+        self._send_frames(sock, identity, frames, "task_report")
 
     def _answer_waiters(self, task_ids) -> None:
         """Answer held queries that the tasks now finished (done or dead) complete."""

@@ -337,15 +337,10 @@ class Ledger:
                 self.db.execute("SAVEPOINT result")
                 try:
                     outcome: Outcome | Exception = self._complete(task_id, attempt, result, now, agent, written)
-                except InvalidResult as e:
+                except Exception as e:  # this result fails alone, the others are recorded
                     self.db.execute("ROLLBACK TO SAVEPOINT result")
-                    outcome = e
-                except self.db.DataError as e:  # a value the database cannot hold (PostgreSQL: a NUL in a text)
-                    self.db.execute("ROLLBACK TO SAVEPOINT result")
-                    outcome = InvalidResult(f"cannot be stored: {str(e).strip()[:300]}")
-                except Exception as e:  # a bug, say: this result fails alone, the others are recorded
-                    self.db.execute("ROLLBACK TO SAVEPOINT result")
-                    outcome = e
+                    outcome = InvalidResult(f"cannot be stored: {str(e).strip()[:300]}") if isinstance(
+                        e, self.db.DataError) else e  # a value the database cannot hold (PostgreSQL: a NUL in text)
                 self.db.execute("RELEASE SAVEPOINT result")
                 outcomes.append(outcome)
                 packed_here += [(packed, outcome == "accepted") for packed in written]
@@ -523,8 +518,7 @@ class Ledger:
             self._add("archived_tasks", deleted)
             self._add("archived_bytes", sum(t.result_bytes for t in tasks))
             blobs = {t.stored.blob: t.result_bytes for t in tasks if t.stored and t.stored.blob}
-            gone = [digest for digest in blobs
-                    if self.db.execute("SELECT 1 FROM tasks WHERE result_blob = ? LIMIT 1", (digest,)).fetchone() is None]
+            gone = [digest for digest in blobs if not self.names_blob(digest)]
             self._add("blob_bytes", -sum(blobs[digest] for digest in gone))
             for key, task_ids in self.db.execute("SELECT key, task_ids FROM submits WHERE created < ?"
                                                  " ORDER BY created LIMIT 500", (submits_before,)).fetchall():

@@ -40,7 +40,7 @@ from pathlib import Path
 import msgpack
 import structlog
 
-from agents.blobs import BlobStore
+from agents.blobs import BlobStore, fsync_dir
 from agents.ledger import FinishedTask, Ledger
 from agents.offload import Offload
 
@@ -115,21 +115,14 @@ def write_shards(directory: Path, batch: list[FinishedTask], blobs: BlobStore) -
         with open(tmp, "wb") as raw:
             with gzip.open(raw, "wt", encoding="utf-8", compresslevel=3) as f:
                 for task in tasks:
-                    f.write(json.dumps(_record(task, blobs), ensure_ascii=False, allow_nan=False) + "\n")
+                    f.write(_json_line(_record(task, blobs)))
             raw.flush()
             os.fsync(raw.fileno())  # on disk before the rows it replaces are deleted
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         paths.append(path)
     return paths
 
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _record(task: FinishedTask, blobs: BlobStore) -> dict:
@@ -143,7 +136,15 @@ def _record(task: FinishedTask, blobs: BlobStore) -> dict:
             log.error("archived a task without its result", task_id=task.task_id, error=error)
     return {"task_id": task.task_id, "kind": task.kind, "state": task.state, "attempt": task.attempt,
             "agent": task.agent, "reason": task.reason, "created": task.created, "updated": task.updated,
-            "task": _finite(msgpack.unpackb(task.payload, raw=False)), "result": _finite(result), "error": error}
+            "task": msgpack.unpackb(task.payload, raw=False), "result": result, "error": error}
+
+
+def _json_line(record: dict) -> str:
+    """One line of plain JSON; only a record with a non-finite float (rare) is walked to replace them."""
+    try:
+        return json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n"
+    except ValueError:
+        return json.dumps(_finite(record), ensure_ascii=False, allow_nan=False) + "\n"
 
 
 def _finite(value):
