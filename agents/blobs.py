@@ -1,13 +1,16 @@
-"""Content-addressed files beside the ledger, for results too large to sit in a database row.
+"""Content-addressed stores for results too large to sit in the ledger's own rows: files beside a SQLite ledger
+(BlobStore), or a table of a PostgreSQL ledger written on a connection of its own (TableBlobs).
 
     blobs = BlobStore(Path("run/blobs"))
     digest = blobs.put(data)        # run/blobs/ab/abcdef... (sha256 of the bytes); the same bytes twice: one file
     data = blobs.get(digest)
 
-A blob is written to a temporary name and renamed into place, so a crash leaves either the whole file or none
-(with `durable`, the file and its directory are fsynced too: it survives power loss). The ledger row that
-names a blob is committed after the blob is written; a blob whose row never committed (a crash between the
-two, a result refused after it was written) is an orphan, and `sweep` removes orphans.
+A blob is stored whole before the ledger row that names it commits: a file is written to a temporary name and
+renamed into place, so a crash leaves either the whole file or none (with `durable`, the file and its
+directory are fsynced too: it survives power loss); a table row commits on its own. A blob whose row never
+committed (a crash between the two, a result refused after it was written) is an orphan, and `sweep` removes
+orphans. Both stores are written from the hub's offload thread, so the loop's transaction only names a digest:
+the loop never waits while megabytes go to the disk or the database server.
 """
 
 from __future__ import annotations
@@ -20,12 +23,33 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from agents.database import PostgresDatabase, is_postgres
 
-class BlobStore:
+
+class _Pins:
+    """Blobs of results written and not yet settled (committed or refused): never deleted. `put` runs on the hub's
+    offload thread, `delete` on its loop."""
+
+    in_database = False  # whether the database's own size already counts the blobs
+
+    def __init__(self) -> None:
+        self._pins: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def unpin(self, digest: str) -> None:
+        with self._lock:
+            self._pins[digest] -= 1
+            if self._pins[digest] <= 0:
+                del self._pins[digest]
+
+    def close(self) -> None:
+        pass
+
+
+class BlobStore(_Pins):
     def __init__(self, directory: str | os.PathLike, *, durable: bool = False) -> None:
+        super().__init__()
         self.directory, self.durable = Path(directory), durable
-        self._pins: Counter[str] = Counter()  # blobs of results written and not yet settled: never deleted
-        self._lock = threading.Lock()  # put runs on the hub's offload thread, delete on its loop
 
     def path(self, digest: str) -> Path:
         if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
@@ -55,12 +79,6 @@ class BlobStore:
     def get(self, digest: str) -> bytes:
         """The blob's bytes; FileNotFoundError (naming the file) when it is gone."""
         return self.path(digest).read_bytes()
-
-    def unpin(self, digest: str) -> None:
-        with self._lock:
-            self._pins[digest] -= 1
-            if self._pins[digest] <= 0:
-                del self._pins[digest]
 
     def delete(self, digest: str) -> bool:
         """Delete a blob, unless a result being recorded has it pinned. Whether it went."""
@@ -98,6 +116,73 @@ class BlobStore:
         if not self.directory.exists():
             return 0
         return sum(p.stat().st_size for p in self.directory.glob("??/*") if p.is_file())
+
+
+class TableBlobs(_Pins):
+    """The blobs of a PostgreSQL ledger, in its table `blobs`, on a connection of their own (each put commits by
+    itself; the hub's loop keeps its connection for its transactions). Same methods as BlobStore."""
+
+    in_database = True
+
+    def __init__(self, url: str, *, read_only: bool = False) -> None:
+        super().__init__()
+        self.db = PostgresDatabase(url, read_only=read_only)
+        if not read_only:
+            self.db.execute("CREATE TABLE IF NOT EXISTS blobs (digest TEXT PRIMARY KEY, data BYTEA NOT NULL,"
+                            " created DOUBLE PRECISION NOT NULL)")
+            # out of line, not compressed: the server would spend a core compressing what the ledger stores as sent
+            self.db.execute("ALTER TABLE blobs ALTER COLUMN data SET STORAGE EXTERNAL")
+        self._db_lock = threading.Lock()  # one connection, used from the loop and the offload thread
+
+    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._db_lock:
+            cursor = self.db.execute(sql, args)
+            return cursor.fetchall() if cursor.description else []
+
+    def put(self, data: bytes | memoryview) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        with self._lock:
+            self._pins[digest] += 1
+        self._query("INSERT INTO blobs VALUES (?, ?, ?) ON CONFLICT (digest) DO NOTHING", (digest, bytes(data), time.time()))
+        return digest
+
+    def get(self, digest: str) -> bytes:
+        rows = self._query("SELECT data FROM blobs WHERE digest = ?", (digest,))
+        if not rows:
+            raise FileNotFoundError(f"blob {digest} is not in the ledger's blobs table")
+        return bytes(rows[0][0])
+
+    def delete(self, digest: str) -> bool:
+        with self._lock:  # held through the delete: a put of the same bytes pins first, or inserts after
+            if self._pins[digest] > 0:
+                return False
+            self._query("DELETE FROM blobs WHERE digest = ?", (digest,))
+        return True
+
+    def digests(self) -> Iterator[str]:
+        yield from (row[0] for row in self._query("SELECT digest FROM blobs"))
+
+    def sweep(self, referenced: Callable[[str], bool], older_than_s: float = 3600.0) -> int:
+        old = [row[0] for row in self._query("SELECT digest FROM blobs WHERE created <= ?", (time.time() - older_than_s,))]
+        return sum(self.delete(digest) for digest in old if not referenced(digest))
+
+    def size(self) -> int:
+        return int(self._query("SELECT COALESCE(SUM(octet_length(data)), 0) FROM blobs")[0][0])
+
+    def close(self) -> None:
+        self.db.close()
+
+
+Blobs = BlobStore | TableBlobs
+
+
+def open_blobs(ledger: str | os.PathLike, directory: str | os.PathLike | None = None, *, durable: bool = False,
+               read_only: bool = False) -> Blobs:
+    """The blob store of a ledger: files in `directory` (default: `blobs` beside a SQLite ledger), or the table of a
+    postgresql:// one."""
+    if is_postgres(ledger):
+        return TableBlobs(str(ledger), read_only=read_only)
+    return BlobStore(directory if directory is not None else Path(ledger).parent / "blobs", durable=durable)
 
 
 def fsync_dir(directory: Path) -> None:

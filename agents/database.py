@@ -10,8 +10,8 @@ The ledger's SQL is written once: `?` placeholders, standard upserts (ON CONFLIC
 column types BLOB, REAL, INTEGER, which PostgreSQL reads as BYTEA, DOUBLE PRECISION and BIGINT. What differs
 is here: how a connection is opened and checked, what a transaction takes (SQLite's one write lock; row
 locks on PostgreSQL, where `for_update` is added to the reads a lease or a result is decided on), how large
-the database is, and where large results go (a blob file beside a SQLite ledger; a row, stored out of line
-by the server, in PostgreSQL).
+the database is. Results too large for a row go to a blob store (agents/blobs.py): files beside a SQLite
+ledger, a table of a PostgreSQL one.
 """
 
 from __future__ import annotations
@@ -88,6 +88,11 @@ class SqliteDatabase:
     def execute(self, sql: str, args: tuple | list = ()) -> Any:
         return self.conn.execute(sql, args)
 
+    def executemany(self, sql: str, rows: list[tuple]) -> None:
+        """One statement for many rows (an insert or update without results)."""
+        if rows:
+            self.conn.executemany(sql, rows)
+
     def transaction(self) -> AbstractContextManager:
         return _SqliteTransaction(self.conn)
 
@@ -141,7 +146,7 @@ class PostgresDatabase:
     """One psycopg 3 connection; transactions at READ COMMITTED with the rows a decision reads locked (FOR UPDATE)."""
 
     kind = "postgresql"
-    inline_bytes: int | None = None  # every result in its row: the server stores large values out of line (TOAST)
+    inline_bytes: int | None = 64 << 10  # larger results go to the table `blobs`, written off the hub's loop
     for_update = " FOR UPDATE"
     skip_locked = " FOR UPDATE SKIP LOCKED"  # a lease takes queued rows no other transaction is taking
 
@@ -161,11 +166,20 @@ class PostgresDatabase:
             self.conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
         self._sql: dict[str, str] = {}
 
-    def execute(self, sql: str, args: tuple | list = ()) -> Any:
+    def _converted(self, sql: str) -> str:
         converted = self._sql.get(sql)
         if converted is None:
             converted = self._sql[sql] = _PLACEHOLDER.sub("%s", sql.replace("%", "%%"))
-        return self.conn.execute(converted, args)
+        return converted
+
+    def execute(self, sql: str, args: tuple | list = ()) -> Any:
+        return self.conn.execute(self._converted(sql), args)
+
+    def executemany(self, sql: str, rows: list[tuple]) -> None:
+        """One statement for many rows, pipelined: one round trip to the server, not one per row."""
+        if rows:
+            with self.conn.cursor() as cursor:
+                cursor.executemany(self._converted(sql), rows)
 
     def transaction(self) -> AbstractContextManager:
         return self.conn.transaction()

@@ -19,8 +19,8 @@ from typing import NamedTuple
 
 import msgpack
 
-from agents.blobs import BlobStore
-from agents.database import DatabaseError, is_postgres, open_database
+from agents.blobs import open_blobs
+from agents.database import DatabaseError, open_database
 from agents.ledger import (
     TASK_ADAPTER,
     URL_FILE,
@@ -78,7 +78,11 @@ class LedgerReader:
             self.db = open_database(where, read_only=True)
         except DatabaseError as e:
             raise LedgerError(str(e)) from None
-        self.blobs = BlobStore(os.devnull if is_postgres(where) else Path(where).parent / "blobs")
+        try:
+            self.blobs = open_blobs(where, read_only=True)
+        except DatabaseError as e:
+            self.db.close()
+            raise LedgerError(str(e)) from None
 
     @classmethod
     def for_run(cls, run_dir: str | os.PathLike) -> LedgerReader:
@@ -98,6 +102,7 @@ class LedgerReader:
         self.close()
 
     def close(self) -> None:
+        self.blobs.close()
         self.db.close()
 
     # ------------------------------------------------------------------ scores and rewards

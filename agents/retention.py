@@ -40,7 +40,7 @@ from pathlib import Path
 import msgpack
 import structlog
 
-from agents.blobs import BlobStore, fsync_dir
+from agents.blobs import Blobs, fsync_dir
 from agents.ledger import FinishedTask, Ledger
 from agents.offload import Offload
 
@@ -102,7 +102,7 @@ class Retention:
         log.info("archived", tasks=deleted, shards=[str(p) for p in paths], ledger_bytes=self.ledger.size_bytes())
 
 
-def write_shards(directory: Path, batch: list[FinishedTask], blobs: BlobStore) -> list[Path]:
+def write_shards(directory: Path, batch: list[FinishedTask], blobs: Blobs) -> list[Path]:
     """The batch's records, one gzip JSONL shard per kind, each written whole before it is renamed into place."""
     by_kind: dict[str, list[FinishedTask]] = {}
     for task in batch:
@@ -125,7 +125,7 @@ def write_shards(directory: Path, batch: list[FinishedTask], blobs: BlobStore) -
 
 
 
-def _record(task: FinishedTask, blobs: BlobStore) -> dict:
+def _record(task: FinishedTask, blobs: Blobs) -> dict:
     result, error = None, None
     if task.stored is not None:
         try:
