@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import ast
+import functools
+import json
 import os
 import runpy
 import subprocess
@@ -81,8 +83,19 @@ class _Imports(ast.NodeVisitor):
                 return
 
 
+@functools.cache
 def import_graph() -> dict[str, dict[str, tuple[int, bool]]]:
-    """importer -> imported -> (first line, lazy: every import of it is inside a function)."""
+    """importer -> imported -> (first line, lazy: every import of it is inside a function), parsed in a fresh
+    interpreter: CPython 3.11 keeps ast.parse's recursion count in state the threads share, so a thread left
+    running by an earlier test that parses too (torch, pydantic) can make ours fail with "SystemError: AST
+    constructor recursion depth mismatch"."""
+    out = subprocess.run([sys.executable, "-c", "import json, tests.test_imports as t; print(json.dumps(t.parse_graph()))"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
+    return {module: {target: (line, lazy) for target, (line, lazy) in edges.items()}
+            for module, edges in json.loads(out.stdout).items()}
+
+
+def parse_graph() -> dict[str, dict[str, tuple[int, bool]]]:
     graph: dict[str, dict[str, tuple[int, bool]]] = {}
     for module, path in MODULES.items():
         visitor = _Imports(module, path.name == "__init__.py")
@@ -160,20 +173,64 @@ def test_imports_go_down_the_floors():
     assert not wrong, "\n".join(wrong)
 
 
-def _import_alone(module: str) -> str | None:
-    """None, or why `module` does not import in a fresh interpreter."""
-    out = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
-    return None if out.returncode == 0 else f"{module}: {out.stderr.strip().splitlines()[-1:]}"
+# Imports each module named in argv[1] in a child forked from an interpreter that has loaded only the third-party
+# libraries in argv[2] (loading torch takes seconds; a project module, a fraction of one). A child sees no project
+# module its parent did not load: none.
+_FORKED_IMPORTS = r"""
+import importlib, os, sys
+for name in sys.argv[2].split(","):
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        pass
+assert not [m for m in sys.modules if m.split(".")[0] in ("protocol", "trainer", "agents", "launch", "studies")]
+for module in sys.argv[1].split(","):
+    read, write = os.pipe()
+    if os.fork() == 0:
+        os.close(read)
+        try:
+            importlib.import_module(module)
+            os._exit(0)
+        except BaseException as e:
+            os.write(write, f"{module}: {type(e).__name__}: {e}"[:2000].encode())
+            os._exit(1)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        why = pipe.read().decode()
+    _, status = os.wait()
+    if status:
+        print(why or f"{module}: exit status {status}", flush=True)
+"""
+PRELOADED = ("torch", "transformers", "peft", "pydantic", "zmq", "msgpack", "structlog", "numpy")
+
+
+def _import_each(modules: list[str]) -> list[str]:
+    """Why each of `modules` that does not import on its own fails (one line each)."""
+    out = subprocess.run([sys.executable, "-c", _FORKED_IMPORTS, ",".join(modules), ",".join(PRELOADED)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.splitlines()
 
 
 def test_every_module_imports_on_its_own():
-    """One fresh interpreter per module, as many at once as there are cores (torch makes each take a second or
-    two). agents/backends/vllm.py imports vllm only when it starts an engine, so it is checked without the gpu
-    extra too."""
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        failures = [f for f in pool.map(_import_alone, sorted(MODULES)) if f]
+    """Each module in a fresh child process, as many at once as there are cores. agents/backends/vllm.py imports
+    vllm only when it starts an engine, so it is checked without the gpu extra too."""
+    names = sorted(MODULES)
+    workers = min(os.cpu_count() or 1, 4)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        failures = [f for part in pool.map(_import_each, [names[i::workers] for i in range(workers)]) for f in part]
     assert not failures, "\n".join(failures)
+
+
+def test_a_module_that_needs_another_imported_first_is_caught(tmp_path):
+    """The check itself: a module that reaches agents.ledger through the package, without importing it, works only
+    where agents.ledger was imported before; imported after it in the same parent, its child still fails."""
+    (tmp_path / "leaning.py").write_text("import agents\nLedger = agents.ledger.Ledger\n")
+    out = subprocess.run([sys.executable, "-c", _FORKED_IMPORTS, "agents.ledger,leaning", ",".join(PRELOADED)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"})
+    assert out.stdout.splitlines() == ["leaning: AttributeError: module 'agents' has no attribute 'ledger'"], \
+        out.stdout + out.stderr
 
 
 def test_benchmark_scripts_import():

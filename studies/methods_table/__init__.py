@@ -129,7 +129,7 @@ def run_table(budget: Any, arms: list[str], work: Path, out: Path, *, jobs: int 
     jobs_args = [(arm, lr, seed, budget, data, results_dir) for arm, lr, seed in todo]
     if jobs_args:
         context = multiprocessing.get_context("spawn")  # fresh interpreters: no torch state shared by fork
-        with context.Pool(min(jobs, len(jobs_args)), maxtasksperchild=1) as pool:
+        with context.Pool(min(jobs, len(jobs_args)), maxtasksperchild=8) as pool:  # a fresh interpreter now and then
             for done, (arm, lr, seed, acc, val, seconds) in enumerate(pool.imap_unordered(_job, jobs_args), 1):
                 say(f"[{(time.monotonic() - started) / 60:5.1f} min] {arm} lr {lr:g} seed {seed}: validation {val:.3f}, "
                     f"test {acc:.3f} ({seconds:.0f} s; {done}/{len(todo)})")

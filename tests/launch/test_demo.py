@@ -48,9 +48,9 @@ def test_a_bad_world_hook_is_one_error_naming_the_field(tmp_path, section, key, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("algo", "seed", "ledger"), [  # pairs, demonstrations, judgments, rewards; one with its own
-    ("dpo", 0, "sqlite"), ("gsil", 0, "sqlite"), ("cut", 0, "sqlite"), ("grpo", 1, "sqlite"),  # seed; one on a
-    ("rloo", 0, "postgresql")])  # PostgreSQL server's ledger
+@pytest.mark.parametrize(("algo", "seed", "ledger"), [  # pairs, demonstrations, judgments, rewards; the last with
+    ("dpo", 0, "sqlite"), ("gsil", 0, "sqlite"), ("cut", 0, "sqlite"),  # its own seed, on a PostgreSQL server's ledger
+    ("grpo", 1, "postgresql")])
 def test_quick_demo_writes_a_summary_and_report_that_agree_with_the_ledger(request, tmp_path, algo, seed, ledger):
     url = request.getfixturevalue("pg_server").new_database() if ledger == "postgresql" else None
     out = subprocess.run([SELFPLAY, "demo", "--quick", "--algo", algo, "--run-dir", str(tmp_path),
