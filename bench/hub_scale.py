@@ -33,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 
 import msgpack
@@ -171,14 +172,14 @@ def fresh_run_dir(run_dir: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the hub
-def hub_main(run_dir: str, ledger: str | None, started, stop) -> None:
+def hub_main(run_dir: str, ledger: str | None, started, stop, settings: dict | None = None) -> None:
     import structlog
 
     from agents.hub import Hub, HubConfig
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))  # no line per agent
 
-    hub = Hub(HubConfig(run_dir=run_dir, ledger=ledger))
+    hub = Hub(HubConfig(run_dir=run_dir, ledger=ledger, **(settings or {})))
     hub.start()
     started.set()
     try:
@@ -188,10 +189,12 @@ def hub_main(run_dir: str, ledger: str | None, started, stop) -> None:
 
 
 class HubProcess:
-    def __init__(self, run_dir: Path, ledger: str | None = None) -> None:
+    def __init__(self, run_dir: Path, ledger: str | None = None, settings: dict | None = None) -> None:
+        """A hub on `run_dir` (`settings`: more [hub] settings) in a process of its own."""
         ctx = mp.get_context("spawn")
         self.started, self.stop = ctx.Event(), ctx.Event()
-        self.proc = ctx.Process(target=hub_main, args=(str(run_dir), ledger, self.started, self.stop), daemon=True)
+        self.proc = ctx.Process(target=hub_main, args=(str(run_dir), ledger, self.started, self.stop, settings),
+                                daemon=True)
         self.proc.start()
         if not self.started.wait(300):
             raise RuntimeError("the hub did not start within 300 s")
@@ -220,7 +223,10 @@ def result_shape(kb: float) -> tuple[int, int]:
 class Fleet:
     """`n` fake solvers and one creator on raw sockets, served by one poller in this process."""
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, n: int, result_kb: float) -> None:
+    def __init__(self, ctx: zmq.Context, endpoint: str, n: int, result_kb: float,
+                 results_per_s: float | None = None) -> None:
+        """`results_per_s`: the solvers together answer no faster (None: each task the moment it arrives)."""
+        self.results_per_s, self.backlog, self.next_send = results_per_s, deque(), 0.0
         self.samples, tokens = result_shape(result_kb)
         self.prompts_per_task = math.ceil(self.samples / 6)
         tail = {"text": "abcd" * tokens, "token_ids": [1000 + i % 30000 for i in range(tokens)],
@@ -299,6 +305,14 @@ class Fleet:
             while sock.poll(0):
                 env = decode(sock.recv_multipart(copy=False))
                 self._on(sock, env, time.monotonic())
+        while self.backlog and time.monotonic() >= self.next_send:  # paced answers, when they are due
+            self.next_send = max(self.next_send + 1 / self.results_per_s, time.monotonic() - 1.0)
+            self._answer(*self.backlog.popleft())
+
+    def _answer(self, sock: zmq.Socket, assign) -> None:
+        frames = self._result_frames(self.solvers[sock], assign)
+        sock.send_multipart(frames)
+        self.pending_bytes[(assign.task_id, assign.attempt)] = len(frames[2])
 
     def _on(self, sock: zmq.Socket, env, now: float) -> None:
         kind = env.message.kind
@@ -309,10 +323,10 @@ class Fleet:
                 self.max_gap = max(self.max_gap, now - self.last_heartbeat[sock])
             self.last_heartbeat[sock] = now
         elif kind == "assign" and self.answering:
-            frames = self._result_frames(self.solvers[sock], env.message)
-            sock.send_multipart(frames)
-            size = len(frames[2])
-            self.pending_bytes[(env.message.task_id, env.message.attempt)] = size
+            if self.results_per_s is None:
+                self._answer(sock, env.message)
+            else:
+                self.backlog.append((sock, env.message))
         elif kind == "ack" and sock is self.creator:
             self.submit_pending = False
         elif kind == "ack":
