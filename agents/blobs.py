@@ -64,16 +64,20 @@ class BlobStore(_Pins):
             self._pins[digest] += 1
             if path.exists() and path.stat().st_size == len(data):
                 return digest
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{digest}.{os.getpid()}.{threading.get_ident()}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{digest}.{os.getpid()}.{threading.get_ident()}.tmp")
+            with open(tmp, "wb") as f:
+                f.write(data)
+                if self.durable:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
             if self.durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-        if self.durable:
-            fsync_dir(path.parent)
+                fsync_dir(path.parent)
+        except BaseException:  # a full disk, say: no result names it, so no pin may keep it
+            self.unpin(digest)
+            raise
         return digest
 
     def get(self, digest: str) -> bytes:
@@ -119,31 +123,47 @@ class BlobStore(_Pins):
 
 
 class TableBlobs(_Pins):
-    """The blobs of a PostgreSQL ledger, in its table `blobs`, on a connection of their own (each put commits by
-    itself; the hub's loop keeps its connection for its transactions). Same methods as BlobStore."""
+    """The blobs of a PostgreSQL ledger, in its table `blobs`, on connections of their own, one per thread that
+    uses them (each put commits by itself; the hub's loop keeps its connection for its transactions, and never
+    waits behind a large put of the offload thread). Same methods as BlobStore."""
 
     in_database = True
 
     def __init__(self, url: str, *, read_only: bool = False) -> None:
         super().__init__()
-        self.db = PostgresDatabase(url, read_only=read_only)
-        if not read_only:
-            self.db.execute("CREATE TABLE IF NOT EXISTS blobs (digest TEXT PRIMARY KEY, data BYTEA NOT NULL,"
-                            " created DOUBLE PRECISION NOT NULL)")
+        self.url, self.read_only = url, read_only
+        self._local = threading.local()
+        self._opened: list[PostgresDatabase] = []
+        self._opened_lock = threading.Lock()  # not _lock: delete holds that while its thread may open a connection
+        db = self._db()  # a wrong URL fails here, not at the first large result
+        if not read_only and db.execute("SELECT to_regclass('blobs')").fetchone()[0] is None:
+            db.execute("CREATE TABLE IF NOT EXISTS blobs (digest TEXT PRIMARY KEY, data BYTEA NOT NULL,"
+                       " created DOUBLE PRECISION NOT NULL)")
             # out of line, not compressed: the server would spend a core compressing what the ledger stores as sent
-            self.db.execute("ALTER TABLE blobs ALTER COLUMN data SET STORAGE EXTERNAL")
-        self._db_lock = threading.Lock()  # one connection, used from the loop and the offload thread
+            db.execute("ALTER TABLE blobs ALTER COLUMN data SET STORAGE EXTERNAL")
+
+    def _db(self) -> PostgresDatabase:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = PostgresDatabase(self.url, read_only=self.read_only)
+            with self._opened_lock:
+                self._opened.append(db)
+        return db
 
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
-        with self._db_lock:
-            cursor = self.db.execute(sql, args)
-            return cursor.fetchall() if cursor.description else []
+        cursor = self._db().execute(sql, args)
+        return cursor.fetchall() if cursor.description else []
 
     def put(self, data: bytes | memoryview) -> str:
         digest = hashlib.sha256(data).hexdigest()
         with self._lock:
             self._pins[digest] += 1
-        self._query("INSERT INTO blobs VALUES (?, ?, ?) ON CONFLICT (digest) DO NOTHING", (digest, bytes(data), time.time()))
+        try:
+            self._query("INSERT INTO blobs VALUES (?, ?, ?) ON CONFLICT (digest) DO NOTHING",
+                        (digest, bytes(data), time.time()))
+        except BaseException:  # the server is gone, say: no result names it, so no pin may keep it
+            self.unpin(digest)
+            raise
         return digest
 
     def get(self, digest: str) -> bytes:
@@ -170,7 +190,10 @@ class TableBlobs(_Pins):
         return int(self._query("SELECT COALESCE(SUM(octet_length(data)), 0) FROM blobs")[0][0])
 
     def close(self) -> None:
-        self.db.close()
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+        for db in opened:
+            db.close()
 
 
 Blobs = BlobStore | TableBlobs

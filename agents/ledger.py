@@ -149,17 +149,17 @@ class Ledger:
             self.db = open_database(where, durable=durable, check=check)
         except DatabaseError as e:
             raise LedgerError(str(e)) from None
-        try:
-            self.blobs = open_blobs(where, blobs, durable=durable)
-        except DatabaseError as e:
-            self.db.close()
-            raise LedgerError(str(e)) from None
         self._last_id_us = 0
         try:
             self._setup()
         except BaseException:
             self.db.close()
             raise
+        try:  # after the checks: nothing is created in a database that is not this ledger
+            self.blobs = open_blobs(where, blobs, durable=durable)
+        except DatabaseError as e:
+            self.db.close()
+            raise LedgerError(str(e)) from None
 
     def _setup(self) -> None:
         with self._tx():  # statement by statement: executescript would commit outside the transaction
@@ -331,6 +331,18 @@ class Ledger:
         failure as its exception) and leaves nothing behind, without undoing the others."""
         outcomes: list[Outcome | Exception] = []
         packed_here: list[tuple[PackedResult, bool]] = []  # packed in _complete, and whether it was recorded
+        try:
+            self._complete_each(results, now, outcomes, packed_here)
+        except BaseException:  # the commit failed (a full disk): none was recorded
+            packed_here = [(packed, False) for packed, _ in packed_here]
+            raise
+        finally:
+            for packed, recorded in packed_here:  # after the commit (settle never raises)
+                self.settle(packed, recorded)
+        return outcomes
+
+    def _complete_each(self, results: list[tuple[str, int, ResultPayload | PackedResult, str | None]], now: float,
+                       outcomes: list[Outcome | Exception], packed_here: list[tuple[PackedResult, bool]]) -> None:
         with self._tx():
             for task_id, attempt, result, agent in results:
                 written: list[PackedResult] = []
@@ -344,9 +356,6 @@ class Ledger:
                 self.db.execute("RELEASE SAVEPOINT result")
                 outcomes.append(outcome)
                 packed_here += [(packed, outcome == "accepted") for packed in written]
-        for packed, recorded in packed_here:  # after the commit
-            self.settle(packed, recorded)
-        return outcomes
 
     def _complete(self, task_id: str, attempt: int, result: ResultPayload | PackedResult, now: float,
                   agent: str | None, written: list[PackedResult]) -> Outcome:
@@ -470,7 +479,7 @@ class Ledger:
         for v in result.verdicts:
             if v.sample_id not in judged_before:
                 scores.setdefault(v.sample_id, v.score)  # and of two in one result, the first counts
-        self.db.executemany("INSERT INTO verdicts VALUES (?, ?, ?, ?)",
+        self.db.executemany("INSERT INTO verdicts VALUES (?, ?, ?, ?)",  # new ones only: one writer (the hub)
                             [(sample_id, score, task_id, now) for sample_id, score in scores.items()])
         tally: dict[tuple[str, int], list[float]] = {}
         for sample_id, score in scores.items():

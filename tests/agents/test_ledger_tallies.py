@@ -271,3 +271,18 @@ def test_a_blob_stays_while_another_copy_of_its_result_is_being_recorded(ledger_
     assert ledger.task(task)["result"] == result
     assert ledger.blobs.sweep(ledger.names_blob, older_than_s=0.0) == 0  # named by a row: no orphan
     ledger.close()
+
+
+def test_a_blob_that_could_not_be_written_is_not_left_pinned(ledger_where, tmp_path):
+    """A put that fails (a full disk, a server gone) leaves no pin: no result names the blob, and a pin would keep
+    it from ever being deleted."""
+    ledger = Ledger(ledger_where, blobs=tmp_path / "blobs")
+    data = b"q" * (2 * INLINE_BYTES)
+    if ledger.db.kind == "sqlite":
+        (tmp_path / "blobs").write_text("a file where the directory should be")
+    else:
+        ledger.blobs._db().close()  # this thread's blob connection, gone
+    with pytest.raises(Exception):  # noqa: B017 - OSError from the disk, psycopg's OperationalError from the server
+        ledger.blobs.put(data)
+    assert not ledger.blobs._pins
+    ledger.close()
