@@ -115,12 +115,6 @@ class BlobStore(_Pins):
                 removed += 1
         return removed
 
-    def size(self) -> int:
-        """Bytes held in blobs."""
-        if not self.directory.exists():
-            return 0
-        return sum(p.stat().st_size for p in self.directory.glob("??/*") if p.is_file())
-
 
 class TableBlobs(_Pins):
     """The blobs of a PostgreSQL ledger, in its table `blobs`, on connections of their own, one per thread that
@@ -185,9 +179,6 @@ class TableBlobs(_Pins):
     def sweep(self, referenced: Callable[[str], bool], older_than_s: float = 3600.0) -> int:
         old = [row[0] for row in self._query("SELECT digest FROM blobs WHERE created <= ?", (time.time() - older_than_s,))]
         return sum(self.delete(digest) for digest in old if not referenced(digest))
-
-    def size(self) -> int:
-        return int(self._query("SELECT COALESCE(SUM(octet_length(data)), 0) FROM blobs")[0][0])
 
     def close(self) -> None:
         with self._opened_lock:

@@ -30,6 +30,7 @@ or without it, `read_archive(RUN, "judge")`.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import math
@@ -52,6 +53,17 @@ BATCH_BYTES = 16 << 20  # payload and result bytes a pass archives at most (read
 
 def archive_dir(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / "archive"
+
+
+def files_bytes(run_dir: str | os.PathLike) -> int:
+    """A SQLite run's ledger as the disk holds it: its file (freed pages too), its WAL and its blobs, not the
+    archive. What a user sees with du; `Ledger.size_bytes`, which retention reads, counts the pages in use."""
+    run_dir = Path(run_dir)
+    total = 0
+    for path in [run_dir / "ledger.sqlite", run_dir / "ledger.sqlite-wal", *(run_dir / "blobs").glob("??/*")]:
+        with contextlib.suppress(FileNotFoundError):
+            total += path.stat().st_size
+    return total
 
 
 class Retention:

@@ -16,7 +16,6 @@ results the hub accepted. The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gzip
 import json
 import sqlite3
@@ -32,15 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from hub_scale import Fleet, HubProcess, result_shape
 
-
-def ledger_bytes(run_dir: Path) -> int:
-    """The ledger on disk: its file, its WAL and its blobs (what `ledger_max_mb` limits)."""
-    paths = [run_dir / "ledger.sqlite", run_dir / "ledger.sqlite-wal", *(run_dir / "blobs").glob("??/*")]
-    total = 0
-    for path in paths:
-        with contextlib.suppress(FileNotFoundError):
-            total += path.stat().st_size
-    return total
+from agents.retention import files_bytes
 
 
 def archive_bytes(run_dir: Path) -> int:
@@ -94,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
                 fleet.turn(now, timeout_ms=20)
                 if now - last_sample >= 2.0:
                     last_sample = now
-                    size = ledger_bytes(run_dir)
+                    size = files_bytes(run_dir)
                     sizes.append(size)
                     if reached_at is None and size >= limit:
                         reached_at = now

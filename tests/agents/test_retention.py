@@ -1,14 +1,13 @@
 """Retention on real files: finished tasks leave the ledger for gzip JSONL shards that `datasets` reads, nothing the
 loop still needs goes, and a hub under a steady stream of large results holds its ledger below a set size."""
 
-import contextlib
 import time
 
 import datasets
 import pytest
 
 from agents.ledger import INLINE_BYTES, Ledger
-from agents.retention import read_archive, write_shards
+from agents.retention import files_bytes, read_archive, write_shards
 from protocol.messages import (
     GenerateResult,
     GenerateTask,
@@ -119,7 +118,7 @@ def test_a_hub_holds_its_ledger_below_the_set_size_while_results_keep_coming(tmp
                 pass
             if time.monotonic() - last_sample > 0.5:
                 last_sample = time.monotonic()
-                sizes.append(on_disk(r.hub.run_dir))
+                sizes.append(files_bytes(r.hub.run_dir))
         while (env := solver.recv(timeout_ms=1000)) is not None:
             accepted += env.message.kind == "ack" and env.message.status == "accepted"
         assert sent_bytes > 4 * limit_mb * 2**20  # without retention the ledger would be several times the limit
@@ -133,13 +132,3 @@ def test_a_hub_holds_its_ledger_below_the_set_size_while_results_keep_coming(tmp
     assert done + len(archived) == accepted == ledger.queue_stats()["generate"].done
     assert all(len(a["result"]["samples"][0]["text"]) == len(text) for a in archived)
     ledger.close()
-
-
-def on_disk(run_dir):
-    """The ledger's bytes on disk: its file, WAL and blobs (not the archive)."""
-    files = [run_dir / "ledger.sqlite", run_dir / "ledger.sqlite-wal", *(run_dir / "blobs").glob("??/*")]
-    total = 0
-    for path in files:
-        with contextlib.suppress(FileNotFoundError):
-            total += path.stat().st_size
-    return total
