@@ -472,7 +472,9 @@ def run(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> d
     if recipe.world.main:
         prepare_out(config, resume=resume, overwrite=overwrite)
     try:
-        return _run(recipe, config)
+        metrics = _run(recipe, config)
+        distributed.barrier(recipe.world)  # every rank done with its collectives before the group goes (gloo can
+        return metrics                     # abort a rank whose peer tears the group down under it)
     finally:
         distributed.stop()
 
