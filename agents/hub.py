@@ -731,6 +731,7 @@ class Hub:
         metrics["ledger_bytes"] = float(self.ledger.size_bytes())
         metrics["ledger_blob_bytes"] = float(totals.get("blob_bytes", 0))
         metrics["archived_tasks"] = float(totals.get("archived_tasks", 0))
+        metrics["archived_prompts"] = float(totals.get("archived_prompts", 0))
         for version, (mean, count) in self.ledger.reward_by_version().items():
             metrics[f"reward_mean.v{version}"] = mean
             metrics[f"reward_count.v{version}"] = float(count)

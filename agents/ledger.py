@@ -94,7 +94,7 @@ CREATE INDEX IF NOT EXISTS tasks_queue ON tasks (kind, state, priority DESC, cre
 CREATE INDEX IF NOT EXISTS tasks_leases ON tasks (state, deadline);
 CREATE TABLE IF NOT EXISTS prompts (
     prompt_id TEXT PRIMARY KEY, text TEXT NOT NULL, source TEXT NOT NULL, parent_id TEXT, mutation TEXT,
-    difficulty INTEGER, round INTEGER, payload BLOB NOT NULL, created REAL NOT NULL);
+    difficulty INTEGER, round INTEGER, payload BLOB NOT NULL, created REAL NOT NULL, used REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS samples (
     sample_id TEXT PRIMARY KEY, prompt_id TEXT NOT NULL, task_id TEXT NOT NULL, policy_version INTEGER NOT NULL,
     created REAL NOT NULL);
@@ -123,8 +123,11 @@ CREATE INDEX IF NOT EXISTS samples_task ON samples (task_id);
 CREATE INDEX IF NOT EXISTS verdicts_task ON verdicts (task_id);
 CREATE INDEX IF NOT EXISTS submits_created ON submits (created);
 CREATE TABLE IF NOT EXISTS totals (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""  # after a migration: the columns it indexes are new in schema 2
-SCHEMA_VERSION = "2"  # 2: results stored once (blobs), index-only samples and verdicts, tallies, metrics index
+CREATE INDEX IF NOT EXISTS prompts_used ON prompts (used, prompt_id) WHERE source IN ('seed', 'evolved');
+"""  # after a migration: the columns it indexes are new in schemas 2 and 3
+SCHEMA_VERSION = "3"  # 2: results stored once (blobs), index-only samples and verdicts, tallies, metrics index;
+#                       3: when each prompt was last submitted (prompts.used), for retention
+ARCHIVED_PROMPTS = "archived_prompts/"  # totals: archived_prompts/SOURCE/MUTATION (MUTATION empty for None) -> count
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,9 @@ class Ledger:
             found = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
             if found == "1" and self.db.kind == "sqlite":
                 _migrate_from_1(self.db)
+                found = "2"
+            if found == "2":
+                _migrate_from_2(self.db)
             elif found != SCHEMA_VERSION:
                 raise LedgerError(f"{self.where}: ledger schema {found}, this selfplay reads {SCHEMA_VERSION}")
             for statement in self.db.ddl(LATE_SCHEMA):
@@ -448,9 +454,12 @@ class Ledger:
 
     # ------------------------------------------------------------------ domain records
     def _record_prompts(self, prompts: list[Prompt], now: float, round_: int | None = None) -> None:
-        self.db.executemany("INSERT INTO prompts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        """A prompt's row when it is first seen (its lineage); seen again (submitted in another round), when it was
+        last used: retention archives training prompts no task has used for a while."""
+        self.db.executemany("INSERT INTO prompts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                            " ON CONFLICT (prompt_id) DO UPDATE SET used = excluded.used",
                             [(p.prompt_id, p.text, p.source, p.parent_id, p.mutation, p.difficulty, round_, _pack(p),
-                              now) for p in prompts])
+                              now, now) for p in prompts])
 
     def _record_result(self, task_id: str, result: ResultPayload, now: float,
                        judged: dict[str, tuple[str, int]] | None = None) -> None:
@@ -540,6 +549,37 @@ class Ledger:
         self.db.compact()  # freed pages back to the disk, a few MiB a pass
         return deleted
 
+    def stale_prompts(self, before: float, max_prompts: int) -> list[StalePrompt]:
+        """The training prompts (seed, evolved) last submitted before `before` and before the oldest generate task
+        still queued or leased (so every task naming them has finished: no answer to them can still arrive), whose
+        samples have all left the ledger; least recently used first, up to `max_prompts` (for the archive).
+        Held-out and validation prompts stay: the reports score every version on them."""
+        oldest = [self.db.execute("SELECT MIN(created) FROM tasks WHERE kind = 'generate' AND state = ?",
+                                  (state,)).fetchone()[0] for state in ("queued", "leased")]
+        before = min([before, *(t for t in oldest if t is not None)])
+        return [StalePrompt(*row) for row in self.db.execute(
+            f"SELECT prompt_id, source, mutation, round, created, used, payload FROM prompts p WHERE {_STALE}"
+            " ORDER BY used, prompt_id LIMIT ?", (before, max_prompts))]
+
+    def prune_prompts(self, prompts: list[StalePrompt], before: float) -> int:
+        """Delete archived prompts still stale (one submitted again meanwhile stays, and is archived again later),
+        counting them by source and mutation in the totals. Returns prompts deleted."""
+        ids, gone = [p.prompt_id for p in prompts], []
+        with self._tx():
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = self.db.execute(f"SELECT prompt_id, source, mutation FROM prompts p WHERE prompt_id IN ({marks})"
+                                       f" AND {_STALE}", [*chunk, before]).fetchall()
+                if rows:
+                    self.db.execute(f"DELETE FROM prompts WHERE prompt_id IN ({','.join('?' * len(rows))})",
+                                    [row[0] for row in rows])
+                gone += rows
+            for (source, mutation), n in Counter((row[1], row[2] or "") for row in gone).items():
+                self._add(f"{ARCHIVED_PROMPTS}{source}/{mutation}", n)
+            self._add("archived_prompts", len(gone))
+        return len(gone)
+
     # ------------------------------------------------------------------ queries
     def policy_version(self) -> int:
         return self.db.execute("SELECT COALESCE(MAX(version), 0) FROM policies").fetchone()[0]
@@ -622,6 +662,22 @@ class FinishedTask(NamedTuple):
     payload: bytes
     stored: StoredResult | None
     result_bytes: int
+
+
+_STALE = ("source IN ('seed', 'evolved') AND used < ?"
+          " AND NOT EXISTS (SELECT 1 FROM samples s WHERE s.prompt_id = p.prompt_id)")
+
+
+class StalePrompt(NamedTuple):
+    """A training prompt as the archive takes it (Ledger.stale_prompts): its row and its payload."""
+
+    prompt_id: str
+    source: str
+    mutation: str | None
+    round: int | None
+    created: float
+    used: float
+    payload: bytes
 
 
 class StoredResult(NamedTuple):
@@ -719,6 +775,14 @@ def _migrate_from_1(db: Database) -> None:
                " GROUP BY p.source, s.policy_version")
     for table, column in (("samples", "text"), ("samples", "payload"), ("verdicts", "judgment")):
         db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+
+
+def _migrate_from_2(db: Database) -> None:
+    """Schema 2 -> 3: each prompt's last submission, taken to be its first."""
+    for statement in db.ddl("ALTER TABLE prompts ADD COLUMN used REAL"):
+        db.execute(statement)
+    db.execute("UPDATE prompts SET used = created")
     db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
 
 

@@ -13,6 +13,7 @@ small dataclasses: callers do not learn the schema, and the SQL stays in agents/
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -22,6 +23,7 @@ import msgpack
 from agents.blobs import open_blobs
 from agents.database import DatabaseError, open_database
 from agents.ledger import (
+    ARCHIVED_PROMPTS,
     TASK_ADAPTER,
     URL_FILE,
     LedgerError,
@@ -134,13 +136,30 @@ class LedgerReader:
 
     # ------------------------------------------------------------------ prompts, policies, samples
     def prompts_by_source(self) -> dict[str, int]:
-        """source ('seed', 'evolved', 'eval', 'validation') -> prompts recorded; sources without prompts are absent."""
-        return dict(self.db.execute("SELECT source, COUNT(*) FROM prompts GROUP BY source ORDER BY source"))
+        """source ('seed', 'evolved', 'eval', 'validation') -> prompts recorded, archived ones too; sources without
+        prompts are absent."""
+        counts = Counter(dict(self.db.execute("SELECT source, COUNT(*) FROM prompts GROUP BY source")))
+        for (source, _), n in self._archived_prompts().items():
+            counts[source] += n
+        return dict(sorted(counts.items()))
 
     def evolved_by_mutation(self) -> dict[str | None, int]:
-        """mutation kind -> evolved prompts it produced."""
-        return dict(self.db.execute("SELECT mutation, COUNT(*) FROM prompts WHERE source = 'evolved'"
-                                    " GROUP BY mutation"))
+        """mutation kind -> evolved prompts it produced, archived ones too."""
+        counts = Counter(dict(self.db.execute("SELECT mutation, COUNT(*) FROM prompts WHERE source = 'evolved'"
+                                              " GROUP BY mutation")))
+        for (source, mutation), n in self._archived_prompts().items():
+            if source == "evolved":
+                counts[mutation] += n
+        return dict(counts)
+
+    def _archived_prompts(self) -> dict[tuple[str, str | None], int]:
+        """(source, mutation) -> prompts retention archived (agents/retention.py)."""
+        rows = self.db.execute("SELECT name, value FROM totals WHERE name LIKE ?", (ARCHIVED_PROMPTS + "%",))
+        out: dict[tuple[str, str | None], int] = {}
+        for name, n in rows:
+            source, mutation = name.removeprefix(ARCHIVED_PROMPTS).split("/", 1)
+            out[source, mutation or None] = n
+        return out
 
     def policy_versions(self) -> list[int]:
         """Every published policy version, in order (a gap means one was lost)."""

@@ -2,28 +2,35 @@
 
 A run that lasts days would otherwise keep every payload, result, sample and verdict in its ledger
 forever. The hub's housekeeping starts a pass every `retention_every_s`:
-1. on the loop: the oldest finished (done or dead) tasks that are old enough, a bounded batch
-   (Ledger.finished);
-2. on the offload thread: their records written to one shard per kind,
-   RUN/archive/KIND/FIRST_TASK_ID.jsonl.gz (written whole to a temporary name, then renamed);
+1. on the loop: the oldest finished (done or dead) tasks that are old enough, and the training prompts (seed,
+   evolved) no task has submitted for as long and no sample in the ledger answers, bounded batches
+   (Ledger.finished, Ledger.stale_prompts);
+2. on the offload thread: their records written to one shard per kind, RUN/archive/KIND/FIRST_TASK_ID.jsonl.gz,
+   and one of prompts, RUN/archive/prompts/ (written whole to a temporary name, then renamed);
 3. back on the loop: the tasks deleted from the ledger with their sample and verdict rows and their blobs
-   (Ledger.prune), in one transaction, after the shard is on disk.
-A crash between 2 and 3 archives the batch again at the next pass, under the same name (its oldest task
-comes first again: ordered by last change, then id), so a shard is replaced, never doubled.
+   (Ledger.prune), and the prompts (Ledger.prune_prompts), after the shards are on disk.
+A crash between 2 and 3 archives the batch again at the next pass, under the same name (its oldest task or
+prompt comes first again: ordered by last change, then id), so a shard is replaced, never doubled.
 
 "Old enough": finished more than `archive_after_s` ago; while the ledger (file, WAL and blobs) is above
 `ledger_max_mb`, finished more than `archive_min_age_s` ago. What the loop still needs stays: queued and
-leased tasks, recent rounds' tasks (a restarted creator asks for them again), prompts with their lineage,
-policies, training metrics, and the tallies (task counts and rewards by version keep counting archived
-work, so `status` and promotion see the whole run).
+leased tasks, recent rounds' tasks (a restarted creator asks for them again), the prompts still in use (the
+creator's pool is submitted again each round, which keeps its prompts), held-out and validation prompts,
+policies, training metrics, and the tallies (task counts, rewards by version and prompts by source keep
+counting archived work, so `status`, promotion and reports see the whole run). A prompt archived and then
+submitted again (a pool sampled by `pool_per_round` that left it out for longer than the age) is recorded
+again, and archived and counted again later: the archive has it twice, under one id.
 
 Each line of a shard is one task: its id, kind, state, attempt, holder, reason, times, `task` (the
 payload), `result` (None for a dead task) and `error` (None, or why the result could not be archived: a lost
 blob), as plain JSON. Shards are fsynced before the rows they replace are deleted. JSON has no infinity, so a log-prob of -inf is
-written as null. They load with `datasets`:
+written as null. A line of the `prompts` shards is one prompt: its id, source, mutation, round (of the creator
+that evolved it), when it was first recorded and last submitted, and `prompt` (the whole prompt: its text,
+answer, parent_id for lineage). They load with `datasets`:
 
     load_dataset("json", data_files="RUN/archive/generate/*.jsonl.gz")      # answers, with tokens, log-probs
     load_dataset("json", data_files="RUN/archive/judge/*.jsonl.gz")         # verdicts: scores, judgments
+    load_dataset("json", data_files="RUN/archive/prompts/*.jsonl.gz")       # training prompts, with lineage
 
 or without it, `read_archive(RUN, "judge")`.
 """
@@ -32,21 +39,23 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import msgpack
 import structlog
 
 from agents.blobs import Blobs, fsync_dir
-from agents.ledger import FinishedTask, Ledger
+from agents.ledger import FinishedTask, Ledger, StalePrompt
 from agents.offload import Offload
 
 log = structlog.get_logger("agents.retention")
 BATCH_TASKS = 2000  # tasks a pass archives at most
+BATCH_PROMPTS = 5000  # prompts a pass archives at most
 BATCH_BYTES = 16 << 20  # payload and result bytes a pass archives at most (read on the loop when stored inline;
 #                         a pass holds the offload thread, which large results share, for about a second at most)
 
@@ -74,7 +83,7 @@ class Retention:
         self.ledger, self.directory, self.offload = ledger, archive_dir(run_dir), offload
         self.archive_after_s, self.min_age_s, self.every_s = archive_after_s, archive_min_age_s, every_s
         self.max_bytes = None if ledger_max_mb is None else int(ledger_max_mb * 2**20)
-        self.busy, self.next_at, self.archived, self.passes = False, 0.0, 0, 0
+        self.busy, self.next_at, self.archived, self.archived_prompts, self.passes = False, 0.0, 0, 0, 0
 
     @property
     def enabled(self) -> bool:
@@ -92,26 +101,31 @@ class Retention:
             return
         before = now - min(ages)
         batch = self.ledger.finished(before, BATCH_TASKS, BATCH_BYTES)
-        if not batch:
+        prompts = self.ledger.stale_prompts(before, BATCH_PROMPTS)
+        if not batch and not prompts:
             return
         self.busy = True
         blobs = self.ledger.blobs
-        self.offload.submit(lambda: write_shards(self.directory, batch, blobs),
-                            lambda paths, error: self._written(batch, before, paths, error, now))
+        self.offload.submit(lambda: write_shards(self.directory, batch, blobs) + write_prompts(self.directory, prompts),
+                            lambda paths, error: self._written(batch, prompts, before, paths, error, now))
 
-    def _written(self, batch: list[FinishedTask], before: float, paths, error: BaseException | None,
-                 now: float) -> None:
-        """Back on the loop: the shards are on disk, so the tasks leave the ledger."""
+    def _written(self, batch: list[FinishedTask], prompts: list[StalePrompt], before: float, paths,
+                 error: BaseException | None, now: float) -> None:
+        """Back on the loop: the shards are on disk, so the tasks and prompts leave the ledger."""
         self.busy = False
         if error is not None:  # a full disk, say: the tasks stay in the ledger and the next pass tries again
-            log.error("archive failed", tasks=len(batch), error=f"{type(error).__name__}: {error}")
+            log.error("archive failed", tasks=len(batch), prompts=len(prompts), error=f"{type(error).__name__}: {error}")
             return
-        deleted = self.ledger.prune(batch, now, submits_before=before)
+        deleted = self.ledger.prune(batch, now, submits_before=before) if batch else 0
+        gone = self.ledger.prune_prompts(prompts, before) if prompts else 0
         self.archived += deleted
+        self.archived_prompts += gone
         self.passes += 1
-        if len(batch) == BATCH_TASKS or sum(len(t.payload) + t.result_bytes for t in batch) >= BATCH_BYTES:
+        if (len(batch) == BATCH_TASKS or len(prompts) == BATCH_PROMPTS
+                or sum(len(t.payload) + t.result_bytes for t in batch) >= BATCH_BYTES):
             self.next_at = now  # a full batch: more are waiting, the next turn goes on
-        log.info("archived", tasks=deleted, shards=[str(p) for p in paths], ledger_bytes=self.ledger.size_bytes())
+        log.info("archived", tasks=deleted, prompts=gone, shards=[str(p) for p in paths],
+                 ledger_bytes=self.ledger.size_bytes())
 
 
 def write_shards(directory: Path, batch: list[FinishedTask], blobs: Blobs) -> list[Path]:
@@ -119,21 +133,36 @@ def write_shards(directory: Path, batch: list[FinishedTask], blobs: Blobs) -> li
     by_kind: dict[str, list[FinishedTask]] = {}
     for task in batch:
         by_kind.setdefault(task.kind, []).append(task)
-    paths = []
-    for kind, tasks in by_kind.items():
-        path = directory / kind / f"{tasks[0].task_id}.jsonl.gz"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as raw:
-            with gzip.open(raw, "wt", encoding="utf-8", compresslevel=3) as f:
-                for task in tasks:
-                    f.write(_json_line(_record(task, blobs)))
-            raw.flush()
-            os.fsync(raw.fileno())  # on disk before the rows it replaces are deleted
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-        paths.append(path)
-    return paths
+    return [_write_shard(directory / kind / f"{tasks[0].task_id}.jsonl.gz", (_record(task, blobs) for task in tasks))
+            for kind, tasks in by_kind.items()]
+
+
+def write_prompts(directory: Path, prompts: list[StalePrompt]) -> list[Path]:
+    """The prompts' records in one shard, RUN/archive/prompts/USED-DIGEST.jsonl.gz: when the first was last used
+    (13 hex digits of microseconds, so that shards sort oldest first) and a digest of its id (an id is any string,
+    not a file name). None for no prompts."""
+    if not prompts:
+        return []
+    first = prompts[0]
+    name = f"{int(first.used * 1e6):013x}-{hashlib.sha256(first.prompt_id.encode()).hexdigest()[:12]}.jsonl.gz"
+    records = ({"prompt_id": p.prompt_id, "source": p.source, "mutation": p.mutation, "round": p.round,
+                "created": p.created, "used": p.used, "prompt": msgpack.unpackb(p.payload, raw=False)} for p in prompts)
+    return [_write_shard(directory / "prompts" / name, records)]
+
+
+def _write_shard(path: Path, records: Iterable[dict]) -> Path:
+    """One gzip JSONL file, written whole to a temporary name, fsynced, then renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as raw:
+        with gzip.open(raw, "wt", encoding="utf-8", compresslevel=3) as f:
+            for record in records:
+                f.write(_json_line(record))
+        raw.flush()
+        os.fsync(raw.fileno())  # on disk before the rows it replaces are deleted
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return path
 
 
 
@@ -171,7 +200,8 @@ def _finite(value):
 
 
 def read_archive(run_dir: str | os.PathLike, kind: str) -> Iterator[dict]:
-    """Every archived task of `kind` ('generate', 'judge', 'train', 'create'), shard by shard, oldest first."""
+    """Every archived task of `kind` ('generate', 'judge', 'train', 'create'), or with 'prompts' every archived
+    prompt, shard by shard, oldest first."""
     for path in sorted((archive_dir(run_dir) / kind).glob("*.jsonl.gz")):
         with gzip.open(path, "rt", encoding="utf-8") as f:
             for line in f:

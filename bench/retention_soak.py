@@ -7,10 +7,12 @@ archive.
 
 The hub runs in its own process on a new SQLite run directory, with retention on; fake solvers (raw sockets, no
 models: bench/hub_scale.py's fleet) answer at --mb-per-s, a creator keeps the queue full, and heartbeats go
-both ways. Every --report-every-s it prints the ledger's size on disk (file, WAL and blobs; not the archive),
-the largest so far once the limit was first reached, what was archived, and the largest heartbeat gap. At the
-end it counts the done tasks left in the ledger and the lines of the archive's shards: their sum must equal the
-results the hub accepted. The last line is one JSON object.
+both ways. The creator names new prompts in every task (a prompt row each, which retention must archive too).
+Every --report-every-s it prints the ledger's size on disk (file, WAL and blobs; not the archive), the largest
+so far once the limit was first reached, the prompt rows, what was archived, and the largest heartbeat gap. At
+the end it counts the done tasks left in the ledger and the lines of the archive's shards: their sum must equal
+the results the hub accepted; and the same for the prompts the hub acknowledged. The last line is one JSON
+object.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/hub_scale.py, beside this file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from hub_scale import Fleet, HubProcess, result_shape
+from hub_scale import SUBMIT_BATCH, Fleet, HubProcess, result_shape
 
 from agents.retention import files_bytes
 
@@ -47,6 +49,23 @@ def archived_ids(run_dir: Path) -> list[str]:
             for line in f:
                 ids.append(json.loads(line[:line.index(",")] + "}")["task_id"])  # {"task_id": "…", …
     return ids
+
+
+def archived_prompt_ids(run_dir: Path) -> list[str]:
+    ids = []
+    for path in sorted((run_dir / "archive" / "prompts").glob("*.jsonl.gz")):
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            ids += [json.loads(line)["prompt_id"] for line in f]
+    return ids
+
+
+def prompt_rows(run_dir: Path) -> int:
+    """The prompt rows in the live ledger (read-only, beside the hub)."""
+    db = sqlite3.connect(f"file:{run_dir / 'ledger.sqlite'}?mode=ro", uri=True, timeout=10)
+    try:
+        return db.execute("SELECT COUNT(*) FROM prompts").fetchone()[0]
+    finally:
+        db.close()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -96,22 +115,27 @@ def main(argv: list[str] | None = None) -> dict:
                     gaps.append(fleet.max_gap)
                     print(f"[{(now - start) / 60:6.1f} min] {fleet.result_bytes / 1e9:6.2f} GB accepted "
                           f"({fleet.accepted} results); ledger {sizes[-1] / 2**20:6.1f} MiB, largest since the limit "
-                          f"was reached {max(after_limit, default=0) / 2**20:6.1f} MiB (limit {args.ledger_max_mb:g}); "
-                          f"archive {archive_bytes(run_dir) / 1e9:.2f} GB; largest heartbeat "
+                          f"was reached {max(after_limit, default=0) / 2**20:6.1f} MiB (limit {args.ledger_max_mb:g}), "
+                          f"{prompt_rows(run_dir)} prompt rows; "
+                          f"archive {archive_bytes(run_dir) / 1e6:.0f} MB; largest heartbeat "
                           f"gap {fleet.max_gap:.2f} s", flush=True)
                     fleet.max_gap = 0.0
             fleet.answering = False
             fleet.backlog.clear()
             deadline = time.monotonic() + 120
-            while fleet.pending_bytes and time.monotonic() < deadline:  # the last results acknowledged
-                fleet.turn(time.monotonic())
+            while (fleet.pending_bytes or fleet.submit_pending) and time.monotonic() < deadline:
+                fleet.turn(time.monotonic())  # the last results and the last submit acknowledged
+            made = fleet.prompt_counter  # named in submits; the last may not have been acknowledged
+            acknowledged = made - (fleet.prompts_per_task * SUBMIT_BATCH if fleet.submit_pending else 0)
         finally:
             fleet.close()
             ctx.term()
             hub.close()
         db = sqlite3.connect(run_dir / "ledger.sqlite")
         in_ledger = db.execute("SELECT COUNT(*) FROM tasks WHERE kind = 'generate' AND state = 'done'").fetchone()[0]
+        prompts_in_ledger = db.execute("SELECT COUNT(*) FROM prompts").fetchone()[0]
         db.close()
+        prompt_ids = archived_prompt_ids(run_dir)
         ids = archived_ids(run_dir)
         archived_bytes = archive_bytes(run_dir)
     out = {
@@ -125,6 +149,9 @@ def main(argv: list[str] | None = None) -> dict:
         "done_in_ledger": in_ledger, "archived": len(ids), "archived_twice": len(ids) - len(set(ids)),
         "all_accounted": in_ledger + len(set(ids)) == fleet.accepted,
         "archive_gb": round(archived_bytes / 1e9, 3),
+        "prompts_submitted": made, "prompts_in_ledger": prompts_in_ledger, "prompts_archived": len(prompt_ids),
+        "prompts_archived_twice": len(prompt_ids) - len(set(prompt_ids)),
+        "prompts_accounted": acknowledged <= prompts_in_ledger + len(set(prompt_ids)) <= made,
         "max_heartbeat_gap_s": round(max([*gaps, fleet.max_gap]), 2),
     }
     print(json.dumps(out))

@@ -8,7 +8,7 @@ import sqlite3
 import msgpack
 import pytest
 
-from agents.ledger import INLINE_BYTES, Lease, Ledger, reward_by_version
+from agents.ledger import INLINE_BYTES, SCHEMA_VERSION, Lease, Ledger, reward_by_version
 from agents.ledger_query import LedgerReader
 from protocol.messages import (
     GenerateResult,
@@ -206,9 +206,30 @@ def test_a_schema_1_ledger_is_migrated_in_place(tmp_path):
     assert isinstance(lease, Lease) and lease.task_id == "q"
     assert ledger.recover(now=2) == 2 and tallied(ledger) == counted(ledger)
     ledger.close()
-    reopened = Ledger(path)  # migrated once: the second opening finds schema 2
-    assert reopened.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+    reopened = Ledger(path)  # migrated once: the second opening finds the schema it writes
+    assert reopened.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == SCHEMA_VERSION
+    assert reopened.db.execute("SELECT used FROM prompts").fetchall() == [(0.0,)]  # schema 3's column, from 2's
     reopened.close()
+
+
+def test_a_schema_2_ledger_gains_when_each_prompt_was_last_used(ledger_where, tmp_path):
+    """Schema 2 -> 3 on either database: `used` starts as when the prompt was first recorded, and retention
+    archives its prompts once their tasks are done."""
+    ledger = Ledger(ledger_where, blobs=tmp_path / "blobs")
+    ledger.submit([GenerateTask(prompts=[Prompt(prompt_id="p1", text="1 + 1 =")])], now=5.0)
+    with ledger.db.transaction():  # back to what schema 2 wrote
+        ledger.db.execute("DROP INDEX prompts_used")
+        ledger.db.execute("ALTER TABLE prompts DROP COLUMN used")
+        ledger.db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    ledger.close()
+    ledger = Ledger(ledger_where, blobs=tmp_path / "blobs")
+    assert ledger.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == SCHEMA_VERSION
+    assert ledger.db.execute("SELECT used FROM prompts").fetchall() == [(5.0,)]
+    [lease] = ledger.lease("generate", "s", 1, 30, now=6.0)
+    ledger.complete(lease.task_id, lease.attempt, GenerateResult(samples=[]), now=6.0)
+    assert [p.prompt_id for p in ledger.stale_prompts(before=6.0, max_prompts=10)] == ["p1"]
+    assert ledger.stale_prompts(before=5.0, max_prompts=10) == []
+    ledger.close()
 
 
 def test_concurrent_leases_on_postgresql_never_hand_out_a_task_twice(pg_server):

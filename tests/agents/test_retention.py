@@ -7,7 +7,8 @@ import datasets
 import pytest
 
 from agents.ledger import INLINE_BYTES, Ledger
-from agents.retention import files_bytes, read_archive, write_shards
+from agents.ledger_query import LedgerReader
+from agents.retention import files_bytes, read_archive, write_prompts, write_shards
 from protocol.messages import (
     GenerateResult,
     GenerateTask,
@@ -72,6 +73,57 @@ def test_archived_tasks_leave_the_ledger_for_shards_and_the_tallies_keep_countin
     ledger.close()
 
 
+def prompt(prompt_id, source="evolved", mutation="deepen"):
+    return Prompt(prompt_id=prompt_id, text=f"say {prompt_id}", source=source, parent_id="root", mutation=mutation)
+
+
+def test_training_prompts_no_task_uses_leave_the_ledger_and_their_counts_stay(ledger_where, tmp_path):
+    """Archived: a training prompt last submitted before the cutoff, named by no task still queued or leased, whose
+    samples have left the ledger. Kept: one submitted again since (a pool's prompt), one a sample in the ledger
+    answers, one a queued task names, held-out ones, recent ones."""
+    ledger = Ledger(ledger_where, blobs=tmp_path / "blobs")
+    old, pool, answered_, held_out, waiting, recent = (
+        prompt("old/1", mutation="breadth"), prompt("pool", "seed", None), prompt("answered"),
+        prompt("e2", "eval", None), prompt("waiting"), prompt("new"))
+
+    def answer(now, prompt_id):
+        [lease] = ledger.lease("generate", "s", 1, 30, now)
+        ledger.complete(lease.task_id, lease.attempt, GenerateResult(samples=[Sample(
+            sample_id=f"{lease.task_id}.1.0", prompt_id=prompt_id, text="x", policy_version=0)]), now)
+
+    ledger.submit([GenerateTask(prompts=[old, pool, answered_, held_out])], now=100.0)
+    answer(110.0, "answered")
+    ledger.submit([GenerateTask(prompts=[waiting])], now=150.0)  # queued for long: its prompt is still in use
+    ledger.submit([GenerateTask(prompts=[pool, recent])], now=300.0)  # the pool asked again in a later round
+    counts = prompt_counts(ledger_where)
+    assert counts == ({"eval": 1, "evolved": 4, "seed": 1}, {"breadth": 1, "deepen": 3})
+    stale = ledger.stale_prompts(before=200.0, max_prompts=100)
+    assert [p.prompt_id for p in stale] == ["old/1"]
+    ledger.submit([GenerateTask(prompts=[old])], now=250.0)  # used again while its shard was being written: it stays
+    assert ledger.prune_prompts(stale, before=200.0) == 0
+    assert ledger.stale_prompts(before=260.0, max_prompts=100) == []  # a queued task names each old one
+    answer(260.0, "waiting")
+    answer(260.0, "old/1")
+    ledger.prune(ledger.finished(before=270.0, max_tasks=100, max_bytes=1 << 30), now=270.0, submits_before=0.0)
+    stale = ledger.stale_prompts(before=270.0, max_prompts=100)  # their tasks archived, their samples with them
+    assert [p.prompt_id for p in stale] == ["answered", "waiting", "old/1"]  # least recently used first
+    [path] = write_prompts(tmp_path / "archive", stale)
+    assert path.parent == tmp_path / "archive" / "prompts" and "/" not in path.name.removesuffix(".jsonl.gz")
+    assert ledger.prune_prompts(stale, before=270.0) == 3
+    assert {p.prompt_id for p in ledger.prompts()} == {"pool", "e2", "new"}
+    assert prompt_counts(ledger_where) == counts  # archived ones count (in what the reports read)
+    assert ledger.totals()["archived_prompts"] == 3
+    records = {r["prompt_id"]: r for r in read_archive(tmp_path, "prompts")}
+    assert records["old/1"]["used"] == 250.0 and records["old/1"]["created"] == 100.0
+    assert Prompt.model_validate(records["old/1"]["prompt"]) == old  # the whole prompt, its lineage with it
+    ledger.close()
+
+
+def prompt_counts(where):
+    with LedgerReader(where) as reader:
+        return reader.prompts_by_source(), reader.evolved_by_mutation()
+
+
 def test_a_batch_archived_again_replaces_its_shard(tmp_path):
     """A crash after the shard is written and before the prune: the next pass writes the same shard again."""
     ledger = Ledger(tmp_path / "ledger.sqlite")
@@ -86,9 +138,10 @@ def test_a_batch_archived_again_replaces_its_shard(tmp_path):
 
 @pytest.mark.timeout(120)
 def test_a_hub_holds_its_ledger_below_the_set_size_while_results_keep_coming(tmp_path):
-    """8 MiB allowed; 160 KiB results arrive at 4 MB/s for 12 s (over four times the limit). Sampled every half second
-    once the limit is reached, the ledger on disk (file, WAL, blobs) stays within the limit and what arrives between
-    two passes, and every accepted result is in the ledger or in the archive."""
+    """8 MiB allowed; 160 KiB results arrive at 4 MB/s for 12 s (over four times the limit), each answering a new
+    training prompt. Sampled every half second once the limit is reached, the ledger on disk (file, WAL, blobs) stays
+    within the limit and what arrives between two passes, and every accepted result, and every prompt, is in the
+    ledger or in the archive."""
     limit_mb = 8
     r = Running(tmp_path, lease_s=30, heartbeat_interval_s=0.2, liveness=50, ledger_max_mb=limit_mb,
                 archive_min_age_s=0.5, retention_every_s=0.2)
@@ -96,11 +149,13 @@ def test_a_hub_holds_its_ledger_below_the_set_size_while_results_keep_coming(tmp
         creator, solver = r.client("creator-0"), r.client("solver-0")
         creator.ready("creator", kinds=())
         solver.ready("solver", capacity=4)
-        text, accepted, sizes, sent_bytes = "y" * (160 << 10), 0, [], 0
+        text, accepted, sizes, sent_bytes, made = "y" * (160 << 10), 0, [], 0, 0
         start = last_sample = next_send = time.monotonic()
         while time.monotonic() - start < 12:
             if r.hub.ledger.queued("generate") < 8:  # a read of the hub's tally; the hub's thread owns the writes
-                creator.send(Submit(tasks=[GenerateTask(prompts=[EVAL])] * 16))
+                creator.send(Submit(tasks=[GenerateTask(prompts=[Prompt(prompt_id=f"q{made + i}", text="1 + 1 =")])
+                                           for i in range(16)]))
+                made += 16
             env = solver.recv(timeout_ms=2000, skip=("heartbeat", "policy_announce"))
             while env is not None and env.message.kind != "assign":
                 accepted += env.message.kind == "ack" and env.message.status == "accepted"
@@ -109,8 +164,8 @@ def test_a_hub_holds_its_ledger_below_the_set_size_while_results_keep_coming(tmp
                 time.sleep(max(0.0, next_send - time.monotonic()))  # 25 results a second: 4 MB/s
                 next_send = max(next_send + 0.04, time.monotonic() - 0.2)
                 task = env.message
-                sample = Sample(sample_id=f"{task.task_id}.{task.attempt}.0", prompt_id="e1", text=text,
-                                policy_version=0)
+                sample = Sample(sample_id=f"{task.task_id}.{task.attempt}.0",
+                                prompt_id=task.task.prompts[0].prompt_id, text=text, policy_version=0)
                 solver.send(Result(task_id=task.task_id, attempt=task.attempt,
                                    result=GenerateResult(samples=[sample])))
                 sent_bytes += len(text)
@@ -131,4 +186,8 @@ def test_a_hub_holds_its_ledger_below_the_set_size_while_results_keep_coming(tmp
     archived = list(read_archive(tmp_path / "run", "generate"))
     assert done + len(archived) == accepted == ledger.queue_stats()["generate"].done
     assert all(len(a["result"]["samples"][0]["text"]) == len(text) for a in archived)
+    kept = [p.prompt_id for p in ledger.prompts()]
+    archived_prompts = [p["prompt_id"] for p in read_archive(tmp_path / "run", "prompts")]
+    assert len(archived_prompts) > made / 2 and len(kept) < made / 2  # the ledger keeps the recent ones only
+    assert sorted(kept + archived_prompts) == sorted(f"q{i}" for i in range(made))  # each once, none lost
     ledger.close()
