@@ -30,7 +30,7 @@ class _Pins:
     """Blobs of results written and not yet settled (committed or refused): never deleted. `put` runs on the hub's
     offload thread, `delete` on its loop."""
 
-    in_database = False  # whether the database's own size already counts the blobs
+    table: str | None = None  # the database table holding the blobs (None: files beside the ledger)
 
     def __init__(self) -> None:
         self._pins: Counter[str] = Counter()
@@ -121,7 +121,7 @@ class TableBlobs(_Pins):
     uses them (each put commits by itself; the hub's loop keeps its connection for its transactions, and never
     waits behind a large put of the offload thread). Same methods as BlobStore."""
 
-    in_database = True
+    table = "blobs"
 
     def __init__(self, url: str, *, read_only: bool = False) -> None:
         super().__init__()

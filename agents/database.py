@@ -187,11 +187,13 @@ class PostgresDatabase:
     def ddl(self, schema: str) -> list[str]:
         return [_TYPE_WORDS.sub(lambda m: _TYPES[m.group(1)], s) for s in schema.split(";") if s.strip()]
 
-    def size_bytes(self) -> int:
-        """The ledger's tables with their indexes and out-of-line values."""
-        return int(self.conn.execute(
+    def size_bytes(self, without: str | None = None) -> int:
+        """The ledger's tables with their indexes and out-of-line values, on the server (space that autovacuum
+        freed for new rows included: it does not shrink), all but the table `without`."""
+        return int(self.execute(
             "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c JOIN pg_namespace n"
-            " ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relkind = 'r'").fetchone()[0])
+            " ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relkind = 'r'"
+            " AND c.relname <> ?", (without or "",)).fetchone()[0])
 
     def compact(self) -> None:
         """Nothing to do: the server's autovacuum reuses the space of deleted rows."""

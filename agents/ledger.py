@@ -215,9 +215,13 @@ class Ledger:
         return dict(self.db.execute("SELECT name, value FROM totals"))
 
     def size_bytes(self) -> int:
-        """The ledger on disk: its file, its WAL and its blobs (from the running total: no directory walk), or a
-        PostgreSQL ledger's tables (its blobs table among them)."""
-        return self.db.size_bytes() + (0 if self.blobs.in_database else self.totals().get("blob_bytes", 0))
+        """The ledger on disk: its file, its WAL and its blobs, or a PostgreSQL ledger's tables and its blobs. The
+        blobs are counted by their running total (no directory walk; and a blobs table's size on the server would
+        never fall after a retention pass, while the blobs retention holds are most of the ledger)."""
+        blob_bytes = self.totals().get("blob_bytes", 0)
+        if self.blobs.table is not None:
+            return self.db.size_bytes(without=self.blobs.table) + blob_bytes
+        return self.db.size_bytes() + blob_bytes
 
     # ------------------------------------------------------------------ tasks
     def submit(self, tasks: list[TaskPayload], *, priority: int = 0, key: str | None = None,

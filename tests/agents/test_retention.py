@@ -73,6 +73,21 @@ def test_archived_tasks_leave_the_ledger_for_shards_and_the_tallies_keep_countin
     ledger.close()
 
 
+def test_the_size_retention_reads_falls_when_results_are_archived(ledger_where, tmp_path):
+    """What `ledger_max_mb` compares: it falls by the archived blobs (PostgreSQL's size of the blobs table on the
+    server would not: autovacuum keeps the space for new rows)."""
+    ledger = Ledger(ledger_where, blobs=tmp_path / "blobs")
+    answered(ledger, now=100.0, text="x" * (1 << 20))
+    answered(ledger, now=100.0, text="z" * (1 << 20))
+    full = ledger.size_bytes()
+    assert full > 4 << 20  # two results of two 1 MiB answers each
+    batch = ledger.finished(before=200.0, max_tasks=100, max_bytes=1 << 30)
+    write_shards(tmp_path / "archive", batch, ledger.blobs)
+    ledger.prune(batch, now=300.0, submits_before=200.0)
+    assert ledger.size_bytes() < full - (4 << 20)
+    ledger.close()
+
+
 def prompt(prompt_id, source="evolved", mutation="deepen"):
     return Prompt(prompt_id=prompt_id, text=f"say {prompt_id}", source=source, parent_id="root", mutation=mutation)
 
