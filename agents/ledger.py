@@ -124,6 +124,7 @@ CREATE INDEX IF NOT EXISTS verdicts_task ON verdicts (task_id);
 CREATE INDEX IF NOT EXISTS submits_created ON submits (created);
 CREATE TABLE IF NOT EXISTS totals (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS prompts_used ON prompts (used, prompt_id) WHERE source IN ('seed', 'evolved');
+CREATE INDEX IF NOT EXISTS tasks_created ON tasks (kind, created);
 """  # after a migration: the columns it indexes are new in schemas 2 and 3
 SCHEMA_VERSION = "3"  # 2: results stored once (blobs), index-only samples and verdicts, tallies, metrics index;
 #                       3: when each prompt was last submitted (prompts.used), for retention
@@ -211,7 +212,8 @@ class Ledger:
                         " ON CONFLICT (name) DO UPDATE SET value = totals.value + excluded.value", (name, value))
 
     def totals(self) -> dict[str, int]:
-        """Running totals: blob_bytes (results held as blobs), archived_tasks, archived_bytes (results archived)."""
+        """Running totals: blob_bytes (results held as blobs), archived_tasks, archived_bytes (results archived),
+        archived_prompts, and archived_prompts/SOURCE/MUTATION (by source and mutation)."""
         return dict(self.db.execute("SELECT name, value FROM totals"))
 
     def size_bytes(self) -> int:
@@ -555,12 +557,12 @@ class Ledger:
 
     def stale_prompts(self, before: float, max_prompts: int) -> list[StalePrompt]:
         """The training prompts (seed, evolved) last submitted before `before` and before the oldest generate task
-        still queued or leased (so every task naming them has finished: no answer to them can still arrive), whose
-        samples have all left the ledger; least recently used first, up to `max_prompts` (for the archive).
-        Held-out and validation prompts stay: the reports score every version on them."""
-        oldest = [self.db.execute("SELECT MIN(created) FROM tasks WHERE kind = 'generate' AND state = ?",
-                                  (state,)).fetchone()[0] for state in ("queued", "leased")]
-        before = min([before, *(t for t in oldest if t is not None)])
+        the ledger holds, least recently used first, up to `max_prompts` (for the archive). A task naming a prompt
+        was created when the prompt was submitted, or earlier; so every task that named these has left the ledger
+        with its samples (archived), and none is queued or leased: no answer to them can still arrive. Held-out
+        and validation prompts stay: the reports score every version on them."""
+        oldest = self.db.execute("SELECT MIN(created) FROM tasks WHERE kind = 'generate'").fetchone()[0]
+        before = before if oldest is None else min(before, oldest)
         return [StalePrompt(*row) for row in self.db.execute(
             f"SELECT prompt_id, source, mutation, round, created, used, payload FROM prompts p WHERE {_STALE}"
             " ORDER BY used, prompt_id LIMIT ?", (before, max_prompts))]
@@ -582,6 +584,7 @@ class Ledger:
             for (source, mutation), n in Counter((row[1], row[2] or "") for row in gone).items():
                 self._add(f"{ARCHIVED_PROMPTS}{source}/{mutation}", n)
             self._add("archived_prompts", len(gone))
+        self.db.compact()
         return len(gone)
 
     # ------------------------------------------------------------------ queries
@@ -783,10 +786,11 @@ def _migrate_from_1(db: Database) -> None:
 
 
 def _migrate_from_2(db: Database) -> None:
-    """Schema 2 -> 3: each prompt's last submission, taken to be its first."""
+    """Schema 2 -> 3: each prompt's last submission, which schema 2 did not keep, taken to be now (a task queued
+    before the upgrade may name a prompt first recorded long ago: it stays until that task has left the ledger)."""
     for statement in db.ddl("ALTER TABLE prompts ADD COLUMN used REAL"):
         db.execute(statement)
-    db.execute("UPDATE prompts SET used = created")
+    db.execute("UPDATE prompts SET used = ?", (time.time(),))
     db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
 
 

@@ -138,28 +138,34 @@ class LedgerReader:
     def prompts_by_source(self) -> dict[str, int]:
         """source ('seed', 'evolved', 'eval', 'validation') -> prompts recorded, archived ones too; sources without
         prompts are absent."""
-        counts = Counter(dict(self.db.execute("SELECT source, COUNT(*) FROM prompts GROUP BY source")))
-        for (source, _), n in self._archived_prompts().items():
+        live, archived = self._prompt_counts("source")
+        counts = Counter(live)
+        for (source, _), n in archived.items():
             counts[source] += n
         return dict(sorted(counts.items()))
 
     def evolved_by_mutation(self) -> dict[str | None, int]:
         """mutation kind -> evolved prompts it produced, archived ones too."""
-        counts = Counter(dict(self.db.execute("SELECT mutation, COUNT(*) FROM prompts WHERE source = 'evolved'"
-                                              " GROUP BY mutation")))
-        for (source, mutation), n in self._archived_prompts().items():
+        live, archived = self._prompt_counts("mutation", "WHERE source = 'evolved'")
+        counts = Counter(live)
+        for (source, mutation), n in archived.items():
             if source == "evolved":
                 counts[mutation] += n
         return dict(counts)
 
-    def _archived_prompts(self) -> dict[tuple[str, str | None], int]:
-        """(source, mutation) -> prompts retention archived (agents/retention.py)."""
-        rows = self.db.execute("SELECT name, value FROM totals WHERE name LIKE ?", (ARCHIVED_PROMPTS + "%",))
-        out: dict[tuple[str, str | None], int] = {}
-        for name, n in rows:
-            source, mutation = name.removeprefix(ARCHIVED_PROMPTS).split("/", 1)
-            out[source, mutation or None] = n
-        return out
+    def _prompt_counts(self, column: str, where: str = "") -> tuple[dict, dict[tuple[str, str | None], int]]:
+        """The prompt rows by `column`, and (source, mutation) -> prompts retention archived (agents/retention.py),
+        read in one statement: a retention pass that commits meanwhile is in both or in neither."""
+        live, archived = {}, {}
+        for table, key, n in self.db.execute(
+                f"SELECT 'live', {column}, COUNT(*) FROM prompts {where} GROUP BY {column}"
+                " UNION ALL SELECT 'archived', name, value FROM totals WHERE name LIKE ?", (ARCHIVED_PROMPTS + "%",)):
+            if table == "live":
+                live[key] = n
+            else:
+                source, mutation = key.removeprefix(ARCHIVED_PROMPTS).split("/", 1)
+                archived[source, mutation or None] = n
+        return live, archived
 
     def policy_versions(self) -> list[int]:
         """Every published policy version, in order (a gap means one was lost)."""

@@ -9,17 +9,21 @@ forever. The hub's housekeeping starts a pass every `retention_every_s`:
    and one of prompts, RUN/archive/prompts/ (written whole to a temporary name, then renamed);
 3. back on the loop: the tasks deleted from the ledger with their sample and verdict rows and their blobs
    (Ledger.prune), and the prompts (Ledger.prune_prompts), after the shards are on disk.
-A crash between 2 and 3 archives the batch again at the next pass, under the same name (its oldest task or
-prompt comes first again: ordered by last change, then id), so a shard is replaced, never doubled.
+A crash between 2 and 3 archives the batch again at the next pass, under the same name (its oldest task comes
+first again: ordered by last change, then id; a prompt shard is named by all its prompts), so a task shard is
+replaced, never doubled. A prompt batch that differs the second time (one of its prompts was submitted again
+meanwhile) gets a new shard, and its other prompts are then in two.
 
 "Old enough": finished more than `archive_after_s` ago; while the ledger (file, WAL and blobs) is above
 `ledger_max_mb`, finished more than `archive_min_age_s` ago. What the loop still needs stays: queued and
-leased tasks, recent rounds' tasks (a restarted creator asks for them again), the prompts still in use (the
-creator's pool is submitted again each round, which keeps its prompts), held-out and validation prompts,
+leased tasks, recent rounds' tasks (a restarted creator asks for them again), the prompts still in use (any
+generate task in the ledger names them, or they were submitted within the age: the creator submits its pool
+every round, which keeps it while a round is shorter than the age), held-out and validation prompts,
 policies, training metrics, and the tallies (task counts, rewards by version and prompts by source keep
 counting archived work, so `status`, promotion and reports see the whole run). A prompt archived and then
-submitted again (a pool sampled by `pool_per_round` that left it out for longer than the age) is recorded
-again, and archived and counted again later: the archive has it twice, under one id.
+submitted again (a round longer than the age, or a pool sampled by `pool_per_round` that left it out for
+longer) is recorded again, and archived again later: the archive has it twice, under one id, and the counts
+by source count it twice.
 
 Each line of a shard is one task: its id, kind, state, attempt, holder, reason, times, `task` (the
 payload), `result` (None for a dead task) and `error` (None, or why the result could not be archived: a lost
@@ -139,12 +143,13 @@ def write_shards(directory: Path, batch: list[FinishedTask], blobs: Blobs) -> li
 
 def write_prompts(directory: Path, prompts: list[StalePrompt]) -> list[Path]:
     """The prompts' records in one shard, RUN/archive/prompts/USED-DIGEST.jsonl.gz: when the first was last used
-    (13 hex digits of microseconds, so that shards sort oldest first) and a digest of its id (an id is any string,
-    not a file name). None for no prompts."""
+    (13 hex digits of microseconds, so that shards sort oldest first) and a digest of every prompt's id and last
+    use (an id is any string, not a file name). The same batch again (a crash before its prune) replaces its
+    shard; another batch never does. No shard for no prompts."""
     if not prompts:
         return []
-    first = prompts[0]
-    name = f"{int(first.used * 1e6):013x}-{hashlib.sha256(first.prompt_id.encode()).hexdigest()[:12]}.jsonl.gz"
+    digest = hashlib.sha256("".join(f"{p.prompt_id}\0{p.used!r}\0" for p in prompts).encode()).hexdigest()[:16]
+    name = f"{int(prompts[0].used * 1e6):013x}-{digest}.jsonl.gz"
     records = ({"prompt_id": p.prompt_id, "source": p.source, "mutation": p.mutation, "round": p.round,
                 "created": p.created, "used": p.used, "prompt": msgpack.unpackb(p.payload, raw=False)} for p in prompts)
     return [_write_shard(directory / "prompts" / name, records)]

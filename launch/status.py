@@ -65,7 +65,8 @@ def format_status(reply: StatusReply) -> str:
     if "ledger_bytes" in reply.metrics:
         m = reply.metrics
         lines += ["", f"ledger: {m['ledger_bytes'] / 2**20:.1f} MiB on disk ({m.get('ledger_blob_bytes', 0) / 2**20:.1f} "
-                  f"MiB of it large results as blobs); {int(m.get('archived_tasks', 0))} finished tasks archived"]
+                  f"MiB of it large results as blobs); {int(m.get('archived_tasks', 0))} finished tasks and "
+                  f"{int(m.get('archived_prompts', 0))} prompts archived"]
     rewards = _by_version(reply.metrics, "reward_mean.v")
     if rewards:
         lines += ["", "reward by policy version (mean verdict score of its samples):"]
@@ -87,7 +88,7 @@ def format_status(reply: StatusReply) -> str:
                   for version, source in restored]
     other = {k: v for k, v in reply.metrics.items() if not k.startswith(
         ("reward_mean.", "reward_count.", "eval_reward.", "eval_count.", "validation_reward.", "validation_count.",
-         "restored.", "ledger_bytes", "ledger_blob_bytes", "archived_tasks"))}
+         "restored.", "ledger_bytes", "ledger_blob_bytes", "archived_tasks", "archived_prompts"))}
     if other:
         lines += ["", "counters:"] + [f"  {k} = {v:.4g}" for k, v in sorted(other.items())]
     return "\n".join(lines)

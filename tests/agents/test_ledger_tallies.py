@@ -4,6 +4,7 @@ each checked against what the rows themselves say."""
 
 import random
 import sqlite3
+import time
 
 import msgpack
 import pytest
@@ -195,6 +196,7 @@ def test_a_schema_1_ledger_is_migrated_in_place(tmp_path):
         db.execute("INSERT INTO verdicts VALUES (?, ?, 'ok', 'j', 0)", (s.sample_id, score))
     db.commit()
     db.close()
+    opened = time.time()
     ledger = Ledger(path)
     assert ledger.ledger_id == "cafe0123cafe0123"
     assert tallied(ledger) == {("generate", "done"): 1, ("generate", "queued"): 1, ("judge", "leased"): 1}
@@ -208,13 +210,14 @@ def test_a_schema_1_ledger_is_migrated_in_place(tmp_path):
     ledger.close()
     reopened = Ledger(path)  # migrated once: the second opening finds the schema it writes
     assert reopened.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == SCHEMA_VERSION
-    assert reopened.db.execute("SELECT used FROM prompts").fetchall() == [(0.0,)]  # schema 3's column, from 2's
+    assert reopened.db.execute("SELECT used FROM prompts").fetchone()[0] >= opened  # schema 3's column: the upgrade
     reopened.close()
 
 
 def test_a_schema_2_ledger_gains_when_each_prompt_was_last_used(ledger_where, tmp_path):
-    """Schema 2 -> 3 on either database: `used` starts as when the prompt was first recorded, and retention
-    archives its prompts once their tasks are done."""
+    """Schema 2 -> 3 on either database: `used` starts at the upgrade (schema 2 did not keep when a prompt was last
+    submitted: a task queued before may name a prompt first recorded long ago), and retention archives the prompt
+    once its task has left the ledger."""
     ledger = Ledger(ledger_where, blobs=tmp_path / "blobs")
     ledger.submit([GenerateTask(prompts=[Prompt(prompt_id="p1", text="1 + 1 =")])], now=5.0)
     with ledger.db.transaction():  # back to what schema 2 wrote
@@ -222,13 +225,18 @@ def test_a_schema_2_ledger_gains_when_each_prompt_was_last_used(ledger_where, tm
         ledger.db.execute("ALTER TABLE prompts DROP COLUMN used")
         ledger.db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     ledger.close()
+    upgraded = time.time()
     ledger = Ledger(ledger_where, blobs=tmp_path / "blobs")
     assert ledger.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == SCHEMA_VERSION
-    assert ledger.db.execute("SELECT used FROM prompts").fetchall() == [(5.0,)]
+    [(used,)] = ledger.db.execute("SELECT used FROM prompts").fetchall()
+    assert used >= upgraded
+    later = time.time() + 60
+    assert ledger.stale_prompts(before=later, max_prompts=10) == []  # its task is still queued
     [lease] = ledger.lease("generate", "s", 1, 30, now=6.0)
     ledger.complete(lease.task_id, lease.attempt, GenerateResult(samples=[]), now=6.0)
-    assert [p.prompt_id for p in ledger.stale_prompts(before=6.0, max_prompts=10)] == ["p1"]
-    assert ledger.stale_prompts(before=5.0, max_prompts=10) == []
+    ledger.prune(ledger.finished(7.0, max_tasks=10, max_bytes=1 << 30), now=7.0, submits_before=0.0)
+    assert [p.prompt_id for p in ledger.stale_prompts(before=later, max_prompts=10)] == ["p1"]
+    assert ledger.stale_prompts(before=used, max_prompts=10) == []
     ledger.close()
 
 

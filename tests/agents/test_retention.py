@@ -93,9 +93,9 @@ def prompt(prompt_id, source="evolved", mutation="deepen"):
 
 
 def test_training_prompts_no_task_uses_leave_the_ledger_and_their_counts_stay(ledger_where, tmp_path):
-    """Archived: a training prompt last submitted before the cutoff, named by no task still queued or leased, whose
-    samples have left the ledger. Kept: one submitted again since (a pool's prompt), one a sample in the ledger
-    answers, one a queued task names, held-out ones, recent ones."""
+    """Archived: a training prompt last submitted before the cutoff and before the oldest generate task the ledger
+    holds (so its answers were archived with their tasks). Kept: one submitted again since (a pool's prompt), one
+    a queued task names, one a done task in the ledger answered, held-out ones, recent ones."""
     ledger = Ledger(ledger_where, blobs=tmp_path / "blobs")
     old, pool, answered_, held_out, waiting, recent = (
         prompt("old/1", mutation="breadth"), prompt("pool", "seed", None), prompt("answered"),
@@ -106,9 +106,15 @@ def test_training_prompts_no_task_uses_leave_the_ledger_and_their_counts_stay(le
         ledger.complete(lease.task_id, lease.attempt, GenerateResult(samples=[Sample(
             sample_id=f"{lease.task_id}.1.0", prompt_id=prompt_id, text="x", policy_version=0)]), now)
 
-    ledger.submit([GenerateTask(prompts=[old, pool, answered_, held_out])], now=100.0)
-    answer(110.0, "answered")
+    def archive_tasks(before):
+        ledger.prune(ledger.finished(before, max_tasks=100, max_bytes=1 << 30), now=before, submits_before=0.0)
+
+    ledger.submit([GenerateTask(prompts=[old, pool, held_out])], now=100.0)
+    answer(110.0, "old/1")
+    archive_tasks(before=120.0)  # its task and its answers left the ledger
     ledger.submit([GenerateTask(prompts=[waiting])], now=150.0)  # queued for long: its prompt is still in use
+    ledger.submit([GenerateTask(prompts=[answered_])], priority=1, now=160.0)
+    answer(170.0, "answered")  # done, and still in the ledger
     ledger.submit([GenerateTask(prompts=[pool, recent])], now=300.0)  # the pool asked again in a later round
     counts = prompt_counts(ledger_where)
     assert counts == ({"eval": 1, "evolved": 4, "seed": 1}, {"breadth": 1, "deepen": 3})
@@ -116,14 +122,15 @@ def test_training_prompts_no_task_uses_leave_the_ledger_and_their_counts_stay(le
     assert [p.prompt_id for p in stale] == ["old/1"]
     ledger.submit([GenerateTask(prompts=[old])], now=250.0)  # used again while its shard was being written: it stays
     assert ledger.prune_prompts(stale, before=200.0) == 0
-    assert ledger.stale_prompts(before=260.0, max_prompts=100) == []  # a queued task names each old one
+    assert ledger.stale_prompts(before=260.0, max_prompts=100) == []  # tasks in the ledger name each old one
     answer(260.0, "waiting")
     answer(260.0, "old/1")
-    ledger.prune(ledger.finished(before=270.0, max_tasks=100, max_bytes=1 << 30), now=270.0, submits_before=0.0)
-    stale = ledger.stale_prompts(before=270.0, max_prompts=100)  # their tasks archived, their samples with them
-    assert [p.prompt_id for p in stale] == ["answered", "waiting", "old/1"]  # least recently used first
+    archive_tasks(before=270.0)
+    stale = ledger.stale_prompts(before=270.0, max_prompts=100)
+    assert [p.prompt_id for p in stale] == ["waiting", "answered", "old/1"]  # least recently used first
     [path] = write_prompts(tmp_path / "archive", stale)
     assert path.parent == tmp_path / "archive" / "prompts" and "/" not in path.name.removesuffix(".jsonl.gz")
+    assert write_prompts(tmp_path / "archive", stale[:2]) != [path]  # another batch never replaces this shard
     assert ledger.prune_prompts(stale, before=270.0) == 3
     assert {p.prompt_id for p in ledger.prompts()} == {"pool", "e2", "new"}
     assert prompt_counts(ledger_where) == counts  # archived ones count (in what the reports read)

@@ -113,3 +113,15 @@ def test_watch_refreshes_until_the_run_ends_then_shows_its_ledger(tmp_path):
     time.sleep(0.5)  # the reader has the last lines
     assert sum(line.startswith("queues:") for line in lines) >= 2
     assert lines[-1].startswith("tasks: ") and any("no hub answers: from its ledger" in line for line in lines)
+
+
+def test_the_ledger_line_says_what_retention_archived():
+    from launch.status import format_status
+    from protocol.messages import StatusReply
+
+    reply = StatusReply(hub_id="h", policy_version=1, metrics={
+        "ledger_bytes": 3 * 2**20, "ledger_blob_bytes": 2**20, "archived_tasks": 12345, "archived_prompts": 67890})
+    text = format_status(reply)
+    assert "ledger: 3.0 MiB on disk (1.0 MiB of it large results as blobs); 12345 finished tasks and 67890 prompts " \
+           "archived" in text
+    assert "counters:" not in text  # each figure once, on its line
