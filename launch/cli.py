@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from launch.args import OneLineParser
 from launch.logs import configure_logging
@@ -20,7 +20,9 @@ from protocol.constants import PROTOCOL_VERSION
 _ROLES = ("hub", "creator", "solver", "judge", "trainer")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every command's parser; with `command`, the others whose options need torch to describe (train, demo,
+    report, bench) as their names only, so that `selfplay status` starts in a fraction of a second."""
     parser = OneLineParser(
         prog="selfplay",
         description="Online self-improvement of language models: creator, solver, judge and trainer "
@@ -77,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "in minutes to try the plumbing and your world; it learns little")
     task.add_argument("--rounds", type=int, default=3, help="rounds the topology runs (default 3)")
     task.add_argument("--seed", type=int, default=0, help="seed of the prompts and the tiny model (default 0)")
-    _add_train(commands)
+    _add_or_name(commands, command, ("train",), _add_train)
     up = commands.add_parser(
         "up", help="start the hub and every agent of a topology file, supervised",
         description="Start the hub, trainer, solvers, judges and creator of TOPOLOGY as child processes; restart a "
@@ -131,9 +133,32 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--name", default="status", help="agent name of the key to use (default: status)")
     status.add_argument("--json", action="store_true", help="print the raw status as JSON")
     status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the hub (default 5)")
-    _add_demo_and_report(commands)
-    _add_bench(commands)
+    _add_or_name(commands, command, ("demo", "report"), _add_demo_and_report)
+    _add_or_name(commands, command, ("bench",), _add_bench)
     return parser
+
+
+def _add_or_name(commands: argparse._SubParsersAction, command: str | None, names: tuple[str, ...],
+                 add: Callable[[argparse._SubParsersAction], None]) -> None:
+    if command is None or command in names:
+        add(commands)
+    else:  # another command runs: these need only their names (the choices argparse lists)
+        for name in names:
+            commands.add_parser(name)
+
+
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The command `argv` names: its first word that is not an option or --log-level's value. None where help is
+    asked before it (the whole parser is shown) or there is none."""
+    words = iter(argv)
+    for word in words:
+        if word in ("-h", "--help"):
+            return None
+        if word == "--log-level":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 def _add_bench(commands: argparse._SubParsersAction) -> None:
@@ -532,9 +557,10 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.argv = argv
     configure_logging(args.log_level)
     if args.command is None:
         parser.print_help()

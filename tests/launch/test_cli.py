@@ -31,6 +31,20 @@ def test_each_command_has_help(command):
     assert out.returncode == 0 and "usage: selfplay" in out.stdout
 
 
+def test_a_command_that_needs_no_model_starts_without_torch():
+    """`selfplay status`, `keys`, `stop`, ... describe their options without importing torch (train's does), so they
+    answer in a fraction of a second; the options of train still parse after a global option."""
+    code = ("import sys\nfrom launch.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules)")
+    for argv, torch_loaded in ((["status", "--help"], False), (["--log-level", "debug", "keys", "list", "--help"], False),
+                               (["--log-level", "debug", "train", "--help"], True)):
+        out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+        assert out.stdout.splitlines()[-1] == str(torch_loaded), (argv, out.stderr[-2000:])
+        assert "usage: selfplay" in out.stdout
+    assert "--max-steps" in out.stdout  # train's own options
+    assert "train offline on a dataset file (sft" in run("-h", "status").stdout  # help first: every command's
+
+
 def test_keys_init_writes_private_secrets(tmp_path):
     out = run("keys", "init", str(tmp_path / "k"), "--agent", "solver-0:solver", "--agent", "judge-0:judge")
     assert out.returncode == 0, out.stderr
