@@ -5,13 +5,24 @@ A solver takes any `Generator`: HFGenerator (agents/backends/hf.py) or VLLMGener
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import torch
 
-    from agents.backends.hf import Generation
     from protocol.messages import Prompt, SamplingParams
+
+
+@dataclass
+class Generation:
+    """One answer a backend made (here, without transformers: the openai backend and the hub's processes that
+    read a topology need it, not a model)."""
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str  # "stop" | "length"
 
 
 class Generator(Protocol):

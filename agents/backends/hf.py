@@ -15,22 +15,14 @@ compare them with the trainer's log-probs of the same tokens.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from agents.backends import Generation
 from protocol.messages import Prompt, SamplingParams
 from trainer.adapters import adapter_parameters, lora_config, write_adapter
-
-
-@dataclass
-class Generation:
-    text: str
-    token_ids: list[int]
-    logprobs: list[float]
-    finish_reason: str  # "stop" | "length"
 
 
 def prompt_ids(tokenizer: Any, prompt: Prompt) -> list[int]:

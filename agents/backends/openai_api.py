@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import Field
 
-from agents.backends.hf import Generation
+from agents.backends import Generation
 from protocol.messages import Prompt, SamplingParams
 from protocol.settings import Strict
 

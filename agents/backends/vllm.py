@@ -33,7 +33,8 @@ import structlog
 import torch
 from transformers import AutoTokenizer
 
-from agents.backends.hf import Generation, prompt_ids
+from agents.backends import Generation
+from agents.backends.hf import prompt_ids
 from protocol.messages import Prompt, SamplingParams
 from trainer.adapters import lora_config
 
