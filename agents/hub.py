@@ -90,14 +90,18 @@ class HubSettings(Strict):
     ledger: str | None = Field(None, description="Where the ledger lives: unset, RUN/ledger.sqlite; or a PostgreSQL "
                                                  "database, postgresql://USER@HOST/DB (psycopg 3: the postgres extra), "
                                                  "one database per run (docs/ledger.md).")
-    retention: bool = Field(True, description="Move finished tasks out of the ledger into RUN/archive/ (gzip JSONL "
-                                              "shards, readable with `datasets`) once they are old: docs/ledger.md.")
+    retention: bool = Field(True, description="Move finished tasks, and training prompts no task uses, out of the "
+                                              "ledger into RUN/archive/ (gzip JSONL shards, readable with `datasets`) "
+                                              "once they are old: docs/ledger.md.")
     archive_after_s: float = Field(21600.0, gt=0, description="Finished tasks are archived this long after they "
-                                                             "finished (with retention on).")
+                                                             "finished, prompts this long after they were last "
+                                                             "submitted (with retention on).")
     ledger_max_mb: float | None = Field(None, gt=0, description="While the ledger (file, WAL and blobs) is larger, "
                                                                "finished tasks are archived once archive_min_age_s old.")
     archive_min_age_s: float = Field(600.0, ge=0, description="Finished tasks younger than this stay in the ledger "
-                                                              "whatever its size (a restarted creator asks for them).")
+                                                              "whatever its size (a restarted creator asks for them); "
+                                                              "set it above a round's length, or the pool's prompts "
+                                                              "are archived and recorded again each round.")
     retention_every_s: float = Field(30.0, gt=0, description="How often a retention pass may start.")
     @field_validator("ledger")
     @classmethod
