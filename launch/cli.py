@@ -152,13 +152,18 @@ def _command_in(argv: Sequence[str]) -> str | None:
     asked before it (the whole parser is shown) or there is none."""
     words = iter(argv)
     for word in words:
-        if word in ("-h", "--help"):
+        if word == "-h" or _abbreviates(word, "--help"):
             return None
-        if word == "--log-level":
+        if _abbreviates(word, "--log-level"):
             next(words, None)
         elif not word.startswith("-"):
             return word
     return None
+
+
+def _abbreviates(word: str, option: str) -> bool:
+    """Whether `word` is `option` as argparse reads it: whole, or a prefix of it (--log for --log-level)."""
+    return len(word) > 2 and "=" not in word and option.startswith(word)
 
 
 def _add_bench(commands: argparse._SubParsersAction) -> None:

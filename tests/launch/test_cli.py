@@ -37,12 +37,13 @@ def test_a_command_that_needs_no_model_starts_without_torch():
     code = ("import sys\nfrom launch.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
             "print('torch' in sys.modules)")
     for argv, torch_loaded in ((["status", "--help"], False), (["--log-level", "debug", "keys", "list", "--help"], False),
-                               (["--log-level", "debug", "train", "--help"], True)):
+                               (["--log-level", "debug", "train", "--help"], True), (["--log", "debug", "train", "-h"], True)):
         out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
         assert out.stdout.splitlines()[-1] == str(torch_loaded), (argv, out.stderr[-2000:])
         assert "usage: selfplay" in out.stdout
     assert "--max-steps" in out.stdout  # train's own options
-    assert "train offline on a dataset file (sft" in run("-h", "status").stdout  # help first: every command's
+    for first in ("-h", "--hel"):  # help first (argparse reads --hel as --help): every command's
+        assert "train offline on a dataset file (sft" in run(first, "status").stdout
 
 
 def test_keys_init_writes_private_secrets(tmp_path):
