@@ -237,9 +237,14 @@ class Fleet:
         self.poller = zmq.Poller()
         for sock in [*self.solvers, self.creator]:
             self.poller.register(sock, zmq.POLLIN)
-        for sock, name in self.solvers.items():
-            self._send(sock, name, Ready(role="solver", name=name, capacity=CAPACITY, task_kinds=["generate"]))
-        self._send(self.creator, "creator-0", Ready(role="creator", name="creator-0", capacity=1, task_kinds=[]))
+        self.ready = {sock: Ready(role="solver", name=name, capacity=CAPACITY, task_kinds=["generate"])
+                      for sock, name in self.solvers.items()}
+        self.ready[self.creator] = Ready(role="creator", name="creator-0", capacity=1, task_kinds=[])
+        for sock, ready in self.ready.items():
+            self._send(sock, ready.name, ready)
+        self.rejoining: set[zmq.Socket] = set()  # told not_ready (the hub buried it): Ready sent again
+        self.rejoined, self.prompts_refused, self.submit_id = 0, 0, None
+        self.result_ids: dict[str, tuple[str, int]] = {}  # msg id of a result sent -> its lease, until answered
         self.welcomed, self.accepted, self.result_bytes, self.submitted, self.prompt_counter = 0, 0, 0, 0, 0
         self.submit_pending = False
         self.answering = True  # solvers answer the tasks they are assigned (not while the fleet drains)
@@ -273,7 +278,9 @@ class Fleet:
         body = (packer.pack_map_header(1) + packer.pack("result") + packer.pack_map_header(2) + packer.pack("kind")
                 + packer.pack("generate_result") + packer.pack("samples") + packer.pack_array_header(self.samples)
                 + samples)
-        header = packer.pack(["result", new_msg_id(), name, assign.task_id, assign.attempt, None, []])
+        msg_id = new_msg_id()
+        self.result_ids[msg_id] = (assign.task_id, assign.attempt)
+        header = packer.pack(["result", msg_id, name, assign.task_id, assign.attempt, None, []])
         return [SIGNATURE, header, body]
 
     def top_up(self) -> None:
@@ -286,7 +293,9 @@ class Fleet:
                        for j in range(self.prompts_per_task)]
             self.prompt_counter += self.prompts_per_task
             tasks.append(GenerateTask(prompts=prompts))
-        self._send(self.creator, "creator-0", Submit(tasks=tasks))
+        frames = encode(Submit(tasks=tasks), sender="creator-0")
+        self.creator.send_multipart(frames)
+        self.submit_id = msgpack.unpackb(frames[1])[1]  # the header's msg id: a refusal replies to it
         self.submitted += SUBMIT_BATCH
         self.submit_pending = True
 
@@ -318,6 +327,9 @@ class Fleet:
         kind = env.message.kind
         if kind == "welcome":
             self.welcomed += 1
+            if sock in self.rejoining:
+                self.rejoining.discard(sock)
+                self.rejoined += 1
         elif kind == "heartbeat":
             if sock in self.last_heartbeat:
                 self.max_gap = max(self.max_gap, now - self.last_heartbeat[sock])
@@ -330,6 +342,7 @@ class Fleet:
         elif kind == "ack" and sock is self.creator:
             self.submit_pending = False
         elif kind == "ack":
+            self.result_ids.pop(env.header.reply_to, None)
             size = self.pending_bytes.pop((env.message.task_id, env.message.attempt), 0)
             if env.message.status == "accepted":
                 self.accepted += 1
@@ -338,9 +351,18 @@ class Fleet:
             self.status_ms.append((now - self.status_sent) * 1000)
             self.status_sent = None
         elif kind == "error":
+            lease = self.result_ids.pop(env.header.reply_to, None)
+            if lease is not None:  # a result refused: no ack will come
+                self.pending_bytes.pop(lease, None)
             self.buried += env.message.code == "not_ready"
             if self.buried <= 3 or env.message.code != "not_ready":
                 print(f"  error from the hub: {env.message.code}: {env.message.detail[:200]}", flush=True)
+            if env.message.code == "not_ready" and sock not in self.rejoining:  # buried while this process
+                self.rejoining.add(sock)  # stalled: join again, as a real agent does (agents/agent.py)
+                self._send(sock, self.ready[sock].name, self.ready[sock])
+            if sock is self.creator and env.header.reply_to == self.submit_id:  # the submit was refused: no task
+                self.submit_pending, self.submitted = False, self.submitted - SUBMIT_BATCH  # queued, no prompt
+                self.prompts_refused += self.prompts_per_task * SUBMIT_BATCH  # recorded; top_up sends another
 
     def run(self, seconds: float, warm_s: float = 1.0, status_every_s: float | None = None) -> dict:
         """Serve for warm_s + seconds; figures over the last `seconds`."""

@@ -118,14 +118,16 @@ def main(argv: list[str] | None = None) -> dict:
                           f"was reached {max(after_limit, default=0) / 2**20:6.1f} MiB (limit {args.ledger_max_mb:g}), "
                           f"{prompt_rows(run_dir)} prompt rows; "
                           f"archive {archive_bytes(run_dir) / 1e6:.0f} MB; largest heartbeat "
-                          f"gap {fleet.max_gap:.2f} s", flush=True)
+                          f"gap {fleet.max_gap:.2f} s" + (f"; agents buried and rejoined: {fleet.rejoined}"
+                                                          if fleet.rejoined else ""), flush=True)
                     fleet.max_gap = 0.0
             fleet.answering = False
             fleet.backlog.clear()
             deadline = time.monotonic() + 120
             while (fleet.pending_bytes or fleet.submit_pending) and time.monotonic() < deadline:
                 fleet.turn(time.monotonic())  # the last results and the last submit acknowledged
-            made = fleet.prompt_counter  # named in submits; the last may not have been acknowledged
+            made = fleet.prompt_counter - fleet.prompts_refused  # named in submits the hub did not refuse; the last
+            #                                                      may not have been acknowledged
             acknowledged = made - (fleet.prompts_per_task * SUBMIT_BATCH if fleet.submit_pending else 0)
         finally:
             fleet.close()
@@ -153,6 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
         "prompts_archived_twice": len(prompt_ids) - len(set(prompt_ids)),
         "prompts_accounted": acknowledged <= prompts_in_ledger + len(set(prompt_ids)) <= made,
         "max_heartbeat_gap_s": round(max([*gaps, fleet.max_gap]), 2),
+        "agents_rejoined": fleet.rejoined,  # buried by the hub (this process stalled past the liveness window)
     }
     print(json.dumps(out))
     return out
