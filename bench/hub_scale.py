@@ -293,9 +293,8 @@ class Fleet:
                        for j in range(self.prompts_per_task)]
             self.prompt_counter += self.prompts_per_task
             tasks.append(GenerateTask(prompts=prompts))
-        frames = encode(Submit(tasks=tasks), sender="creator-0")
-        self.creator.send_multipart(frames)
-        self.submit_id = msgpack.unpackb(frames[1])[1]  # the header's msg id: a refusal replies to it
+        self.submit_id = new_msg_id()  # a refusal replies to it
+        self.creator.send_multipart(encode(Submit(tasks=tasks), sender="creator-0", msg_id=self.submit_id))
         self.submitted += SUBMIT_BATCH
         self.submit_pending = True
 
