@@ -1,5 +1,6 @@
 """The recipe on a tiny model: every method trains, only what should change changes, resume is exact."""
 
+import contextlib
 import json
 
 import pytest
@@ -12,7 +13,7 @@ from tests.trainer.datasets import FORMAT_OF, write
 from trainer.config import TrainConfig
 from trainer.data import DataError, collate, read_rows
 from trainer.logps import sequence_logps
-from trainer.methods import build_examples
+from trainer.methods import build_examples, get_method
 from trainer.recipe import Recipe, run
 
 ALGOS = ["sft", "dpo", "ipo", "simpo", "spin", "gsil", "cut", "contrastive-sft", "grpo", "rloo"]
@@ -187,6 +188,36 @@ def test_replay_keeps_its_demonstrations_likely(tmp_path, tiny_models):
         if on:
             assert logged[-1]["replay_nll"] < logged[0]["replay_nll"]
     assert nll[True] < nll[False] - 0.1, nll
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_replay_shares_the_steps_forward_and_gives_the_same_gradient(tmp_path, tiny_models, algo):
+    """A step's rows and its replay rows go through the decoder once (one call, not two), and the gradient is the
+    one two separate passes give."""
+    replay = write(tmp_path / "replay.jsonl", "prompt_completion", n=8, seed=1)
+    recipe = Recipe(make_config(tmp_path, tiny_models, algo, replay={"data": str(replay), "batch_size": 3,
+                                                                     "weight": 0.5}))
+    recipe.setup()
+    recipe.precompute_reference()
+    batch, replayed = recipe.next_batch(), recipe.replay_batch(0)
+    sft = get_method("sft")
+    params = [p for p in recipe.model.parameters() if p.requires_grad]
+
+    def gradient(together):
+        calls = []
+        hook = recipe.model.get_base_model().get_decoder().register_forward_hook(lambda *_: calls.append(1))
+        with recipe._one_pass(batch, replayed) if together else contextlib.nullcontext():
+            loss = recipe.method.step(recipe, batch).loss + 0.5 * sft.step(recipe, replayed).loss
+        hook.remove()
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        return len(calls), [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
+
+    (apart_calls, apart), (together_calls, together) = gradient(False), gradient(True)
+    assert (apart_calls, together_calls) == (2, 1)
+    assert any(g.abs().sum() > 0 for g in together)
+    for a, b in zip(apart, together, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+    recipe.cleanup()
 
 
 def test_bad_replay_data_names_the_replay_file(tmp_path, tiny_models):
