@@ -349,8 +349,7 @@ class Creator:
                                   temperature=cfg.temperature if temperature is None else temperature, top_p=cfg.top_p,
                                   max_new_tokens=cfg.max_new_tokens, seed=self.rng.randrange(2**31))
         version = self.policy_version
-        size = cfg.prompts_per_task
-        chunks = [prompts[i:i + size] for i in range(0, len(prompts), size)]
+        chunks = split_evenly(prompts, cfg.prompts_per_task)
         ids = self.submit([GenerateTask(prompts=c, sampling=sampling, min_policy_version=version) for c in chunks])
         method = get_method(cfg.algo)
         if judge is None:
@@ -474,6 +473,13 @@ class Creator:
                 yield done
             elif time.monotonic() - asked < wait_s / 2:  # answered early, unfinished (a hub holding too many queries)
                 time.sleep(min(0.1, wait_s))
+
+
+def split_evenly(prompts: list[Prompt], most: int) -> list[list[Prompt]]:
+    """As few tasks of at most `most` prompts as hold them, their sizes differing by one at most: 172 prompts at 128
+    a task are two tasks of 86, not 128 and 44 (whose solver would wait for the other's)."""
+    count = -(-len(prompts) // most)
+    return [prompts[len(prompts) * i // count:len(prompts) * (i + 1) // count] for i in range(count)]
 
 
 def _groups(prompts: list[Prompt], result: GenerateResult) -> list[JudgedGroup]:

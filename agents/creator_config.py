@@ -19,7 +19,8 @@ class CreatorConfig(Strict):
     temperature: float = Field(0.7, ge=0, description="Sampling temperature of the answers (eva: 0.7).")
     top_p: float = Field(0.9, gt=0, le=1, description="Nucleus mass of the answers (eva: 0.9).")
     max_new_tokens: int = Field(256, ge=1, description="Answer length cap.")
-    prompts_per_task: int = Field(16, ge=1, description="Prompts per generation/judge task: smaller spreads a round "
+    prompts_per_task: int = Field(16, ge=1, description="Most prompts per generation/judge task (a round's prompts "
+                                                       "are split into tasks of equal size): smaller spreads a round "
                                                        "over more solvers, larger batches better on one GPU.")
     evolve: bool = Field(True, description="Evolve the prompt set (eva); False: the static-prompt baseline.")
     pool_per_round: int | None = Field(None, ge=1, description="Solve at most this many prompts of the pool per "

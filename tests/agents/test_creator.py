@@ -121,3 +121,19 @@ def test_promotion_compares_the_mean_score_or_the_share_solved(tmp_path, metric,
     creator.greedy_scores = lambda prompts: [0.5, 0.5, 1.0]  # graded verdicts: two half right, one right
     assert creator.promote() is False
     assert creator.promotion.validation[0].mean == pytest.approx(mean)
+
+
+@pytest.mark.parametrize("prompts, most, sizes", [
+    (7, 3, [2, 2, 3]),  # three tasks either way, but no solver is left with a task of 1 while another does 3
+    (6, 3, [3, 3]),
+    (2, 3, [2]),
+])
+def test_a_rounds_prompts_go_out_in_tasks_of_equal_size(tmp_path, prompts, most, sizes):
+    creator, workers = _creator(tmp_path, prompts_per_task=most)
+    submitted = []
+    generate = workers.generate
+    creator.link.workers["generate"] = lambda assign: (submitted.append(len(assign.task.prompts)), generate(assign))
+    ask = [Prompt(prompt_id=f"q{i}", text=f"What is {i} + 3?", answer=str(i + 3)) for i in range(prompts)]
+    groups = creator.solve(ask)
+    assert sorted(submitted) == sizes
+    assert [g.prompt.prompt_id for g in groups] == [p.prompt_id for p in ask]  # in order, none lost
