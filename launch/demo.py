@@ -206,6 +206,10 @@ def topology(plan: Plan, algo: str, run_dir: Path, model: Path, data: dict[str, 
         trainer["replay"] = {"data": str(data["replay"]), "weight": plan.replay_weight, "batch_size": plan.replay_batch}
     if method.settings is not None and "nll_alpha" in method.settings.model_fields:  # the DPO family
         trainer[method.section] = {"nll_alpha": plan.nll_alpha}
+    if method.settings is not None and "importance" in method.settings.model_fields:  # GRPO, RLOO
+        # rounds are synchronous (each generates with the version being trained, and the hf solvers report that
+        # version's own log-probs), so the sampler's log-probs are the round-start ones: no pass recomputes them
+        trainer[method.section] = {"importance": "off"}
     return {
         "run": {"dir": str(run_dir), "rounds": plan.rounds},
         "hub": {"control": "ipc", "data": "ipc", "lease_s": 300, **({"ledger": ledger} if ledger else {})},
