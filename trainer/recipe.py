@@ -266,7 +266,7 @@ class Recipe:
     @contextmanager
     def _one_pass(self, *batches: Batch | None) -> Iterator[None]:
         """Within it, policy_logps of these batches (a step's and its replay's) is its rows of one forward over all
-        of them: one larger pass costs less than several small ones (on a CPU, a third less a step for the demo's
+        of them: one larger pass costs less than several small ones (on a CPU, about a sixth less a step for the demo's
         8 answers and 4 replay rows). Right padding and the causal mask keep each row's values what they are
         alone, up to floating-point rounding."""
         parts = [b for b in batches if b is not None]
