@@ -53,7 +53,9 @@ def test_a_two_rank_trainer_publishes_each_round_once_and_survives_a_rank_killed
         os.kill(rank1, signal.SIGKILL)
         up.wait_restarted("trainer-0", group)
         summary = up.finish()
-    assert summary["rounds"] == 3 and summary["policy_version"] == 3, summary
+    trained = [(e.get("task_id"), e.get("version"), e.get("examples")) for e in up.events("trainer-0", "round trained")]
+    train_tasks = up.query("SELECT task_id, state, attempt FROM tasks WHERE kind = 'train' ORDER BY created")
+    assert summary["rounds"] == 3 and summary["policy_version"] == 3, (summary, trained, train_tasks)
     assert [v for (v,) in up.query("SELECT version FROM policies ORDER BY version")] == [1, 2, 3]
     published = [e["version"] for e in up.events("trainer-0", "policy published")]
     assert published == [1, 2, 3], "each version published once, by rank 0, across the restart"
