@@ -107,7 +107,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                     "a PEFT adapter folder that PeftModel.from_pretrained, AutoPeftModelForCausalLM and vLLM load, "
                     "with the run's base model recorded (a local path made absolute); --merge writes the base model "
                     "with the adapter merged into its weights instead, with its tokenizer.",
-        epilog="example: selfplay export runs/demo/rloo --out my-adapter && python -c \"from peft import "
+        epilog="example: selfplay export runs/demo/grpo --out my-adapter && python -c \"from peft import "
                "AutoPeftModelForCausalLM; AutoPeftModelForCausalLM.from_pretrained('my-adapter')\"")
     export.add_argument("run_dir", help="the run directory (topology [run] dir)")
     export.add_argument("--out", required=True, help="a new (or empty) folder to write")

@@ -1,7 +1,7 @@
 """`selfplay export`: a published policy version of a run as a PEFT adapter folder, or merged into its base model.
 
-    export_version("runs/demo/rloo", out="my-adapter")                 # the newest version (the one served)
-    export_version("runs/demo/rloo", out="v12", version=12, merge=True)
+    export_version("runs/demo/grpo", out="my-adapter")                 # the newest version (the one served)
+    export_version("runs/demo/grpo", out="v12", version=12, merge=True)
 
 The hub keeps each published version as RUN/adapters/vNNNNNN.safetensors, with the base model and LoRA
 config it was trained with. The folder written here is what `PeftModel.from_pretrained(base, DIR)`,
