@@ -61,7 +61,7 @@ def kept_rows(path: Path, digest: str, ran: dict[str, dict[int, dict]]) -> dict[
 
 def figures(summary: dict) -> dict:
     """before, best (the best test accuracy of any version), final (the served version at the end), in accuracy
-    and in standard errors of the start."""
+    and in standard errors (the summary's: the larger of the start's and the end's)."""
     se = summary["acc_stderr"] or 1e-9
     before, best, final = summary["acc_before"], summary["acc_best"]["acc"], summary["acc_after"]
     return {"before": before, "best": best, "best_version": summary["acc_best"]["version"], "final": final,
