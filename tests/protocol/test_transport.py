@@ -4,7 +4,6 @@ A refusal is shown two ways: the hub receives nothing, and the hub's socket moni
 handshake (so a test cannot pass just because a message was slow).
 """
 
-import contextlib
 import os
 import stat
 import time
@@ -26,6 +25,7 @@ from protocol.transport import (
     peer_user_id,
     routing_name,
 )
+from tests.reliability.raw import send_unless_refused
 
 _FAILED = {zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
            zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL}
@@ -85,14 +85,8 @@ def hub(key_dir):
 
 def _agent(hub, name, curve):
     sock = agent_socket(hub.ctx, hub.endpoint, "control", name=name, curve=curve)
-    _send_unless_refused(sock, encode(Ready(role="solver", name=name), sender=name))
+    send_unless_refused(sock, encode(Ready(role="solver", name=name), sender=name))
     return sock
-
-
-def _send_unless_refused(sock, frames):
-    """Send without blocking: once the hub drops a refused handshake, the socket may have no peer to queue for."""
-    with contextlib.suppress(zmq.Again):
-        sock.send_multipart(frames, zmq.NOBLOCK)
 
 
 def _client_curve(key_dir, name, hub):
@@ -124,7 +118,7 @@ def test_unknown_key_is_refused(hub):
 def test_client_without_curve_is_refused(hub):
     sock = hub.ctx.socket(zmq.DEALER)  # agent_socket would refuse to build this; a hostile client would not
     sock.connect(hub.endpoint)
-    _send_unless_refused(sock, encode(Ready(role="solver", name="plain"), sender="plain"))
+    send_unless_refused(sock, encode(Ready(role="solver", name="plain"), sender="plain"))
     assert hub.handshake_events() & _FAILED
     assert hub.receive() is None
     sock.close(0)

@@ -11,6 +11,7 @@ with a stolen or misused key would. Replies are read with msgpack too.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -22,6 +23,13 @@ import zmq.auth
 from protocol.constants import SIGNATURE
 
 SKIP = ("heartbeat", "policy_announce")
+
+
+def send_unless_refused(sock: zmq.Socket, frames: list) -> None:
+    """Send without blocking: once the hub drops a refused handshake, the socket may have no peer to queue for
+    (a blocking send would then wait forever)."""
+    with contextlib.suppress(zmq.Again):
+        sock.send_multipart(frames, zmq.NOBLOCK)
 
 
 def keyed(key_dir, name: str) -> tuple[bytes, bytes, bytes]:

@@ -1,7 +1,6 @@
 """Security over tcp loopback against a real hub process (CURVE, the ZAP allow-list): who gets in, who does
 not, and what revocation and a stopped authenticator do."""
 
-import contextlib
 import time
 
 import pytest
@@ -13,6 +12,7 @@ from protocol.messages import Ready, StatusQuery
 from protocol.transport import ClientCurve
 from tests.agents.client import Client
 from tests.agents.test_hub import Running
+from tests.reliability.raw import send_unless_refused
 from tests.reliability.run import hub_process
 
 pytestmark = pytest.mark.slow
@@ -57,9 +57,7 @@ def test_a_client_without_curve_is_refused(secured):
     ctx, control, _, hub = secured
     plain = ctx.socket(zmq.DEALER)  # agent_socket would refuse to build this; a hostile client would not
     plain.connect(control)
-    # without blocking: once the hub drops the refused handshake, the socket may have no peer to queue for
-    with contextlib.suppress(zmq.Again):
-        plain.send_multipart(encode(Ready(role="solver", name="plain"), sender="plain"), zmq.NOBLOCK)
+    send_unless_refused(plain, encode(Ready(role="solver", name="plain"), sender="plain"))
     assert not plain.poll(2000)
     plain.close(0)
     assert hub.poll() is None
